@@ -1,0 +1,191 @@
+//! What travels from the hub to a client: publications, join/leave, direct
+//! messages, and the per-format encoding cache that lets every transport
+//! encode a shared event once. Owns no queues and knows no wire format.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+/// A connection's identity inside one hub, from an atomic counter.
+///
+/// Ids are never reused within the life of a hub.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Who a client is, as shown in presence, join/leave and publication info.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The connection.
+    pub client: ClientId,
+    /// The user id; empty for an anonymous connection.
+    pub user: Arc<str>,
+    /// Opaque data attached to the connection (e.g. from its token).
+    pub conn_info: Option<Bytes>,
+    /// Opaque data attached to this client's subscription of one channel.
+    pub chan_info: Option<Bytes>,
+}
+
+/// Clients and users that must not receive a publication: typically the
+/// connection (or user) whose request caused it.
+///
+/// The exclusion is stored with the publication, so history replay and
+/// recovery honour it too, not only live delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exclusion {
+    /// Connections that must not receive it.
+    pub clients: Vec<ClientId>,
+    /// Users none of whose connections may receive it.
+    pub users: Vec<Arc<str>>,
+}
+
+impl Exclusion {
+    /// True when nothing is excluded.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty() && self.users.is_empty()
+    }
+
+    /// Whether a connection `client` of `user` is excluded.
+    #[inline]
+    pub fn excludes(&self, client: ClientId, user: &str) -> bool {
+        self.clients.contains(&client) || (!user.is_empty() && self.users.iter().any(|u| &**u == user))
+    }
+}
+
+/// Key/value tags of a publication, shared by every copy of it.
+pub type Tags = Arc<[(Box<str>, Box<str>)]>;
+
+/// One message of a channel's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publication {
+    /// Position in the channel's stream; 0 until the engine assigns one.
+    pub offset: u64,
+    /// The payload, opaque to the hub (the server stores raw JSON here).
+    pub data: Bytes,
+    /// The publishing client, when a client published it.
+    pub info: Option<Arc<ClientInfo>>,
+    /// Optional key/value tags carried with the publication.
+    pub tags: Option<Tags>,
+    /// Who must not receive it (live or from history).
+    pub exclusion: Option<Arc<Exclusion>>,
+}
+
+impl Publication {
+    /// A publication of `data` with nothing else attached.
+    pub fn new(data: impl Into<Bytes>) -> Self {
+        Self {
+            offset: 0,
+            data: data.into(),
+            info: None,
+            tags: None,
+            exclusion: None,
+        }
+    }
+
+    /// Whether the connection `client` of `user` may receive this publication.
+    #[inline]
+    pub fn is_for(&self, client: ClientId, user: &str) -> bool {
+        match &self.exclusion {
+            Some(ex) => !ex.excludes(client, user),
+            None => true,
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum EventKind {
+    /// A publication in `Event::channel`.
+    Publication(Publication),
+    /// A client joined `Event::channel` (only for channels with join/leave).
+    Join(Arc<ClientInfo>),
+    /// A client left `Event::channel` (only for channels with join/leave).
+    Leave(Arc<ClientInfo>),
+    /// A message to one client, or to all clients, outside any channel.
+    Message(Bytes),
+}
+
+/// Number of distinct wire formats an event can cache an encoding for.
+pub const FORMAT_SLOTS: usize = 4;
+
+/// A wire format's slot in an event's encoding cache. Each transport that
+/// encodes events differently (e.g. bidirectional JSON, unidirectional JSON,
+/// plain TCP text) takes its own slot, so it encodes a shared event once no
+/// matter how many of its clients receive it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format(u8);
+
+impl Format {
+    /// The format in `slot`; `slot` must be below [`FORMAT_SLOTS`].
+    pub const fn new(slot: u8) -> Self {
+        assert!((slot as usize) < FORMAT_SLOTS, "format slot out of range");
+        Self(slot)
+    }
+}
+
+/// An event shared by every client that receives it.
+#[derive(Debug)]
+pub struct Event {
+    /// The channel it belongs to; `None` for a direct message.
+    pub channel: Option<Arc<str>>,
+    /// What happened.
+    pub kind: EventKind,
+    // Encoded frames, one per wire format, filled by the first writer that
+    // needs each: encode once, clone the `Bytes` for every other client.
+    encoded: [OnceLock<Bytes>; FORMAT_SLOTS],
+}
+
+impl Event {
+    /// A new event, not yet encoded in any format.
+    pub fn new(channel: Option<Arc<str>>, kind: EventKind) -> Self {
+        Self {
+            channel,
+            kind,
+            encoded: Default::default(),
+        }
+    }
+
+    /// This event in `format`: encoded by `encode` the first time any client
+    /// asks for that format, then shared.
+    pub fn encoded(&self, format: Format, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.encoded[format.0 as usize]
+            .get_or_init(|| encode(self))
+            .clone()
+    }
+
+    /// An approximation of the memory this event pins, for queue limits.
+    pub fn weight(&self) -> usize {
+        let payload = match &self.kind {
+            EventKind::Publication(p) => p.data.len(),
+            EventKind::Message(d) => d.len(),
+            EventKind::Join(_) | EventKind::Leave(_) => 64,
+        };
+        payload + self.channel.as_ref().map_or(0, |c| c.len()) + 64
+    }
+}
+
+/// One item in a client's outbound queue.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// An event shared with other clients.
+    Event(Arc<Event>),
+    /// Bytes for this client only, already in its wire format (a reply to
+    /// one of its commands, or a notice such as a subscribe push).
+    Raw(Bytes),
+}
+
+impl Outbound {
+    /// An approximation of the memory this item pins, for queue limits.
+    pub fn weight(&self) -> usize {
+        match self {
+            Outbound::Event(e) => e.weight(),
+            Outbound::Raw(b) => b.len(),
+        }
+    }
+}

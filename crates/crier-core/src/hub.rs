@@ -1,0 +1,901 @@
+//! The hub: the client registry, channel subscriber sets with their reverse
+//! index, and ordered fan-out. It owns the per-channel critical section that
+//! makes "catch-up then live" exact, and it never blocks on a client.
+//!
+//! Lock order (never taken in the other direction):
+//! channel shard → channel state → client subscriptions → client queue.
+//! Engine calls happen under the channel state lock (or, for a channel with
+//! no local subscribers, under its shard's read lock).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::engine::{Engine, EngineError, HistoryPage, HistoryQuery, StreamPosition};
+use crate::error::HubError;
+use crate::event::{ClientId, ClientInfo, Event, EventKind, Exclusion, Outbound, Publication, Tags};
+use crate::memory::MemoryEngine;
+use crate::options::{ChannelConfig, ChannelOptions};
+use crate::queue::{queue, ClientReceiver, DisconnectReason, PushError, QueueLimits, QueueSender};
+use crate::shard::RwShards;
+use crate::stats::{Counters, HubStats};
+
+/// How a hub is set up.
+#[derive(Clone, Debug, Default)]
+pub struct HubConfig {
+    /// Channel options by namespace.
+    pub channels: ChannelConfig,
+    /// Limits of every client's outbound queue.
+    pub queue_limits: QueueLimits,
+}
+
+/// The in-process hub. Cheap to clone; every clone is the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Source of client ids; never reused.
+    next_id: AtomicU64,
+    clients: RwShards<ClientId, Arc<ClientEntry>>,
+    // Reverse index: channel → its local subscribers.
+    channels: RwShards<Arc<str>, Arc<ChannelSlot>>,
+    engine: Arc<dyn Engine>,
+    config: HubConfig,
+    counters: Counters,
+}
+
+struct ClientEntry {
+    id: ClientId,
+    user: Arc<str>,
+    conn_info: Option<Bytes>,
+    queue: QueueSender,
+    // Set once the hub has decided to remove this client, so a client that
+    // fails many pushes is queued for removal only once.
+    doomed: AtomicBool,
+    // Forward index: the channels this client is in.
+    subs: Mutex<ClientSubs>,
+}
+
+struct ClientSubs {
+    // Set when the client is being removed: no new subscription may start,
+    // so none can outlive it.
+    closed: bool,
+    channels: FxHashSet<Arc<str>>,
+}
+
+struct ChannelSlot {
+    name: Arc<str>,
+    state: Mutex<ChannelState>,
+}
+
+struct ChannelState {
+    // Set when the slot leaves the map; a publisher holding a stale Arc
+    // retries its lookup.
+    removed: bool,
+    options: Arc<ChannelOptions>,
+    subscribers: FxHashMap<ClientId, Subscriber>,
+}
+
+struct Subscriber {
+    client: Arc<ClientEntry>,
+    // This subscription's presence entry, for leave events.
+    info: Arc<ClientInfo>,
+}
+
+/// Where a new subscriber's stream starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Catchup {
+    /// Only live publications from now on; the answer carries the position.
+    #[default]
+    None,
+    /// Everything after this position (recovery), all or nothing.
+    Recover(StreamPosition),
+    /// The latest publication as a snapshot, then live ones.
+    Latest,
+}
+
+/// Options of one subscription.
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeOptions {
+    /// Where the stream starts.
+    pub catchup: Catchup,
+    /// Opaque data shown in this subscription's presence and join/leave.
+    pub chan_info: Option<Bytes>,
+}
+
+/// The answer to a subscribe: what the subscriber gets before live events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The channel's position at the moment the subscriber joined: every
+    /// live publication it receives has a larger offset.
+    pub position: StreamPosition,
+    /// Catch-up publications, oldest first (excluding those not meant for
+    /// this client).
+    pub publications: Vec<Publication>,
+    /// For [`Catchup::Recover`]: whether the whole gap was replayed. When
+    /// false, `publications` is empty and the client must resync by itself.
+    pub recovered: bool,
+    /// The channel's options.
+    pub options: Arc<ChannelOptions>,
+}
+
+/// Options of one publication.
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    /// Clients and users that must not receive it (live or from history).
+    pub exclude: Exclusion,
+    /// The publishing client, shown to receivers.
+    pub info: Option<Arc<ClientInfo>>,
+    /// Tags carried with it.
+    pub tags: Option<Tags>,
+    /// Deliver live but keep out of history.
+    pub skip_history: bool,
+}
+
+/// Presence counts of a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresenceStats {
+    /// Present connections.
+    pub clients: usize,
+    /// Distinct users among them (anonymous connections count as one).
+    pub users: usize,
+}
+
+/// What the hub knows about one connected client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSnapshot {
+    /// Its id.
+    pub id: ClientId,
+    /// Its user (empty = anonymous).
+    pub user: Arc<str>,
+    /// Its connection info.
+    pub conn_info: Option<Bytes>,
+    /// The channels it is subscribed to.
+    pub channels: Vec<Arc<str>>,
+    /// Items waiting in its queue.
+    pub queued: usize,
+}
+
+// Why a client is being dropped by the hub itself.
+#[derive(Clone, Copy)]
+enum DropCause {
+    Slow,
+    Closed,
+}
+
+type Dropped = Vec<(Arc<ClientEntry>, DropCause)>;
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(HubConfig::default())
+    }
+}
+
+impl Hub {
+    /// A hub with the in-memory engine.
+    pub fn new(config: HubConfig) -> Self {
+        Self::with_engine(config, Arc::new(MemoryEngine::default()))
+    }
+
+    /// A hub whose offsets, history and presence live in `engine`.
+    pub fn with_engine(config: HubConfig, engine: Arc<dyn Engine>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                next_id: AtomicU64::new(1),
+                clients: RwShards::new(),
+                channels: RwShards::new(),
+                engine,
+                config,
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The engine behind this hub.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.inner.engine
+    }
+
+    /// The channel configuration.
+    pub fn channel_config(&self) -> &ChannelConfig {
+        &self.inner.config.channels
+    }
+
+    /// A handle for producers on any thread, async or not.
+    pub fn publisher(&self) -> Publisher {
+        Publisher { hub: self.clone() }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> HubStats {
+        self.inner.counters.snapshot()
+    }
+
+    // ----- registry -------------------------------------------------------
+
+    /// Registers a client of `user` (empty = anonymous). Returns its id and
+    /// the receiving end of its bounded queue, for its transport's writer.
+    pub fn connect(&self, user: impl Into<Arc<str>>, conn_info: Option<Bytes>) -> (ClientId, ClientReceiver) {
+        let id = ClientId(self.inner.next_id.fetch_add(1, Relaxed));
+        let (tx, rx) = queue(self.inner.config.queue_limits);
+        let entry = Arc::new(ClientEntry {
+            id,
+            user: user.into(),
+            conn_info,
+            queue: tx,
+            doomed: AtomicBool::new(false),
+            subs: Mutex::new(ClientSubs {
+                closed: false,
+                channels: FxHashSet::default(),
+            }),
+        });
+        self.inner.clients.shard(&id).write().insert(id, entry);
+        self.inner.counters.clients.fetch_add(1, Relaxed);
+        (id, rx)
+    }
+
+    /// Removes a client and every trace of it (subscriptions, presence), and
+    /// closes its queue with `reason`. Returns false if it was not connected.
+    pub fn disconnect(&self, id: ClientId, reason: DisconnectReason) -> bool {
+        let removed = self.remove_client(id, reason);
+        if removed {
+            self.inner.counters.disconnected.fetch_add(1, Relaxed);
+        }
+        removed
+    }
+
+    /// Disconnects every connection of `user`; returns how many there were.
+    pub fn disconnect_user(&self, user: &str, reason: DisconnectReason) -> usize {
+        self.clients_of_user(user)
+            .into_iter()
+            .filter(|id| self.disconnect(*id, reason.clone()))
+            .count()
+    }
+
+    /// Disconnects everyone with [`DisconnectReason::Shutdown`].
+    pub fn shutdown(&self) -> usize {
+        let ids: Vec<ClientId> = self
+            .inner
+            .clients
+            .all()
+            .flat_map(|s| s.read().keys().copied().collect::<Vec<_>>())
+            .collect();
+        ids.into_iter()
+            .filter(|id| self.disconnect(*id, DisconnectReason::Shutdown))
+            .count()
+    }
+
+    /// The connections of `user`.
+    pub fn clients_of_user(&self, user: &str) -> Vec<ClientId> {
+        let mut ids = Vec::new();
+        for shard in self.inner.clients.all() {
+            ids.extend(shard.read().values().filter(|c| &*c.user == user).map(|c| c.id));
+        }
+        ids
+    }
+
+    /// What the hub knows of client `id`.
+    pub fn client(&self, id: ClientId) -> Option<ClientSnapshot> {
+        let c = self.entry(id)?;
+        let channels = c.subs.lock().channels.iter().cloned().collect();
+        Some(ClientSnapshot {
+            id,
+            user: c.user.clone(),
+            conn_info: c.conn_info.clone(),
+            channels,
+            queued: c.queue.len(),
+        })
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.inner.clients.len()
+    }
+
+    fn entry(&self, id: ClientId) -> Option<Arc<ClientEntry>> {
+        self.inner.clients.shard(&id).read().get(&id).cloned()
+    }
+
+    fn resolve(&self, channel: &str) -> Result<&Arc<ChannelOptions>, HubError> {
+        let cfg = &self.inner.config.channels;
+        if channel.is_empty() || channel.len() > cfg.max_channel_length {
+            return Err(HubError::InvalidChannel);
+        }
+        cfg.resolve(channel)
+            .ok_or_else(|| HubError::UnknownChannel(channel.to_owned()))
+    }
+
+    /// The options of `channel`, or why it cannot be used.
+    pub fn channel_options(&self, channel: &str) -> Result<Arc<ChannelOptions>, HubError> {
+        self.resolve(channel).cloned()
+    }
+
+    // ----- subscriptions --------------------------------------------------
+
+    /// Subscribes client `id` to `channel`; see [`Hub::subscribe_with`].
+    pub fn subscribe(
+        &self,
+        id: ClientId,
+        channel: &str,
+        opts: SubscribeOptions,
+    ) -> Result<Subscribed, HubError> {
+        self.subscribe_with(id, channel, opts, |_| None)
+    }
+
+    /// Subscribes client `id` to `channel`, with catch-up, atomically with
+    /// respect to publications in that channel: each publication reaches the
+    /// subscriber exactly once, either in [`Subscribed::publications`] or
+    /// live through its queue, in offset order.
+    ///
+    /// `notice` runs inside the critical section; bytes it returns are
+    /// queued to the client before any live publication of the channel, so
+    /// a transport can put its subscribe reply (or a subscribe push) ahead
+    /// of the stream it starts.
+    pub fn subscribe_with(
+        &self,
+        id: ClientId,
+        channel: &str,
+        opts: SubscribeOptions,
+        notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
+    ) -> Result<Subscribed, HubError> {
+        let options = self.resolve(channel)?.clone();
+        let client = self.entry(id).ok_or(HubError::UnknownClient(id))?;
+        let inner = &*self.inner;
+        // The shard stays write-locked for the whole subscribe: a brand-new
+        // slot is never seen half-built, and is removed again on failure.
+        let mut map = inner.channels.shard(channel).write();
+        let slot = match map.get(channel) {
+            Some(s) => s.clone(),
+            None => {
+                let name: Arc<str> = channel.into();
+                let slot = Arc::new(ChannelSlot {
+                    name: name.clone(),
+                    state: Mutex::new(ChannelState {
+                        removed: false,
+                        options: options.clone(),
+                        subscribers: FxHashMap::default(),
+                    }),
+                });
+                map.insert(name, slot.clone());
+                inner.counters.channels.fetch_add(1, Relaxed);
+                slot
+            }
+        };
+        let mut st = slot.state.lock();
+        let result = self.join(&slot, &mut st, &client, &options, opts, notice);
+        if st.subscribers.is_empty() {
+            // Only possible when the join failed on a slot made for it.
+            st.removed = true;
+            drop(st);
+            map.remove(channel);
+            inner.counters.channels.fetch_sub(1, Relaxed);
+            return result.map(|(s, _)| s);
+        }
+        drop(st);
+        drop(map);
+        let (subscribed, dropped) = result?;
+        self.drop_clients(dropped);
+        Ok(subscribed)
+    }
+
+    fn join(
+        &self,
+        slot: &ChannelSlot,
+        st: &mut ChannelState,
+        client: &Arc<ClientEntry>,
+        options: &Arc<ChannelOptions>,
+        opts: SubscribeOptions,
+        notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
+    ) -> Result<(Subscribed, Dropped), HubError> {
+        let engine = &self.inner.engine;
+        let channel = &*slot.name;
+        if st.subscribers.contains_key(&client.id) {
+            return Err(HubError::AlreadySubscribed);
+        }
+        let first = st.subscribers.is_empty();
+        if first {
+            engine.retain(channel);
+        }
+        let undo = |e: HubError| {
+            if first {
+                engine.release(channel);
+            }
+            e
+        };
+        let subscribed = self
+            .catch_up(channel, options, client, &opts.catchup)
+            .map_err(undo)?;
+        {
+            let mut subs = client.subs.lock();
+            if subs.closed {
+                return Err(undo(HubError::UnknownClient(client.id)));
+            }
+            subs.channels.insert(slot.name.clone());
+        }
+        let info = Arc::new(ClientInfo {
+            client: client.id,
+            user: client.user.clone(),
+            conn_info: client.conn_info.clone(),
+            chan_info: opts.chan_info,
+        });
+        st.subscribers.insert(
+            client.id,
+            Subscriber {
+                client: client.clone(),
+                info: info.clone(),
+            },
+        );
+        self.inner.counters.subscriptions.fetch_add(1, Relaxed);
+        let mut dropped = Vec::new();
+        if options.presence {
+            // Presence is advisory: a failing remote engine must not refuse
+            // the subscription itself.
+            let _ = engine.add_presence(channel, info.clone());
+        }
+        if options.join_leave {
+            let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Join(info)));
+            self.fan_out(st, &ev, Some(client.id), &mut dropped);
+        }
+        if let Some(bytes) = notice(&subscribed) {
+            push_or_note(client, Outbound::Raw(bytes), &mut dropped);
+        }
+        Ok((subscribed, dropped))
+    }
+
+    fn catch_up(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+        client: &ClientEntry,
+        catchup: &Catchup,
+    ) -> Result<Subscribed, HubError> {
+        let engine = &self.inner.engine;
+        let position_only = HistoryQuery {
+            limit: Some(0),
+            ..Default::default()
+        };
+        let (page, recovered) = match catchup {
+            Catchup::None => (engine.history(channel, options, &position_only)?, false),
+            Catchup::Latest => {
+                let q = HistoryQuery {
+                    limit: Some(1),
+                    reverse: true,
+                    since: None,
+                };
+                (engine.history(channel, options, &q)?, false)
+            }
+            Catchup::Recover(since) => {
+                let max = self.inner.config.channels.recovery_max_publications;
+                let q = HistoryQuery {
+                    since: Some(since.clone()),
+                    limit: Some(max.saturating_add(1)),
+                    reverse: false,
+                };
+                match engine.history(channel, options, &q) {
+                    Ok(page) => {
+                        let complete = page.publications.len() <= max
+                            && page
+                                .publications
+                                .iter()
+                                .enumerate()
+                                .all(|(i, p)| p.offset == since.offset + 1 + i as u64)
+                            && since.offset + page.publications.len() as u64 == page.position.offset;
+                        if complete {
+                            (page, true)
+                        } else {
+                            let position = page.position;
+                            (
+                                HistoryPage {
+                                    publications: Vec::new(),
+                                    position,
+                                },
+                                false,
+                            )
+                        }
+                    }
+                    Err(EngineError::UnrecoverablePosition) => {
+                        (engine.history(channel, options, &position_only)?, false)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let mut publications = page.publications;
+        publications.retain(|p| p.is_for(client.id, &client.user));
+        Ok(Subscribed {
+            position: page.position,
+            publications,
+            recovered,
+            options: Arc::new(options.clone()),
+        })
+    }
+
+    /// Unsubscribes client `id` from `channel`. Returns whether it was
+    /// subscribed.
+    pub fn unsubscribe(&self, id: ClientId, channel: &str) -> Result<bool, HubError> {
+        self.unsubscribe_with(id, channel, None)
+    }
+
+    /// Like [`Hub::unsubscribe`]; `notice` (e.g. an unsubscribe push) is
+    /// queued to the client after the last publication it got from the
+    /// channel.
+    pub fn unsubscribe_with(
+        &self,
+        id: ClientId,
+        channel: &str,
+        notice: Option<Bytes>,
+    ) -> Result<bool, HubError> {
+        self.resolve(channel)?;
+        let client = self.entry(id).ok_or(HubError::UnknownClient(id))?;
+        let mut dropped = Vec::new();
+        let left = self.leave(&client, channel, notice, &mut dropped);
+        self.drop_clients(dropped);
+        Ok(left)
+    }
+
+    // Removes `client` from `channel`'s subscribers, with presence and leave
+    // events; frees the channel if it was the last subscriber. Clients that
+    // could not take the leave event are added to `dropped`.
+    fn leave(
+        &self,
+        client: &Arc<ClientEntry>,
+        channel: &str,
+        notice: Option<Bytes>,
+        dropped: &mut Dropped,
+    ) -> bool {
+        let Some(slot) = self.inner.channels.shard(channel).read().get(channel).cloned() else {
+            return false;
+        };
+        let now_empty = {
+            let mut st = slot.state.lock();
+            if st.removed {
+                return false;
+            }
+            let Some(sub) = st.subscribers.remove(&client.id) else {
+                return false;
+            };
+            client.subs.lock().channels.remove(channel);
+            self.inner.counters.subscriptions.fetch_sub(1, Relaxed);
+            if st.options.presence {
+                let _ = self.inner.engine.remove_presence(channel, client.id);
+            }
+            if st.options.join_leave {
+                let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Leave(sub.info)));
+                self.fan_out(&st, &ev, None, dropped);
+            }
+            if let Some(bytes) = notice {
+                push_or_note(client, Outbound::Raw(bytes), dropped);
+            }
+            st.subscribers.is_empty()
+        };
+        if now_empty {
+            self.remove_slot_if_empty(channel);
+        }
+        true
+    }
+
+    fn remove_slot_if_empty(&self, channel: &str) {
+        let mut map = self.inner.channels.shard(channel).write();
+        let Some(slot) = map.get(channel).cloned() else {
+            return;
+        };
+        let mut st = slot.state.lock();
+        if st.subscribers.is_empty() && !st.removed {
+            st.removed = true;
+            map.remove(channel);
+            self.inner.counters.channels.fetch_sub(1, Relaxed);
+            self.inner.engine.release(channel);
+        }
+    }
+
+    // ----- delivery -------------------------------------------------------
+
+    /// Publishes `data` to `channel`: the engine assigns the next offset and
+    /// keeps history, and every local subscriber not excluded gets it.
+    pub fn publish(
+        &self,
+        channel: &str,
+        data: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, HubError> {
+        let options = self.resolve(channel)?;
+        let mut publication = Some(Publication {
+            offset: 0,
+            data: data.into(),
+            info: opts.info,
+            tags: opts.tags,
+            exclusion: (!opts.exclude.is_empty()).then(|| Arc::new(opts.exclude)),
+        });
+        let engine = &self.inner.engine;
+        loop {
+            let map = self.inner.channels.shard(channel).read();
+            let Some(slot) = map.get(channel).cloned() else {
+                // No local subscriber. The shard read lock keeps a concurrent
+                // subscribe (which needs the write lock) from reading history
+                // before this publication is in it.
+                let p = publication.take().expect("publication is consumed once");
+                let (_, position) = engine.publish(channel, options, p, opts.skip_history)?;
+                drop(map);
+                self.inner.counters.publications.fetch_add(1, Relaxed);
+                return Ok(position);
+            };
+            drop(map);
+            let st = slot.state.lock();
+            if st.removed {
+                continue; // the slot was freed meanwhile: look again
+            }
+            let p = publication.take().expect("publication is consumed once");
+            let (p, position) = engine.publish(channel, options, p, opts.skip_history)?;
+            let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Publication(p)));
+            let mut dropped = Vec::new();
+            self.fan_out(&st, &ev, None, &mut dropped);
+            drop(st);
+            self.inner.counters.publications.fetch_add(1, Relaxed);
+            self.drop_clients(dropped);
+            return Ok(position);
+        }
+    }
+
+    /// Publishes `data` to each of `channels`, one result per channel.
+    pub fn broadcast(
+        &self,
+        channels: &[&str],
+        data: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Vec<Result<StreamPosition, HubError>> {
+        let data = data.into();
+        channels
+            .iter()
+            .map(|c| self.publish(c, data.clone(), opts.clone()))
+            .collect()
+    }
+
+    /// Fans out a publication that already has its offset, made elsewhere
+    /// (a remote engine's subscription delivers other nodes' publications
+    /// here). Returns how many local subscribers got it.
+    pub fn deliver(&self, channel: &str, publication: Publication) -> usize {
+        let Some(slot) = self.inner.channels.shard(channel).read().get(channel).cloned() else {
+            return 0;
+        };
+        let st = slot.state.lock();
+        if st.removed {
+            return 0;
+        }
+        let ev = Arc::new(Event::new(
+            Some(slot.name.clone()),
+            EventKind::Publication(publication),
+        ));
+        let mut dropped = Vec::new();
+        let n = self.fan_out(&st, &ev, None, &mut dropped);
+        drop(st);
+        self.drop_clients(dropped);
+        n
+    }
+
+    // The hot loop: one shared event, one non-blocking push per subscriber.
+    fn fan_out(
+        &self,
+        st: &ChannelState,
+        ev: &Arc<Event>,
+        skip: Option<ClientId>,
+        dropped: &mut Dropped,
+    ) -> usize {
+        let exclusion = match &ev.kind {
+            EventKind::Publication(p) => p.exclusion.as_deref(),
+            _ => None,
+        };
+        let mut delivered = 0;
+        for (id, sub) in &st.subscribers {
+            if skip == Some(*id) || exclusion.is_some_and(|ex| ex.excludes(*id, &sub.client.user)) {
+                continue;
+            }
+            if push_or_note(&sub.client, Outbound::Event(ev.clone()), dropped) {
+                delivered += 1;
+            }
+        }
+        self.inner
+            .counters
+            .deliveries
+            .fetch_add(delivered as u64, Relaxed);
+        delivered
+    }
+
+    /// Sends `data` to one client as a direct message (not in any channel).
+    pub fn send(&self, id: ClientId, data: impl Into<Bytes>) -> Result<(), HubError> {
+        let ev = Arc::new(Event::new(None, EventKind::Message(data.into())));
+        self.push_to(id, Outbound::Event(ev))?;
+        self.inner.counters.messages.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Queues bytes already in the client's wire format (a transport's reply
+    /// to one of its commands), in order with everything else it receives.
+    pub fn send_raw(&self, id: ClientId, bytes: Bytes) -> Result<(), HubError> {
+        self.push_to(id, Outbound::Raw(bytes))
+    }
+
+    fn push_to(&self, id: ClientId, item: Outbound) -> Result<(), HubError> {
+        let client = self.entry(id).ok_or(HubError::UnknownClient(id))?;
+        let mut dropped = Vec::new();
+        let ok = push_or_note(&client, item, &mut dropped);
+        self.drop_clients(dropped);
+        if ok {
+            Ok(())
+        } else {
+            Err(HubError::SlowClient(id))
+        }
+    }
+
+    /// Sends `data` as a direct message to every connected client. Returns
+    /// how many got it.
+    pub fn send_all(&self, data: impl Into<Bytes>) -> usize {
+        let ev = Arc::new(Event::new(None, EventKind::Message(data.into())));
+        let mut dropped = Vec::new();
+        let mut n = 0;
+        for shard in self.inner.clients.all() {
+            for client in shard.read().values() {
+                if push_or_note(client, Outbound::Event(ev.clone()), &mut dropped) {
+                    n += 1;
+                }
+            }
+        }
+        self.inner.counters.messages.fetch_add(n as u64, Relaxed);
+        self.drop_clients(dropped);
+        n
+    }
+
+    // Forgets clients whose queue overflowed or whose receiver is gone.
+    // Iterative: a leave event from one removal may overflow another queue.
+    fn drop_clients(&self, mut dropped: Dropped) {
+        while let Some((client, why)) = dropped.pop() {
+            let counter = match why {
+                DropCause::Slow => &self.inner.counters.dropped_slow,
+                DropCause::Closed => &self.inner.counters.dropped_closed,
+            };
+            if self.unregister(&client, DisconnectReason::Slow, &mut dropped) {
+                counter.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn remove_client(&self, id: ClientId, reason: DisconnectReason) -> bool {
+        let Some(client) = self.entry(id) else {
+            return false;
+        };
+        let mut dropped = Vec::new();
+        let removed = self.unregister(&client, reason, &mut dropped);
+        self.drop_clients(dropped);
+        removed
+    }
+
+    fn unregister(&self, client: &Arc<ClientEntry>, reason: DisconnectReason, dropped: &mut Dropped) -> bool {
+        if self
+            .inner
+            .clients
+            .shard(&client.id)
+            .write()
+            .remove(&client.id)
+            .is_none()
+        {
+            return false; // someone else removed it first
+        }
+        self.inner.counters.clients.fetch_sub(1, Relaxed);
+        client.queue.close(reason);
+        let channels = {
+            let mut subs = client.subs.lock();
+            subs.closed = true;
+            std::mem::take(&mut subs.channels)
+        };
+        client.doomed.store(true, Relaxed);
+        for channel in channels {
+            self.leave(client, &channel, None, dropped);
+        }
+        true
+    }
+
+    // ----- queries --------------------------------------------------------
+
+    /// Reads `channel`'s history.
+    pub fn history(&self, channel: &str, query: &HistoryQuery) -> Result<HistoryPage, HubError> {
+        let options = self.resolve(channel)?;
+        Ok(self.inner.engine.history(channel, options, query)?)
+    }
+
+    /// Drops `channel`'s history (its position stays).
+    pub fn remove_history(&self, channel: &str) -> Result<(), HubError> {
+        self.resolve(channel)?;
+        Ok(self.inner.engine.remove_history(channel)?)
+    }
+
+    /// Who is present in `channel`.
+    pub fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, HubError> {
+        self.resolve(channel)?;
+        Ok(self.inner.engine.presence(channel)?)
+    }
+
+    /// Presence counts of `channel`.
+    pub fn presence_stats(&self, channel: &str) -> Result<PresenceStats, HubError> {
+        let present = self.presence(channel)?;
+        let users: FxHashSet<&str> = present.iter().map(|i| &*i.user).collect();
+        Ok(PresenceStats {
+            clients: present.len(),
+            users: users.len(),
+        })
+    }
+
+    /// Channels with local subscribers, with their subscriber counts.
+    pub fn channels(&self) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for shard in self.inner.channels.all() {
+            for (name, slot) in shard.read().iter() {
+                out.push((name.clone(), slot.state.lock().subscribers.len()));
+            }
+        }
+        out
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.inner
+            .channels
+            .shard(channel)
+            .read()
+            .get(channel)
+            .map_or(0, |s| s.state.lock().subscribers.len())
+    }
+
+    /// Frees expired history; call from a housekeeping timer.
+    pub fn sweep(&self) {
+        self.inner.engine.sweep();
+    }
+}
+
+// Pushes one item; notes the client for removal (once) when it cannot take
+// it.
+#[inline]
+fn push_or_note(client: &Arc<ClientEntry>, item: Outbound, dropped: &mut Dropped) -> bool {
+    let cause = match client.queue.push(item) {
+        Ok(()) => return true,
+        Err(PushError::Full) => DropCause::Slow,
+        Err(PushError::Closed) => DropCause::Closed,
+    };
+    if !client.doomed.swap(true, Relaxed) {
+        dropped.push((client.clone(), cause));
+    }
+    false
+}
+
+/// A producer's handle to a hub: `Send + Sync + Clone`, callable from plain
+/// threads without any async runtime (every call returns without waiting on
+/// a client) and from async code alike.
+#[derive(Clone)]
+pub struct Publisher {
+    hub: Hub,
+}
+
+impl Publisher {
+    /// Publishes `data` to `channel`.
+    pub fn publish(&self, channel: &str, data: impl Into<Bytes>) -> Result<StreamPosition, HubError> {
+        self.hub.publish(channel, data, PublishOptions::default())
+    }
+
+    /// Publishes with options (exclusion, info, tags, skip_history).
+    pub fn publish_with(
+        &self,
+        channel: &str,
+        data: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, HubError> {
+        self.hub.publish(channel, data, opts)
+    }
+
+    /// Sends a direct message to one client.
+    pub fn send(&self, client: ClientId, data: impl Into<Bytes>) -> Result<(), HubError> {
+        self.hub.send(client, data)
+    }
+}

@@ -1,0 +1,61 @@
+//! crier-core: the in-process hub of crier. It owns clients, channels,
+//! ordered fan-out, history and presence, and has no sockets, no HTTP and no
+//! JSON: transports live in crier-server and talk to a [`Hub`].
+//!
+//! Map of the crate:
+//! - [`hub`]: the [`Hub`] (registry, subscriber sets, fan-out, the
+//!   per-channel critical section) and the [`Publisher`] handle.
+//! - [`queue`]: each client's bounded outbound queue ([`ClientReceiver`]),
+//!   pushed without blocking, drained in batches.
+//! - [`event`]: what a client receives ([`Event`], [`Publication`],
+//!   [`Outbound`]) and the per-format encoding cache.
+//! - [`engine`]: the [`Engine`] seam (offsets, history, presence);
+//!   [`memory`] is the in-process engine.
+//! - [`options`]: per-namespace [`ChannelOptions`].
+//! - [`clock`]: time for TTLs, replaceable in tests.
+//!
+//! ```
+//! use crier_core::{Hub, SubscribeOptions, PublishOptions, Exclusion, Outbound};
+//! use std::time::Duration;
+//!
+//! let hub = Hub::default();
+//! let (alice, mut alice_rx) = hub.connect("alice", None);
+//! let (bob, mut bob_rx) = hub.connect("bob", None);
+//! hub.subscribe(alice, "news", SubscribeOptions::default()).unwrap();
+//! hub.subscribe(bob, "news", SubscribeOptions::default()).unwrap();
+//!
+//! // Bob's request caused this publication: everyone but Bob gets it.
+//! let opts = PublishOptions { exclude: Exclusion { clients: vec![bob], users: vec![] }, ..Default::default() };
+//! hub.publish("news", "hello", opts).unwrap();
+//!
+//! let mut got = Vec::new();
+//! assert_eq!(alice_rx.drain_blocking(&mut got, Duration::from_secs(1)), Ok(1));
+//! assert_eq!(bob_rx.try_drain(&mut got), Ok(0));
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod engine;
+mod error;
+pub mod event;
+pub mod hub;
+pub mod memory;
+pub mod options;
+pub mod queue;
+mod shard;
+mod stats;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::{Engine, EngineError, HistoryPage, HistoryQuery, StreamPosition};
+pub use error::HubError;
+pub use event::{ClientId, ClientInfo, Event, EventKind, Exclusion, Format, Outbound, Publication, Tags};
+pub use hub::{
+    Catchup, ClientSnapshot, Hub, HubConfig, PresenceStats, PublishOptions, Publisher, SubscribeOptions,
+    Subscribed,
+};
+pub use memory::MemoryEngine;
+pub use options::{ChannelConfig, ChannelOptions};
+pub use queue::{ClientReceiver, DisconnectReason, QueueLimits};
+pub use stats::HubStats;

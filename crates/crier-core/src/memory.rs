@@ -1,0 +1,397 @@
+//! The in-memory engine: offsets, epochs, history (size and TTL) and
+//! presence for a single node. State lives as long as it is needed: a
+//! stream with no retained history and no local subscribers is freed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::clock::{Clock, SystemClock};
+use crate::engine::{Engine, EngineError, HistoryPage, HistoryQuery, StreamPosition};
+use crate::event::{ClientId, ClientInfo, Publication};
+use crate::options::ChannelOptions;
+use crate::shard::MutexShards;
+
+/// Offsets, history and presence kept in this process.
+pub struct MemoryEngine {
+    // Time source for TTLs; a manual clock in tests.
+    clock: Arc<dyn Clock>,
+    streams: MutexShards<Box<str>, Stream>,
+    presence: MutexShards<Box<str>, FxHashMap<ClientId, Arc<ClientInfo>>>,
+    // Mixed into epochs so two streams created in the same instant differ.
+    epoch_seq: AtomicU64,
+}
+
+struct Stream {
+    epoch: Arc<str>,
+    // Offset of the latest publication.
+    top: u64,
+    // Retained publications, oldest first, offsets strictly increasing.
+    entries: VecDeque<Entry>,
+    // Whether this node has subscribers (keep the position even if empty).
+    live: bool,
+}
+
+struct Entry {
+    publication: Publication,
+    // Milliseconds since the Unix epoch after which it is gone.
+    expires_at: Option<u64>,
+}
+
+impl Stream {
+    fn trim_expired(&mut self, now: u64) {
+        while let Some(front) = self.entries.front() {
+            match front.expires_at {
+                Some(t) if t <= now => {
+                    self.entries.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+impl MemoryEngine {
+    /// An engine whose TTLs follow `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            streams: MutexShards::new(),
+            presence: MutexShards::new(),
+            epoch_seq: AtomicU64::new(0),
+        }
+    }
+
+    fn new_stream(&self) -> Stream {
+        let seq = self.epoch_seq.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let epoch = format!("{:08x}", splitmix64(nanos ^ seq.rotate_left(32)) as u32);
+        Stream {
+            epoch: epoch.into(),
+            top: 0,
+            entries: VecDeque::new(),
+            live: false,
+        }
+    }
+
+    /// Number of streams held (for tests and stats).
+    pub fn stream_count(&self) -> usize {
+        self.streams.all().map(|s| s.lock().len()).sum()
+    }
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Engine for MemoryEngine {
+    fn publish(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+        mut publication: Publication,
+        skip_history: bool,
+    ) -> Result<(Publication, StreamPosition), EngineError> {
+        let now = self.clock.now_ms();
+        let mut shard = self.streams.shard(channel).lock();
+        let stream = match shard.get_mut(channel) {
+            Some(s) => s,
+            None => shard.entry(channel.into()).or_insert(self.new_stream()),
+        };
+        stream.top += 1;
+        publication.offset = stream.top;
+        stream.trim_expired(now);
+        if options.history_size > 0 && !skip_history {
+            stream.entries.push_back(Entry {
+                publication: publication.clone(),
+                expires_at: options.history_ttl.map(|ttl| now + ttl.as_millis() as u64),
+            });
+            while stream.entries.len() > options.history_size {
+                stream.entries.pop_front();
+            }
+        }
+        let position = stream.position();
+        if !stream.live && stream.entries.is_empty() {
+            // Nobody here needs this position and nothing is kept: free it.
+            shard.remove(channel);
+        }
+        Ok((publication, position))
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        _options: &ChannelOptions,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        let now = self.clock.now_ms();
+        let mut shard = self.streams.shard(channel).lock();
+        let Some(stream) = shard.get_mut(channel) else {
+            if query.since.as_ref().is_some_and(|s| s.offset > 0) {
+                return Err(EngineError::UnrecoverablePosition);
+            }
+            return Ok(HistoryPage::default());
+        };
+        stream.trim_expired(now);
+        if let Some(since) = &query.since {
+            if since.epoch != stream.epoch || since.offset > stream.top {
+                return Err(EngineError::UnrecoverablePosition);
+            }
+        }
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let publications = if limit == 0 {
+            Vec::new()
+        } else if query.reverse {
+            let below = query.since.as_ref().map_or(u64::MAX, |s| s.offset);
+            stream
+                .entries
+                .iter()
+                .rev()
+                .filter(|e| e.publication.offset < below)
+                .take(limit)
+                .map(|e| e.publication.clone())
+                .collect()
+        } else {
+            let after = query.since.as_ref().map_or(0, |s| s.offset);
+            // Entries are sorted by offset: skip straight to the first one.
+            let start = stream.entries.partition_point(|e| e.publication.offset <= after);
+            stream
+                .entries
+                .range(start..)
+                .take(limit)
+                .map(|e| e.publication.clone())
+                .collect()
+        };
+        Ok(HistoryPage {
+            publications,
+            position: stream.position(),
+        })
+    }
+
+    fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+        let mut shard = self.streams.shard(channel).lock();
+        if let Some(stream) = shard.get_mut(channel) {
+            // The position stays, so subscribers are not told their state is
+            // lost; recovery from before it will say "not recovered".
+            stream.entries.clear();
+            if !stream.live {
+                shard.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    fn retain(&self, channel: &str) {
+        let mut shard = self.streams.shard(channel).lock();
+        match shard.get_mut(channel) {
+            Some(s) => s.live = true,
+            None => {
+                let mut s = self.new_stream();
+                s.live = true;
+                shard.insert(channel.into(), s);
+            }
+        }
+    }
+
+    fn release(&self, channel: &str) {
+        let mut shard = self.streams.shard(channel).lock();
+        if let Some(s) = shard.get_mut(channel) {
+            s.live = false;
+            if s.entries.is_empty() {
+                shard.remove(channel);
+            }
+        }
+    }
+
+    fn add_presence(&self, channel: &str, info: Arc<ClientInfo>) -> Result<(), EngineError> {
+        let mut shard = self.presence.shard(channel).lock();
+        match shard.get_mut(channel) {
+            Some(m) => {
+                m.insert(info.client, info);
+            }
+            None => {
+                let mut m = FxHashMap::default();
+                m.insert(info.client, info);
+                shard.insert(channel.into(), m);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_presence(&self, channel: &str, client: ClientId) -> Result<(), EngineError> {
+        let mut shard = self.presence.shard(channel).lock();
+        if let Some(m) = shard.get_mut(channel) {
+            m.remove(&client);
+            if m.is_empty() {
+                shard.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, EngineError> {
+        let shard = self.presence.shard(channel).lock();
+        Ok(shard
+            .get(channel)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn sweep(&self) {
+        let now = self.clock.now_ms();
+        for shard in self.streams.all() {
+            shard.lock().retain(|_, s| {
+                s.trim_expired(now);
+                s.live || !s.entries.is_empty()
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::time::Duration;
+
+    fn opts(size: usize, ttl_ms: Option<u64>) -> ChannelOptions {
+        ChannelOptions {
+            history_size: size,
+            history_ttl: ttl_ms.map(Duration::from_millis),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn offsets_increase_and_history_is_trimmed_by_size() {
+        let e = MemoryEngine::default();
+        let o = opts(3, None);
+        let mut epoch = None;
+        for i in 1..=5u64 {
+            let (p, pos) = e
+                .publish("c", &o, Publication::new(vec![i as u8]), false)
+                .unwrap();
+            assert_eq!(p.offset, i);
+            assert_eq!(pos.offset, i);
+            let ep = epoch.get_or_insert(pos.epoch.clone());
+            assert_eq!(*ep, pos.epoch, "epoch is stable while history lives");
+        }
+        let page = e.history("c", &o, &HistoryQuery::default()).unwrap();
+        let offs: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offs, vec![3, 4, 5]);
+        let rev = e
+            .history(
+                "c",
+                &o,
+                &HistoryQuery {
+                    limit: Some(2),
+                    reverse: true,
+                    since: None,
+                },
+            )
+            .unwrap();
+        let offs: Vec<u64> = rev.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offs, vec![5, 4]);
+    }
+
+    #[test]
+    fn ttl_expires_history_and_sweep_frees_the_stream() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let e = MemoryEngine::new(clock.clone());
+        let o = opts(10, Some(100));
+        e.publish("c", &o, Publication::new("a"), false).unwrap();
+        clock.advance(50);
+        e.publish("c", &o, Publication::new("b"), false).unwrap();
+        clock.advance(60);
+        let page = e.history("c", &o, &HistoryQuery::default()).unwrap();
+        assert_eq!(page.publications.len(), 1, "the first publication expired");
+        assert_eq!(page.publications[0].data, "b");
+        clock.advance(100);
+        e.sweep();
+        assert_eq!(
+            e.stream_count(),
+            0,
+            "an expired stream with no subscribers is freed"
+        );
+    }
+
+    #[test]
+    fn since_with_other_epoch_is_unrecoverable() {
+        let e = MemoryEngine::default();
+        let o = opts(10, None);
+        e.publish("c", &o, Publication::new("a"), false).unwrap();
+        let q = HistoryQuery {
+            since: Some(StreamPosition {
+                offset: 0,
+                epoch: "other".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(e.history("c", &o, &q), Err(EngineError::UnrecoverablePosition));
+    }
+
+    #[test]
+    fn no_history_and_no_subscribers_holds_no_memory() {
+        let e = MemoryEngine::default();
+        e.publish("c", &opts(0, None), Publication::new("a"), false)
+            .unwrap();
+        assert_eq!(e.stream_count(), 0);
+        e.retain("c");
+        e.publish("c", &opts(0, None), Publication::new("a"), false)
+            .unwrap();
+        let (_, pos) = e
+            .publish("c", &opts(0, None), Publication::new("b"), false)
+            .unwrap();
+        assert_eq!(pos.offset, 2, "a live stream keeps counting without history");
+        e.release("c");
+        assert_eq!(e.stream_count(), 0);
+    }
+
+    #[test]
+    fn remove_history_keeps_position() {
+        let e = MemoryEngine::default();
+        let o = opts(10, None);
+        e.retain("c");
+        let (_, before) = e.publish("c", &o, Publication::new("a"), false).unwrap();
+        e.remove_history("c").unwrap();
+        let page = e.history("c", &o, &HistoryQuery::default()).unwrap();
+        assert!(page.publications.is_empty());
+        assert_eq!(page.position, before);
+    }
+
+    #[test]
+    fn presence_add_remove() {
+        let e = MemoryEngine::default();
+        let info = Arc::new(ClientInfo {
+            client: ClientId(7),
+            user: "u".into(),
+            conn_info: None,
+            chan_info: None,
+        });
+        e.add_presence("c", info.clone()).unwrap();
+        assert_eq!(e.presence("c").unwrap(), vec![info]);
+        e.remove_presence("c", ClientId(7)).unwrap();
+        assert!(e.presence("c").unwrap().is_empty());
+    }
+}

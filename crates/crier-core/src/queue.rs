@@ -1,0 +1,387 @@
+//! The bounded outbound queue of one client: the hub pushes without ever
+//! blocking, the client's writer drains everything queued at once. Wakes the
+//! writer on push (async task or plain thread); never polls, never grows past
+//! its limits: overflowing marks the client slow and frees what was queued.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::event::Outbound;
+
+/// How much one client's queue may hold before the client counts as slow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most items waiting at once.
+    pub max_messages: usize,
+    /// Most bytes (by [`Outbound::weight`]) waiting at once. A single item
+    /// larger than this is still accepted into an empty queue.
+    pub max_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        // Centrifugo's default client queue is 1 MiB.
+        Self {
+            max_messages: 16 * 1024,
+            max_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why a client's queue was closed: what its transport should tell it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client did not drain its queue fast enough (protocol code 3008).
+    Slow,
+    /// The hub is shutting down (protocol code 3001, reconnect advised).
+    Shutdown,
+    /// The embedder removed the client; nothing to tell it (code 3000).
+    Removed,
+    /// A disconnect with an application-chosen code and reason.
+    Custom {
+        /// Protocol disconnect code.
+        code: u16,
+        /// Human-readable reason (keep under 127 bytes).
+        reason: Arc<str>,
+        /// Whether the client should reconnect.
+        reconnect: bool,
+    },
+}
+
+impl DisconnectReason {
+    /// The protocol disconnect code this reason maps to.
+    pub fn code(&self) -> u16 {
+        match self {
+            DisconnectReason::Slow => 3008,
+            DisconnectReason::Shutdown => 3001,
+            DisconnectReason::Removed => 3000,
+            DisconnectReason::Custom { code, .. } => *code,
+        }
+    }
+}
+
+/// Why a push did not enqueue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue was full: it is now closed with [`DisconnectReason::Slow`].
+    Full,
+    /// The queue was already closed (receiver gone or client removed).
+    Closed,
+}
+
+struct State {
+    items: VecDeque<Outbound>,
+    bytes: usize,
+    // Set once; the receiver reports it after draining what is left.
+    closed: Option<DisconnectReason>,
+    // The drainer waiting for the next push, if any.
+    waker: Option<Waker>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    limits: QueueLimits,
+}
+
+/// The hub's end of a client queue.
+#[derive(Clone)]
+pub(crate) struct QueueSender {
+    shared: Arc<Shared>,
+}
+
+/// The client's end of its queue, held by its transport's writer.
+///
+/// Dropping it closes the queue; the hub then forgets the client on its next
+/// delivery attempt.
+pub struct ClientReceiver {
+    shared: Arc<Shared>,
+    // An empty deque swapped in on drain, so draining allocates nothing in
+    // steady state; dropped when a burst made it large, so idle clients stay
+    // small.
+    spare: VecDeque<Outbound>,
+}
+
+// A spare deque larger than this is released instead of being kept idle.
+const SPARE_KEEP: usize = 64;
+
+pub(crate) fn queue(limits: QueueLimits) -> (QueueSender, ClientReceiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            bytes: 0,
+            closed: None,
+            waker: None,
+        }),
+        limits,
+    });
+    (
+        QueueSender {
+            shared: shared.clone(),
+        },
+        ClientReceiver {
+            shared,
+            spare: VecDeque::new(),
+        },
+    )
+}
+
+impl QueueSender {
+    /// Enqueues without blocking. On overflow the queue closes as slow and
+    /// drops what it held, so a stuck client pins no more memory.
+    pub(crate) fn push(&self, item: Outbound) -> Result<(), PushError> {
+        let weight = item.weight();
+        let waker = {
+            let mut st = self.shared.state.lock();
+            if st.closed.is_some() {
+                return Err(PushError::Closed);
+            }
+            let limits = &self.shared.limits;
+            if !st.items.is_empty()
+                && (st.items.len() >= limits.max_messages || st.bytes + weight > limits.max_bytes)
+            {
+                st.closed = Some(DisconnectReason::Slow);
+                st.items = VecDeque::new();
+                st.bytes = 0;
+                let w = st.waker.take();
+                drop(st);
+                if let Some(w) = w {
+                    w.wake();
+                }
+                return Err(PushError::Full);
+            }
+            st.items.push_back(item);
+            st.bytes += weight;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Closes the queue with `reason` unless it is closed already. Items
+    /// queued before stay drainable, so a final message can precede the close.
+    pub(crate) fn close(&self, reason: DisconnectReason) {
+        let waker = {
+            let mut st = self.shared.state.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(reason);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Items waiting right now.
+    pub(crate) fn len(&self) -> usize {
+        self.shared.state.lock().items.len()
+    }
+}
+
+impl ClientReceiver {
+    /// Moves everything queued into `out` without waiting. Returns how many
+    /// items were moved, or the disconnect reason once the queue is closed
+    /// and empty.
+    pub fn try_drain(&mut self, out: &mut Vec<Outbound>) -> Result<usize, DisconnectReason> {
+        let mut st = self.shared.state.lock();
+        if st.items.is_empty() {
+            return match &st.closed {
+                Some(reason) => Err(reason.clone()),
+                None => Ok(0),
+            };
+        }
+        std::mem::swap(&mut st.items, &mut self.spare);
+        st.bytes = 0;
+        drop(st);
+        let n = self.spare.len();
+        out.extend(self.spare.drain(..));
+        if self.spare.capacity() > SPARE_KEEP {
+            self.spare = VecDeque::new();
+        }
+        Ok(n)
+    }
+
+    /// Like [`try_drain`](Self::try_drain), but registers `cx`'s waker and
+    /// returns `Pending` when nothing is queued.
+    pub fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Outbound>,
+    ) -> Poll<Result<usize, DisconnectReason>> {
+        {
+            let mut st = self.shared.state.lock();
+            if st.items.is_empty() && st.closed.is_none() {
+                match &st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.try_drain(out))
+    }
+
+    /// Waits (asynchronously, on any runtime) until something is queued or
+    /// the queue closes, then drains everything into `out`.
+    pub async fn drain(&mut self, out: &mut Vec<Outbound>) -> Result<usize, DisconnectReason> {
+        poll_fn(|cx| self.poll_drain(cx, out)).await
+    }
+
+    /// Blocks the current thread (no async runtime needed) until something is
+    /// queued, the queue closes, or `timeout` passes (then returns `Ok(0)`).
+    pub fn drain_blocking(
+        &mut self,
+        out: &mut Vec<Outbound>,
+        timeout: Duration,
+    ) -> Result<usize, DisconnectReason> {
+        let deadline = Instant::now() + timeout;
+        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(r) = self.poll_drain(&mut cx, out) {
+                return r;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(0);
+            }
+            thread::park_timeout(deadline - now);
+        }
+    }
+
+    /// Items waiting right now.
+    pub fn len(&self) -> usize {
+        self.shared.state.lock().items.len()
+    }
+
+    /// Whether nothing is waiting right now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for ClientReceiver {
+    fn drop(&mut self) {
+        let mut st = self.shared.state.lock();
+        if st.closed.is_none() {
+            st.closed = Some(DisconnectReason::Removed);
+        }
+        st.items = VecDeque::new();
+        st.bytes = 0;
+        st.waker = None;
+    }
+}
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn raw(s: &'static str) -> Outbound {
+        Outbound::Raw(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[test]
+    fn drains_everything_in_order() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        tx.push(raw("a")).unwrap();
+        tx.push(raw("b")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(2));
+        let texts: Vec<_> = out
+            .iter()
+            .map(|o| match o {
+                Outbound::Raw(b) => b.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(texts, vec![Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(rx.try_drain(&mut out), Ok(0));
+    }
+
+    #[test]
+    fn overflow_by_count_closes_as_slow_and_frees_items() {
+        let (tx, mut rx) = queue(QueueLimits {
+            max_messages: 2,
+            max_bytes: 1 << 20,
+        });
+        tx.push(raw("a")).unwrap();
+        tx.push(raw("b")).unwrap();
+        assert_eq!(tx.push(raw("c")), Err(PushError::Full));
+        assert_eq!(tx.len(), 0, "a slow client's queue is freed at once");
+        assert_eq!(tx.push(raw("d")), Err(PushError::Closed));
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Err(DisconnectReason::Slow));
+    }
+
+    #[test]
+    fn overflow_by_bytes_closes_as_slow() {
+        let (tx, _rx) = queue(QueueLimits {
+            max_messages: 100,
+            max_bytes: 10,
+        });
+        // One oversized item fits an empty queue...
+        tx.push(Outbound::Raw(Bytes::from(vec![0u8; 50]))).unwrap();
+        // ...but nothing more may pile up behind it.
+        assert_eq!(tx.push(raw("x")), Err(PushError::Full));
+    }
+
+    #[test]
+    fn close_keeps_earlier_items_then_reports_reason() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        tx.push(raw("bye")).unwrap();
+        tx.close(DisconnectReason::Shutdown);
+        tx.close(DisconnectReason::Slow); // first reason wins
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        assert_eq!(rx.try_drain(&mut out), Err(DisconnectReason::Shutdown));
+    }
+
+    #[test]
+    fn dropping_receiver_closes_queue() {
+        let (tx, rx) = queue(QueueLimits::default());
+        drop(rx);
+        assert_eq!(tx.push(raw("a")), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn blocking_drain_wakes_on_push_from_another_thread() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let t = thread::spawn(move || tx.push(raw("hello")).unwrap());
+        let mut out = Vec::new();
+        assert_eq!(
+            rx.drain_blocking(&mut out, Duration::from_secs(10)),
+            Ok(1),
+            "the push must wake the drainer well before the timeout"
+        );
+        t.join().unwrap();
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn blocking_drain_times_out_empty() {
+        let (_tx, mut rx) = queue(QueueLimits::default());
+        let mut out = Vec::new();
+        assert_eq!(rx.drain_blocking(&mut out, Duration::from_millis(1)), Ok(0));
+    }
+}

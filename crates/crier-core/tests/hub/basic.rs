@@ -1,0 +1,615 @@
+//! One test per hub operation: what a client of the hub would notice.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crier_core::*;
+
+use super::support::*;
+
+fn with_history(size: usize) -> HubConfig {
+    HubConfig {
+        channels: ChannelConfig::new(ChannelOptions {
+            history_size: size,
+            ..Default::default()
+        })
+        .namespace(
+            "room",
+            ChannelOptions {
+                history_size: size,
+                presence: true,
+                join_leave: true,
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    }
+}
+
+fn pub_data(seen: &[Seen]) -> Vec<Bytes> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Pub { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn ids_are_unique_and_registry_counts() {
+    let hub = Hub::default();
+    let (a, _ra) = hub.connect("u", None);
+    let (b, _rb) = hub.connect("", None);
+    assert_ne!(a, b);
+    assert_eq!(hub.client_count(), 2);
+    assert_eq!(
+        hub.client(b).unwrap().user.as_ref(),
+        "",
+        "anonymous client keeps empty user"
+    );
+    assert!(hub.disconnect(a, DisconnectReason::Removed));
+    assert!(
+        !hub.disconnect(a, DisconnectReason::Removed),
+        "second disconnect is a no-op"
+    );
+    assert_eq!(hub.client_count(), 1);
+    assert!(hub.client(a).is_none());
+}
+
+#[test]
+fn publish_reaches_every_subscriber_in_offset_order() {
+    let hub = Hub::new(with_history(10));
+    let mut rxs = Vec::new();
+    for i in 0..5 {
+        let (id, rx) = hub.connect(format!("u{i}"), None);
+        hub.subscribe(id, "news", SubscribeOptions::default()).unwrap();
+        rxs.push(rx);
+    }
+    let (outsider, mut outsider_rx) = hub.connect("x", None);
+    hub.subscribe(outsider, "other", SubscribeOptions::default())
+        .unwrap();
+    for n in 0..3 {
+        let pos = hub
+            .publish("news", format!("m{n}"), PublishOptions::default())
+            .unwrap();
+        assert_eq!(pos.offset, n + 1);
+    }
+    for rx in &mut rxs {
+        assert_eq!(offsets(rx), vec![1, 2, 3]);
+    }
+    assert!(take(&mut outsider_rx).is_empty(), "other channels get nothing");
+    assert_eq!(hub.stats().deliveries, 15);
+    assert_eq!(hub.stats().publications, 3);
+}
+
+#[test]
+fn exclusion_by_client_and_by_user() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("alice", None);
+    let (b1, mut rb1) = hub.connect("bob", None);
+    let (b2, mut rb2) = hub.connect("bob", None);
+    for id in [a, b1, b2] {
+        hub.subscribe(id, "c", SubscribeOptions::default()).unwrap();
+    }
+    let by_client = PublishOptions {
+        exclude: Exclusion {
+            clients: vec![b1],
+            users: vec![],
+        },
+        ..Default::default()
+    };
+    hub.publish("c", "one", by_client).unwrap();
+    assert_eq!(pub_data(&take(&mut ra)), vec![Bytes::from("one")]);
+    assert!(take(&mut rb1).is_empty(), "the excluded connection gets nothing");
+    assert_eq!(
+        pub_data(&take(&mut rb2)),
+        vec![Bytes::from("one")],
+        "bob's other tab still gets it"
+    );
+
+    let by_user = PublishOptions {
+        exclude: Exclusion {
+            clients: vec![],
+            users: vec!["bob".into()],
+        },
+        ..Default::default()
+    };
+    hub.publish("c", "two", by_user).unwrap();
+    assert_eq!(pub_data(&take(&mut ra)), vec![Bytes::from("two")]);
+    assert!(take(&mut rb1).is_empty());
+    assert!(take(&mut rb2).is_empty());
+}
+
+#[test]
+fn send_to_one_and_to_all() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    let (_b, mut rb) = hub.connect("b", None);
+    hub.send(a, "just you").unwrap();
+    assert_eq!(take(&mut ra), vec![Seen::Message(Bytes::from("just you"))]);
+    assert!(take(&mut rb).is_empty());
+    assert_eq!(
+        hub.send(ClientId(999), "x"),
+        Err(HubError::UnknownClient(ClientId(999)))
+    );
+    assert_eq!(hub.send_all("everyone"), 2);
+    assert_eq!(take(&mut ra), vec![Seen::Message(Bytes::from("everyone"))]);
+    assert_eq!(take(&mut rb), vec![Seen::Message(Bytes::from("everyone"))]);
+}
+
+#[test]
+fn unknown_namespace_invalid_name_and_unknown_client() {
+    let hub = Hub::new(with_history(0));
+    let (a, _ra) = hub.connect("a", None);
+    assert_eq!(
+        hub.subscribe(a, "nope:1", SubscribeOptions::default()),
+        Err(HubError::UnknownChannel("nope:1".into()))
+    );
+    assert_eq!(
+        hub.publish("nope:1", "x", PublishOptions::default()),
+        Err(HubError::UnknownChannel("nope:1".into()))
+    );
+    assert_eq!(
+        hub.subscribe(a, "", SubscribeOptions::default()),
+        Err(HubError::InvalidChannel)
+    );
+    let long = "x".repeat(256);
+    assert_eq!(
+        hub.publish(&long, "x", PublishOptions::default()),
+        Err(HubError::InvalidChannel)
+    );
+    assert_eq!(
+        hub.subscribe(ClientId(42), "c", SubscribeOptions::default()),
+        Err(HubError::UnknownClient(ClientId(42)))
+    );
+    assert!(
+        hub.channels().is_empty(),
+        "failed subscribes leave no channel behind"
+    );
+}
+
+#[test]
+fn double_subscribe_is_refused_and_unsubscribe_stops_delivery() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    hub.subscribe(a, "c", SubscribeOptions::default()).unwrap();
+    assert_eq!(
+        hub.subscribe(a, "c", SubscribeOptions::default()),
+        Err(HubError::AlreadySubscribed)
+    );
+    hub.publish("c", "1", PublishOptions::default()).unwrap();
+    assert_eq!(hub.unsubscribe(a, "c"), Ok(true));
+    assert_eq!(hub.unsubscribe(a, "c"), Ok(false));
+    hub.publish("c", "2", PublishOptions::default()).unwrap();
+    assert_eq!(pub_data(&take(&mut ra)), vec![Bytes::from("1")]);
+    assert_eq!(hub.subscriber_count("c"), 0);
+    assert!(hub.channels().is_empty(), "an empty channel is freed");
+}
+
+#[test]
+fn disconnect_removes_every_trace() {
+    let hub = Hub::new(with_history(0));
+    let (a, _ra) = hub.connect("a", None);
+    let (b, mut rb) = hub.connect("b", None);
+    for ch in ["room:1", "room:2", "plain"] {
+        hub.subscribe(a, ch, SubscribeOptions::default()).unwrap();
+    }
+    hub.subscribe(b, "room:1", SubscribeOptions::default()).unwrap();
+    let _ = take(&mut rb);
+    assert!(hub.disconnect(a, DisconnectReason::Removed));
+    assert_eq!(hub.client_count(), 1);
+    assert_eq!(hub.subscriber_count("room:1"), 1);
+    assert_eq!(hub.subscriber_count("room:2"), 0);
+    assert_eq!(hub.presence("room:1").unwrap().len(), 1);
+    assert!(hub.presence("room:2").unwrap().is_empty());
+    let names: Vec<String> = hub.channels().into_iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(names, vec!["room:1".to_string()]);
+    assert_eq!(hub.stats().subscriptions, 1);
+    assert_eq!(
+        take(&mut rb),
+        vec![Seen::Leave {
+            channel: "room:1".into(),
+            user: "a".into()
+        }],
+        "the other subscriber is told a left"
+    );
+    hub.disconnect(b, DisconnectReason::Removed);
+    assert!(hub.channels().is_empty());
+    assert_eq!(hub.stats().subscriptions, 0);
+    assert_eq!(hub.stats().channels, 0);
+}
+
+#[test]
+fn dropped_receiver_is_forgotten_on_next_delivery() {
+    let hub = Hub::default();
+    let (a, ra) = hub.connect("a", None);
+    let (b, mut rb) = hub.connect("b", None);
+    hub.subscribe(a, "c", SubscribeOptions::default()).unwrap();
+    hub.subscribe(b, "c", SubscribeOptions::default()).unwrap();
+    drop(ra);
+    hub.publish("c", "x", PublishOptions::default()).unwrap();
+    assert!(hub.client(a).is_none());
+    assert_eq!(hub.subscriber_count("c"), 1);
+    assert_eq!(hub.stats().dropped_closed, 1);
+    assert_eq!(offsets(&mut rb), vec![1]);
+}
+
+#[test]
+fn recovery_replays_exactly_the_gap() {
+    let hub = Hub::new(with_history(10));
+    let (a, _ra) = hub.connect("a", None);
+    let first = hub.subscribe(a, "c", SubscribeOptions::default()).unwrap();
+    assert_eq!(first.position.offset, 0);
+    for i in 1..=5 {
+        hub.publish("c", format!("m{i}"), PublishOptions::default())
+            .unwrap();
+    }
+    let (b, _rb) = hub.connect("b", None);
+    let since = StreamPosition {
+        offset: 2,
+        epoch: first.position.epoch.clone(),
+    };
+    let s = hub
+        .subscribe(
+            b,
+            "c",
+            SubscribeOptions {
+                catchup: Catchup::Recover(since),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(s.recovered);
+    let offs: Vec<u64> = s.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offs, vec![3, 4, 5]);
+    assert_eq!(s.position.offset, 5);
+}
+
+#[test]
+fn recovery_fails_plainly_on_wrong_epoch_trimmed_history_or_too_many() {
+    let mut cfg = with_history(3);
+    cfg.channels.recovery_max_publications = 2;
+    let hub = Hub::new(cfg);
+    let (a, _ra) = hub.connect("a", None);
+    let epoch = hub
+        .subscribe(a, "c", SubscribeOptions::default())
+        .unwrap()
+        .position
+        .epoch;
+    for i in 1..=5 {
+        hub.publish("c", format!("m{i}"), PublishOptions::default())
+            .unwrap();
+    }
+    let cases = [
+        (
+            StreamPosition {
+                offset: 4,
+                epoch: "other".into(),
+            },
+            "wrong epoch",
+        ),
+        (
+            StreamPosition {
+                offset: 1,
+                epoch: epoch.clone(),
+            },
+            "offset 2 was trimmed",
+        ),
+        (
+            StreamPosition {
+                offset: 2,
+                epoch: epoch.clone(),
+            },
+            "3 missed > max 2",
+        ),
+        (
+            StreamPosition {
+                offset: 9,
+                epoch: epoch.clone(),
+            },
+            "beyond the top",
+        ),
+    ];
+    for (since, why) in cases {
+        let (b, _rb) = hub.connect("b", None);
+        let s = hub
+            .subscribe(
+                b,
+                "c",
+                SubscribeOptions {
+                    catchup: Catchup::Recover(since),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(!s.recovered, "{why}");
+        assert!(s.publications.is_empty(), "{why}: all or nothing");
+        assert_eq!(
+            s.position.offset, 5,
+            "{why}: the answer still carries the position"
+        );
+    }
+    let (b, _rb) = hub.connect("b", None);
+    let s = hub
+        .subscribe(
+            b,
+            "c",
+            SubscribeOptions {
+                catchup: Catchup::Recover(StreamPosition { offset: 5, epoch }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(s.recovered, "nothing missed is a successful recovery");
+}
+
+#[test]
+fn recovery_honours_exclusion() {
+    let hub = Hub::new(with_history(10));
+    let (a, _ra) = hub.connect("alice", None);
+    let epoch = hub
+        .subscribe(a, "c", SubscribeOptions::default())
+        .unwrap()
+        .position
+        .epoch;
+    hub.publish("c", "for all", PublishOptions::default()).unwrap();
+    let not_bob = PublishOptions {
+        exclude: Exclusion {
+            clients: vec![],
+            users: vec!["bob".into()],
+        },
+        ..Default::default()
+    };
+    hub.publish("c", "not for bob", not_bob).unwrap();
+    let (b, _rb) = hub.connect("bob", None);
+    let s = hub
+        .subscribe(
+            b,
+            "c",
+            SubscribeOptions {
+                catchup: Catchup::Recover(StreamPosition { offset: 0, epoch }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(s.recovered);
+    let data: Vec<Bytes> = s.publications.iter().map(|p| p.data.clone()).collect();
+    assert_eq!(
+        data,
+        vec![Bytes::from("for all")],
+        "bob's reconnect does not replay his own message"
+    );
+}
+
+#[test]
+fn latest_snapshot_then_live() {
+    let hub = Hub::new(with_history(10));
+    hub.publish("state", "s1", PublishOptions::default()).unwrap();
+    hub.publish("state", "s2", PublishOptions::default()).unwrap();
+    let (a, mut ra) = hub.connect("a", None);
+    let s = hub
+        .subscribe(
+            a,
+            "state",
+            SubscribeOptions {
+                catchup: Catchup::Latest,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(s.publications.len(), 1);
+    assert_eq!(s.publications[0].data, "s2");
+    assert_eq!(s.publications[0].offset, 2);
+    hub.publish("state", "s3", PublishOptions::default()).unwrap();
+    assert_eq!(offsets(&mut ra), vec![3]);
+}
+
+#[test]
+fn presence_and_join_leave() {
+    let hub = Hub::new(with_history(0));
+    let (a, mut ra) = hub.connect("alice", Some(Bytes::from("conn-a")));
+    let (b, mut rb) = hub.connect("bob", None);
+    let (b2, _rb2) = hub.connect("bob", None);
+    hub.subscribe(a, "room:1", SubscribeOptions::default()).unwrap();
+    hub.subscribe(
+        b,
+        "room:1",
+        SubscribeOptions {
+            chan_info: Some(Bytes::from("seat 4")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    hub.subscribe(b2, "room:1", SubscribeOptions::default()).unwrap();
+    assert_eq!(
+        take(&mut ra),
+        vec![
+            Seen::Join {
+                channel: "room:1".into(),
+                user: "bob".into()
+            },
+            Seen::Join {
+                channel: "room:1".into(),
+                user: "bob".into()
+            }
+        ]
+    );
+    assert_eq!(
+        take(&mut rb),
+        vec![Seen::Join {
+            channel: "room:1".into(),
+            user: "bob".into()
+        }]
+    );
+    let present = hub.presence("room:1").unwrap();
+    assert_eq!(present.len(), 3);
+    let alice = present.iter().find(|i| i.client == a).unwrap();
+    assert_eq!(alice.conn_info.as_deref(), Some(&b"conn-a"[..]));
+    let bob = present.iter().find(|i| i.client == b).unwrap();
+    assert_eq!(bob.chan_info.as_deref(), Some(&b"seat 4"[..]));
+    assert_eq!(
+        hub.presence_stats("room:1").unwrap(),
+        PresenceStats { clients: 3, users: 2 }
+    );
+    hub.unsubscribe(b, "room:1").unwrap();
+    assert_eq!(
+        take(&mut ra),
+        vec![Seen::Leave {
+            channel: "room:1".into(),
+            user: "bob".into()
+        }]
+    );
+    // Channels without presence keep none.
+    hub.subscribe(a, "plain", SubscribeOptions::default()).unwrap();
+    assert!(hub.presence("plain").unwrap().is_empty());
+}
+
+#[test]
+fn subscribe_notice_precedes_live_publications() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    hub.subscribe_with(a, "c", SubscribeOptions::default(), |s| {
+        Some(Bytes::from(format!("subscribed at {}", s.position.offset)))
+    })
+    .unwrap();
+    hub.publish("c", "x", PublishOptions::default()).unwrap();
+    let seen = take(&mut ra);
+    assert_eq!(seen[0], Seen::Raw(Bytes::from("subscribed at 0")));
+    assert!(matches!(seen[1], Seen::Pub { offset: 1, .. }));
+    hub.unsubscribe_with(a, "c", Some(Bytes::from("bye"))).unwrap();
+    assert_eq!(take(&mut ra), vec![Seen::Raw(Bytes::from("bye"))]);
+}
+
+#[test]
+fn deliver_fans_out_remote_publications_locally() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    hub.subscribe(a, "c", SubscribeOptions::default()).unwrap();
+    let mut p = Publication::new("from node B");
+    p.offset = 41;
+    assert_eq!(hub.deliver("c", p), 1);
+    assert_eq!(offsets(&mut ra), vec![41]);
+    assert_eq!(hub.deliver("empty", Publication::new("x")), 0);
+}
+
+#[test]
+fn broadcast_to_several_channels() {
+    let hub = Hub::new(with_history(0));
+    let (a, mut ra) = hub.connect("a", None);
+    hub.subscribe(a, "x", SubscribeOptions::default()).unwrap();
+    hub.subscribe(a, "y", SubscribeOptions::default()).unwrap();
+    let results = hub.broadcast(&["x", "y", "nope:1"], "b", PublishOptions::default());
+    assert!(results[0].is_ok() && results[1].is_ok());
+    assert!(matches!(results[2], Err(HubError::UnknownChannel(_))));
+    let channels: Vec<String> = take(&mut ra)
+        .into_iter()
+        .map(|s| match s {
+            Seen::Pub { channel, .. } => channel,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(channels, vec!["x".to_string(), "y".to_string()]);
+}
+
+#[test]
+fn publisher_works_from_plain_threads() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    hub.subscribe(a, "sim", SubscribeOptions::default()).unwrap();
+    let publisher = hub.publisher();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let p = publisher.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    p.publish("sim", format!("{t}:{i}")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let offs = offsets(&mut ra);
+    assert_eq!(offs, (1..=400).collect::<Vec<u64>>());
+}
+
+#[test]
+fn shutdown_tells_everyone() {
+    let hub = Hub::default();
+    let (_a, mut ra) = hub.connect("a", None);
+    let (_b, mut rb) = hub.connect("b", None);
+    assert_eq!(hub.shutdown(), 2);
+    assert_eq!(closed_reason(&mut ra), DisconnectReason::Shutdown);
+    assert_eq!(closed_reason(&mut rb), DisconnectReason::Shutdown);
+    assert_eq!(hub.client_count(), 0);
+}
+
+#[test]
+fn disconnect_user_closes_all_their_connections_with_reason() {
+    let hub = Hub::default();
+    let (_a1, mut r1) = hub.connect("a", None);
+    let (_a2, mut r2) = hub.connect("a", None);
+    let (_b, _rb) = hub.connect("b", None);
+    let reason = DisconnectReason::Custom {
+        code: 3503,
+        reason: "force disconnect".into(),
+        reconnect: false,
+    };
+    assert_eq!(hub.disconnect_user("a", reason.clone()), 2);
+    assert_eq!(closed_reason(&mut r1), reason);
+    assert_eq!(closed_reason(&mut r2), reason);
+    assert_eq!(hub.client_count(), 1);
+}
+
+#[test]
+fn a_shared_event_is_encoded_once_per_format() {
+    let hub = Hub::default();
+    let mut rxs = Vec::new();
+    for _ in 0..50 {
+        let (id, rx) = hub.connect("u", None);
+        hub.subscribe(id, "c", SubscribeOptions::default()).unwrap();
+        rxs.push(rx);
+    }
+    hub.publish("c", "payload", PublishOptions::default()).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    const JSON: Format = Format::new(0);
+    for rx in &mut rxs {
+        let mut out = Vec::new();
+        rx.drain_blocking(&mut out, Duration::from_secs(1)).unwrap();
+        let Outbound::Event(ev) = &out[0] else {
+            panic!("expected an event")
+        };
+        let bytes = ev.encoded(JSON, |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Bytes::from("encoded")
+        });
+        assert_eq!(bytes, "encoded");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn channel_without_history_still_numbers_for_live_subscribers() {
+    let hub = Hub::new(with_history(0));
+    let (a, mut ra) = hub.connect("a", None);
+    hub.subscribe(a, "c", SubscribeOptions::default()).unwrap();
+    hub.publish("c", "1", PublishOptions::default()).unwrap();
+    hub.publish(
+        "c",
+        "2",
+        PublishOptions {
+            skip_history: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(offsets(&mut ra), vec![1, 2]);
+    assert!(hub
+        .history("c", &HistoryQuery::default())
+        .unwrap()
+        .publications
+        .is_empty());
+}

@@ -1,0 +1,5 @@
+mod basic;
+mod concurrency;
+mod history_props;
+mod slow;
+mod support;

@@ -1,0 +1,3 @@
+//! All crier-core integration tests, one binary (a module per area).
+
+mod hub;
