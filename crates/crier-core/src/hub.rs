@@ -82,6 +82,9 @@ struct ChannelState {
 }
 
 struct Subscriber {
+    // The client's queue, held here too so the fan-out loop touches one
+    // less pointer per delivery.
+    queue: QueueSender,
     client: Arc<ClientEntry>,
     // This subscription's presence entry, for leave events.
     info: Arc<ClientInfo>,
@@ -426,6 +429,7 @@ impl Hub {
         st.subscribers.insert(
             client.id,
             Subscriber {
+                queue: client.queue.clone(),
                 client: client.clone(),
                 info: info.clone(),
             },
@@ -694,8 +698,9 @@ impl Hub {
             if skip == Some(*id) || exclusion.is_some_and(|ex| ex.excludes(*id, &sub.client.user)) {
                 continue;
             }
-            if push_or_note(&sub.client, Outbound::Event(ev.clone()), dropped) {
-                delivered += 1;
+            match sub.queue.push(Outbound::Event(ev.clone())) {
+                Ok(()) => delivered += 1,
+                Err(e) => note_failed(&sub.client, e, dropped),
             }
         }
         self.inner
@@ -859,15 +864,24 @@ impl Hub {
 // it.
 #[inline]
 fn push_or_note(client: &Arc<ClientEntry>, item: Outbound, dropped: &mut Dropped) -> bool {
-    let cause = match client.queue.push(item) {
-        Ok(()) => return true,
-        Err(PushError::Full) => DropCause::Slow,
-        Err(PushError::Closed) => DropCause::Closed,
+    match client.queue.push(item) {
+        Ok(()) => true,
+        Err(e) => {
+            note_failed(client, e, dropped);
+            false
+        }
+    }
+}
+
+#[cold]
+fn note_failed(client: &Arc<ClientEntry>, err: PushError, dropped: &mut Dropped) {
+    let cause = match err {
+        PushError::Full => DropCause::Slow,
+        PushError::Closed => DropCause::Closed,
     };
     if !client.doomed.swap(true, Relaxed) {
         dropped.push((client.clone(), cause));
     }
-    false
 }
 
 /// A producer's handle to a hub: `Send + Sync + Clone`, callable from plain
