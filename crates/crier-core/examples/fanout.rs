@@ -28,19 +28,31 @@ fn show(name: &str, rx: &mut ClientReceiver) {
 fn main() {
     let channels = ChannelConfig::default().namespace(
         "conversation",
-        ChannelOptions { history_size: 100, presence: true, join_leave: false, ..Default::default() },
+        ChannelOptions {
+            history_size: 100,
+            presence: true,
+            join_leave: false,
+            ..Default::default()
+        },
     );
-    let hub = Hub::new(HubConfig { channels, ..Default::default() });
+    let hub = Hub::new(HubConfig {
+        channels,
+        ..Default::default()
+    });
 
     let (alice, mut alice_rx) = hub.connect("alice", None);
     let (bob, mut bob_rx) = hub.connect("bob", None);
     for id in [alice, bob] {
-        hub.subscribe(id, "conversation:123", SubscribeOptions::default()).unwrap();
+        hub.subscribe(id, "conversation:123", SubscribeOptions::default())
+            .unwrap();
     }
 
     println!("1. alice posts; her own connection is excluded from the echo:");
     let opts = PublishOptions {
-        exclude: Exclusion { clients: vec![alice], users: vec![] },
+        exclude: Exclusion {
+            clients: vec![alice],
+            users: vec![],
+        },
         ..Default::default()
     };
     hub.publish("conversation:123", "alice: hi bob", opts).unwrap();
@@ -51,7 +63,9 @@ fn main() {
     let publisher = hub.publisher();
     let sim = std::thread::spawn(move || {
         for tick in 1..=3 {
-            publisher.publish("conversation:123", format!("tick {tick}")).unwrap();
+            publisher
+                .publish("conversation:123", format!("tick {tick}"))
+                .unwrap();
         }
     });
     sim.join().unwrap();
@@ -60,7 +74,13 @@ fn main() {
     println!("3. carol joins late and catches up from history, then goes live:");
     let (carol, mut carol_rx) = hub.connect("carol", None);
     let epoch = hub
-        .history("conversation:123", &HistoryQuery { limit: Some(0), ..Default::default() })
+        .history(
+            "conversation:123",
+            &HistoryQuery {
+                limit: Some(0),
+                ..Default::default()
+            },
+        )
         .unwrap()
         .position
         .epoch;
@@ -69,13 +89,25 @@ fn main() {
         .subscribe(
             carol,
             "conversation:123",
-            SubscribeOptions { catchup: Catchup::Recover(since), ..Default::default() },
+            SubscribeOptions {
+                catchup: Catchup::Recover(since),
+                ..Default::default()
+            },
         )
         .unwrap();
     for p in &s.publications {
-        println!("  carol  caught up #{} {}", p.offset, String::from_utf8_lossy(&p.data));
+        println!(
+            "  carol  caught up #{} {}",
+            p.offset,
+            String::from_utf8_lossy(&p.data)
+        );
     }
-    hub.publish("conversation:123", "bob: welcome carol", PublishOptions::default()).unwrap();
+    hub.publish(
+        "conversation:123",
+        "bob: welcome carol",
+        PublishOptions::default(),
+    )
+    .unwrap();
     show("carol", &mut carol_rx);
 
     let present: Vec<String> = hub

@@ -295,6 +295,16 @@ impl Hub {
         })
     }
 
+    /// Number of distinct users among connected clients (anonymous
+    /// connections count as one user).
+    pub fn user_count(&self) -> usize {
+        let mut users: FxHashSet<Arc<str>> = FxHashSet::default();
+        for shard in self.inner.clients.all() {
+            users.extend(shard.read().values().map(|c| c.user.clone()));
+        }
+        users.len()
+    }
+
     /// Number of connected clients.
     pub fn client_count(&self) -> usize {
         self.inner.clients.len()

@@ -25,6 +25,10 @@ pub struct ChannelOptions {
 /// The boundary between namespace and the rest of a channel name.
 pub const NAMESPACE_BOUNDARY: char = ':';
 
+/// The prefix that marks a private channel (it needs a subscription token);
+/// it is not part of the namespace.
+pub const PRIVATE_PREFIX: char = '$';
+
 /// Channel options for channels without a namespace and for each namespace.
 #[derive(Clone, Debug)]
 pub struct ChannelConfig {
@@ -63,9 +67,14 @@ impl ChannelConfig {
         self
     }
 
-    /// The namespace of `channel`, if it has one.
+    /// The namespace of `channel`, if it has one. A leading `$` (private
+    /// channel) is not part of the namespace, and an empty namespace
+    /// (`:x`) is no namespace.
     pub fn namespace_of(channel: &str) -> Option<&str> {
-        channel.split_once(NAMESPACE_BOUNDARY).map(|(ns, _)| ns)
+        let name = channel.strip_prefix(PRIVATE_PREFIX).unwrap_or(channel);
+        name.split_once(NAMESPACE_BOUNDARY)
+            .map(|(ns, _)| ns)
+            .filter(|ns| !ns.is_empty())
     }
 
     /// The options of `channel`, or `None` when its namespace is unknown.
@@ -96,5 +105,15 @@ mod tests {
             "only the first ':' splits"
         );
         assert!(cfg.resolve("nope:1").is_none());
+        assert_eq!(
+            **cfg.resolve("$chat:1").unwrap(),
+            chat,
+            "private prefix is not the namespace"
+        );
+        assert_eq!(
+            **cfg.resolve(":x").unwrap(),
+            ChannelOptions::default(),
+            "empty namespace is none"
+        );
     }
 }

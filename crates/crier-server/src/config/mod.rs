@@ -1,0 +1,942 @@
+//! Server configuration.
+//!
+//! Owns the [`Config`] tree, its defaults, loading it from a TOML, JSON or
+//! YAML file plus `CRIER_*` environment overrides, validation, and the
+//! `crier check-config` report. Key names and nesting follow Centrifugo v6
+//! wherever the feature is shared, so a Centrifugo config file mostly works
+//! as is; keys crier does not implement become [`Warning`]s, not errors. The
+//! only crier-specific settings live under `[crier]`.
+//!
+//! This module must never open sockets, verify tokens, or read the process
+//! environment anywhere but [`Config::load`].
+
+mod duration;
+mod env;
+mod origins;
+mod source;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use origins::OriginPolicy;
+pub use source::Format;
+
+/// The whole server configuration. Every field has a default, so an empty
+/// file (or no file) is a valid configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the HTTP server (WebSocket, SSE, server API) listens.
+    pub http_server: HttpServerConfig,
+    /// Real-time client connections: tokens, origins, pings, limits.
+    pub client: ClientConfig,
+    /// The server HTTP API (`POST /api/<method>`).
+    pub http_api: HttpApiConfig,
+    /// Channel options and namespaces.
+    pub channel: ChannelConfig,
+    /// Which engine keeps channels, history and presence.
+    pub engine: EngineConfig,
+    /// The bidirectional WebSocket transport.
+    pub websocket: WebsocketConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Settings Centrifugo does not have.
+    pub crier: CrierConfig,
+}
+
+/// `http_server.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpServerConfig {
+    /// Interface to bind. Centrifugo's default is `""` (all interfaces);
+    /// crier defaults to loopback so a first run is not exposed. `""` still
+    /// means all interfaces.
+    pub address: String,
+    /// TCP port; `0` picks a free port (useful in tests).
+    pub port: u16,
+}
+
+impl Default for HttpServerConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".to_string(),
+            port: 8000,
+        }
+    }
+}
+
+impl HttpServerConfig {
+    /// `address:port` ready for a bind call: `""` becomes `0.0.0.0` and IPv6
+    /// literals get brackets.
+    pub fn listen_addr(&self) -> String {
+        let address = self.address.trim();
+        if address.is_empty() {
+            format!("0.0.0.0:{}", self.port)
+        } else if address.contains(':') && !address.starts_with('[') {
+            format!("[{address}]:{}", self.port)
+        } else {
+            format!("{address}:{}", self.port)
+        }
+    }
+}
+
+/// A secret string (HMAC key, API key). Serialized as a plain string; its
+/// `Debug` output is redacted so a logged config never leaks it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// `client.token.*`: how connection tokens (and, unless
+/// `client.subscription_token.enabled`, subscription tokens) are verified.
+/// An empty string means "not configured".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenConfig {
+    /// Enables HS256/HS384/HS512.
+    pub hmac_secret_key: Secret,
+    /// Enables RS256/RS384/RS512: a PEM public key, the PEM base64-encoded,
+    /// or a path to a PEM file (the order Centrifugo tries them in).
+    pub rsa_public_key: String,
+    /// Enables ES256/ES384: PEM, base64 PEM or a file path, as above.
+    pub ecdsa_public_key: String,
+    /// When set, the token's `aud` must contain this value.
+    pub audience: String,
+    /// When set, the token's `iss` must equal this value.
+    pub issuer: String,
+}
+
+impl TokenConfig {
+    /// Whether at least one verification key is configured.
+    pub fn has_keys(&self) -> bool {
+        !self.hmac_secret_key.is_empty()
+            || !self.rsa_public_key.trim().is_empty()
+            || !self.ecdsa_public_key.trim().is_empty()
+    }
+}
+
+/// `client.subscription_token.*`: a separate key set for subscription tokens,
+/// used only when `enabled` (Centrifugo v6 semantics); otherwise subscription
+/// tokens are checked with `client.token`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubscriptionTokenConfig {
+    /// Use this section instead of `client.token` for subscription tokens.
+    pub enabled: bool,
+    /// As `client.token.hmac_secret_key`.
+    pub hmac_secret_key: Secret,
+    /// As `client.token.rsa_public_key`.
+    pub rsa_public_key: String,
+    /// As `client.token.ecdsa_public_key`.
+    pub ecdsa_public_key: String,
+    /// As `client.token.audience`.
+    pub audience: String,
+    /// As `client.token.issuer`.
+    pub issuer: String,
+}
+
+impl SubscriptionTokenConfig {
+    /// The key set this section describes, in `client.token`'s shape.
+    pub fn as_token_config(&self) -> TokenConfig {
+        TokenConfig {
+            hmac_secret_key: self.hmac_secret_key.clone(),
+            rsa_public_key: self.rsa_public_key.clone(),
+            ecdsa_public_key: self.ecdsa_public_key.clone(),
+            audience: self.audience.clone(),
+            issuer: self.issuer.clone(),
+        }
+    }
+}
+
+/// `client.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientConfig {
+    /// Connection token verification.
+    pub token: TokenConfig,
+    /// Optional separate subscription token verification.
+    pub subscription_token: SubscriptionTokenConfig,
+    /// Development only: connect without a token, and every channel
+    /// operation is allowed (except subscribing to `$` private channels
+    /// without a token, as in Centrifugo).
+    pub insecure: bool,
+    /// Accept connections without a token as anonymous (empty user).
+    pub allow_anonymous_connect_without_token: bool,
+    /// Refuse valid connection tokens whose `sub` is empty.
+    pub disallow_anonymous_connection_tokens: bool,
+    /// Origin patterns for browser connections; see [`OriginPolicy`].
+    pub allowed_origins: Vec<String>,
+    /// How often the server pings (sent to clients in the connect reply).
+    #[serde(with = "duration::serde_go")]
+    pub ping_interval: Duration,
+    /// How long the server waits for a pong before disconnecting (3012).
+    #[serde(with = "duration::serde_go")]
+    pub pong_timeout: Duration,
+    /// How long an expired connection may stay before it is closed (3005),
+    /// giving the client time to refresh its token.
+    #[serde(with = "duration::serde_go")]
+    pub expired_close_delay: Duration,
+    /// As `expired_close_delay`, for expired subscriptions (3006).
+    #[serde(with = "duration::serde_go")]
+    pub expired_sub_close_delay: Duration,
+    /// How long a transport may stay open without a connect command (3502).
+    #[serde(with = "duration::serde_go")]
+    pub stale_close_delay: Duration,
+    /// Maximum subscriptions per connection (disconnect 3505 beyond).
+    pub channel_limit: usize,
+    /// Maximum connections per node; 0 = unlimited.
+    pub connection_limit: usize,
+    /// Maximum connections per user per node; 0 = unlimited.
+    pub user_connection_limit: usize,
+    /// Bytes queued for one slow client before it is disconnected (3008).
+    pub queue_max_size: usize,
+    /// Cap on `limit` in a client history request.
+    pub history_max_publication_limit: usize,
+    /// Cap on publications replayed by one recovery.
+    pub recovery_max_publication_limit: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
+            insecure: false,
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
+            stale_close_delay: Duration::from_secs(10),
+            channel_limit: 128,
+            connection_limit: 0,
+            user_connection_limit: 0,
+            queue_max_size: 1_048_576,
+            history_max_publication_limit: 300,
+            recovery_max_publication_limit: 300,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The compiled `allowed_origins` check.
+    pub fn origin_policy(&self) -> OriginPolicy {
+        OriginPolicy::new(&self.allowed_origins)
+    }
+
+    /// The key set subscription tokens are verified with.
+    pub fn effective_subscription_token(&self) -> TokenConfig {
+        if self.subscription_token.enabled {
+            self.subscription_token.as_token_config()
+        } else {
+            self.token.clone()
+        }
+    }
+}
+
+/// `http_api.error_mode`: how API errors reach HTTP callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApiErrorMode {
+    /// `""`: HTTP 200 with `{"error": {"code", "message"}}`.
+    #[default]
+    Default,
+    /// `"transport"`: errors mapped onto HTTP statuses.
+    Transport,
+}
+
+impl Serialize for ApiErrorMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            ApiErrorMode::Default => "",
+            ApiErrorMode::Transport => "transport",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiErrorMode {
+    // By hand, so the error names the empty-string mode legibly.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mode = String::deserialize(d)?;
+        match mode.as_str() {
+            "" => Ok(ApiErrorMode::Default),
+            "transport" => Ok(ApiErrorMode::Transport),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown error_mode {other:?}; use \"\" (errors in the body) or \"transport\" (HTTP statuses)"
+            ))),
+        }
+    }
+}
+
+/// `http_api.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpApiConfig {
+    /// Turn the HTTP API off.
+    pub disabled: bool,
+    /// Path prefix of the API endpoints.
+    pub handler_prefix: String,
+    /// The API key (`X-API-Key: KEY` or `Authorization: apikey KEY`).
+    pub key: Secret,
+    /// Accept API requests without a key (firewalled setups only).
+    pub insecure: bool,
+    /// See [`ApiErrorMode`].
+    pub error_mode: ApiErrorMode,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            handler_prefix: "/api".to_string(),
+            key: Secret::default(),
+            insecure: false,
+            error_mode: ApiErrorMode::Default,
+        }
+    }
+}
+
+/// Generates [`ChannelOptions`] and the on-disk shape of a namespace (the
+/// same fields plus `name`) from one field list, so the two cannot drift.
+/// A namespace is not `#[serde(flatten)]`ed because flatten would hide
+/// unknown keys and error positions inside namespaces.
+macro_rules! channel_options {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty $(=> $with:literal)? ),* $(,)?) => {
+        /// Options for a group of channels (`channel.without_namespace`, or
+        /// one entry of `channel.namespaces`). There is no inheritance: a
+        /// namespace starts from these defaults, not from the top level.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct ChannelOptions {
+            $( $(#[$doc])* $(#[serde(with = $with)])? pub $field: $ty, )*
+        }
+
+        /// A namespace as written in a file: `name` next to the options.
+        #[derive(Clone, Default, Serialize, Deserialize)]
+        #[serde(default)]
+        struct NamespaceWire {
+            name: String,
+            $( $(#[serde(with = $with)])? $field: $ty, )*
+        }
+
+        impl From<NamespaceWire> for Namespace {
+            fn from(w: NamespaceWire) -> Self {
+                Namespace { name: w.name, options: ChannelOptions { $( $field: w.$field, )* } }
+            }
+        }
+
+        impl From<Namespace> for NamespaceWire {
+            fn from(n: Namespace) -> Self {
+                NamespaceWire { name: n.name, $( $field: n.options.$field, )* }
+            }
+        }
+    };
+}
+
+channel_options! {
+    /// Keep online presence for channels.
+    presence: bool,
+    /// Emit join/leave events.
+    join_leave: bool,
+    /// Deliver join/leave to every subscriber without asking.
+    force_push_join_leave: bool,
+    /// Publications kept per channel; 0 = no history.
+    history_size: usize,
+    /// How long history is kept (whole seconds); 0 = no history.
+    history_ttl: Duration => "duration::serde_go",
+    /// Every subscription is positioned.
+    force_positioning: bool,
+    /// Clients may ask for positioning.
+    allow_positioning: bool,
+    /// Every subscription is recoverable (needs history).
+    force_recovery: bool,
+    /// Clients may ask for recovery.
+    allow_recovery: bool,
+    /// Any authenticated connection may subscribe without a token.
+    allow_subscribe_for_client: bool,
+    /// Extends `allow_subscribe_for_client` to anonymous connections.
+    allow_subscribe_for_anonymous: bool,
+    /// Subscribers may publish.
+    allow_publish_for_subscriber: bool,
+    /// Any authenticated connection may publish.
+    allow_publish_for_client: bool,
+    /// Extends the publish permissions above to anonymous connections.
+    allow_publish_for_anonymous: bool,
+    /// Subscribers may read history.
+    allow_history_for_subscriber: bool,
+    /// Any authenticated connection may read history.
+    allow_history_for_client: bool,
+    /// Extends the history permissions above to anonymous connections.
+    allow_history_for_anonymous: bool,
+    /// Subscribers may read presence.
+    allow_presence_for_subscriber: bool,
+    /// Any authenticated connection may read presence.
+    allow_presence_for_client: bool,
+    /// Extends the presence permissions above to anonymous connections.
+    allow_presence_for_anonymous: bool,
+}
+
+impl ChannelOptions {
+    /// History is on only when both size and TTL are set.
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+/// One entry of `channel.namespaces`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "NamespaceWire", into = "NamespaceWire")]
+pub struct Namespace {
+    /// Unique, `^[-a-zA-Z0-9_]{2,}$`.
+    pub name: String,
+    /// The options of channels named `<name><boundary>...`.
+    pub options: ChannelOptions,
+}
+
+/// `channel.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelConfig {
+    /// Options for channels without a namespace.
+    pub without_namespace: ChannelOptions,
+    /// Named option sets.
+    pub namespaces: Vec<Namespace>,
+    /// Longest accepted channel name, in bytes.
+    pub max_length: usize,
+    /// Channels starting with this need a subscription token; `""` disables.
+    pub private_prefix: String,
+    /// Separates the namespace from the rest of a channel name.
+    pub namespace_boundary: String,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+            max_length: 255,
+            private_prefix: "$".to_string(),
+            namespace_boundary: ":".to_string(),
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// The namespace part of `channel`: the text before the first boundary,
+    /// after stripping the private prefix (so `$chat:room` is in `chat`).
+    /// `None` for channels without a namespace.
+    pub fn namespace_of<'c>(&self, channel: &'c str) -> Option<&'c str> {
+        let name = match self.private_prefix.as_str() {
+            "" => channel,
+            prefix => channel.strip_prefix(prefix).unwrap_or(channel),
+        };
+        match name.find(self.namespace_boundary.as_str()) {
+            Some(end) if end > 0 => Some(&name[..end]),
+            _ => None,
+        }
+    }
+
+    /// The options that apply to `channel`, or `None` when it names a
+    /// namespace that is not configured (protocol error 102 unknown channel).
+    pub fn options_for(&self, channel: &str) -> Option<&ChannelOptions> {
+        match self.namespace_of(channel) {
+            None => Some(&self.without_namespace),
+            Some(ns) => self.namespaces.iter().find(|n| n.name == ns).map(|n| &n.options),
+        }
+    }
+
+    /// Whether `channel` is private (starts with `channel.private_prefix`).
+    pub fn is_private(&self, channel: &str) -> bool {
+        !self.private_prefix.is_empty() && channel.starts_with(&self.private_prefix)
+    }
+}
+
+/// `engine.type`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineType {
+    /// In-process; the only engine built so far.
+    #[default]
+    Memory,
+    /// Accepted by the parser; validation reports it as not built yet.
+    Redis,
+    /// Accepted by the parser; validation reports it as not built yet.
+    Nats,
+}
+
+impl EngineType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EngineType::Memory => "memory",
+            EngineType::Redis => "redis",
+            EngineType::Nats => "nats",
+        }
+    }
+}
+
+/// `engine.*`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
+    /// See [`EngineType`].
+    #[serde(rename = "type")]
+    pub kind: EngineType,
+}
+
+/// `websocket.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebsocketConfig {
+    /// Largest accepted incoming WebSocket message, in bytes.
+    pub message_size_limit: usize,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        Self {
+            message_size_limit: 65_536,
+        }
+    }
+}
+
+/// `shutdown.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShutdownConfig {
+    /// Longest a graceful shutdown waits for connections to close.
+    #[serde(with = "duration::serde_go")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `crier.*`: settings Centrifugo does not have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CrierConfig {
+    /// Development mode, set by `crier dev`; what it relaxes is decided by
+    /// the binary, this module only records it.
+    pub dev: bool,
+    /// Messages queued for one client before it counts as slow (3008), on
+    /// top of the byte cap `client.queue_max_size`; 0 = no count cap.
+    pub client_queue_max_messages: usize,
+}
+
+impl Default for CrierConfig {
+    fn default() -> Self {
+        Self {
+            dev: false,
+            client_queue_max_messages: 4096,
+        }
+    }
+}
+
+/// Something the user should know about but that does not stop the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// What kind of warning.
+    pub kind: WarningKind,
+    /// The key path (`client.foo`) or environment variable it is about.
+    pub key: String,
+    /// Human explanation.
+    pub message: String,
+}
+
+/// Kinds of [`Warning`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarningKind {
+    /// A key in the file that crier does not know (often a Centrifugo
+    /// feature crier does not implement); it is ignored.
+    UnknownKey,
+    /// A `CRIER_*` variable that names no key; it is ignored.
+    UnknownEnvVar,
+    /// A valid but probably unintended setting.
+    Advice,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A configuration that failed to load. Every variant names the key path;
+/// file errors also carry the line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The extension is not .toml, .json, .yaml or .yml.
+    #[error("{}: unknown config format; use a .toml, .json, .yaml or .yml file", path.display())]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is malformed or a value has the wrong type.
+    #[error("{}{}: {}{message}", file, position(*line, *column), key_prefix(key))]
+    Parse {
+        /// The file name as given.
+        file: String,
+        /// Key path such as `channel.namespaces[0].history_ttl`; empty when
+        /// the error is not inside a key (a syntax error at top level).
+        key: String,
+        /// 1-based line, when the format reports it.
+        line: Option<usize>,
+        /// 1-based column, when the format reports it.
+        column: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable has a value its key cannot take.
+    #[error("environment variable {var} (key {key}): {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// The key it sets.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn position(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A loaded, validated configuration and what the user should be told about it.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration to run with.
+    pub config: Config,
+    /// Unknown keys, unknown `CRIER_*` variables and advice.
+    pub warnings: Vec<Warning>,
+}
+
+/// The environment variable prefix: `CRIER_HTTP_SERVER_PORT` sets
+/// `http_server.port`.
+pub const ENV_PREFIX: &str = "CRIER_";
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies `CRIER_*`
+    /// variables from the process environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly so callers
+    /// (and tests) decide what it contains.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<LoadedConfig, ConfigError> {
+        let (config, mut warnings) = match path {
+            Some(path) => source::read_file(path)?,
+            None => (Config::default(), Vec::new()),
+        };
+        let (config, env_warnings) = env::apply(config, env)?;
+        warnings.extend(env_warnings);
+        warnings.extend(config.validate()?);
+        Ok(LoadedConfig { config, warnings })
+    }
+
+    /// Parses configuration text in `format` (no environment, no
+    /// validation). `file` only names the source in error messages.
+    pub fn parse_str(text: &str, format: Format, file: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
+        source::parse_str(text, format, file)
+    }
+
+    /// Checks that the values make sense together. Returns advice worth
+    /// showing; fails on the first real problem, naming its key.
+    pub fn validate(&self) -> Result<Vec<Warning>, ConfigError> {
+        let mut advice = Vec::new();
+        let mut advise = |key: &str, message: &str| {
+            advice.push(Warning {
+                kind: WarningKind::Advice,
+                key: key.to_string(),
+                message: message.to_string(),
+            })
+        };
+
+        match self.engine.kind {
+            EngineType::Memory => {}
+            other => {
+                return Err(invalid(
+                    "engine.type",
+                    format!(
+                        "the {:?} engine is not built yet; crier only has the \"memory\" engine for now",
+                        other.as_str()
+                    ),
+                ))
+            }
+        }
+
+        let client = &self.client;
+        if client.ping_interval.is_zero() {
+            return Err(invalid("client.ping_interval", "must be greater than 0"));
+        }
+        if client.pong_timeout.is_zero() || client.pong_timeout >= client.ping_interval {
+            return Err(invalid(
+                "client.pong_timeout",
+                format!(
+                    "must be greater than 0 and less than client.ping_interval ({})",
+                    duration::format(client.ping_interval)
+                ),
+            ));
+        }
+        if client.channel_limit == 0 {
+            return Err(invalid("client.channel_limit", "must be greater than 0"));
+        }
+        if client.queue_max_size == 0 {
+            return Err(invalid("client.queue_max_size", "must be greater than 0"));
+        }
+        if self.websocket.message_size_limit == 0 {
+            return Err(invalid("websocket.message_size_limit", "must be greater than 0"));
+        }
+        if client.insecure {
+            advise(
+                "client.insecure",
+                "insecure mode: clients connect without tokens and may do anything in any channel; never use it in production",
+            );
+        } else if !client.token.has_keys() && !client.allow_anonymous_connect_without_token {
+            advise(
+                "client.token",
+                "no hmac_secret_key, rsa_public_key or ecdsa_public_key is set, so no client can connect",
+            );
+        }
+        if client.subscription_token.enabled && !client.subscription_token.as_token_config().has_keys() {
+            advise(
+                "client.subscription_token",
+                "enabled without any key, so every subscription token will be refused",
+            );
+        }
+
+        let api = &self.http_api;
+        if !api.handler_prefix.is_empty() && !api.handler_prefix.starts_with('/') {
+            return Err(invalid("http_api.handler_prefix", "must start with \"/\""));
+        }
+        if !api.disabled && !api.insecure && api.key.is_empty() {
+            advise(
+                "http_api.key",
+                "no API key and http_api.insecure is off, so every API request will get HTTP 401",
+            );
+        }
+
+        let channel = &self.channel;
+        if channel.max_length == 0 {
+            return Err(invalid("channel.max_length", "must be greater than 0"));
+        }
+        if channel.namespace_boundary.is_empty() {
+            return Err(invalid("channel.namespace_boundary", "must not be empty"));
+        }
+        validate_channel_options("channel.without_namespace", &channel.without_namespace)?;
+        for (i, ns) in channel.namespaces.iter().enumerate() {
+            let key = format!("channel.namespaces[{i}]");
+            if !valid_namespace_name(&ns.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "invalid namespace name {:?}: it must match ^[-a-zA-Z0-9_]{{2,}}$",
+                        ns.name
+                    ),
+                ));
+            }
+            if channel.namespaces[..i].iter().any(|n| n.name == ns.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("namespace name {:?} is used twice; names must be unique", ns.name),
+                ));
+            }
+            validate_channel_options(&key, &ns.options)?;
+        }
+        Ok(advice)
+    }
+}
+
+/// `^[-a-zA-Z0-9_]{2,}$`, as documented by Centrifugo.
+fn valid_namespace_name(name: &str) -> bool {
+    name.len() >= 2
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn validate_channel_options(key: &str, o: &ChannelOptions) -> Result<(), ConfigError> {
+    if o.history_ttl.subsec_nanos() != 0 {
+        return Err(invalid(
+            format!("{key}.history_ttl"),
+            format!(
+                "{} has sub-second precision; history_ttl takes whole seconds",
+                duration::format(o.history_ttl)
+            ),
+        ));
+    }
+    if (o.history_size > 0) == o.history_ttl.is_zero() {
+        return Err(invalid(
+            key,
+            "history needs both history_size and history_ttl (set both, or neither)",
+        ));
+    }
+    if o.force_recovery && !o.history_enabled() {
+        return Err(invalid(
+            format!("{key}.force_recovery"),
+            "recovery needs history: set history_size and history_ttl",
+        ));
+    }
+    Ok(())
+}
+
+/// What `crier check-config FILE` prints.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Unknown keys and advice.
+    pub warnings: Vec<Warning>,
+    /// A few lines describing what the server would run with.
+    pub summary: String,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary)?;
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a configuration file on its own (the environment is not applied,
+/// so the result does not depend on the shell it runs in): parses it,
+/// validates it, and loads the token keys it names.
+pub fn check_config(path: &Path) -> Result<Report, ConfigError> {
+    let (config, mut warnings) = source::read_file(path)?;
+    warnings.extend(config.validate()?);
+    // Building the verifier proves the PEM keys load; its key list feeds the
+    // summary.
+    let verifier = crate::auth::TokenVerifier::from_config(&config)?;
+    let summary = summarize(path, &config, &verifier, warnings.len());
+    Ok(Report { warnings, summary })
+}
+
+fn summarize(
+    path: &Path,
+    config: &Config,
+    verifier: &crate::auth::TokenVerifier,
+    warning_count: usize,
+) -> String {
+    let names: Vec<&str> = config
+        .channel
+        .namespaces
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    let namespaces = if names.is_empty() {
+        "no namespaces".to_string()
+    } else {
+        format!("{} namespace(s): {}", names.len(), names.join(", "))
+    };
+    let algorithms = |list: Vec<&'static str>| {
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    };
+    let api = if config.http_api.disabled {
+        "disabled"
+    } else if config.http_api.insecure {
+        "insecure (no key needed)"
+    } else if config.http_api.key.is_empty() {
+        "no key set"
+    } else {
+        "key set"
+    };
+    format!(
+        "{}: OK\n\
+         listen: {}\n\
+         engine: {}\n\
+         channels: {namespaces}\n\
+         connection tokens: {}\n\
+         subscription tokens: {}\n\
+         client insecure: {}\n\
+         http api: {api}\n\
+         warnings: {warning_count}",
+        path.display(),
+        config.http_server.listen_addr(),
+        config.engine.kind.as_str(),
+        algorithms(verifier.connect_algorithms()),
+        algorithms(verifier.subscribe_algorithms()),
+        config.client.insecure,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,616 @@
+//! Tests of configuration loading as a user meets it: defaults, the three
+//! file formats, environment overrides, error positions, warnings and
+//! validation. Nothing here touches the process environment.
+
+use super::*;
+use std::path::PathBuf;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A file in a fresh temporary directory, removed with the directory when
+/// the guard drops.
+struct TempFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn new(name: &str, content: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "crier-config-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, content).expect("write temp file");
+        Self { dir, path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn parse(text: &str, format: Format) -> Result<(Config, Vec<Warning>), ConfigError> {
+    Config::parse_str(text, format, "test")
+}
+
+const V6_TOML: &str = r#"
+[http_server]
+address = "0.0.0.0"
+port = 9000
+
+[client]
+insecure = false
+allowed_origins = ["https://example.com", "https://*.example.org"]
+ping_interval = "20s"
+pong_timeout = "5s"
+channel_limit = 64
+
+[client.token]
+hmac_secret_key = "secret"
+audience = "crier-tests"
+
+[http_api]
+key = "api-key"
+error_mode = "transport"
+
+[channel.without_namespace]
+presence = true
+allow_subscribe_for_client = true
+
+[[channel.namespaces]]
+name = "chat"
+presence = true
+join_leave = true
+history_size = 100
+history_ttl = "300s"
+force_recovery = true
+allow_publish_for_subscriber = true
+allow_history_for_subscriber = true
+
+[[channel.namespaces]]
+name = "public_feed"
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+
+[engine]
+type = "memory"
+
+[crier]
+dev = true
+"#;
+
+const V6_JSON: &str = r#"{
+  "http_server": {"address": "0.0.0.0", "port": 9000},
+  "client": {
+    "insecure": false,
+    "allowed_origins": ["https://example.com", "https://*.example.org"],
+    "ping_interval": "20s",
+    "pong_timeout": "5s",
+    "channel_limit": 64,
+    "token": {"hmac_secret_key": "secret", "audience": "crier-tests"}
+  },
+  "http_api": {"key": "api-key", "error_mode": "transport"},
+  "channel": {
+    "without_namespace": {"presence": true, "allow_subscribe_for_client": true},
+    "namespaces": [
+      {
+        "name": "chat",
+        "presence": true,
+        "join_leave": true,
+        "history_size": 100,
+        "history_ttl": "300s",
+        "force_recovery": true,
+        "allow_publish_for_subscriber": true,
+        "allow_history_for_subscriber": true
+      },
+      {
+        "name": "public_feed",
+        "allow_subscribe_for_client": true,
+        "allow_subscribe_for_anonymous": true
+      }
+    ]
+  },
+  "engine": {"type": "memory"},
+  "crier": {"dev": true}
+}"#;
+
+const V6_YAML: &str = r#"
+http_server:
+  address: "0.0.0.0"
+  port: 9000
+client:
+  insecure: false
+  allowed_origins:
+    - https://example.com
+    - https://*.example.org
+  ping_interval: 20s
+  pong_timeout: 5s
+  channel_limit: 64
+  token:
+    hmac_secret_key: secret
+    audience: crier-tests
+http_api:
+  key: api-key
+  error_mode: transport
+channel:
+  without_namespace:
+    presence: true
+    allow_subscribe_for_client: true
+  namespaces:
+    - name: chat
+      presence: true
+      join_leave: true
+      history_size: 100
+      history_ttl: 300s
+      force_recovery: true
+      allow_publish_for_subscriber: true
+      allow_history_for_subscriber: true
+    - name: public_feed
+      allow_subscribe_for_client: true
+      allow_subscribe_for_anonymous: true
+engine:
+  type: memory
+crier:
+  dev: true
+"#;
+
+#[test]
+fn defaults_match_centrifugo_where_shared() {
+    let c = Config::default();
+    assert_eq!(c.http_server.address, "127.0.0.1");
+    assert_eq!(c.http_server.port, 8000);
+    assert_eq!(c.http_server.listen_addr(), "127.0.0.1:8000");
+    assert_eq!(c.client.ping_interval, Duration::from_secs(25));
+    assert_eq!(c.client.pong_timeout, Duration::from_secs(8));
+    assert_eq!(c.client.channel_limit, 128);
+    assert_eq!(c.client.queue_max_size, 1_048_576);
+    assert_eq!(c.client.history_max_publication_limit, 300);
+    assert_eq!(c.client.recovery_max_publication_limit, 300);
+    assert!(!c.client.insecure);
+    assert!(c.client.allowed_origins.is_empty());
+    assert_eq!(c.http_api.handler_prefix, "/api");
+    assert_eq!(c.http_api.error_mode, ApiErrorMode::Default);
+    assert_eq!(c.channel.max_length, 255);
+    assert_eq!(c.channel.namespace_boundary, ":");
+    assert_eq!(c.channel.private_prefix, "$");
+    assert_eq!(c.engine.kind, EngineType::Memory);
+    assert_eq!(c.websocket.message_size_limit, 65_536);
+    assert_eq!(c.shutdown.timeout, Duration::from_secs(30));
+    assert!(!c.crier.dev);
+    assert_eq!(c.crier.client_queue_max_messages, 4096);
+}
+
+#[test]
+fn no_file_and_empty_files_give_the_defaults() {
+    let loaded = Config::load_with_env(None, no_env()).expect("defaults are valid");
+    assert_eq!(loaded.config, Config::default());
+    for (name, text) in [
+        ("a.toml", ""),
+        ("a.json", "  \n"),
+        ("a.yaml", "\n"),
+        ("a.yml", ""),
+    ] {
+        let file = TempFile::new(name, text);
+        let loaded =
+            Config::load_with_env(Some(&file.path), no_env()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(loaded.config, Config::default(), "{name}");
+    }
+    // An empty table / object is the defaults too.
+    assert_eq!(parse("{}", Format::Json).unwrap().0, Config::default());
+    assert_eq!(parse("{}", Format::Yaml).unwrap().0, Config::default());
+}
+
+#[test]
+fn toml_json_and_yaml_in_centrifugo_v6_shape_agree() {
+    let (toml, tw) = parse(V6_TOML, Format::Toml).expect("toml");
+    let (json, jw) = parse(V6_JSON, Format::Json).expect("json");
+    let (yaml, yw) = parse(V6_YAML, Format::Yaml).expect("yaml");
+    assert_eq!(toml, json);
+    assert_eq!(json, yaml);
+    assert!(
+        tw.is_empty() && jw.is_empty() && yw.is_empty(),
+        "{tw:?} {jw:?} {yw:?}"
+    );
+
+    let c = toml;
+    assert_eq!(c.http_server.listen_addr(), "0.0.0.0:9000");
+    assert_eq!(c.client.ping_interval, Duration::from_secs(20));
+    assert_eq!(c.client.token.hmac_secret_key.expose(), "secret");
+    assert_eq!(c.client.token.audience, "crier-tests");
+    assert_eq!(c.http_api.key.expose(), "api-key");
+    assert_eq!(c.http_api.error_mode, ApiErrorMode::Transport);
+    assert_eq!(c.channel.namespaces.len(), 2);
+    let chat = &c.channel.namespaces[0];
+    assert_eq!(chat.name, "chat");
+    assert_eq!(chat.options.history_ttl, Duration::from_secs(300));
+    assert!(chat.options.force_recovery && chat.options.history_enabled());
+    assert!(c.crier.dev);
+    c.validate().expect("valid");
+}
+
+#[test]
+fn channel_options_are_found_by_namespace() {
+    let (c, _) = parse(V6_TOML, Format::Toml).unwrap();
+    let ch = &c.channel;
+    assert_eq!(ch.namespace_of("chat:room"), Some("chat"));
+    assert_eq!(ch.namespace_of("$chat:room"), Some("chat"));
+    assert_eq!(ch.namespace_of("news"), None);
+    assert_eq!(ch.namespace_of(":odd"), None);
+    assert!(ch.options_for("chat:room").unwrap().join_leave);
+    assert!(ch.options_for("$chat:secret").unwrap().join_leave);
+    assert!(ch.options_for("news").unwrap().allow_subscribe_for_client);
+    assert!(ch.options_for("nope:room").is_none(), "unknown namespace → 102");
+    assert!(ch.is_private("$chat:secret"));
+    assert!(!ch.is_private("chat:secret"));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let file = TempFile::new("crier.toml", V6_TOML);
+    let loaded = Config::load_with_env(
+        Some(&file.path),
+        env(&[
+            ("CRIER_HTTP_SERVER_PORT", "9100"),
+            ("CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY", "from-env"),
+            ("CRIER_HTTP_API_KEY", "env-api-key"),
+            ("CRIER_CLIENT_INSECURE", "true"),
+            ("CRIER_CLIENT_ALLOWED_ORIGINS", "https://a.test https://b.test"),
+            ("CRIER_CLIENT_PING_INTERVAL", "30s"),
+            ("CRIER_CHANNEL_WITHOUT_NAMESPACE_HISTORY_SIZE", "10"),
+            ("CRIER_CHANNEL_WITHOUT_NAMESPACE_HISTORY_TTL", "60"),
+            (
+                "CRIER_CHANNEL_NAMESPACES",
+                r#"[{"name": "ops", "presence": true}]"#,
+            ),
+            ("CRIER_ENGINE_TYPE", "memory"),
+            ("CRIER_CRIER_CLIENT_QUEUE_MAX_MESSAGES", "10"),
+            // Empty means unset, as in Centrifugo.
+            ("CRIER_HTTP_SERVER_ADDRESS", ""),
+            ("UNRELATED", "x"),
+        ]),
+    )
+    .expect("loads");
+    let c = &loaded.config;
+    assert_eq!(c.http_server.port, 9100);
+    assert_eq!(c.http_server.address, "0.0.0.0", "empty variable ignored");
+    assert_eq!(c.client.token.hmac_secret_key.expose(), "from-env");
+    assert_eq!(
+        c.client.token.audience, "crier-tests",
+        "untouched keys keep file values"
+    );
+    assert_eq!(c.http_api.key.expose(), "env-api-key");
+    assert!(c.client.insecure);
+    assert_eq!(c.client.allowed_origins, ["https://a.test", "https://b.test"]);
+    assert_eq!(c.client.ping_interval, Duration::from_secs(30));
+    assert_eq!(c.channel.without_namespace.history_size, 10);
+    assert_eq!(c.channel.without_namespace.history_ttl, Duration::from_secs(60));
+    assert_eq!(c.channel.namespaces.len(), 1);
+    assert_eq!(c.channel.namespaces[0].name, "ops");
+    assert!(c.channel.namespaces[0].options.presence);
+    assert_eq!(c.crier.client_queue_max_messages, 10);
+}
+
+#[test]
+fn unknown_and_bad_environment_variables() {
+    let loaded = Config::load_with_env(None, env(&[("CRIER_NO_SUCH_KEY", "1")])).unwrap();
+    let unknown: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.kind == WarningKind::UnknownEnvVar)
+        .collect();
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(unknown[0].key, "CRIER_NO_SUCH_KEY");
+
+    let err = Config::load_with_env(None, env(&[("CRIER_CLIENT_INSECURE", "yes")])).unwrap_err();
+    match &err {
+        ConfigError::Env { var, key, .. } => {
+            assert_eq!(var, "CRIER_CLIENT_INSECURE");
+            assert_eq!(key, "client.insecure");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let err = Config::load_with_env(None, env(&[("CRIER_CLIENT_PING_INTERVAL", "soon")])).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Env { var, key, .. }
+            if var == "CRIER_CLIENT_PING_INTERVAL" && key == "client.ping_interval"),
+        "{err}"
+    );
+
+    let err = Config::load_with_env(
+        None,
+        env(&[(
+            "CRIER_CHANNEL_NAMESPACES",
+            r#"[{"name": "x1", "history_ttl": "bad"}]"#,
+        )]),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Env { var, key, .. }
+            if var == "CRIER_CHANNEL_NAMESPACES" && key == "channel.namespaces[0].history_ttl"),
+        "{err}"
+    );
+}
+
+fn parse_error(text: &str, format: Format) -> (String, Option<usize>, String) {
+    match parse(text, format) {
+        Err(ConfigError::Parse {
+            key, line, message, ..
+        }) => (key, line, message),
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_value_is_reported_with_its_key_and_line() {
+    let toml = "[client]\nping_interval = \"25s\"\npong_timeout = \"8 sec\"\n";
+    let (key, line, message) = parse_error(toml, Format::Toml);
+    assert_eq!(key, "client.pong_timeout");
+    assert_eq!(line, Some(3));
+    assert!(message.contains("8 sec"), "{message}");
+
+    let json = "{\n  \"client\": {\n    \"ping_interval\": \"25s\",\n    \"pong_timeout\": \"8 sec\"\n  }\n}";
+    let (key, line, _) = parse_error(json, Format::Json);
+    assert_eq!(key, "client.pong_timeout");
+    assert_eq!(line, Some(4));
+
+    let yaml = "client:\n  ping_interval: 25s\n  pong_timeout: 8 sec\n";
+    let (key, line, _) = parse_error(yaml, Format::Yaml);
+    assert_eq!(key, "client.pong_timeout");
+    assert_eq!(line, Some(3));
+}
+
+#[test]
+fn errors_inside_namespaces_name_the_entry() {
+    let toml = "[[channel.namespaces]]\nname = \"a1\"\n\n[[channel.namespaces]]\nname = \"b2\"\nhistory_size = \"many\"\n";
+    let (key, line, _) = parse_error(toml, Format::Toml);
+    assert_eq!(key, "channel.namespaces[1].history_size");
+    assert_eq!(line, Some(6));
+
+    let yaml = "channel:\n  namespaces:\n    - name: a1\n    - name: b2\n      presence: maybe\n";
+    let (key, line, _) = parse_error(yaml, Format::Yaml);
+    assert_eq!(key, "channel.namespaces[1].presence");
+    assert_eq!(line, Some(5));
+
+    let (key, _, message) = parse_error("[http_server]\nport = 70000\n", Format::Toml);
+    assert_eq!(key, "http_server.port");
+    assert!(!message.is_empty());
+
+    let (key, _, message) = parse_error("[engine]\ntype = \"tarantool\"\n", Format::Toml);
+    assert_eq!(key, "engine.type");
+    assert!(message.contains("tarantool"), "{message}");
+}
+
+#[test]
+fn syntax_errors_carry_a_position() {
+    let err = parse(
+        "{\n  \"client\": {\n    \"insecure\": true,\n  }\n}",
+        Format::Json,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { line: Some(4), .. }), "{err}");
+    let err = parse("[client\ninsecure = true\n", Format::Toml).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { line: Some(1), .. }), "{err}");
+    let err = parse("client:\n  insecure: [\n", Format::Yaml).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { line: Some(_), .. }), "{err}");
+}
+
+#[test]
+fn error_messages_read_file_line_key() {
+    let err = Config::parse_str("[client]\nchannel_limit = \"x\"\n", Format::Toml, "crier.toml").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("crier.toml:2:"), "{text}");
+    assert!(text.contains("client.channel_limit: "), "{text}");
+}
+
+#[test]
+fn unknown_keys_are_warnings_not_errors() {
+    // A Centrifugo v6 file using features crier does not implement.
+    let json = r#"{
+      "log": {"level": "debug"},
+      "client": {
+        "proxy": {"connect": {"enabled": true, "endpoint": "http://app/connect"}},
+        "token": {"hmac_secret_key": "s", "jwks_public_endpoint": "https://x/jwks"}
+      },
+      "channel": {"namespaces": [{"name": "dm", "allow_user_limited_channels": true}]},
+      "admin": {"enabled": true}
+    }"#;
+    let (config, warnings) = parse(json, Format::Json).expect("unknown keys do not fail");
+    assert_eq!(config.client.token.hmac_secret_key.expose(), "s");
+    assert_eq!(config.channel.namespaces[0].name, "dm");
+    let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+    for expected in [
+        "log",
+        "client.proxy",
+        "client.token.jwks_public_endpoint",
+        "channel.namespaces[0].allow_user_limited_channels",
+        "admin",
+    ] {
+        assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+    }
+    assert!(warnings.iter().all(|w| w.kind == WarningKind::UnknownKey));
+
+    let (_, warnings) = parse("[client]\ntypo_key = 1\n", Format::Toml).unwrap();
+    assert_eq!(warnings[0].key, "client.typo_key");
+    let (_, warnings) = parse("http_api:\n  nope: true\n", Format::Yaml).unwrap();
+    assert_eq!(warnings[0].key, "http_api.nope");
+}
+
+fn invalid_key(result: Result<Vec<Warning>, ConfigError>) -> (String, String) {
+    match result {
+        Err(ConfigError::Invalid { key, message }) => (key, message),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_namespace_names_are_rejected() {
+    for bad in ["a", "with space", "dots.not.allowed", "col:on", ""] {
+        let mut c = Config::default();
+        c.channel.namespaces.push(Namespace {
+            name: bad.to_string(),
+            options: ChannelOptions::default(),
+        });
+        let (key, message) = invalid_key(c.validate());
+        assert_eq!(key, "channel.namespaces[0].name", "{bad:?}");
+        assert!(message.contains("^[-a-zA-Z0-9_]{2,}$"), "{message}");
+    }
+    let mut c = Config::default();
+    for name in ["ok-1", "ok_2", "ok-1"] {
+        c.channel.namespaces.push(Namespace {
+            name: name.to_string(),
+            options: ChannelOptions::default(),
+        });
+    }
+    let (key, message) = invalid_key(c.validate());
+    assert_eq!(key, "channel.namespaces[2].name");
+    assert!(message.contains("unique"), "{message}");
+}
+
+#[test]
+fn history_options_must_be_consistent() {
+    let mut c = Config::default();
+    c.channel.without_namespace.history_size = 10;
+    let (key, message) = invalid_key(c.validate());
+    assert_eq!(key, "channel.without_namespace");
+    assert!(message.contains("history_ttl"), "{message}");
+
+    let mut c = Config::default();
+    c.channel.without_namespace.force_recovery = true;
+    assert_eq!(
+        invalid_key(c.validate()).0,
+        "channel.without_namespace.force_recovery"
+    );
+
+    let mut c = Config::default();
+    c.channel.without_namespace.history_size = 10;
+    c.channel.without_namespace.history_ttl = Duration::from_millis(1500);
+    assert_eq!(
+        invalid_key(c.validate()).0,
+        "channel.without_namespace.history_ttl"
+    );
+}
+
+#[test]
+fn other_engines_are_parsed_but_not_built_yet() {
+    let (c, _) = parse("[engine]\ntype = \"redis\"\n", Format::Toml).expect("parses");
+    assert_eq!(c.engine.kind, EngineType::Redis);
+    let (key, message) = invalid_key(c.validate());
+    assert_eq!(key, "engine.type");
+    assert!(message.contains("not built yet"), "{message}");
+    let (c, _) = parse("engine:\n  type: nats\n", Format::Yaml).expect("parses");
+    assert_eq!(invalid_key(c.validate()).0, "engine.type");
+}
+
+#[test]
+fn pong_timeout_must_be_shorter_than_ping_interval() {
+    let mut c = Config::default();
+    c.client.pong_timeout = Duration::from_secs(30);
+    assert_eq!(invalid_key(c.validate()).0, "client.pong_timeout");
+}
+
+#[test]
+fn durations_accept_plain_seconds_leniently() {
+    let (c, _) = parse("[client]\nping_interval = 40\n", Format::Toml).unwrap();
+    assert_eq!(c.client.ping_interval, Duration::from_secs(40));
+    let (c, _) = parse("{\"shutdown\": {\"timeout\": \"1m30s\"}}", Format::Json).unwrap();
+    assert_eq!(c.shutdown.timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn advice_for_configs_that_cannot_work() {
+    let warnings = Config::default().validate().unwrap();
+    let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+    assert!(keys.contains(&"client.token"), "{keys:?}");
+    assert!(keys.contains(&"http_api.key"), "{keys:?}");
+    assert!(warnings.iter().all(|w| w.kind == WarningKind::Advice));
+}
+
+#[test]
+fn secrets_are_not_printed_by_debug() {
+    let (c, _) = parse(V6_TOML, Format::Toml).unwrap();
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("api-key"), "{printed}");
+    assert!(!printed.contains("\"secret\""), "{printed}");
+    assert!(printed.contains("<redacted>"));
+}
+
+#[test]
+fn the_file_extension_picks_the_format() {
+    assert_eq!(Format::from_path(Path::new("a.TOML")), Some(Format::Toml));
+    assert_eq!(Format::from_path(Path::new("a.yml")), Some(Format::Yaml));
+    assert_eq!(Format::from_path(Path::new("a.ini")), None);
+    let file = TempFile::new("crier.ini", "x=1");
+    assert!(matches!(
+        Config::load_with_env(Some(&file.path), no_env()),
+        Err(ConfigError::UnknownFormat { .. })
+    ));
+    let missing = PathBuf::from("/definitely/not/here/crier.toml");
+    assert!(matches!(
+        Config::load_with_env(Some(&missing), no_env()),
+        Err(ConfigError::Io { .. })
+    ));
+}
+
+#[test]
+fn check_config_summarizes_and_warns() {
+    let file = TempFile::new(
+        "centrifugo.json",
+        r#"{"client": {"token": {"hmac_secret_key": "s"}, "proxy": {}},
+            "http_api": {"key": "k"},
+            "channel": {"namespaces": [{"name": "chat"}]}}"#,
+    );
+    let report = check_config(&file.path).expect("valid");
+    assert!(report.summary.contains("OK"), "{}", report.summary);
+    assert!(report.summary.contains("chat"), "{}", report.summary);
+    assert!(report.summary.contains("HS256"), "{}", report.summary);
+    assert_eq!(report.warnings.len(), 1);
+    assert_eq!(report.warnings[0].key, "client.proxy");
+    assert!(report.to_string().contains("warning: client.proxy"));
+
+    let bad = TempFile::new(
+        "bad.toml",
+        "[client.token]\nrsa_public_key = \"/no/such/key.pem\"\n",
+    );
+    match check_config(&bad.path) {
+        Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "client.token.rsa_public_key"),
+        other => panic!("expected a key error, got {other:?}"),
+    }
+}
+
+#[test]
+fn listen_addr_handles_all_interfaces_and_ipv6() {
+    let mut s = HttpServerConfig {
+        address: String::new(),
+        ..Default::default()
+    };
+    assert_eq!(s.listen_addr(), "0.0.0.0:8000");
+    s.address = "::1".to_string();
+    assert_eq!(s.listen_addr(), "[::1]:8000");
+}
+
+#[test]
+fn subscription_tokens_use_connection_keys_unless_enabled() {
+    let mut c = ClientConfig::default();
+    c.token.hmac_secret_key = Secret::new("conn");
+    c.subscription_token.hmac_secret_key = Secret::new("sub");
+    assert_eq!(c.effective_subscription_token().hmac_secret_key.expose(), "conn");
+    c.subscription_token.enabled = true;
+    assert_eq!(c.effective_subscription_token().hmac_secret_key.expose(), "sub");
+}

@@ -1,0 +1,65 @@
+//! Turns what the hub queues for a client into wire frames of the JSON
+//! protocol: one shared encoding per event and format, and a batch of
+//! queued items joined with `\n` into one frame. Never decides who gets what.
+
+use bytes::{Bytes, BytesMut};
+use crier_core::{ClientInfo, Event, EventKind, Format, Outbound};
+use crier_proto::encode::{self, ClientInfoRef, Envelope, PublicationRef};
+
+/// Bidirectional JSON (`{"push":{...}}`): WebSocket.
+pub const BIDI_JSON: Format = Format::new(0);
+/// Unidirectional JSON (bare push objects): uni transports.
+pub const UNI_JSON: Format = Format::new(1);
+
+fn info_ref<'a>(info: &'a ClientInfo, client: &'a str) -> ClientInfoRef<'a> {
+    ClientInfoRef {
+        user: &info.user,
+        client,
+        conn_info: info.conn_info.as_deref().unwrap_or_default(),
+        chan_info: info.chan_info.as_deref().unwrap_or_default(),
+    }
+}
+
+/// Encodes one event as a push in `envelope`.
+pub fn encode_event(event: &Event, envelope: Envelope) -> Bytes {
+    let mut buf = BytesMut::new();
+    let channel = event.channel.as_deref().unwrap_or_default();
+    match &event.kind {
+        EventKind::Publication(p) => {
+            let publisher = p.info.as_ref().map(|i| (i, i.client.to_string()));
+            let publication = PublicationRef {
+                data: &p.data,
+                offset: p.offset,
+                info: publisher.as_ref().map(|(i, id)| info_ref(i, id)),
+                tags: p.tags.as_deref().unwrap_or_default(),
+            };
+            encode::publication_push(&mut buf, envelope, channel, &publication);
+        }
+        EventKind::Join(info) => {
+            let id = info.client.to_string();
+            encode::join_push(&mut buf, envelope, channel, &info_ref(info, &id));
+        }
+        EventKind::Leave(info) => {
+            let id = info.client.to_string();
+            encode::leave_push(&mut buf, envelope, channel, &info_ref(info, &id));
+        }
+        EventKind::Message(data) => encode::message_push(&mut buf, envelope, data),
+    }
+    buf.freeze()
+}
+
+/// Appends `items` to `frame`, one message per line.
+pub fn join_batch(items: &[Outbound], format: Format, envelope: Envelope, frame: &mut BytesMut) {
+    for item in items {
+        if !frame.is_empty() {
+            frame.extend_from_slice(b"\n");
+        }
+        match item {
+            Outbound::Raw(bytes) => frame.extend_from_slice(bytes),
+            Outbound::Event(ev) => {
+                let bytes = ev.encoded(format, |ev| encode_event(ev, envelope));
+                frame.extend_from_slice(&bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! crier-server: everything between the network and `crier-core`.
+//!
+//! - [`config`] reads the server configuration (Centrifugo v6 key names,
+//!   TOML / JSON / YAML, `CRIER_*` environment overrides) and validates it.
+//! - [`auth`] verifies connection and subscription JWTs, checks server API
+//!   keys, and decides channel permissions from namespace options.
+//! - [`node`] is one running node: hub, config, verifier, shutdown signal.
+//! - [`session`] is the client protocol state machine of one connection,
+//!   transport-agnostic; [`ws`] is the bidirectional WebSocket transport;
+//!   [`frames`] encodes queued events into JSON frames.
+//! - [`api`] is the server HTTP API (`POST /api/<method>`).
+//! - [`server`] binds, routes and shuts down gracefully.
+//!
+//! This crate must never be imported by `crier-core` or `crier-proto`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod frames;
+pub mod node;
+pub mod server;
+pub mod session;
+pub mod ws;
+
+pub use node::Node;
+pub use server::{Server, ServerError};

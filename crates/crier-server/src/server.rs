@@ -1,0 +1,132 @@
+//! The listener: binds the configured address, routes HTTP (client
+//! transports, the server API), runs housekeeping, and shuts down
+//! gracefully (stop accepting, tell every client 3001, wait a bounded time).
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::node::Node;
+use crate::{api, ws};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound, not yet running, crier server.
+pub struct Server {
+    node: Arc<Node>,
+    listener: TcpListener,
+}
+
+/// The HTTP routes of a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let mut app = Router::new()
+        .route("/connection/websocket", get(ws::upgrade))
+        .route("/health", get(|| async { "{}" }));
+    if !node.config.http_api.disabled {
+        let prefix = node
+            .config
+            .http_api
+            .handler_prefix
+            .trim_end_matches('/')
+            .to_owned();
+        app = app.route(&format!("{prefix}/{{method}}"), post(api::handle));
+    }
+    app.with_state(node)
+}
+
+impl Server {
+    /// Builds the node and binds its listener.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let addr = config.http_server.listen_addr();
+        let node = Node::new(config)?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Self { node, listener })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The node this server runs.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serves until `signal` completes (or the node's shutdown token is
+    /// cancelled), then shuts down gracefully within the configured timeout.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let node = self.node;
+        let token = node.shutdown.clone();
+        let app = router(node.clone());
+        let graceful = {
+            let token = token.clone();
+            async move { token.cancelled().await }
+        };
+        let server = tokio::spawn(
+            axum::serve(self.listener, app.into_make_service())
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+        );
+        let housekeeping = {
+            let hub = node.hub.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => hub.sweep(),
+                        _ = token.cancelled() => break,
+                    }
+                }
+            })
+        };
+        tokio::select! {
+            _ = signal => {}
+            _ = token.cancelled() => {}
+        }
+        token.cancel();
+        let told = node.hub.shutdown();
+        tracing::info!(
+            clients = told,
+            "shutting down: told every client to reconnect elsewhere (3001)"
+        );
+        node.connections.close();
+        let deadline = node.config.shutdown.timeout;
+        let finished = tokio::time::timeout(deadline, async {
+            node.connections.wait().await;
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(?deadline, "shutdown timeout: closing remaining connections");
+        }
+        server.abort();
+        housekeeping.abort();
+        Ok(())
+    }
+}

@@ -1,0 +1,676 @@
+//! One client connection's protocol state, independent of the transport:
+//! connect (token, anonymous, server-side subscriptions), then every command
+//! of client protocol v2, each answered through the hub's queue for that
+//! client so replies and pushes keep their order. Knows no sockets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use crier_core::{
+    Catchup, ClientId, ClientInfo, ClientReceiver, DisconnectReason, EngineError, Exclusion, HistoryQuery,
+    HubError, PublishOptions, StreamPosition, SubscribeOptions, Subscribed,
+};
+use crier_proto::client::{self as wire, Command, Reply, Request};
+use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
+use crier_proto::encode;
+use serde_json::value::RawValue;
+
+use crate::auth::{ChannelAction, Permission, Rejection, Requester, SubscriptionOptions};
+use crate::config::ChannelOptions;
+use crate::node::{Node, VERSION};
+
+/// Why a connect attempt did not produce a connection.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Answer with this error reply; the client may try again.
+    Reply(Bytes),
+    /// Close the connection with this disconnect.
+    Disconnect(Disconnect),
+}
+
+/// A connected client's identity.
+struct Connected {
+    id: ClientId,
+    user: Arc<str>,
+    conn_info: Option<Bytes>,
+    // Unix seconds after which the connection needs a refreshed token.
+    expires_at: Option<i64>,
+}
+
+/// The protocol state of one connection.
+pub struct Session {
+    node: Arc<Node>,
+    connected: Option<Connected>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Encodes a reply as one line.
+pub fn reply_bytes(reply: &Reply) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode::reply(&mut buf, reply);
+    buf.freeze()
+}
+
+fn error_reply(id: u32, code: ErrorCode) -> Bytes {
+    reply_bytes(&Reply::error(id, code))
+}
+
+fn code_of(code: u32) -> ErrorCode {
+    ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal)
+}
+
+fn raw(bytes: &[u8]) -> Option<Box<RawValue>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    RawValue::from_string(text.to_owned()).ok()
+}
+
+/// The protocol error a hub error becomes.
+pub fn hub_error_code(e: &HubError) -> ErrorCode {
+    match e {
+        HubError::UnknownChannel(_) => ErrorCode::UnknownChannel,
+        HubError::InvalidChannel => ErrorCode::BadRequest,
+        HubError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
+        HubError::Engine(EngineError::UnrecoverablePosition) => ErrorCode::UnrecoverablePosition,
+        HubError::UnknownClient(_) | HubError::SlowClient(_) | HubError::Engine(_) => ErrorCode::Internal,
+    }
+}
+
+/// A core publication in wire form (for catch-up and history replies).
+pub fn wire_publication(p: &crier_core::Publication) -> wire::Publication {
+    wire::Publication {
+        data: raw(&p.data),
+        info: p.info.as_deref().map(wire_client_info),
+        offset: p.offset,
+        tags: p
+            .tags
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// A core client info in wire form.
+pub fn wire_client_info(i: &ClientInfo) -> wire::ClientInfo {
+    wire::ClientInfo {
+        user: i.user.to_string(),
+        client: i.client.to_string(),
+        conn_info: i.conn_info.as_deref().and_then(raw),
+        chan_info: i.chan_info.as_deref().and_then(raw),
+    }
+}
+
+/// The subscribe result for a hub subscription.
+pub fn subscribe_result(
+    s: &Subscribed,
+    recoverable: bool,
+    positioned: bool,
+    recover: bool,
+) -> wire::SubscribeResult {
+    wire::SubscribeResult {
+        recoverable,
+        positioned: positioned || recoverable,
+        epoch: if positioned || recoverable {
+            s.position.epoch.to_string()
+        } else {
+            String::new()
+        },
+        offset: if positioned || recoverable {
+            s.position.offset
+        } else {
+            0
+        },
+        publications: s.publications.iter().map(wire_publication).collect(),
+        recovered: recover && s.recovered,
+        was_recovering: recover,
+        ..Default::default()
+    }
+}
+
+/// How a subscription behaves, from the channel's options and the request.
+pub struct SubscriptionMode {
+    /// Subscriber gets offsets/epoch and can recover later.
+    pub recoverable: bool,
+    /// Subscriber gets its stream position.
+    pub positioned: bool,
+    /// Where the stream starts.
+    pub catchup: Catchup,
+}
+
+impl SubscriptionMode {
+    /// Decides the mode of a subscription to a channel with `options`.
+    pub fn new(options: &ChannelOptions, req: &wire::SubscribeRequest) -> Self {
+        let history = options.history_enabled();
+        let recoverable = history && (options.force_recovery || (options.allow_recovery && req.recoverable));
+        let positioned = history
+            && (recoverable || options.force_positioning || (options.allow_positioning && req.positioned));
+        let catchup = if recoverable && req.recover {
+            Catchup::Recover(StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.as_str().into(),
+            })
+        } else {
+            Catchup::None
+        };
+        Self {
+            recoverable,
+            positioned,
+            catchup,
+        }
+    }
+}
+
+impl Session {
+    /// A session that has not connected yet.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self {
+            node,
+            connected: None,
+        }
+    }
+
+    /// The hub id of the connected client.
+    pub fn client_id(&self) -> Option<ClientId> {
+        self.connected.as_ref().map(|c| c.id)
+    }
+
+    /// When the connection's credentials expire (Unix seconds).
+    pub fn expires_at(&self) -> Option<i64> {
+        self.connected.as_ref().and_then(|c| c.expires_at)
+    }
+
+    /// Ends the session: the hub forgets the client and its writer closes
+    /// the transport with `disconnect`.
+    pub fn close(&mut self, disconnect: &Disconnect) {
+        if let Some(c) = self.connected.take() {
+            self.node.hub.disconnect(c.id, reason_of(disconnect));
+        }
+    }
+
+    /// Handles the connect command. On success returns the reply frame (to
+    /// be written before anything queued) and the client's queue.
+    pub fn connect(
+        &mut self,
+        id: u32,
+        req: wire::ConnectRequest,
+    ) -> Result<(Bytes, ClientReceiver), Refusal> {
+        if self.connected.is_some() {
+            return Err(Refusal::Disconnect(Disconnect::BAD_REQUEST));
+        }
+        let node = self.node.clone();
+        let client_cfg = &node.config.client;
+        let (user, conn_info, expires_at, server_subs) = if !req.token.is_empty() {
+            match node.tokens.verify_connect(&req.token) {
+                Ok(claims) => {
+                    let expires_at = claims.expires_at();
+                    (claims.user.clone(), claims.info.clone(), expires_at, claims.subs)
+                }
+                Err(e) => {
+                    return Err(match e.on_connect() {
+                        Rejection::Error(code) => Refusal::Reply(error_reply(id, code_of(code))),
+                        Rejection::Disconnect(_) => Refusal::Disconnect(Disconnect::INVALID_TOKEN),
+                    })
+                }
+            }
+        } else if client_cfg.insecure
+            || client_cfg.allow_anonymous_connect_without_token
+            || node.config.crier.dev
+        {
+            (String::new(), None, None, BTreeMap::new())
+        } else {
+            return Err(Refusal::Disconnect(Disconnect::INVALID_TOKEN));
+        };
+        if client_cfg.connection_limit > 0 && node.hub.client_count() >= client_cfg.connection_limit {
+            return Err(Refusal::Disconnect(Disconnect::CONNECTION_LIMIT));
+        }
+        let (cid, rx) = node.hub.connect(user.as_str(), conn_info.clone());
+        self.connected = Some(Connected {
+            id: cid,
+            user: user.as_str().into(),
+            conn_info,
+            expires_at,
+        });
+
+        // Server-side subscriptions: from the token, then those the client
+        // asked for in `subs` are recovered the same way.
+        let mut subs = BTreeMap::new();
+        for (channel, opts) in &server_subs {
+            let req = req.subs.get(channel).cloned().unwrap_or_default();
+            match self.subscribe_server_side(channel, opts, &req) {
+                Ok(result) => {
+                    subs.insert(channel.clone(), result);
+                }
+                Err(code) => {
+                    tracing::debug!(channel, ?code, "server-side subscription refused");
+                }
+            }
+        }
+        let now = unix_now();
+        let result = wire::ConnectResult {
+            client: cid.to_string(),
+            version: VERSION.to_owned(),
+            expires: expires_at.is_some(),
+            ttl: expires_at.map_or(0, |t| (t - now).max(0) as u32),
+            subs,
+            ping: client_cfg.ping_interval.as_secs() as u32,
+            pong: true,
+            node: node.id.clone(),
+            ..Default::default()
+        };
+        let reply = Reply {
+            id,
+            connect: Some(result),
+            ..Default::default()
+        };
+        Ok((reply_bytes(&reply), rx))
+    }
+
+    fn subscribe_server_side(
+        &self,
+        channel: &str,
+        opts: &SubscriptionOptions,
+        req: &wire::SubscribeRequest,
+    ) -> Result<wire::SubscribeResult, ErrorCode> {
+        let c = self.connected.as_ref().ok_or(ErrorCode::Internal)?;
+        let base = self
+            .node
+            .channel_options(channel)
+            .ok_or(ErrorCode::UnknownChannel)?;
+        let options = opts.overrides.apply(base);
+        let mode = SubscriptionMode::new(&options, req);
+        let recover = matches!(mode.catchup, Catchup::Recover(_));
+        let s = self
+            .node
+            .hub
+            .subscribe(
+                c.id,
+                channel,
+                SubscribeOptions {
+                    catchup: mode.catchup,
+                    chan_info: opts.info.clone(),
+                },
+            )
+            .map_err(|e| hub_error_code(&e))?;
+        Ok(subscribe_result(&s, mode.recoverable, mode.positioned, recover))
+    }
+
+    /// Handles one command after connect. Replies are queued to the client;
+    /// an `Err` means the connection must close with that disconnect.
+    pub fn handle(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        let id = cmd.id;
+        let request = cmd
+            .into_request()
+            .map_err(|e| e.disconnect().unwrap_or(Disconnect::BAD_REQUEST))?;
+        let Some(c) = self.connected.as_ref() else {
+            return Err(Disconnect::BAD_REQUEST);
+        };
+        let cid = c.id;
+        let reply = match request {
+            Request::Pong => return Ok(()),
+            Request::Connect(_) => return Err(Disconnect::BAD_REQUEST),
+            Request::Subscribe(req) => return self.subscribe(id, req),
+            Request::Unsubscribe(req) => match self.node.hub.unsubscribe(cid, &req.channel) {
+                Ok(_) => Reply {
+                    id,
+                    unsubscribe: Some(Default::default()),
+                    ..Default::default()
+                },
+                Err(e) => Reply::error(id, hub_error_code(&e)),
+            },
+            Request::Publish(req) => self.publish(id, req),
+            Request::Presence(req) => self.presence(id, &req.channel, false),
+            Request::PresenceStats(req) => self.presence(id, &req.channel, true),
+            Request::History(req) => self.history(id, req),
+            Request::Ping => Reply {
+                id,
+                ping: Some(Default::default()),
+                ..Default::default()
+            },
+            // No server-side handler for asynchronous messages: accepted
+            // and dropped, as Centrifugo does without a proxy.
+            Request::Send(_) => return Ok(()),
+            Request::Rpc(_) => Reply::error(id, ErrorCode::MethodNotFound),
+            Request::Refresh(req) => self.refresh(id, &req.token)?,
+            Request::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token)?,
+        };
+        self.send(reply_bytes(&reply));
+        Ok(())
+    }
+
+    fn send(&self, bytes: Bytes) {
+        if let Some(c) = &self.connected {
+            // A slow client is disconnected by the hub itself; nothing to add.
+            let _ = self.node.hub.send_raw(c.id, bytes);
+        }
+    }
+
+    fn requester(&self, channel: &str) -> (ClientId, Arc<str>, bool) {
+        let c = self.connected.as_ref().expect("checked by handle");
+        let subscribed = self
+            .node
+            .hub
+            .client(c.id)
+            .is_some_and(|s| s.channels.iter().any(|ch| &**ch == channel));
+        (c.id, c.user.clone(), subscribed)
+    }
+
+    fn check(&self, action: ChannelAction, channel: &str, options: &ChannelOptions) -> Result<(), ErrorCode> {
+        let (_, user, subscribed) = self.requester(channel);
+        match self.node.access.check(
+            action,
+            channel,
+            options,
+            Requester {
+                user: &user,
+                subscribed,
+            },
+        ) {
+            Permission::Allowed => Ok(()),
+            Permission::PermissionDenied => Err(ErrorCode::PermissionDenied),
+            Permission::NotAvailable => Err(ErrorCode::NotAvailable),
+        }
+    }
+
+    fn subscribe(&mut self, id: u32, req: wire::SubscribeRequest) -> Result<(), Disconnect> {
+        let node = self.node.clone();
+        let c = self.connected.as_ref().expect("checked by handle");
+        let (cid, user) = (c.id, c.user.clone());
+        if req.channel.is_empty() || req.channel.len() > node.config.channel.max_length {
+            self.send(error_reply(id, ErrorCode::BadRequest));
+            return Ok(());
+        }
+        let Some(base) = node.channel_options(&req.channel) else {
+            self.send(error_reply(id, ErrorCode::UnknownChannel));
+            return Ok(());
+        };
+        let limit = node.config.client.channel_limit;
+        if limit > 0 && node.hub.client(cid).is_some_and(|s| s.channels.len() >= limit) {
+            self.send(error_reply(id, ErrorCode::LimitExceeded));
+            return Ok(());
+        }
+        let mut options = base.clone();
+        let mut chan_info = None;
+        let mut expires_at = None;
+        if !req.token.is_empty() {
+            match node.tokens.verify_subscribe(&req.token, &user, &req.channel) {
+                Ok(claims) => {
+                    if !claims.allows_client(&cid.to_string()) {
+                        return Err(Disconnect::INVALID_TOKEN);
+                    }
+                    options = claims.options.overrides.apply(base);
+                    chan_info = claims.options.info.clone();
+                    expires_at = claims.expires_at();
+                }
+                Err(e) => match e.on_subscribe() {
+                    Rejection::Error(code) => {
+                        self.send(error_reply(id, code_of(code)));
+                        return Ok(());
+                    }
+                    Rejection::Disconnect(_) => return Err(Disconnect::INVALID_TOKEN),
+                },
+            }
+        } else if let Err(code) = self.check(ChannelAction::Subscribe, &req.channel, base) {
+            self.send(error_reply(id, code));
+            return Ok(());
+        }
+        let mode = SubscriptionMode::new(&options, &req);
+        let recover = matches!(mode.catchup, Catchup::Recover(_));
+        let now = unix_now();
+        let outcome = node.hub.subscribe_with(
+            cid,
+            &req.channel,
+            SubscribeOptions {
+                catchup: mode.catchup,
+                chan_info,
+            },
+            // The reply is queued inside the channel's critical section, so
+            // it precedes every live publication of the channel.
+            |s| {
+                let mut result = subscribe_result(s, mode.recoverable, mode.positioned, recover);
+                result.expires = expires_at.is_some();
+                result.ttl = expires_at.map_or(0, |t| (t - now).max(0) as u32);
+                Some(reply_bytes(&Reply {
+                    id,
+                    subscribe: Some(result),
+                    ..Default::default()
+                }))
+            },
+        );
+        if let Err(e) = outcome {
+            self.send(error_reply(id, hub_error_code(&e)));
+        }
+        Ok(())
+    }
+
+    fn publish(&self, id: u32, req: wire::PublishRequest) -> Reply {
+        let Some(options) = self.node.channel_options(&req.channel) else {
+            return Reply::error(id, ErrorCode::UnknownChannel);
+        };
+        let Some(data) = req.data else {
+            return Reply::error(id, ErrorCode::BadRequest);
+        };
+        if let Err(code) = self.check(ChannelAction::Publish, &req.channel, options) {
+            return Reply::error(id, code);
+        }
+        let c = self.connected.as_ref().expect("checked by handle");
+        let info = Arc::new(ClientInfo {
+            client: c.id,
+            user: c.user.clone(),
+            conn_info: c.conn_info.clone(),
+            chan_info: None,
+        });
+        let exclude = if req.exclude_self {
+            Exclusion {
+                clients: vec![c.id],
+                users: vec![],
+            }
+        } else {
+            Exclusion::default()
+        };
+        let data = Bytes::from(String::from(Box::<str>::from(data)));
+        match self.node.hub.publish(
+            &req.channel,
+            data,
+            PublishOptions {
+                exclude,
+                info: Some(info),
+                ..Default::default()
+            },
+        ) {
+            Ok(_) => Reply {
+                id,
+                publish: Some(Default::default()),
+                ..Default::default()
+            },
+            Err(e) => Reply::error(id, hub_error_code(&e)),
+        }
+    }
+
+    fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
+        let Some(options) = self.node.channel_options(channel) else {
+            return Reply::error(id, ErrorCode::UnknownChannel);
+        };
+        if !options.presence {
+            return Reply::error(id, ErrorCode::NotAvailable);
+        }
+        if let Err(code) = self.check(ChannelAction::Presence, channel, options) {
+            return Reply::error(id, code);
+        }
+        if stats {
+            match self.node.hub.presence_stats(channel) {
+                Ok(s) => Reply {
+                    id,
+                    presence_stats: Some(wire::PresenceStatsResult {
+                        num_clients: s.clients as u32,
+                        num_users: s.users as u32,
+                    }),
+                    ..Default::default()
+                },
+                Err(e) => Reply::error(id, hub_error_code(&e)),
+            }
+        } else {
+            match self.node.hub.presence(channel) {
+                Ok(list) => Reply {
+                    id,
+                    presence: Some(wire::PresenceResult {
+                        presence: list
+                            .iter()
+                            .map(|i| (i.client.to_string(), wire_client_info(i)))
+                            .collect(),
+                    }),
+                    ..Default::default()
+                },
+                Err(e) => Reply::error(id, hub_error_code(&e)),
+            }
+        }
+    }
+
+    fn history(&self, id: u32, req: wire::HistoryRequest) -> Reply {
+        let Some(options) = self.node.channel_options(&req.channel) else {
+            return Reply::error(id, ErrorCode::UnknownChannel);
+        };
+        if !options.history_enabled() {
+            return Reply::error(id, ErrorCode::NotAvailable);
+        }
+        if let Err(code) = self.check(ChannelAction::History, &req.channel, options) {
+            return Reply::error(id, code);
+        }
+        match history_query(
+            &self.node,
+            &req.channel,
+            req.limit,
+            req.since.as_ref(),
+            req.reverse,
+        ) {
+            Ok(result) => Reply {
+                id,
+                history: Some(result),
+                ..Default::default()
+            },
+            Err(code) => Reply::error(id, code),
+        }
+    }
+
+    fn refresh(&mut self, id: u32, token: &str) -> Result<Reply, Disconnect> {
+        let node = self.node.clone();
+        let c = self.connected.as_mut().expect("checked by handle");
+        let claims = match node.tokens.verify_connect(token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                return match e.on_connect() {
+                    Rejection::Error(code) => Ok(Reply::error(id, code_of(code))),
+                    Rejection::Disconnect(_) => Err(Disconnect::INVALID_TOKEN),
+                }
+            }
+        };
+        if claims.user != *c.user {
+            return Err(Disconnect::INVALID_TOKEN);
+        }
+        c.expires_at = claims.expires_at();
+        let now = unix_now();
+        Ok(Reply {
+            id,
+            refresh: Some(wire::RefreshResult {
+                client: c.id.to_string(),
+                version: VERSION.to_owned(),
+                expires: c.expires_at.is_some(),
+                ttl: c.expires_at.map_or(0, |t| (t - now).max(0) as u32),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn sub_refresh(&self, id: u32, channel: &str, token: &str) -> Result<Reply, Disconnect> {
+        let c = self.connected.as_ref().expect("checked by handle");
+        match self.node.tokens.verify_subscribe(token, &c.user, channel) {
+            Ok(claims) => {
+                let exp = claims.expires_at();
+                let now = unix_now();
+                Ok(Reply {
+                    id,
+                    sub_refresh: Some(wire::SubRefreshResult {
+                        expires: exp.is_some(),
+                        ttl: exp.map_or(0, |t| (t - now).max(0) as u32),
+                    }),
+                    ..Default::default()
+                })
+            }
+            Err(e) => match e.on_subscribe() {
+                Rejection::Error(code) => Ok(Reply::error(id, code_of(code))),
+                Rejection::Disconnect(_) => Err(Disconnect::INVALID_TOKEN),
+            },
+        }
+    }
+}
+
+/// Reads history for the client protocol and the server API alike.
+pub fn history_query(
+    node: &Node,
+    channel: &str,
+    limit: i32,
+    since: Option<&wire::StreamPosition>,
+    reverse: bool,
+) -> Result<wire::HistoryResult, ErrorCode> {
+    let max = node.config.client.history_max_publication_limit;
+    let limit = match limit {
+        0 => Some(0),
+        n if n < 0 => (max > 0).then_some(max),
+        n => Some(if max > 0 {
+            (n as usize).min(max)
+        } else {
+            n as usize
+        }),
+    };
+    let query = HistoryQuery {
+        since: since.map(|s| StreamPosition {
+            offset: s.offset,
+            epoch: s.epoch.as_str().into(),
+        }),
+        limit,
+        reverse,
+    };
+    match node.hub.history(channel, &query) {
+        Ok(page) => Ok(wire::HistoryResult {
+            publications: page.publications.iter().map(wire_publication).collect(),
+            epoch: page.position.epoch.to_string(),
+            offset: page.position.offset,
+        }),
+        Err(e) => Err(hub_error_code(&e)),
+    }
+}
+
+/// The hub disconnect reason for a protocol disconnect.
+pub fn reason_of(d: &Disconnect) -> DisconnectReason {
+    DisconnectReason::Custom {
+        code: d.code as u16,
+        reason: d.reason.as_ref().into(),
+        reconnect: d.reconnect(),
+    }
+}
+
+/// The protocol disconnect a hub reason becomes on the wire.
+pub fn disconnect_of(reason: &DisconnectReason) -> Disconnect {
+    match reason {
+        DisconnectReason::Slow => Disconnect::SLOW,
+        DisconnectReason::Shutdown => Disconnect::SHUTDOWN,
+        DisconnectReason::Removed => Disconnect::CONNECTION_CLOSED,
+        DisconnectReason::Custom { code, reason, .. } => {
+            Disconnect::new(u32::from(*code), reason.to_string())
+        }
+    }
+}
+
+/// An unsubscribe push for `channel`, as queued by server-side unsubscribe.
+pub fn unsubscribe_push(channel: &str, u: &Unsubscribe) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode::unsubscribe_push(&mut buf, encode::Envelope::Reply, channel, u);
+    buf.freeze()
+}

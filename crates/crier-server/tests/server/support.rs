@@ -1,0 +1,322 @@
+//! A test server on 127.0.0.1:0 and a minimal protocol-v2 WebSocket client.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crier_server::config::{Config, Format};
+use crier_server::{Node, Server};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-key-that-is-long-enough";
+pub const API_KEY: &str = "test-api-key";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A config with a token secret, an API key, and a few namespaces:
+/// top level (anyone authenticated subscribes/publishes, history 100),
+/// `chat` (presence, join/leave, recovery), `closed` (no permissions).
+pub fn config(extra: &str) -> Config {
+    let text = format!(
+        r#"
+[client.token]
+hmac_secret_key = "{SECRET}"
+
+[http_api]
+key = "{API_KEY}"
+
+[channel.without_namespace]
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_history_for_subscriber = true
+allow_presence_for_subscriber = true
+history_size = 100
+history_ttl = "300s"
+force_recovery = true
+
+[[channel.namespaces]]
+name = "chat"
+presence = true
+join_leave = true
+force_push_join_leave = true
+history_size = 100
+history_ttl = "300s"
+force_recovery = true
+allow_subscribe_for_client = true
+allow_publish_for_client = true
+allow_history_for_client = true
+allow_presence_for_client = true
+
+[[channel.namespaces]]
+name = "closed"
+
+{extra}
+"#
+    );
+    let (mut config, _warnings) =
+        Config::parse_str(&text, Format::Toml, "test.toml").expect("test config parses");
+    config.http_server.address = "127.0.0.1".into();
+    config.http_server.port = 0;
+    config
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    handle: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let server = Server::bind(config).await.expect("server binds");
+        let addr = server.local_addr().expect("bound address");
+        let node = server.node().clone();
+        let handle = tokio::spawn(async move {
+            server.run(std::future::pending()).await.expect("server runs");
+        });
+        Self { addr, node, handle }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish.
+    pub async fn shutdown(self) {
+        self.node.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(40), self.handle)
+            .await
+            .expect("server stops within its shutdown timeout")
+            .expect("server task");
+    }
+
+    /// Calls the server API with the right key; returns (status, body).
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        self.api_with(method, body.to_string(), Some(("X-API-Key", API_KEY.to_string())))
+            .await
+    }
+
+    /// Calls the server API with any body and header.
+    pub async fn api_with(
+        &self,
+        method: &str,
+        body: String,
+        header: Option<(&'static str, String)>,
+    ) -> (u16, Value) {
+        let url = format!("http://{}/api/{method}", self.addr);
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut req = agent.post(&url).header("Content-Type", "application/json");
+            if let Some((name, value)) = header {
+                req = req.header(name, &value);
+            }
+            let mut resp = req.send(body).expect("HTTP request");
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        })
+        .await
+        .expect("blocking task")
+    }
+}
+
+/// Signs a connection token for `user` valid for an hour.
+pub fn token(user: &str) -> String {
+    let exp = unix_now() + 3600;
+    crier_server::auth::TokenBuilder::new()
+        .user(user)
+        .exp(exp)
+        .sign_hs256(SECRET)
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pending: VecDeque<Value>,
+    next_id: u32,
+    /// The client id from the connect reply.
+    pub id: String,
+}
+
+/// How the server ended a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    /// Opens a WebSocket without sending anything.
+    pub async fn open(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket opens");
+        Self {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+            id: String::new(),
+        }
+    }
+
+    /// Opens and connects with `token` (anonymous when empty); panics unless
+    /// the connect succeeds.
+    pub async fn connect(url: &str, token: &str) -> Self {
+        let mut c = Self::open(url).await;
+        let reply = c.request(json!({"connect": {"token": token}})).await;
+        let id = reply["connect"]["client"]
+            .as_str()
+            .unwrap_or_else(|| panic!("connect failed: {reply}"));
+        c.id = id.to_owned();
+        c
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends a command with the next id; returns the reply with that id
+    /// (pushes seen meanwhile stay queued for `next`).
+    pub async fn request(&mut self, mut command: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        command["id"] = json!(id);
+        self.send_text(&command.to_string()).await;
+        self.reply(id).await
+    }
+
+    /// Waits for the reply with `id`.
+    pub async fn reply(&mut self, id: u32) -> Value {
+        let mut skipped = VecDeque::new();
+        loop {
+            let msg = self
+                .next_raw()
+                .await
+                .unwrap_or_else(|c| panic!("closed while waiting for reply {id}: {c:?}"));
+            if msg["id"] == json!(id) {
+                skipped.extend(self.pending.drain(..));
+                self.pending = skipped;
+                return msg;
+            }
+            skipped.push_back(msg);
+        }
+    }
+
+    /// The next message, pushes and replies alike (pings are answered).
+    pub async fn next(&mut self) -> Value {
+        match self.pending.pop_front() {
+            Some(v) => v,
+            None => self.next_raw().await.unwrap_or_else(|c| panic!("closed: {c:?}")),
+        }
+    }
+
+    /// The next publication push (other pushes are skipped).
+    pub async fn next_pub(&mut self) -> Value {
+        loop {
+            let msg = self.next().await;
+            if !msg["push"]["pub"].is_null() {
+                return msg["push"].clone();
+            }
+        }
+    }
+
+    async fn next_raw(&mut self) -> Result<Value, Closed> {
+        loop {
+            if let Some(v) = self.pending.pop_front() {
+                return Ok(v);
+            }
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the server said nothing for 5 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    for line in t.as_str().split('\n').filter(|l| !l.trim().is_empty()) {
+                        let v: Value = serde_json::from_str(line).expect("server sends JSON lines");
+                        if v == json!({}) {
+                            self.send_text("{}").await; // pong
+                            continue;
+                        }
+                        self.pending.push_back(v);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    return Err(Closed { code, reason });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Err(Closed {
+                        code: 1006,
+                        reason: e.to_string(),
+                    })
+                }
+                None => {
+                    return Err(Closed {
+                        code: 1006,
+                        reason: "eof".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection; everything before the
+    /// close is discarded.
+    pub async fn closed(&mut self) -> Closed {
+        self.pending.clear();
+        loop {
+            match self.next_raw().await {
+                Ok(_) => self.pending.clear(),
+                Err(c) => return c,
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Like `closed`, but never answers pings.
+    pub async fn closed_without_pong(&mut self) -> Closed {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("server kept quiet for 5 s");
+            match msg {
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    return Closed { code, reason };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Closed {
+                        code: 1006,
+                        reason: e.to_string(),
+                    }
+                }
+                None => {
+                    return Closed {
+                        code: 1006,
+                        reason: "eof".into(),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The WebSocket client protocol over a real socket: every command, push,
+//! error and disconnect path a client can hit.
+
+use serde_json::json;
+
+use super::support::*;
+
+#[tokio::test]
+async fn connect_with_token_returns_client_and_ping_settings() {
+    let s = TestServer::start(config("")).await;
+    let mut c = Client::open(&s.ws_url()).await;
+    let reply = c
+        .request(json!({"connect": {"token": token("alice"), "name": "test"}}))
+        .await;
+    let r = &reply["connect"];
+    assert!(r["client"].as_str().is_some_and(|id| !id.is_empty()), "{reply}");
+    assert_eq!(r["ping"], 25);
+    assert_eq!(r["pong"], true);
+    assert_eq!(r["expires"], true, "token with exp makes the connection expire");
+    assert!(r["ttl"].as_u64().unwrap() > 3500);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_documented_codes() {
+    let s = TestServer::start(config("")).await;
+    // No token and anonymous not allowed: 3500 invalid token.
+    let mut c = Client::open(&s.ws_url()).await;
+    c.send_text(r#"{"id":1,"connect":{}}"#).await;
+    assert_eq!(c.closed().await.code, 3500);
+    // Wrong signature: 3500.
+    let forged = crier_server::auth::TokenBuilder::new()
+        .user("eve")
+        .sign_hs256("another-secret-of-some-length");
+    let mut c = Client::open(&s.ws_url()).await;
+    c.send_text(&json!({"id":1,"connect":{"token": forged}}).to_string())
+        .await;
+    assert_eq!(c.closed().await.code, 3500);
+    // Garbage token: 3500.
+    let mut c = Client::open(&s.ws_url()).await;
+    c.send_text(r#"{"id":1,"connect":{"token":"not.a.jwt"}}"#).await;
+    assert_eq!(c.closed().await.code, 3500);
+    // Expired: error 109, the connection stays open for a retry.
+    let expired = crier_server::auth::TokenBuilder::new()
+        .user("bob")
+        .exp(unix_now() - 10)
+        .sign_hs256(SECRET);
+    let mut c = Client::open(&s.ws_url()).await;
+    let reply = c.request(json!({"connect": {"token": expired}})).await;
+    assert_eq!(reply["error"]["code"], 109, "{reply}");
+    let reply = c.request(json!({"connect": {"token": token("bob")}})).await;
+    assert!(
+        reply["connect"]["client"].is_string(),
+        "retry with a fresh token works: {reply}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_input_disconnects_only_that_client() {
+    let s = TestServer::start(config("")).await;
+    let mut good = Client::connect(&s.ws_url(), &token("good")).await;
+    good.request(json!({"subscribe": {"channel": "news"}})).await;
+
+    let cases: [(&str, &str); 5] = [
+        ("not json at all", "invalid JSON"),
+        (
+            r#"{"id":1,"subscribe":{"channel":"news"}}"#,
+            "subscribe before connect",
+        ),
+        ("[1,2,3]", "not an object"),
+        (r#"{"id":7}"#, "command without a request"),
+        (r#"{"connect":{}}"#, "connect without id"),
+    ];
+    for (text, why) in cases {
+        let mut bad = Client::open(&s.ws_url()).await;
+        bad.send_text(text).await;
+        assert_eq!(bad.closed().await.code, 3501, "{why}");
+    }
+    // After connect, invalid JSON also disconnects with 3501.
+    let mut bad = Client::connect(&s.ws_url(), &token("bad")).await;
+    bad.send_text("{broken").await;
+    assert_eq!(bad.closed().await.code, 3501);
+
+    let (status, body) = s
+        .api("publish", json!({"channel": "news", "data": {"n": 1}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let p = good.next_pub().await;
+    assert_eq!(
+        p["pub"]["data"],
+        json!({"n": 1}),
+        "the well-behaved client is still served"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_with_bad_request() {
+    let s = TestServer::start(config("[websocket]\nmessage_size_limit = 1024")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("big")).await;
+    let huge = format!(
+        r#"{{"id":2,"publish":{{"channel":"news","data":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    c.send_text(&huge).await;
+    assert_eq!(c.closed().await.code, 3501);
+    let mut other = Client::connect(&s.ws_url(), &token("small")).await;
+    let reply = other.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert!(
+        reply["subscribe"].is_object(),
+        "server still serves others: {reply}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn subscribe_errors_unknown_channel_permission_already_subscribed() {
+    let s = TestServer::start(config("")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("u")).await;
+    let r = c.request(json!({"subscribe": {"channel": "nope:1"}})).await;
+    assert_eq!(r["error"]["code"], 102, "{r}");
+    let r = c.request(json!({"subscribe": {"channel": "closed:1"}})).await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert_eq!(r["error"]["code"], 105, "{r}");
+    let r = c
+        .request(json!({"publish": {"channel": "closed:1", "data": {}}}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let r = c.request(json!({"history": {"channel": "closed:1"}})).await;
+    assert_eq!(r["error"]["code"], 108, "no history in that namespace: {r}");
+    let r = c.request(json!({"rpc": {"method": "x", "data": {}}})).await;
+    assert_eq!(r["error"]["code"], 104, "{r}");
+    let r = c.request(json!({"ping": {}})).await;
+    assert!(r["ping"].is_object(), "{r}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn publications_reach_subscribers_in_order_and_exclude_self_works() {
+    let s = TestServer::start(config("")).await;
+    let mut a = Client::connect(&s.ws_url(), &token("a")).await;
+    let mut b = Client::connect(&s.ws_url(), &token("b")).await;
+    for c in [&mut a, &mut b] {
+        let r = c.request(json!({"subscribe": {"channel": "chat:1"}})).await;
+        assert_eq!(r["subscribe"]["recoverable"], true, "{r}");
+    }
+    let _ = a.next().await; // b's join
+                            // a publishes excluding itself, then normally.
+    let r = a
+        .request(json!({"publish": {"channel": "chat:1", "data": {"t": "only b"}, "exclude_self": true}}))
+        .await;
+    assert!(r["publish"].is_object(), "{r}");
+    let r = a
+        .request(json!({"publish": {"channel": "chat:1", "data": {"t": "both"}}}))
+        .await;
+    assert!(r["publish"].is_object(), "{r}");
+    let p1 = b.next_pub().await;
+    let p2 = b.next_pub().await;
+    assert_eq!(p1["pub"]["data"]["t"], "only b");
+    assert_eq!(p2["pub"]["data"]["t"], "both");
+    assert_eq!(
+        p1["pub"]["offset"].as_u64().unwrap() + 1,
+        p2["pub"]["offset"].as_u64().unwrap()
+    );
+    assert_eq!(p1["pub"]["info"]["user"], "a", "publisher info rides along");
+    let first_for_a = a.next_pub().await;
+    assert_eq!(
+        first_for_a["pub"]["data"]["t"], "both",
+        "a never got its own excluded publication"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_publish_can_exclude_a_client() {
+    let s = TestServer::start(config("")).await;
+    let mut a = Client::connect(&s.ws_url(), &token("a")).await;
+    let mut b = Client::connect(&s.ws_url(), &token("b")).await;
+    for c in [&mut a, &mut b] {
+        c.request(json!({"subscribe": {"channel": "news"}})).await;
+    }
+    let (_, body) = s
+        .api(
+            "publish",
+            json!({"channel": "news", "data": 1, "exclude_clients": [a.id]}),
+        )
+        .await;
+    assert_eq!(body["result"]["offset"], 1, "{body}");
+    s.api("publish", json!({"channel": "news", "data": 2})).await;
+    assert_eq!(b.next_pub().await["pub"]["data"], 1);
+    assert_eq!(b.next_pub().await["pub"]["data"], 2);
+    assert_eq!(
+        a.next_pub().await["pub"]["data"],
+        2,
+        "the excluded client skipped publication 1"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_and_recovery_after_reconnect() {
+    let s = TestServer::start(config("")).await;
+    let mut a = Client::connect(&s.ws_url(), &token("a")).await;
+    let r = a
+        .request(json!({"subscribe": {"channel": "news", "recoverable": true}}))
+        .await;
+    let epoch = r["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=3 {
+        s.api("publish", json!({"channel": "news", "data": {"i": i}}))
+            .await;
+    }
+    let last = a.next_pub().await["pub"]["offset"].as_u64().unwrap();
+    assert_eq!(last, 1);
+    drop(a); // vanishes after offset 1
+    for i in 4..=5 {
+        s.api("publish", json!({"channel": "news", "data": {"i": i}}))
+            .await;
+    }
+    let mut a2 = Client::connect(&s.ws_url(), &token("a")).await;
+    let r = a2
+        .request(json!({"subscribe": {"channel": "news", "recover": true, "recoverable": true, "offset": last, "epoch": epoch}}))
+        .await;
+    let sub = &r["subscribe"];
+    assert_eq!(sub["recovered"], true, "{r}");
+    assert_eq!(sub["was_recovering"], true);
+    let offsets: Vec<u64> = sub["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![2, 3, 4, 5], "exactly the missed publications");
+    s.api("publish", json!({"channel": "news", "data": {"i": 6}}))
+        .await;
+    assert_eq!(
+        a2.next_pub().await["pub"]["offset"],
+        6,
+        "then live, no gap, no duplicate"
+    );
+
+    let h = a2
+        .request(json!({"history": {"channel": "news", "limit": 2, "reverse": true}}))
+        .await;
+    let offs: Vec<u64> = h["history"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, vec![6, 5]);
+    assert_eq!(h["history"]["epoch"], epoch.as_str());
+    // A stale epoch is not recoverable: told plainly.
+    let r = a2
+        .request(json!({"subscribe": {"channel": "chat:x", "recover": true, "recoverable": true, "offset": 3, "epoch": "bogus"}}))
+        .await;
+    assert_eq!(
+        r["subscribe"]["recovered"],
+        json!(null),
+        "recovered is false (omitted): {r}"
+    );
+    assert_eq!(r["subscribe"]["was_recovering"], true);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn presence_and_join_leave() {
+    let s = TestServer::start(config("")).await;
+    let mut a = Client::connect(&s.ws_url(), &token("alice")).await;
+    a.request(json!({"subscribe": {"channel": "chat:room"}})).await;
+    let mut b = Client::connect(&s.ws_url(), &token("bob")).await;
+    b.request(json!({"subscribe": {"channel": "chat:room"}})).await;
+    let join = a.next().await;
+    assert_eq!(join["push"]["join"]["info"]["user"], "bob", "{join}");
+    let p = a.request(json!({"presence": {"channel": "chat:room"}})).await;
+    let present = p["presence"]["presence"].as_object().unwrap();
+    assert_eq!(present.len(), 2);
+    assert!(present.values().any(|i| i["user"] == "bob"));
+    let st = a
+        .request(json!({"presence_stats": {"channel": "chat:room"}}))
+        .await;
+    assert_eq!(st["presence_stats"], json!({"num_clients": 2, "num_users": 2}));
+    b.request(json!({"unsubscribe": {"channel": "chat:room"}})).await;
+    let leave = a.next().await;
+    assert_eq!(leave["push"]["leave"]["info"]["user"], "bob", "{leave}");
+    let r = a.request(json!({"presence": {"channel": "news"}})).await;
+    assert_eq!(r["error"]["code"], 108, "presence is off outside chat: {r}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_side_subscriptions_from_token_channels() {
+    let s = TestServer::start(config("")).await;
+    let t = crier_server::auth::TokenBuilder::new()
+        .user("srv")
+        .exp(unix_now() + 600)
+        .channels(["news", "chat:2"])
+        .sign_hs256(SECRET);
+    let mut c = Client::open(&s.ws_url()).await;
+    let reply = c.request(json!({"connect": {"token": t}})).await;
+    let subs = reply["connect"]["subs"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no subs: {reply}"));
+    assert!(
+        subs.contains_key("news") && subs.contains_key("chat:2"),
+        "{reply}"
+    );
+    s.api("publish", json!({"channel": "chat:2", "data": "server-side"}))
+        .await;
+    let p = c.next_pub().await;
+    assert_eq!(p["channel"], "chat:2");
+    assert_eq!(p["pub"]["data"], "server-side");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn several_commands_in_one_frame() {
+    let s = TestServer::start(config("")).await;
+    let mut c = Client::open(&s.ws_url()).await;
+    let frame = format!(
+        "{}\n{}\n{}",
+        json!({"id": 1, "connect": {"token": token("multi")}}),
+        json!({"id": 2, "subscribe": {"channel": "news"}}),
+        json!({"id": 3, "subscribe": {"channel": "chat:9"}})
+    );
+    c.send_text(&frame).await;
+    assert!(c.reply(1).await["connect"].is_object());
+    assert!(c.reply(2).await["subscribe"].is_object());
+    assert!(c.reply(3).await["subscribe"].is_object());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn refresh_extends_and_sub_token_subscribes_private_channel() {
+    let s = TestServer::start(config("")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("ref")).await;
+    let fresh = crier_server::auth::TokenBuilder::new()
+        .user("ref")
+        .exp(unix_now() + 7200)
+        .sign_hs256(SECRET);
+    let r = c.request(json!({"refresh": {"token": fresh}})).await;
+    assert!(r["refresh"]["ttl"].as_u64().unwrap() > 7000, "{r}");
+    let other = crier_server::auth::TokenBuilder::new()
+        .user("someone-else")
+        .sign_hs256(SECRET);
+    // A private channel needs a subscription token for this user.
+    let r = c.request(json!({"subscribe": {"channel": "$secret"}})).await;
+    assert_eq!(r["error"]["code"], 103, "{r}");
+    let sub = crier_server::auth::TokenBuilder::new()
+        .user("ref")
+        .channel("$secret")
+        .sign_hs256(SECRET);
+    let r = c
+        .request(json!({"subscribe": {"channel": "$secret", "token": sub}}))
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    // A refresh for another user is an invalid token: disconnect 3500.
+    c.send_text(&json!({"id": 99, "refresh": {"token": other}}).to_string())
+        .await;
+    assert_eq!(c.closed().await.code, 3500);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_pong_disconnects_with_3012() {
+    let s = TestServer::start(config("[client]\nping_interval = \"1s\"\npong_timeout = \"1s\"")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("quiet")).await;
+    // Our test client answers pings inside next(); read raw instead so the
+    // ping goes unanswered.
+    let closed = c.closed_without_pong().await;
+    assert_eq!(closed.code, 3012, "{closed:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_client_is_disconnected_with_3008_others_unaffected() {
+    let s = TestServer::start(config("[client]\nqueue_max_size = 65536")).await;
+    let mut slow = Client::connect(&s.ws_url(), &token("slow")).await;
+    slow.request(json!({"subscribe": {"channel": "news"}})).await;
+    let mut fast = Client::connect(&s.ws_url(), &token("fast")).await;
+    fast.request(json!({"subscribe": {"channel": "news"}})).await;
+    // `slow` stops reading; publish far more than socket buffers and its
+    // queue can hold, while `fast` keeps reading.
+    let payload = format!("\"{}\"", "y".repeat(16 * 1024));
+    let hub = s.node.hub.clone();
+    let mut received = 0;
+    for _ in 0..2000 {
+        hub.publish("news", payload.clone(), Default::default()).unwrap();
+        fast.next_pub().await;
+        received += 1;
+        if hub.stats().dropped_slow > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        hub.stats().dropped_slow,
+        1,
+        "slow client dropped after {received} publications"
+    );
+    assert_eq!(slow.closed().await.code, 3008);
+    hub.publish("news", "\"after\"", Default::default()).unwrap();
+    assert_eq!(fast.next_pub().await["pub"]["data"], "after");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_tells_clients_3001() {
+    let s = TestServer::start(config("")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("bye")).await;
+    let mut pre = Client::open(&s.ws_url()).await; // never connects
+    s.node.shutdown.cancel();
+    assert_eq!(c.closed().await.code, 3001);
+    assert_eq!(pre.closed().await.code, 3001);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn origin_check_rejects_cross_site() {
+    let s = TestServer::start(config("[client]\nallowed_origins = [\"https://good.example\"]")).await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = s.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(req)
+        .await
+        .expect_err("cross-site origin refused");
+    assert!(err.to_string().contains("403"), "{err}");
+    let mut req = s.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://good.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    s.shutdown().await;
+}

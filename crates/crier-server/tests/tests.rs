@@ -1,0 +1,3 @@
+//! All crier-server integration tests, one binary: real sockets on port 0.
+
+mod server;
