@@ -1,3 +1,4 @@
 mod api;
+mod interop;
 mod support;
 mod ws;

@@ -1,0 +1,143 @@
+//! The real client SDKs against crier: `tests-interop/` holds a centrifuge-js
+//! script (Node) and a centrifuge-python + cent script (Python); each test
+//! starts a server and runs one of them as a child process. The scripts
+//! check the protocol from the SDK's side (connect, recoverable subscribe,
+//! API publish, history, presence, forced reconnect with exact recovery), so
+//! a failure here means a real application would break.
+//!
+//! `tests-interop/setup.sh` installs the SDKs on first use; a missing node,
+//! npm or python3 fails the tests with what to install, never skips them.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::support::*;
+
+/// Longer than the scripts' own 20 s limit, so they report their own hangs.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(40);
+/// A first install downloads the SDKs; later runs take milliseconds.
+const SETUP_LIMIT: Duration = Duration::from_secs(600);
+
+#[tokio::test]
+async fn centrifuge_js_connects_subscribes_and_recovers() {
+    run_script("node", "tests-interop/js/interop.mjs", "js-user").await;
+}
+
+#[tokio::test]
+async fn centrifuge_python_and_cent_connect_subscribe_and_recover() {
+    run_script(
+        "tests-interop/.venv/bin/python",
+        "tests-interop/py/interop.py",
+        "py-user",
+    )
+    .await;
+}
+
+/// Starts a server, runs `program script WS_URL TOKEN API_URL API_KEY USER`
+/// from the repository root and fails with the script's output unless it
+/// exits 0.
+async fn run_script(program: &'static str, script: &'static str, user: &str) {
+    setup().await;
+    let s = TestServer::start(config("")).await;
+    let args = [
+        script.to_owned(),
+        s.ws_url(),
+        token(user),
+        format!("http://{}/api", s.addr),
+        API_KEY.to_owned(),
+        user.to_owned(),
+    ];
+    let started = Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || {
+        // A path is the repository's; a bare name is looked up on PATH.
+        let mut cmd = match program.contains('/') {
+            true => Command::new(repo_root().join(program)),
+            false => Command::new(program),
+        };
+        cmd.args(args).current_dir(repo_root());
+        run(&mut cmd, SCRIPT_LIMIT)
+    })
+    .await
+    .expect("blocking task");
+    match outcome {
+        Ok(out) => eprintln!("{script} passed in {:?}:\n{out}", started.elapsed()),
+        Err(report) => panic!("{script} failed:\n{report}"),
+    }
+    s.shutdown().await;
+}
+
+/// Runs `tests-interop/setup.sh` once per test binary; every test waits for
+/// that one run and fails with its output if it failed.
+async fn setup() {
+    static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = tokio::task::spawn_blocking(|| {
+        SETUP
+            .get_or_init(|| {
+                let script = repo_root().join("tests-interop/setup.sh");
+                run(Command::new("bash").arg(script), SETUP_LIMIT).map(drop)
+            })
+            .clone()
+    })
+    .await
+    .expect("blocking task");
+    if let Err(report) = result {
+        panic!("tests-interop/setup.sh failed (it needs node, npm and python3):\n{report}");
+    }
+}
+
+/// The workspace root: `crates/crier-server` is two levels down.
+fn repo_root() -> &'static Path {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .nth(2)
+        .expect("crates/crier-server has a grandparent")
+}
+
+/// Runs `cmd` to completion, killing it after `limit`. Ok: its output; Err:
+/// how it ended, with its output.
+fn run(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e} (is it installed?)"))?;
+    // Each reader reports on `done` when its pipe closes, i.e. when the child
+    // has exited (or closed its output).
+    let (done, closed) = mpsc::channel();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            let _ = done.send(());
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let timed_out = (0..2).any(|_| {
+        closed
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+    });
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| format!("waiting for {cmd:?}: {e}"))?;
+    let output = format!(
+        "--- stdout\n{}--- stderr\n{}",
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default()
+    );
+    match (timed_out, status.success()) {
+        (false, true) => Ok(output),
+        (true, _) => Err(format!("{cmd:?} killed after {limit:?}\n{output}")),
+        (false, false) => Err(format!("{cmd:?} exited with {status}\n{output}")),
+    }
+}
