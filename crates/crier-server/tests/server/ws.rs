@@ -434,3 +434,20 @@ async fn origin_check_rejects_cross_site() {
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn connection_expires_without_refresh_3005() {
+    let s = TestServer::start(config("")).await;
+    let short = crier_server::auth::TokenBuilder::new()
+        .user("brief")
+        .exp(unix_now() + 1)
+        .sign_hs256(SECRET);
+    let mut c = Client::connect(&s.ws_url(), &short).await;
+    c.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert_eq!(
+        c.closed().await.code,
+        3005,
+        "no refresh before exp: connection expired"
+    );
+    s.shutdown().await;
+}
