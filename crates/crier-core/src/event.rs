@@ -176,8 +176,9 @@ pub enum Outbound {
     /// An event shared with other clients.
     Event(Arc<Event>),
     /// Bytes for this client only, already in its wire format (a reply to
-    /// one of its commands, or a notice such as a subscribe push).
-    Raw(Bytes),
+    /// one of its commands, or a notice such as a subscribe push). Boxed so
+    /// a queue slot is two words, not five: shared events are the hot path.
+    Raw(Box<Bytes>),
 }
 
 impl Outbound {
@@ -187,5 +188,10 @@ impl Outbound {
             Outbound::Event(e) => e.weight(),
             Outbound::Raw(b) => b.len(),
         }
+    }
+
+    /// Bytes for one client only.
+    pub fn raw(bytes: Bytes) -> Self {
+        Outbound::Raw(Box::new(bytes))
     }
 }

@@ -456,7 +456,7 @@ impl Hub {
             self.fan_out(st, &ev, Some(client.id), &mut dropped);
         }
         if let Some(bytes) = notice(&subscribed) {
-            push_or_note(client, Outbound::Raw(bytes), &mut dropped);
+            push_or_note(client, Outbound::raw(bytes), &mut dropped);
         }
         Ok((subscribed, dropped))
     }
@@ -583,7 +583,7 @@ impl Hub {
                 self.fan_out(&st, &ev, None, dropped);
             }
             if let Some(bytes) = notice {
-                push_or_note(client, Outbound::Raw(bytes), dropped);
+                push_or_note(client, Outbound::raw(bytes), dropped);
             }
             st.subscribers.is_empty()
         };
@@ -731,7 +731,7 @@ impl Hub {
     /// Queues bytes already in the client's wire format (a transport's reply
     /// to one of its commands), in order with everything else it receives.
     pub fn send_raw(&self, id: ClientId, bytes: Bytes) -> Result<(), HubError> {
-        self.push_to(id, Outbound::Raw(bytes))
+        self.push_to(id, Outbound::raw(bytes))
     }
 
     fn push_to(&self, id: ClientId, item: Outbound) -> Result<(), HubError> {

@@ -78,8 +78,9 @@ pub(crate) enum PushError {
 struct State {
     items: VecDeque<Outbound>,
     bytes: usize,
-    // Set once; the receiver reports it after draining what is left.
-    closed: Option<DisconnectReason>,
+    // Set once; the receiver reports it after draining what is left. Boxed
+    // so the state the hot path touches stays within one cache line.
+    closed: Option<Box<DisconnectReason>>,
     // The drainer waiting for the next push, if any.
     waker: Option<Waker>,
 }
@@ -145,7 +146,7 @@ impl QueueSender {
             if !st.items.is_empty()
                 && (st.items.len() >= limits.max_messages || st.bytes + weight > limits.max_bytes)
             {
-                st.closed = Some(DisconnectReason::Slow);
+                st.closed = Some(Box::new(DisconnectReason::Slow));
                 st.items = VecDeque::new();
                 st.bytes = 0;
                 let w = st.waker.take();
@@ -173,7 +174,7 @@ impl QueueSender {
             if st.closed.is_some() {
                 return;
             }
-            st.closed = Some(reason);
+            st.closed = Some(Box::new(reason));
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -195,7 +196,7 @@ impl ClientReceiver {
         let mut st = self.shared.state.lock();
         if st.items.is_empty() {
             return match &st.closed {
-                Some(reason) => Err(reason.clone()),
+                Some(reason) => Err((**reason).clone()),
                 None => Ok(0),
             };
         }
@@ -273,7 +274,7 @@ impl Drop for ClientReceiver {
     fn drop(&mut self) {
         let mut st = self.shared.state.lock();
         if st.closed.is_none() {
-            st.closed = Some(DisconnectReason::Removed);
+            st.closed = Some(Box::new(DisconnectReason::Removed));
         }
         st.items = VecDeque::new();
         st.bytes = 0;
@@ -298,7 +299,7 @@ mod tests {
     use bytes::Bytes;
 
     fn raw(s: &'static str) -> Outbound {
-        Outbound::Raw(Bytes::from_static(s.as_bytes()))
+        Outbound::raw(Bytes::from_static(s.as_bytes()))
     }
 
     #[test]
@@ -311,7 +312,7 @@ mod tests {
         let texts: Vec<_> = out
             .iter()
             .map(|o| match o {
-                Outbound::Raw(b) => b.clone(),
+                Outbound::Raw(b) => (**b).clone(),
                 _ => unreachable!(),
             })
             .collect();
@@ -341,7 +342,7 @@ mod tests {
             max_bytes: 10,
         });
         // One oversized item fits an empty queue...
-        tx.push(Outbound::Raw(Bytes::from(vec![0u8; 50]))).unwrap();
+        tx.push(Outbound::raw(Bytes::from(vec![0u8; 50]))).unwrap();
         // ...but nothing more may pile up behind it.
         assert_eq!(tx.push(raw("x")), Err(PushError::Full));
     }

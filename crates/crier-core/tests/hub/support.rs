@@ -29,7 +29,7 @@ pub fn describe(items: Vec<Outbound>) -> Vec<Seen> {
     items
         .into_iter()
         .map(|o| match o {
-            Outbound::Raw(b) => Seen::Raw(b),
+            Outbound::Raw(b) => Seen::Raw(*b),
             Outbound::Event(ev) => {
                 let channel = ev.channel.as_deref().unwrap_or_default().to_owned();
                 match &ev.kind {
