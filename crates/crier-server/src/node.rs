@@ -94,7 +94,11 @@ fn hub_config(config: &Config) -> HubConfig {
     HubConfig {
         channels,
         queue_limits: QueueLimits {
-            max_messages: config.crier.client_queue_max_messages,
+            // 0 means "no cap" in the configuration.
+            max_messages: match config.crier.client_queue_max_messages {
+                0 => usize::MAX,
+                n => n,
+            },
             max_bytes: config.client.queue_max_size,
         },
     }

@@ -550,8 +550,9 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CrierConfig {
-    /// Development mode, set by `crier dev`; what it relaxes is decided by
-    /// the binary, this module only records it.
+    /// Development mode (`crier serve --dev`): anonymous connections are
+    /// accepted and the server API needs no key. `crier serve --dev` also
+    /// turns on `client.insecure` and `http_api.insecure`.
     pub dev: bool,
     /// Messages queued for one client before it counts as slow (3008), on
     /// top of the byte cap `client.queue_max_size`; 0 = no count cap.

@@ -1,0 +1,134 @@
+//! The `crier` command: argument parsing and wiring only.
+//!
+//! - [`serve`] runs a node (`crier serve`);
+//! - `check-config` prints [`crier_server::config::check_config`]'s report;
+//! - [`token`] signs HS256 connection and subscription tokens;
+//! - [`publish`] calls the server HTTP API's `publish` method;
+//! - [`subscribe`] is a minimal client protocol v2 (JSON) WebSocket client
+//!   that prints publications as JSON lines.
+//!
+//! Protocol, configuration and authentication logic live in `crier-server`;
+//! this crate must never grow any of its own. Every failure a user can cause
+//! becomes an `anyhow` error with context, printed once by [`main`].
+#![forbid(unsafe_code)]
+
+mod publish;
+mod serve;
+mod subscribe;
+mod token;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// crier: a real-time broadcast hub speaking Centrifugo's client protocol v2
+/// and server HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "crier", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(serve::Args),
+    CheckConfig(CheckConfigArgs),
+    Token(token::Args),
+    Publish(publish::Args),
+    Subscribe(subscribe::Args),
+}
+
+/// Check a configuration file and print what the server would run with.
+///
+/// Exits 0 when the file is usable (warnings are printed), 1 otherwise. The
+/// `CRIER_*` environment variables are not applied, so the answer does not
+/// depend on the shell it runs in.
+#[derive(Debug, clap::Args)]
+struct CheckConfigArgs {
+    /// The configuration file (.toml, .json, .yaml or .yml).
+    file: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = init_logging().and_then(|()| match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::CheckConfig(args) => check_config(&args.file),
+        Command::Token(args) => token::run(args),
+        Command::Publish(args) => publish::run(args),
+        Command::Subscribe(args) => subscribe::run(args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `crier subscribe news | head -1`: the reader left, which is not an
+        // error worth a message.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", render(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, like `{:#}`, but skipping a cause
+/// whose text its parent already printed (many error types put their source
+/// in their own message and also return it from `source()`).
+fn render(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    line
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout
+/// stays clean for the addresses and JSON lines other programs read.
+fn init_logging() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
+        .from_env()
+        .context("invalid RUST_LOG")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    // The error already names file:line:col and the key.
+    let report = crier_server::config::check_config(file)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{report}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes one line to stdout and flushes it, so output reaches pipes as it
+/// happens. A closed pipe comes back as an error for [`main`] to recognise.
+fn print_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}

@@ -1,0 +1,194 @@
+//! `crier serve`: load the configuration, apply the command-line overrides,
+//! bind, say where to connect, and run until SIGINT or SIGTERM.
+//!
+//! What `--dev` relaxes is decided here (the config module only records
+//! `crier.dev`); everything else is `crier_server`'s business.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use crier_server::config::{Config, Warning, WarningKind};
+use crier_server::Server;
+
+use crate::print_line;
+
+/// Run a crier node.
+///
+/// Settings come from the file (optional), then `CRIER_*` environment
+/// variables (`CRIER_HTTP_SERVER_PORT=9000` sets `http_server.port`), then
+/// these flags. Stops gracefully on Ctrl-C or SIGTERM.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (.toml, .json, .yaml or .yml; Centrifugo v6 keys).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Development mode, INSECURE: anyone may connect without a token,
+    /// subscribe and publish anywhere, and call the HTTP API without a key.
+    /// For local trials only.
+    #[arg(long)]
+    dev: bool,
+    /// Interface to listen on (overrides http_server.address; "" = all).
+    #[arg(long, value_name = "A")]
+    address: Option<String>,
+    /// Port to listen on (overrides http_server.port; 0 = any free port).
+    #[arg(long, value_name = "P")]
+    port: Option<u16>,
+}
+
+const DEV_WARNING: &str = "\
+!!! ================================================================ !!!
+!!!  crier is running in DEVELOPMENT mode (--dev). THIS IS INSECURE:  !!!
+!!!   - anyone who can reach this port can connect without a token,  !!!
+!!!   - subscribe to and publish in any channel,                     !!!
+!!!   - and call the whole HTTP API without an API key.              !!!
+!!!  Use it for local trials only. Never expose it to a network.     !!!
+!!! ================================================================ !!!";
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let loaded = Config::load(args.config.as_deref()).context("cannot load the configuration")?;
+    let mut config = loaded.config;
+    if args.dev {
+        config.crier.dev = true;
+        config.client.insecure = true;
+        config.http_api.insecure = true;
+        eprintln!("{DEV_WARNING}");
+    }
+    if let Some(address) = args.address {
+        config.http_server.address = address;
+    }
+    if let Some(port) = args.port {
+        config.http_server.port = port;
+    }
+    // `load` validated before the overrides; validate what will actually run.
+    // Its advice replaces the advice `load` gave, which may be stale now.
+    let advice = config.validate().context("invalid configuration")?;
+    let mut warnings: Vec<Warning> = loaded
+        .warnings
+        .into_iter()
+        .filter(|w| w.kind != WarningKind::Advice)
+        .chain(advice)
+        .collect();
+    let unreachable = !config.client.insecure
+        && !config.client.token.has_keys()
+        && !config.client.allow_anonymous_connect_without_token;
+    // Said at length below (no key) or above (--dev), with what to do.
+    warnings.retain(|w| {
+        let said = (unreachable && w.key == "client.token") || (args.dev && w.key == "client.insecure");
+        !(w.kind == WarningKind::Advice && said)
+    });
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    if unreachable {
+        eprintln!(
+            "warning: no client can connect: no token key is configured (client.token.*)\n  \
+             and client.insecure is off. To fix it, set client.token.hmac_secret_key in the\n  \
+             config file (or CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY) and give clients tokens from\n  \
+             `crier token --user ID`; or, for a local trial only, run `crier serve --dev`."
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let insecure_client = config.client.insecure;
+    let needs_token = !insecure_client && config.client.token.has_keys();
+    let api = (!config.http_api.disabled).then(|| {
+        let prefix = config.http_api.handler_prefix.trim_end_matches('/').to_owned();
+        (prefix, config.http_api.insecure)
+    });
+    let server = Server::bind(config).await.context("cannot start the server")?;
+    let bound = server.local_addr().context("cannot read the bound address")?;
+    // Set up signal handling before saying "listening", so a supervisor that
+    // signals right after that line is handled gracefully.
+    let signal = shutdown_signal().context("cannot install signal handlers")?;
+
+    let connect = connectable(bound);
+    print_line(&format!("crier listening on http://{bound}"))?;
+    print_line(&format!("  WebSocket: ws://{connect}/connection/websocket"))?;
+    match &api {
+        Some((prefix, _)) => print_line(&format!("  HTTP API:  POST http://{connect}{prefix}/<method>"))?,
+        None => print_line("  HTTP API:  disabled")?,
+    }
+    let default_port = bound.port() == 8000 && connect.ip().is_loopback() && connect.is_ipv4();
+    let api_default = api
+        .as_ref()
+        .is_some_and(|(prefix, insecure)| prefix == "/api" && *insecure);
+    if needs_token {
+        print_line(
+            "  clients connect with a token: crier subscribe CHANNEL --token \"$(crier token --user ID)\"",
+        )?;
+    } else if insecure_client && api_default {
+        let (sub_url, pub_url) = if default_port {
+            (String::new(), String::new())
+        } else {
+            (
+                format!(" --url ws://{connect}/connection/websocket"),
+                format!(" --url http://{connect}"),
+            )
+        };
+        print_line(&format!("  try:       crier subscribe news{sub_url}"))?;
+        print_line(&format!(
+            "  and then:  crier publish news '{{\"text\":\"hi\"}}'{pub_url}"
+        ))?;
+    }
+
+    server.run(signal).await.context("the server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The address a local client should dial: the bound one, except that an
+/// unspecified address (all interfaces) is reached through loopback.
+fn connectable(bound: SocketAddr) -> SocketAddr {
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+/// Completes on the first SIGINT or SIGTERM. A second Ctrl-C during the
+/// graceful shutdown exits at once, for whoever does not want to wait. The
+/// handlers are installed here, not on first poll, so failures show at start.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {
+                tracing::info!("interrupted: shutting down gracefully (Ctrl-C again to stop at once)");
+            }
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
+        }
+        tokio::spawn(async move {
+            if interrupt.recv().await.is_some() {
+                tracing::warn!("interrupted again: stopping without waiting for clients");
+                std::process::exit(130);
+            }
+        });
+    })
+}
+
+/// Completes on the first Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("interrupted: shutting down gracefully");
+    })
+}

@@ -1,0 +1,455 @@
+//! The `crier` binary as a user runs it: real processes, real sockets on
+//! port 0. Every wait is on an output line or an exit, with a deadline that
+//! fails loudly and shows what the process printed; no sleeps.
+//!
+//! Every child is owned by a [`Running`] guard that kills it on drop, so a
+//! failing assertion never leaves a server behind.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crier_server::auth::TokenVerifier;
+use crier_server::config::{Config, Secret};
+use serde_json::{json, Value};
+
+/// How long any single wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A line of output, or the end of one stream.
+enum Event {
+    Line(Stream, String),
+    Closed(Stream),
+}
+
+/// A `crier` child process and everything it has printed so far.
+struct Running {
+    /// What the test called it, for failure messages.
+    name: String,
+    /// The process; killed and reaped on drop.
+    child: Child,
+    /// Lines from both pipes, as they come.
+    events: Receiver<Event>,
+    /// Every line received so far, shown when a wait fails.
+    seen: Vec<(Stream, String)>,
+    /// Per stream (stdout, stderr), how much of `seen` earlier waits on
+    /// that stream have looked at: each line matches at most one wait.
+    looked: [usize; 2],
+    /// Streams that reached end of file.
+    closed: Vec<Stream>,
+}
+
+/// A `crier` command with a predictable environment: no `CRIER_*`
+/// variables or `RUST_LOG` from the shell running the tests.
+fn crier(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crier"));
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CRIER_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command.envs(env.iter().copied());
+    command
+}
+
+impl Running {
+    fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = crier(args, env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, events) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        forward(stdout, Stream::Stdout, tx.clone());
+        forward(stderr, Stream::Stderr, tx);
+        Running {
+            name: name.to_string(),
+            child,
+            events,
+            seen: Vec::new(),
+            looked: [0, 0],
+            closed: Vec::new(),
+        }
+    }
+
+    fn next_event(&mut self, deadline: Instant, waiting_for: &str) -> Option<Event> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(left) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => self.fail(&format!("timed out waiting for {waiting_for}")),
+            Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Waits for a line on `stream`, after the one an earlier wait on it
+    /// returned, that satisfies `wanted`, and returns it.
+    fn wait_for(&mut self, stream: Stream, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let cursor = stream as usize;
+        while self.looked[cursor] < self.seen.len() {
+            let (s, line) = &self.seen[self.looked[cursor]];
+            self.looked[cursor] += 1;
+            if *s == stream && wanted(line) {
+                return line.clone();
+            }
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.next_event(deadline, what) {
+                Some(Event::Line(s, line)) => {
+                    self.seen.push((s, line.clone()));
+                    if s == stream {
+                        self.looked[cursor] = self.seen.len();
+                        if wanted(&line) {
+                            return line;
+                        }
+                    }
+                }
+                Some(Event::Closed(s)) => {
+                    self.closed.push(s);
+                    if s == stream {
+                        self.fail(&format!("{stream:?} closed while waiting for {what}"));
+                    }
+                }
+                None => self.fail(&format!("output ended while waiting for {what}")),
+            }
+        }
+    }
+
+    /// Waits until the process has closed both pipes and exited.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        while self.closed.len() < 2 {
+            match self.next_event(deadline, "the process to exit") {
+                Some(Event::Line(s, line)) => self.seen.push((s, line)),
+                Some(Event::Closed(s)) => self.closed.push(s),
+                None => break,
+            }
+        }
+        // Both pipes are closed, so the process is exiting; reaping is quick.
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => thread::yield_now(),
+                Ok(None) => self.fail("timed out waiting for the process to exit"),
+                Err(e) => self.fail(&format!("cannot wait for the process: {e}")),
+            }
+        }
+    }
+
+    /// Everything printed on `stream` so far.
+    fn output(&self, stream: Stream) -> String {
+        let lines: Vec<&str> = self
+            .seen
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        lines.join("\n")
+    }
+
+    fn fail(&self, why: &str) -> ! {
+        let mut transcript = String::new();
+        for (stream, line) in &self.seen {
+            transcript.push_str(&format!("  [{stream:?}] {line}\n"));
+        }
+        panic!("{}: {why}; it printed:\n{transcript}", self.name);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only this child, by its handle; it may have exited already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn forward(pipe: impl Read + Send + 'static, stream: Stream, tx: mpsc::Sender<Event>) {
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(Event::Line(stream, line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Event::Closed(stream));
+    });
+}
+
+/// Runs a short-lived command to completion: (status, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let mut running = Running::spawn(&format!("crier {}", args.join(" ")), args, env);
+    let status = running.wait_exit();
+    (
+        status,
+        running.output(Stream::Stdout),
+        running.output(Stream::Stderr),
+    )
+}
+
+/// A running `crier serve` and the URLs it printed.
+struct Served {
+    process: Running,
+    /// `http://127.0.0.1:PORT`, for `crier publish --url`.
+    http: String,
+    /// `ws://127.0.0.1:PORT/connection/websocket`, for `crier subscribe --url`.
+    websocket: String,
+}
+
+fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut all = vec!["serve", "--port", "0"];
+    all.extend_from_slice(args);
+    let mut process = Running::spawn("crier serve", &all, env);
+    let listening = process.wait_for(Stream::Stdout, "the listening line", |l| {
+        l.starts_with("crier listening on ")
+    });
+    let http = listening["crier listening on ".len()..].to_string();
+    assert!(
+        http.starts_with("http://127.0.0.1:") && !http.ends_with(":0"),
+        "serve must print the address it actually bound, got {listening:?}"
+    );
+    let websocket = process.wait_for(Stream::Stdout, "the WebSocket line", |l| {
+        l.trim_start().starts_with("WebSocket:")
+    });
+    let websocket = websocket.trim_start()["WebSocket:".len()..].trim().to_string();
+    assert_eq!(
+        websocket,
+        format!("ws://{}/connection/websocket", &http["http://".len()..])
+    );
+    Served {
+        process,
+        http,
+        websocket,
+    }
+}
+
+fn subscribe(served: &Served, channel: &str, extra: &[&str]) -> Running {
+    let mut args = vec!["subscribe", channel, "--url", served.websocket.as_str()];
+    args.extend_from_slice(extra);
+    Running::spawn(&format!("crier subscribe {channel}"), &args, &[])
+}
+
+fn json_line(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON value per line ({e}): {line:?}"))
+}
+
+#[test]
+fn dev_server_publish_reaches_subscriber_in_order() {
+    let mut served = serve(&["--dev"], &[]);
+    let dev_warning = served
+        .process
+        .wait_for(Stream::Stderr, "the --dev warning", |l| l.contains("INSECURE"));
+    assert!(dev_warning.contains("DEVELOPMENT mode"), "{dev_warning}");
+
+    let mut subscriber = subscribe(&served, "news", &[]);
+    subscriber.wait_for(Stream::Stderr, "the subscribe confirmation", |l| {
+        l == "subscribed to news"
+    });
+
+    let (status, stdout, stderr) = run(
+        &["publish", "news", r#"{"text":"hi"}"#, "--url", &served.http],
+        &[],
+    );
+    assert!(status.success(), "publish failed: {stderr}");
+    assert!(
+        json_line(&stdout).is_object(),
+        "publish prints the result object: {stdout:?}"
+    );
+    let line = subscriber.wait_for(Stream::Stdout, "the first publication", |_| true);
+    assert_eq!(
+        json_line(&line),
+        json!({"channel":"news","offset":1,"data":{"text":"hi"}})
+    );
+
+    // Not JSON: published as a JSON string.
+    let (status, _, stderr) = run(&["publish", "news", "hello", "--url", &served.http], &[]);
+    assert!(status.success(), "publish failed: {stderr}");
+    let line = subscriber.wait_for(Stream::Stdout, "the second publication", |_| true);
+    assert_eq!(
+        json_line(&line),
+        json!({"channel":"news","offset":2,"data":"hello"})
+    );
+
+    // Graceful shutdown on SIGTERM: the server exits 0, the subscriber is
+    // told 3001 and exits non-zero.
+    #[cfg(unix)]
+    {
+        let pid = served.process.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let status = served.process.wait_exit();
+        assert!(
+            status.success(),
+            "serve should exit 0 after SIGTERM, got {status}"
+        );
+        let status = subscriber.wait_exit();
+        assert!(!status.success(), "subscribe should fail when disconnected");
+        let stderr = subscriber.output(Stream::Stderr);
+        assert!(
+            stderr.contains("3001"),
+            "subscribe should report the shutdown code: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn server_with_keys_needs_tokens_and_api_key() {
+    let secret = "integration-secret";
+    let env = [
+        ("CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY", secret),
+        ("CRIER_HTTP_API_KEY", "api-key"),
+    ];
+    let served = serve(&[], &env);
+
+    // No token: refused for good.
+    let mut anonymous = subscribe(&served, "news", &[]);
+    let status = anonymous.wait_exit();
+    assert!(!status.success());
+    let stderr = anonymous.output(Stream::Stderr);
+    assert!(stderr.contains("3500"), "expected invalid token: {stderr}");
+
+    // A connection token plus a subscription token from `crier token`.
+    let (status, connect_token, stderr) = run(&["token", "--user", "alice"], &env);
+    assert!(status.success(), "{stderr}");
+    let (status, sub_token, stderr) = run(&["token", "--user", "alice", "--channel", "news"], &env);
+    assert!(status.success(), "{stderr}");
+    let mut subscriber = subscribe(
+        &served,
+        "news",
+        &["--token", &connect_token, "--sub-token", &sub_token],
+    );
+    subscriber.wait_for(Stream::Stderr, "the subscribe confirmation", |l| {
+        l == "subscribed to news"
+    });
+
+    // Without the API key: 401, exit 1, and a hint.
+    let (status, _, stderr) = run(&["publish", "news", "1", "--url", &served.http], &[]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("401") && stderr.contains("--api-key"), "{stderr}");
+
+    // With it (from the environment, as the server reads it).
+    let (status, _, stderr) = run(&["publish", "news", "1", "--url", &served.http], &env[1..]);
+    assert!(status.success(), "{stderr}");
+    let line = subscriber.wait_for(Stream::Stdout, "the publication", |_| true);
+    assert_eq!(json_line(&line), json!({"channel":"news","offset":1,"data":1}));
+}
+
+#[test]
+fn publish_api_error_exits_1_with_the_error() {
+    let served = serve(&["--dev"], &[]);
+    let long = "x".repeat(1024);
+    let (status, stdout, stderr) = run(&["publish", &long, "1", "--url", &served.http], &[]);
+    assert_eq!(status.code(), Some(1), "stdout: {stdout}");
+    assert!(stderr.contains("API error"), "{stderr}");
+}
+
+#[test]
+fn publish_to_nothing_says_the_server_is_unreachable() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a probe port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (status, _, stderr) = run(&["publish", "news", "hi", "--url", &url], &[]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot reach crier") && stderr.contains("crier serve"),
+        "{stderr}"
+    );
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, text).expect("write a temporary config");
+    path
+}
+
+#[test]
+fn check_config_names_the_bad_line_and_exits_1() {
+    let path = temp_file(
+        "crier-cli-bad.toml",
+        "[client]\nping_interval = \"25s\"\nchannel_limit = \"many\"\n",
+    );
+    let path = path.to_str().expect("utf-8 temp path");
+    let (status, _, stderr) = run(&["check-config", path], &[]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!("{path}:3:")),
+        "the error must name file:line: {stderr}"
+    );
+    assert!(
+        stderr.contains("client.channel_limit"),
+        "the error must name the key: {stderr}"
+    );
+}
+
+#[test]
+fn check_config_reports_warnings_and_exits_0() {
+    let path = temp_file(
+        "crier-cli-good.toml",
+        "[client]\nunknown_thing = 1\n[client.token]\nhmac_secret_key = \"k\"\n",
+    );
+    let (status, stdout, stderr) = run(&["check-config", path.to_str().expect("utf-8 temp path")], &[]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+    assert!(stdout.contains("warning: client.unknown_thing"), "{stdout}");
+}
+
+#[test]
+fn token_without_a_secret_says_how_to_set_one() {
+    let (status, stdout, stderr) = run(&["token", "--user", "u"], &[]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stdout.is_empty(), "no token may be printed: {stdout}");
+    assert!(
+        stderr.contains("hmac_secret_key") && stderr.contains("CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn token_is_a_jwt_the_server_accepts() {
+    let secret = "token-test-secret";
+    let env = [("CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY", secret)];
+    let (status, stdout, stderr) = run(&["token", "--user", "u", "--ttl", "15m"], &env);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.split('.').count(), 3, "a JWT has three parts: {stdout}");
+
+    let mut config = Config::default();
+    config.client.token.hmac_secret_key = Secret::new(secret);
+    let verifier = TokenVerifier::from_config(&config).expect("verifier");
+    let claims = verifier
+        .verify_connect(&stdout)
+        .expect("the server accepts the token");
+    assert_eq!(claims.user, "u");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let exp = claims.exp.expect("--ttl sets exp");
+    assert!(
+        (now + 14 * 60..=now + 16 * 60).contains(&exp),
+        "exp {exp} is not 15m from {now}"
+    );
+
+    let (status, stdout, _) = run(&["token", "--user", "u", "--ttl", "0"], &env);
+    assert!(status.success());
+    let claims = verifier.verify_connect(&stdout).expect("accepted");
+    assert_eq!(claims.exp, None, "--ttl 0 means no expiry");
+}
