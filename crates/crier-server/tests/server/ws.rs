@@ -451,3 +451,51 @@ async fn connection_expires_without_refresh_3005() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn limits_channel_and_connection() {
+    let mut cfg = config("");
+    cfg.client.channel_limit = 1;
+    cfg.client.connection_limit = 1;
+    let s = TestServer::start(cfg).await;
+    let mut c = Client::connect(&s.ws_url(), &token("limited")).await;
+    let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    let r = c.request(json!({"subscribe": {"channel": "chat:1"}})).await;
+    assert_eq!(r["error"]["code"], 106, "channel limit: {r}");
+    let mut second = Client::open(&s.ws_url()).await;
+    second
+        .send_text(&json!({"id": 1, "connect": {"token": token("other")}}).to_string())
+        .await;
+    assert_eq!(second.closed().await.code, 3504, "connection limit");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_is_accepted_without_reply_and_sub_refresh_answers() {
+    let s = TestServer::start(config("")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("sender")).await;
+    c.send_text(r#"{"send":{"data":{"x":1}}}"#).await;
+    let sub = crier_server::auth::TokenBuilder::new()
+        .user("sender")
+        .channel("news")
+        .exp(unix_now() + 600)
+        .sign_hs256(SECRET);
+    // `send` did not disconnect: the next command is answered.
+    let r = c
+        .request(json!({"sub_refresh": {"channel": "news", "token": sub}}))
+        .await;
+    assert_eq!(r["sub_refresh"]["expires"], true, "{r}");
+    let wrong_channel = crier_server::auth::TokenBuilder::new()
+        .user("sender")
+        .channel("other")
+        .sign_hs256(SECRET);
+    c.send_text(&json!({"id": 9, "sub_refresh": {"channel": "news", "token": wrong_channel}}).to_string())
+        .await;
+    assert_eq!(
+        c.closed().await.code,
+        3500,
+        "a token for another channel is invalid"
+    );
+    s.shutdown().await;
+}
