@@ -9,6 +9,7 @@
 //!   transport-agnostic; [`ws`] is the bidirectional WebSocket transport;
 //!   [`frames`] encodes queued events into JSON frames.
 //! - [`api`] is the server HTTP API (`POST /api/<method>`).
+//! - [`tcp`] plain TCP listeners; [`watch`] file sources.
 //! - [`server`] binds, routes and shuts down gracefully.
 //!
 //! This crate must never be imported by `crier-core` or `crier-proto`.
@@ -21,6 +22,8 @@ pub mod frames;
 pub mod node;
 pub mod server;
 pub mod session;
+pub mod tcp;
+pub mod watch;
 pub mod ws;
 
 pub use node::Node;

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::Node;
-use crate::{api, ws};
+use crate::{api, tcp, watch, ws};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum ServerError {
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
+    tcp: tcp::TcpListeners,
+    watchers: watch::Watchers,
 }
 
 /// The HTTP routes of a node.
@@ -65,7 +67,14 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Self { node, listener })
+        let tcp = tcp::bind(&node).await?;
+        let watchers = watch::start(&node)?;
+        Ok(Self {
+            node,
+            listener,
+            tcp,
+            watchers,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -93,6 +102,8 @@ impl Server {
                 .with_graceful_shutdown(graceful)
                 .into_future(),
         );
+        let tcp = tokio::spawn(self.tcp.run(token.clone()));
+        let watchers = tokio::spawn(self.watchers.run(token.clone()));
         let housekeeping = {
             let hub = node.hub.clone();
             let token = token.clone();
@@ -127,6 +138,8 @@ impl Server {
         }
         server.abort();
         housekeeping.abort();
+        tcp.abort();
+        watchers.abort();
         Ok(())
     }
 }

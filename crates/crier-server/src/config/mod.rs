@@ -45,6 +45,148 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Settings Centrifugo does not have.
     pub crier: CrierConfig,
+    /// Unidirectional WebSocket, `/connection/uni_websocket` (off by default).
+    pub uni_websocket: UniTransportConfig,
+    /// Unidirectional Server-Sent Events, `/connection/uni_sse` (off by default).
+    pub uni_sse: UniTransportConfig,
+    /// Unidirectional HTTP streaming, `/connection/uni_http_stream` (off by default).
+    pub uni_http_stream: UniTransportConfig,
+    /// Prometheus metrics.
+    pub prometheus: PrometheusConfig,
+    /// Plain TCP listeners (crier only): `[[tcp]]`.
+    pub tcp: Vec<TcpListenerConfig>,
+    /// File sources (crier only): `[[watch]]`.
+    pub watch: Vec<WatchConfig>,
+}
+
+/// `uni_websocket.*`, `uni_sse.*`, `uni_http_stream.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UniTransportConfig {
+    /// Serve this transport.
+    pub enabled: bool,
+    /// Largest accepted connect request (query or body), in bytes.
+    pub max_request_body_size: usize,
+}
+
+impl Default for UniTransportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_request_body_size: 65_536,
+        }
+    }
+}
+
+/// `prometheus.*`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrometheusConfig {
+    /// Serve `GET /metrics` in the Prometheus text format.
+    pub enabled: bool,
+    /// crier only: serve metrics on their own listener (`HOST:PORT`)
+    /// instead of the main HTTP server; empty = the main server.
+    pub listen: String,
+}
+
+/// How a TCP connection's byte stream is cut into frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpFraming {
+    /// One frame per line (`\n`, a trailing `\r` is dropped).
+    #[default]
+    Line,
+    /// A frame runs from the `start` marker through the `end` marker.
+    Delimited,
+}
+
+/// How TCP bytes map to text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TcpEncoding {
+    /// Bytes are UTF-8 text; invalid UTF-8 is refused.
+    #[default]
+    #[serde(rename = "utf-8", alias = "utf8")]
+    Utf8,
+    /// Each byte is one character U+0000–U+00FF, passed through byte-exact.
+    #[serde(rename = "latin-1", alias = "latin1", alias = "iso-8859-1")]
+    Latin1,
+}
+
+/// One `[[tcp]]` listener (crier only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TcpListenerConfig {
+    /// `HOST:PORT` to listen on.
+    pub listen: String,
+    /// `line` or `delimited`.
+    pub framing: TcpFraming,
+    /// Start marker for `delimited` framing (e.g. `"<"`).
+    pub start: String,
+    /// End marker for `delimited` framing (e.g. `">"`).
+    pub end: String,
+    /// Channels every connection is subscribed to.
+    pub channels: Vec<String>,
+    /// Channel each received frame is published to; empty = read-only.
+    pub publish_to: String,
+    /// Whether the sending connection also receives the publication its own
+    /// frame caused.
+    pub echo: bool,
+    /// `utf-8` or `latin-1`.
+    pub encoding: TcpEncoding,
+    /// Largest frame accepted, in bytes; a longer one closes the connection.
+    pub max_frame_size: usize,
+    /// Client addresses allowed to connect (IPs); empty = any.
+    pub allow: Vec<String>,
+    /// Require a connection token (JWT) as the first frame.
+    pub token: bool,
+}
+
+impl Default for TcpListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            framing: TcpFraming::Line,
+            start: String::new(),
+            end: String::new(),
+            channels: Vec::new(),
+            publish_to: String::new(),
+            echo: true,
+            encoding: TcpEncoding::Utf8,
+            max_frame_size: 4096,
+            allow: Vec::new(),
+            token: false,
+        }
+    }
+}
+
+/// One `[[watch]]` file source (crier only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WatchConfig {
+    /// Directory (watched recursively) or single file.
+    pub path: String,
+    /// Which files count, relative to `path` (e.g. `**/*.jsonl`).
+    pub glob: String,
+    /// Channel for file events (created, modified, removed, renamed);
+    /// empty = no events.
+    pub channel: String,
+    /// Publish each complete line appended to a matching file.
+    pub tail: bool,
+    /// Channel for tailed lines; `{stem}` and `{name}` are replaced by the
+    /// file's stem and name.
+    pub tail_channel: String,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            glob: "**/*".to_string(),
+            channel: String::new(),
+            tail: false,
+            tail_channel: String::new(),
+        }
+    }
 }
 
 /// `http_server.*`
