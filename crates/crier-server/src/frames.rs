@@ -23,6 +23,12 @@ fn info_ref<'a>(info: &'a ClientInfo, client: &'a str) -> ClientInfoRef<'a> {
 /// Encodes one event as a push in `envelope`.
 pub fn encode_event(event: &Event, envelope: Envelope) -> Bytes {
     let mut buf = BytesMut::new();
+    encode_event_into(&mut buf, event, envelope);
+    buf.freeze()
+}
+
+/// Appends one event, as a push in `envelope`, to `buf`.
+pub fn encode_event_into(buf: &mut BytesMut, event: &Event, envelope: Envelope) {
     let channel = event.channel.as_deref().unwrap_or_default();
     match &event.kind {
         EventKind::Publication(p) => {
@@ -33,19 +39,18 @@ pub fn encode_event(event: &Event, envelope: Envelope) -> Bytes {
                 info: publisher.as_ref().map(|(i, id)| info_ref(i, id)),
                 tags: p.tags.as_deref().unwrap_or_default(),
             };
-            encode::publication_push(&mut buf, envelope, channel, &publication);
+            encode::publication_push(buf, envelope, channel, &publication);
         }
         EventKind::Join(info) => {
             let id = info.client.to_string();
-            encode::join_push(&mut buf, envelope, channel, &info_ref(info, &id));
+            encode::join_push(buf, envelope, channel, &info_ref(info, &id));
         }
         EventKind::Leave(info) => {
             let id = info.client.to_string();
-            encode::leave_push(&mut buf, envelope, channel, &info_ref(info, &id));
+            encode::leave_push(buf, envelope, channel, &info_ref(info, &id));
         }
-        EventKind::Message(data) => encode::message_push(&mut buf, envelope, data),
+        EventKind::Message(data) => encode::message_push(buf, envelope, data),
     }
-    buf.freeze()
 }
 
 /// Appends `items` to `frame`, one message per line.

@@ -7,6 +7,7 @@
 //! - [`node`] is one running node: hub, config, verifier, shutdown signal.
 //! - [`session`] is the client protocol state machine of one connection,
 //!   transport-agnostic; [`ws`] is the bidirectional WebSocket transport;
+//!   [`uni`] the unidirectional ones (uni WebSocket, SSE, HTTP streaming);
 //!   [`frames`] encodes queued events into JSON frames.
 //! - [`api`] is the server HTTP API (`POST /api/<method>`).
 //! - [`tcp`] plain TCP listeners; [`watch`] file sources.
@@ -23,6 +24,7 @@ pub mod node;
 pub mod server;
 pub mod session;
 pub mod tcp;
+pub mod uni;
 pub mod watch;
 pub mod ws;
 

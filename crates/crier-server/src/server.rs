@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::Node;
-use crate::{api, tcp, watch, ws};
+use crate::{api, tcp, uni, watch, ws};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,9 @@ pub struct Server {
 pub fn router(node: Arc<Node>) -> Router {
     let mut app = Router::new()
         .route("/connection/websocket", get(ws::upgrade))
+        .route("/connection/uni_websocket", get(uni::websocket))
+        .route("/connection/uni_sse", get(uni::sse_get).post(uni::sse_post))
+        .route("/connection/uni_http_stream", post(uni::http_stream))
         .route("/health", get(|| async { "{}" }));
     if !node.config.http_api.disabled {
         let prefix = node

@@ -29,6 +29,15 @@ pub enum Refusal {
     Disconnect(Disconnect),
 }
 
+/// Why a connect failed, independent of how the transport says it.
+#[derive(Debug)]
+pub enum ConnectRefusal {
+    /// An error the client may recover from (e.g. 109 token expired).
+    Error(ErrorCode),
+    /// The connection must close with this disconnect.
+    Disconnect(Disconnect),
+}
+
 /// A connected client's identity.
 struct Connected {
     id: ClientId,
@@ -202,8 +211,31 @@ impl Session {
         id: u32,
         req: wire::ConnectRequest,
     ) -> Result<(Bytes, ClientReceiver), Refusal> {
+        match self.open(req, false) {
+            Ok((result, rx)) => {
+                let reply = Reply {
+                    id,
+                    connect: Some(result),
+                    ..Default::default()
+                };
+                Ok((reply_bytes(&reply), rx))
+            }
+            Err(ConnectRefusal::Error(code)) => Err(Refusal::Reply(error_reply(id, code))),
+            Err(ConnectRefusal::Disconnect(d)) => Err(Refusal::Disconnect(d)),
+        }
+    }
+
+    /// Authenticates and registers the client; returns the connect result
+    /// and the client's queue. Unidirectional transports (`uni`) also
+    /// subscribe the channels named in the request's `subs` that the client
+    /// may subscribe to, since their clients cannot send subscribe commands.
+    pub fn open(
+        &mut self,
+        req: wire::ConnectRequest,
+        uni: bool,
+    ) -> Result<(wire::ConnectResult, ClientReceiver), ConnectRefusal> {
         if self.connected.is_some() {
-            return Err(Refusal::Disconnect(Disconnect::BAD_REQUEST));
+            return Err(ConnectRefusal::Disconnect(Disconnect::BAD_REQUEST));
         }
         let node = self.node.clone();
         let client_cfg = &node.config.client;
@@ -215,8 +247,8 @@ impl Session {
                 }
                 Err(e) => {
                     return Err(match e.on_connect() {
-                        Rejection::Error(code) => Refusal::Reply(error_reply(id, code_of(code))),
-                        Rejection::Disconnect(_) => Refusal::Disconnect(Disconnect::INVALID_TOKEN),
+                        Rejection::Error(code) => ConnectRefusal::Error(code_of(code)),
+                        Rejection::Disconnect(_) => ConnectRefusal::Disconnect(Disconnect::INVALID_TOKEN),
                     })
                 }
             }
@@ -226,10 +258,10 @@ impl Session {
         {
             (String::new(), None, None, BTreeMap::new())
         } else {
-            return Err(Refusal::Disconnect(Disconnect::INVALID_TOKEN));
+            return Err(ConnectRefusal::Disconnect(Disconnect::INVALID_TOKEN));
         };
         if client_cfg.connection_limit > 0 && node.hub.client_count() >= client_cfg.connection_limit {
-            return Err(Refusal::Disconnect(Disconnect::CONNECTION_LIMIT));
+            return Err(ConnectRefusal::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
         let (cid, rx) = node.hub.connect(user.as_str(), conn_info.clone());
         self.connected = Some(Connected {
@@ -239,8 +271,8 @@ impl Session {
             expires_at,
         });
 
-        // Server-side subscriptions: from the token, then those the client
-        // asked for in `subs` are recovered the same way.
+        // Server-side subscriptions from the token; the request's `subs`
+        // carry the positions to recover them from.
         let mut subs = BTreeMap::new();
         for (channel, opts) in &server_subs {
             let req = req.subs.get(channel).cloned().unwrap_or_default();
@@ -253,6 +285,25 @@ impl Session {
                 }
             }
         }
+        if uni {
+            for (channel, sub_req) in &req.subs {
+                if server_subs.contains_key(channel) {
+                    continue;
+                }
+                let Some(base) = node.channel_options(channel) else {
+                    continue;
+                };
+                if self.check(ChannelAction::Subscribe, channel, base).is_err() {
+                    tracing::debug!(channel, "uni subscription refused: no permission");
+                    continue;
+                }
+                if let Ok(result) =
+                    self.subscribe_server_side(channel, &SubscriptionOptions::default(), sub_req)
+                {
+                    subs.insert(channel.clone(), result);
+                }
+            }
+        }
         let now = unix_now();
         let result = wire::ConnectResult {
             client: cid.to_string(),
@@ -261,16 +312,11 @@ impl Session {
             ttl: expires_at.map_or(0, |t| (t - now).max(0) as u32),
             subs,
             ping: client_cfg.ping_interval.as_secs() as u32,
-            pong: true,
+            pong: !uni,
             node: node.id.clone(),
             ..Default::default()
         };
-        let reply = Reply {
-            id,
-            connect: Some(result),
-            ..Default::default()
-        };
-        Ok((reply_bytes(&reply), rx))
+        Ok((result, rx))
     }
 
     fn subscribe_server_side(

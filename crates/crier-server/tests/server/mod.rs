@@ -1,4 +1,5 @@
 mod api;
 mod interop;
 mod support;
+mod uni;
 mod ws;

@@ -1,0 +1,415 @@
+//! Unidirectional transports: `/connection/uni_sse` (EventSource; GET with
+//! a `cf_connect` query, or POST body), `/connection/uni_http_stream`
+//! (POST, newline-delimited JSON) and `/connection/uni_websocket` (connect
+//! request as the first message, or `cf_connect`). The server sends bare
+//! pushes: a `connect` push first, then publications, `{}` as ping, and a
+//! `disconnect` push before closing. Clients only listen; their channels
+//! come from the token (server-side subscriptions) and the connect
+//! request's `subs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use crier_core::{ClientId, ClientReceiver, DisconnectReason};
+use crier_proto::client::{ConnectRequest, ConnectResult, Push};
+use crier_proto::codes::{Disconnect, ErrorCode};
+use crier_proto::encode::{self, Envelope, PING};
+use futures_util::{SinkExt, StreamExt};
+
+use crate::config::UniTransportConfig;
+use crate::frames::{encode_event_into, UNI_JSON};
+use crate::node::Node;
+use crate::session::{disconnect_of, ConnectRefusal, Session};
+
+/// How each message is framed on an HTTP stream.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// `data: {...}\n\n` (Server-Sent Events).
+    Sse,
+    /// `{...}\n` (HTTP streaming).
+    Lines,
+}
+
+impl Framing {
+    fn put(self, buf: &mut BytesMut, message: &[u8]) {
+        match self {
+            Framing::Sse => {
+                buf.extend_from_slice(b"data: ");
+                buf.extend_from_slice(message);
+                buf.extend_from_slice(b"\n\n");
+            }
+            Framing::Lines => {
+                buf.extend_from_slice(message);
+                buf.extend_from_slice(b"\n");
+            }
+        }
+    }
+}
+
+fn connect_push(result: ConnectResult) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode::push(
+        &mut buf,
+        Envelope::Bare,
+        &Push {
+            connect: Some(result),
+            ..Default::default()
+        },
+    );
+    buf.freeze()
+}
+
+fn disconnect_push(d: &Disconnect) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode::disconnect_push(&mut buf, Envelope::Bare, d);
+    buf.freeze()
+}
+
+/// A refused connect as the disconnect a uni client is told.
+fn refusal(r: ConnectRefusal) -> Disconnect {
+    match r {
+        // A uni client cannot retry within the connection: an expired
+        // token means "reconnect with a fresh one".
+        ConnectRefusal::Error(ErrorCode::TokenExpired) => Disconnect::EXPIRED,
+        ConnectRefusal::Error(_) => Disconnect::BAD_REQUEST,
+        ConnectRefusal::Disconnect(d) => d,
+    }
+}
+
+fn parse_connect(bytes: &[u8], limit: usize) -> Result<ConnectRequest, Disconnect> {
+    if bytes.len() > limit {
+        return Err(Disconnect::BAD_REQUEST);
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Disconnect::BAD_REQUEST)?
+        .trim();
+    if text.is_empty() {
+        return Ok(ConnectRequest::default());
+    }
+    serde_json::from_str(text).map_err(|_| Disconnect::BAD_REQUEST)
+}
+
+fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    node.origins.allows(origin, host)
+}
+
+// Forgets the client when the HTTP stream is dropped (the peer went away).
+struct Registration {
+    node: Arc<Node>,
+    id: ClientId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.node.hub.disconnect(self.id, DisconnectReason::Removed);
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything one uni connection's writer needs.
+struct Outgoing {
+    node: Arc<Node>,
+    rx: ClientReceiver,
+    id: ClientId,
+    // Unix seconds after which the connection is closed as expired.
+    expires_at: Option<i64>,
+    items: Vec<crier_core::Outbound>,
+}
+
+enum Step {
+    Frame(Vec<Bytes>),
+    Ping,
+    Close(Disconnect),
+}
+
+impl Outgoing {
+    /// Waits for the next thing to send.
+    async fn next(&mut self, ping: &mut tokio::time::Interval) -> Step {
+        let expiry = self
+            .expires_at
+            .map(|t| Duration::from_secs((t - unix_now()).max(0) as u64));
+        let expired = async {
+            match expiry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let drained = tokio::select! {
+            r = self.rx.drain(&mut self.items) => r,
+            _ = ping.tick() => return Step::Ping,
+            _ = expired => {
+                self.node.hub.disconnect(self.id, DisconnectReason::Removed);
+                return Step::Close(Disconnect::EXPIRED);
+            }
+        };
+        match drained {
+            Ok(_) => {
+                let mut messages = Vec::with_capacity(self.items.len());
+                for item in self.items.drain(..) {
+                    messages.push(match item {
+                        crier_core::Outbound::Raw(b) => *b,
+                        crier_core::Outbound::Event(ev) => ev.encoded(UNI_JSON, |ev| {
+                            let mut buf = BytesMut::new();
+                            encode_event_into(&mut buf, ev, Envelope::Bare);
+                            buf.freeze()
+                        }),
+                    });
+                }
+                Step::Frame(messages)
+            }
+            Err(reason) => Step::Close(disconnect_of(&reason)),
+        }
+    }
+}
+
+/// Opens a session for a uni client; the connect push comes first.
+fn open(node: &Arc<Node>, req: ConnectRequest) -> Result<(Bytes, Outgoing), Disconnect> {
+    let mut session = Session::new(node.clone());
+    let (result, rx) = session.open(req, true).map_err(refusal)?;
+    let id = session.client_id().expect("open succeeded");
+    let expires_at = session.expires_at();
+    Ok((
+        connect_push(result),
+        Outgoing {
+            node: node.clone(),
+            rx,
+            id,
+            expires_at,
+            items: Vec::new(),
+        },
+    ))
+}
+
+// The answer for a transport that is switched off, if it is.
+fn disabled(cfg: &UniTransportConfig) -> Option<Response> {
+    (!cfg.enabled).then(|| (StatusCode::NOT_FOUND, "transport not enabled\n").into_response())
+}
+
+/// `GET /connection/uni_sse?cf_connect={...}`
+pub async fn sse_get(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let connect = query
+        .get("cf_connect")
+        .map(String::as_bytes)
+        .unwrap_or_default()
+        .to_vec();
+    stream_response(node, headers, &connect, Framing::Sse)
+}
+
+/// `POST /connection/uni_sse` with the connect request as the body.
+pub async fn sse_post(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    stream_response(node, headers, &body, Framing::Sse)
+}
+
+/// `POST /connection/uni_http_stream` with the connect request as the body.
+pub async fn http_stream(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    stream_response(node, headers, &body, Framing::Lines)
+}
+
+fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing: Framing) -> Response {
+    let cfg = match framing {
+        Framing::Sse => &node.config.uni_sse,
+        Framing::Lines => &node.config.uni_http_stream,
+    };
+    if let Some(r) = disabled(cfg) {
+        return r;
+    }
+    if !origin_allowed(&node, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    let req = match parse_connect(connect, cfg.max_request_body_size) {
+        Ok(r) => r,
+        Err(_) => return (StatusCode::BAD_REQUEST, "invalid connect request\n").into_response(),
+    };
+    let content_type = match framing {
+        Framing::Sse => "text/event-stream",
+        Framing::Lines => "application/x-ndjson",
+    };
+    let mut first = BytesMut::new();
+    let body = match open(&node, req) {
+        Err(d) => {
+            // Say why in the stream itself, then end it.
+            framing.put(&mut first, &disconnect_push(&d));
+            Body::from(first.freeze())
+        }
+        Ok((connect, out)) => {
+            framing.put(&mut first, &connect);
+            let registration = Registration {
+                node: node.clone(),
+                id: out.id,
+            };
+            let ping = tokio::time::interval_at(
+                tokio::time::Instant::now() + node.config.client.ping_interval,
+                node.config.client.ping_interval,
+            );
+            let state = (Some(first.freeze()), out, ping, registration, false);
+            let stream = futures_util::stream::unfold(
+                state,
+                move |(first, mut out, mut ping, reg, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    if let Some(first) = first {
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(first),
+                            (None, out, ping, reg, false),
+                        ));
+                    }
+                    let mut buf = BytesMut::new();
+                    let done = match out.next(&mut ping).await {
+                        Step::Frame(messages) => {
+                            for m in &messages {
+                                framing.put(&mut buf, m);
+                            }
+                            false
+                        }
+                        Step::Ping => {
+                            framing.put(&mut buf, PING);
+                            false
+                        }
+                        Step::Close(d) => {
+                            framing.put(&mut buf, &disconnect_push(&d));
+                            true
+                        }
+                    };
+                    Some((Ok(buf.freeze()), (None, out, ping, reg, done)))
+                },
+            );
+            Body::from_stream(stream)
+        }
+    };
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+    response
+}
+
+/// `GET /connection/uni_websocket`: the connect request comes as the first
+/// message, or in `cf_connect`.
+pub async fn websocket(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(r) = disabled(&node.config.uni_websocket) {
+        return r;
+    }
+    if !origin_allowed(&node, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    let limit = node.config.uni_websocket.max_request_body_size;
+    let preset = query.get("cf_connect").cloned();
+    let tracker = node.connections.clone();
+    ws.max_message_size(limit)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| tracker.track_future(serve_websocket(node, socket, preset)))
+}
+
+async fn close_ws(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, d: &Disconnect) {
+    let frame = CloseFrame {
+        code: d.code as u16,
+        reason: Utf8Bytes::from(d.reason.to_string()),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+}
+
+fn text(bytes: Bytes) -> Message {
+    Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}")))
+}
+
+async fn serve_websocket(node: Arc<Node>, socket: WebSocket, preset: Option<String>) {
+    let (mut sink, mut stream) = socket.split();
+    let cfg = &node.config.client;
+    let limit = node.config.uni_websocket.max_request_body_size;
+    let connect_bytes: Vec<u8> = match preset {
+        Some(q) => q.into_bytes(),
+        None => {
+            let first = tokio::select! {
+                m = tokio::time::timeout(cfg.ping_interval + cfg.pong_timeout, stream.next()) => m,
+                _ = node.shutdown.cancelled() => return close_ws(&mut sink, &Disconnect::SHUTDOWN).await,
+            };
+            match first {
+                Ok(Some(Ok(Message::Text(t)))) => t.as_bytes().to_vec(),
+                Ok(Some(Ok(Message::Binary(b)))) => b.to_vec(),
+                Err(_) => return close_ws(&mut sink, &Disconnect::STALE).await,
+                _ => return close_ws(&mut sink, &Disconnect::BAD_REQUEST).await,
+            }
+        }
+    };
+    let req = match parse_connect(&connect_bytes, limit) {
+        Ok(r) => r,
+        Err(d) => return close_ws(&mut sink, &d).await,
+    };
+    let (connect, mut out) = match open(&node, req) {
+        Ok(x) => x,
+        Err(d) => {
+            let _ = sink.send(text(disconnect_push(&d))).await;
+            return close_ws(&mut sink, &d).await;
+        }
+    };
+    let _registration = Registration {
+        node: node.clone(),
+        id: out.id,
+    };
+    if sink.send(text(connect)).await.is_err() {
+        return;
+    }
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    loop {
+        let step = tokio::select! {
+            s = out.next(&mut ping) => s,
+            incoming = stream.next() => match incoming {
+                // The client only listens; anything it sends is ignored,
+                // but its close (or a broken socket) ends the connection.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let sent = match step {
+            Step::Frame(messages) => {
+                let mut frame = BytesMut::new();
+                for m in &messages {
+                    if !frame.is_empty() {
+                        frame.extend_from_slice(b"\n");
+                    }
+                    frame.extend_from_slice(m);
+                }
+                sink.send(text(frame.freeze())).await
+            }
+            Step::Ping => sink.send(text(Bytes::from_static(PING))).await,
+            Step::Close(d) => {
+                let _ = sink.send(text(disconnect_push(&d))).await;
+                return close_ws(&mut sink, &d).await;
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
