@@ -24,8 +24,9 @@ pub struct Args {
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
     /// Development mode, INSECURE: anyone may connect without a token,
-    /// subscribe and publish anywhere, and call the HTTP API without a key.
-    /// For local trials only.
+    /// subscribe and publish anywhere, and call the HTTP API without a key;
+    /// the unidirectional transports (SSE, HTTP streaming, uni WebSocket)
+    /// are on. For local trials only.
     #[arg(long)]
     dev: bool,
     /// Interface to listen on (overrides http_server.address; "" = all).
@@ -52,6 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.crier.dev = true;
         config.client.insecure = true;
         config.http_api.insecure = true;
+        // Every transport on, so each can be tried without a config file.
+        config.uni_sse.enabled = true;
+        config.uni_http_stream.enabled = true;
+        config.uni_websocket.enabled = true;
         eprintln!("{DEV_WARNING}");
     }
     if let Some(address) = args.address {
