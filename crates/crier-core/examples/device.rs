@@ -229,6 +229,11 @@ fn run_client(
 }
 
 fn main() {
+    run();
+}
+
+/// The whole example; also run by `cargo test` (see the test below).
+fn run() {
     let began = Instant::now();
     let channels = ChannelConfig::default().namespace("device", ChannelOptions::default());
     let hub = Hub::new(HubConfig {
@@ -338,4 +343,13 @@ fn main() {
         stats.messages,
         began.elapsed().as_secs_f64()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs the example, so its assertions guard the hub.
+    #[test]
+    fn example_runs_and_its_claims_hold() {
+        super::run();
+    }
 }

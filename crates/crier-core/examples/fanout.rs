@@ -26,6 +26,11 @@ fn show(name: &str, rx: &mut ClientReceiver) {
 }
 
 fn main() {
+    run();
+}
+
+/// The whole example; also run by `cargo test` (see the test below).
+fn run() {
     let channels = ChannelConfig::default().namespace(
         "conversation",
         ChannelOptions {
@@ -118,4 +123,13 @@ fn main() {
         .collect();
     println!("4. present in conversation:123: {present:?}");
     println!("   stats: {:?}", hub.stats());
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs the example, so its assertions guard the hub.
+    #[test]
+    fn example_runs_and_its_claims_hold() {
+        super::run();
+    }
 }

@@ -169,6 +169,11 @@ const MARKER: &str = "marker: end of test";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    run().await;
+}
+
+/// The whole example; also run by `cargo test` (see the test below).
+async fn run() {
     let began = Instant::now();
     let sessions = SessionRegistry::new();
     let conv = Session::Conversation(123);
@@ -332,4 +337,13 @@ async fn main() {
     assert_eq!(stats.publications, 5);
     assert_eq!(stats.deliveries, 10, "sum of session messages in the logs above");
     assert_eq!(stats.messages, 4, "one direct + three markers");
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs the example, so its assertions guard the hub.
+    #[tokio::test(flavor = "current_thread")]
+    async fn example_runs_and_its_claims_hold() {
+        super::run().await;
+    }
 }

@@ -165,6 +165,11 @@ fn view(name: &'static str, mut rx: ClientReceiver, subscribed: Subscribed) -> V
 }
 
 fn main() {
+    run();
+}
+
+/// The whole example; also run by `cargo test` (see the test below).
+fn run() {
     let began = Instant::now();
     let channels = ChannelConfig::default().namespace(
         "sim",
@@ -292,4 +297,13 @@ fn main() {
         stats.deliveries,
         began.elapsed().as_secs_f64()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs the example, so its assertions guard the hub.
+    #[test]
+    fn example_runs_and_its_claims_hold() {
+        super::run();
+    }
 }
