@@ -310,6 +310,23 @@ impl Hub {
         self.inner.clients.len()
     }
 
+    /// Calls `f` with the number of items waiting in each connected client's
+    /// queue, once per client, in no particular order (for a queue-depth
+    /// histogram). Read-only: it changes no queue and no counter.
+    ///
+    /// Cost: one pass over the registry; each registry shard's read lock is
+    /// held only while its clients' lengths are copied (one uncontended
+    /// queue lock each), and `f` runs with no hub lock held, so it may call
+    /// back into the hub. Clients connecting or leaving meanwhile may or may
+    /// not be seen.
+    pub fn queue_depths(&self, mut f: impl FnMut(usize)) {
+        let mut depths = Vec::new();
+        for shard in self.inner.clients.all() {
+            depths.extend(shard.read().values().map(|c| c.queue.len()));
+            depths.drain(..).for_each(&mut f);
+        }
+    }
+
     fn entry(&self, id: ClientId) -> Option<Arc<ClientEntry>> {
         self.inner.clients.shard(&id).read().get(&id).cloned()
     }

@@ -300,17 +300,19 @@ fn publish(
             .into()
     });
     let position = node
-        .hub
-        .publish(
-            channel,
-            data,
-            PublishOptions {
-                exclude,
-                info: None,
-                tags,
-                skip_history,
-            },
-        )
+        .metrics
+        .timed_publish(|| {
+            node.hub.publish(
+                channel,
+                data,
+                PublishOptions {
+                    exclude,
+                    info: None,
+                    tags,
+                    skip_history,
+                },
+            )
+        })
         .map_err(|e| err(hub_error_code(&e)))?;
     Ok(if options.history_enabled() {
         api::PublishResult {

@@ -10,6 +10,8 @@ use crier_proto::encode::{self, ClientInfoRef, Envelope, PublicationRef};
 pub const BIDI_JSON: Format = Format::new(0);
 /// Unidirectional JSON (bare push objects): uni transports.
 pub const UNI_JSON: Format = Format::new(1);
+// Slots 2 and 3 belong to the TCP listeners (`tcp::TCP_FORMATS`), one per
+// distinct framing/encoding; no other transport may claim them.
 
 fn info_ref<'a>(info: &'a ClientInfo, client: &'a str) -> ClientInfoRef<'a> {
     ClientInfoRef {

@@ -11,6 +11,7 @@
 //!   [`frames`] encodes queued events into JSON frames.
 //! - [`api`] is the server HTTP API (`POST /api/<method>`).
 //! - [`tcp`] plain TCP listeners; [`watch`] file sources.
+//! - [`metrics`] counts for Prometheus and serves `GET /metrics`.
 //! - [`server`] binds, routes and shuts down gracefully.
 //!
 //! This crate must never be imported by `crier-core` or `crier-proto`.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod frames;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod session;

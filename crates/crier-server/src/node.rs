@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AccessPolicy, TokenVerifier};
 use crate::config::{ChannelOptions, Config, ConfigError, OriginPolicy};
+use crate::metrics::Metrics;
 
 /// crier's version, reported in connect replies and `info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -35,6 +36,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every live client connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// What the node counts for Prometheus (`GET /metrics`).
+    pub metrics: Metrics,
 }
 
 impl Node {
@@ -44,6 +47,7 @@ impl Node {
         let access = AccessPolicy::from_config(&config);
         let origins = config.client.origin_policy();
         let hub = Hub::new(hub_config(&config));
+        let metrics = Metrics::new(hub.clone(), config.prometheus.enabled);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -57,6 +61,7 @@ impl Node {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            metrics,
             config,
         }))
     }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::Node;
-use crate::{api, tcp, uni, watch, ws};
+use crate::{api, metrics, tcp, uni, watch, ws};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,16 @@ pub enum ServerError {
     /// The server failed while running.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A `[[watch]]` path could not be watched (e.g. the inotify watch limit).
+    #[error("{key}: cannot watch {path}: {source}")]
+    Watch {
+        /// The config key, `watch[i].path`.
+        key: String,
+        /// The path asked for.
+        path: String,
+        /// What the OS (through notify) said.
+        source: notify::Error,
+    },
 }
 
 /// A bound, not yet running, crier server.
@@ -40,6 +50,8 @@ pub struct Server {
     listener: TcpListener,
     tcp: tcp::TcpListeners,
     watchers: watch::Watchers,
+    // `GET /metrics` on its own listener, when `prometheus.listen` is set.
+    metrics: Option<TcpListener>,
 }
 
 /// The HTTP routes of a node.
@@ -59,6 +71,10 @@ pub fn router(node: Arc<Node>) -> Router {
             .to_owned();
         app = app.route(&format!("{prefix}/{{method}}"), post(api::handle));
     }
+    let prometheus = &node.config.prometheus;
+    if prometheus.enabled && prometheus.listen.trim().is_empty() {
+        app = app.route("/metrics", get(metrics::scrape));
+    }
     app.with_state(node)
 }
 
@@ -72,17 +88,31 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr, source })?;
         let tcp = tcp::bind(&node).await?;
         let watchers = watch::start(&node)?;
+        let metrics = metrics::bind(&node).await?;
         Ok(Self {
             node,
             listener,
             tcp,
             watchers,
+            metrics,
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The addresses the `[[tcp]]` listeners bound, in configuration order
+    /// (useful with port 0).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.local_addrs()
+    }
+
+    /// The address of the separate metrics listener, if `prometheus.listen`
+    /// asked for one (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The node this server runs.
@@ -107,6 +137,9 @@ impl Server {
         );
         let tcp = tokio::spawn(self.tcp.run(token.clone()));
         let watchers = tokio::spawn(self.watchers.run(token.clone()));
+        let metrics = self
+            .metrics
+            .map(|l| tokio::spawn(metrics::serve(l, node.clone(), token.clone())));
         let housekeeping = {
             let hub = node.hub.clone();
             let token = token.clone();
@@ -143,6 +176,9 @@ impl Server {
         housekeeping.abort();
         tcp.abort();
         watchers.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         Ok(())
     }
 }

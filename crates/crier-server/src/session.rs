@@ -522,15 +522,18 @@ impl Session {
             Exclusion::default()
         };
         let data = Bytes::from(String::from(Box::<str>::from(data)));
-        match self.node.hub.publish(
-            &req.channel,
-            data,
-            PublishOptions {
-                exclude,
-                info: Some(info),
-                ..Default::default()
-            },
-        ) {
+        let published = self.node.metrics.timed_publish(|| {
+            self.node.hub.publish(
+                &req.channel,
+                data,
+                PublishOptions {
+                    exclude,
+                    info: Some(info),
+                    ..Default::default()
+                },
+            )
+        });
+        match published {
             Ok(_) => Reply {
                 id,
                 publish: Some(Default::default()),
@@ -689,7 +692,10 @@ pub fn history_query(
             epoch: page.position.epoch.to_string(),
             offset: page.position.offset,
         }),
-        Err(e) => Err(hub_error_code(&e)),
+        Err(e) => {
+            node.metrics.engine_error(&e);
+            Err(hub_error_code(&e))
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use crate::config::UniTransportConfig;
 use crate::frames::{encode_event_into, UNI_JSON};
+use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{disconnect_of, ConnectRefusal, Session};
 
@@ -256,6 +257,13 @@ fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing:
                 node: node.clone(),
                 id: out.id,
             };
+            let transport = match framing {
+                Framing::Sse => Transport::UniSse,
+                Framing::Lines => Transport::UniHttpStream,
+            };
+            // Both guards live in the stream's state: when the body is
+            // dropped the client is forgotten and no longer counted.
+            let registration = (registration, node.metrics.connection(transport));
             let ping = tokio::time::interval_at(
                 tokio::time::Instant::now() + node.config.client.ping_interval,
                 node.config.client.ping_interval,
@@ -286,6 +294,7 @@ fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing:
                             false
                         }
                         Step::Close(d) => {
+                            out.node.metrics.disconnect(d.code);
                             framing.put(&mut buf, &disconnect_push(&d));
                             true
                         }
@@ -376,6 +385,7 @@ async fn serve_websocket(node: Arc<Node>, socket: WebSocket, preset: Option<Stri
         node: node.clone(),
         id: out.id,
     };
+    let _connection = node.metrics.connection(Transport::UniWebSocket);
     if sink.send(text(connect)).await.is_err() {
         return;
     }
@@ -404,6 +414,7 @@ async fn serve_websocket(node: Arc<Node>, socket: WebSocket, preset: Option<Stri
             }
             Step::Ping => sink.send(text(Bytes::from_static(PING))).await,
             Step::Close(d) => {
+                node.metrics.disconnect(d.code);
                 let _ = sink.send(text(disconnect_push(&d))).await;
                 return close_ws(&mut sink, &d).await;
             }

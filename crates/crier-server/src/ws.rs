@@ -19,6 +19,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 
 use crate::frames::{join_batch, BIDI_JSON};
+use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{disconnect_of, Refusal, Session};
 
@@ -108,8 +109,11 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
         }
     };
 
+    // Counted from connect until this task ends.
+    let _connection = node.metrics.connection(Transport::WebSocket);
+
     // Phase 2: a writer task drains the client's queue; this task reads.
-    let writer = tokio::spawn(write(sink, rx, cfg.ping_interval));
+    let writer = tokio::spawn(write(node.clone(), sink, rx, cfg.ping_interval));
     tokio::pin!(writer);
     loop {
         let expiry = session.expires_at().map(|t| {
@@ -200,7 +204,7 @@ fn text_of(bytes: bytes::Bytes) -> Utf8Bytes {
 
 /// Drains the client's queue into one text frame per wake-up, pings on the
 /// interval, and closes with the hub's reason when the queue closes.
-async fn write(mut sink: Sink, mut rx: ClientReceiver, ping_every: Duration) {
+async fn write(node: Arc<Node>, mut sink: Sink, mut rx: ClientReceiver, ping_every: Duration) {
     let mut items = Vec::new();
     let mut frame = BytesMut::new();
     let start = tokio::time::Instant::now() + ping_every;
@@ -228,7 +232,9 @@ async fn write(mut sink: Sink, mut rx: ClientReceiver, ping_every: Duration) {
                 }
             }
             Err(reason) => {
-                close(&mut sink, &disconnect_of(&reason)).await;
+                let d = disconnect_of(&reason);
+                node.metrics.disconnect(d.code);
+                close(&mut sink, &d).await;
                 return;
             }
         }

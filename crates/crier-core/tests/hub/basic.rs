@@ -613,3 +613,36 @@ fn channel_without_history_still_numbers_for_live_subscribers() {
         .publications
         .is_empty());
 }
+
+#[test]
+fn queue_depths_reports_each_clients_waiting_items_without_draining() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    let (b, _rb) = hub.connect("b", None);
+    let (_idle, _ri) = hub.connect("idle", None);
+    hub.subscribe(a, "c", SubscribeOptions::default()).unwrap();
+    hub.subscribe(b, "c", SubscribeOptions::default()).unwrap();
+    hub.send(a, "direct").unwrap();
+    for i in 0..3 {
+        hub.publish("c", format!("{i}"), PublishOptions::default())
+            .unwrap();
+    }
+    let mut depths = Vec::new();
+    hub.queue_depths(|d| depths.push(d));
+    depths.sort_unstable();
+    assert_eq!(depths, vec![0, 3, 4], "one entry per client: idle, b, a");
+
+    // Read-only: what was counted is still there to drain.
+    let mut out = Vec::new();
+    assert_eq!(ra.try_drain(&mut out), Ok(4));
+    let mut depths = Vec::new();
+    hub.queue_depths(|d| depths.push(d));
+    depths.sort_unstable();
+    assert_eq!(depths, vec![0, 0, 3]);
+
+    // A departed client is not reported; `f` may call back into the hub.
+    hub.disconnect(b, DisconnectReason::Removed);
+    let mut seen = 0;
+    hub.queue_depths(|_| seen += hub.client_count());
+    assert_eq!(seen, 2 * 2);
+}

@@ -320,3 +320,33 @@ impl Client {
         }
     }
 }
+
+impl TestServer {
+    /// Like `start`, and also returns the addresses the `[[tcp]]` listeners
+    /// bound, in configuration order.
+    pub async fn start_with_tcp(config: Config) -> (Self, Vec<SocketAddr>) {
+        let server = Server::bind(config).await.expect("server binds");
+        let addr = server.local_addr().expect("bound address");
+        let tcp = server.tcp_addrs();
+        let node = server.node().clone();
+        let handle = tokio::spawn(async move {
+            server.run(std::future::pending()).await.expect("server runs");
+        });
+        (Self { addr, node, handle }, tcp)
+    }
+}
+
+impl TestServer {
+    /// Like `start`, and also returns the address of the separate metrics
+    /// listener (the config must set `prometheus.listen`).
+    pub async fn start_with_metrics(config: Config) -> (Self, SocketAddr) {
+        let server = Server::bind(config).await.expect("server binds");
+        let addr = server.local_addr().expect("bound address");
+        let metrics = server.metrics_addr().expect("a separate metrics listener");
+        let node = server.node().clone();
+        let handle = tokio::spawn(async move {
+            server.run(std::future::pending()).await.expect("server runs");
+        });
+        (Self { addr, node, handle }, metrics)
+    }
+}

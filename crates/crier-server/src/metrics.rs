@@ -1,0 +1,510 @@
+//! Prometheus metrics: what a node counts, and `GET /metrics`, which shows
+//! it in the OpenMetrics text format.
+//!
+//! [`Metrics`] lives in the [`Node`]. The transports and the API report into
+//! it with small calls: [`Metrics::connection`] (a guard per live
+//! connection), [`Metrics::disconnect`] (a close with a code),
+//! [`Metrics::timed_publish`] and [`Metrics::engine_error`]. Everything the
+//! hub already counts (`HubStats`), the queue depths of all clients and the
+//! process figures are read only when scraped, so they cost nothing between
+//! scrapes.
+//!
+//! This module must never change an outcome: no call here fails, blocks on
+//! I/O or allocates per message. Histograms are `prometheus-client`
+//! histograms, a fixed set of bucket counters with no sample buffer, so
+//! nothing grows between scrapes and no upkeep task is needed (unlike
+//! metrics-exporter-prometheus, which keeps samples until its upkeep runs).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use crier_core::{EngineError, Hub, HubError};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use crate::server::ServerError;
+
+/// The `Content-Type` of a scrape: OpenMetrics text (counters are exposed
+/// as `<name>_total` under `# TYPE <name> counter`, which only this format
+/// describes correctly).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of `crier_publish_duration_seconds`: 5 µs, 20 µs, … ≈1.3 s
+/// (×4). A publish is an engine call plus one queue push per subscriber, so
+/// microseconds matter; the default Prometheus buckets start at 5 ms.
+const PUBLISH_BUCKETS: (f64, f64, u16) = (0.000_005, 4.0, 10);
+
+/// Upper bounds of `crier_client_queue_depth` (items waiting). `0` counts
+/// the clients that are keeping up.
+const QUEUE_BUCKETS: [usize; 9] = [0, 1, 4, 16, 64, 256, 1024, 4096, 16384];
+
+/// The transport of a client connection: the `transport` label of
+/// `crier_connections`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `/connection/websocket`, the bidirectional protocol.
+    WebSocket,
+    /// `/connection/uni_websocket`.
+    UniWebSocket,
+    /// `/connection/uni_sse`.
+    UniSse,
+    /// `/connection/uni_http_stream`.
+    UniHttpStream,
+    /// A `[[tcp]]` listener.
+    Tcp,
+}
+
+impl Transport {
+    /// Every transport, in label order; each is exposed from the start (at 0).
+    pub const ALL: [Transport; 5] = [
+        Transport::WebSocket,
+        Transport::UniWebSocket,
+        Transport::UniSse,
+        Transport::UniHttpStream,
+        Transport::Tcp,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::UniWebSocket => "uni_websocket",
+            Transport::UniSse => "uni_sse",
+            Transport::UniHttpStream => "uni_http_stream",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+type TransportLabel = [(&'static str, &'static str); 1];
+type CodeLabel = [(&'static str, u32); 1];
+
+/// One live connection counted in `crier_connections`: counts from
+/// [`Metrics::connection`] until dropped.
+#[must_use = "the connection is counted only while this guard lives"]
+#[derive(Debug)]
+pub struct ConnectionGauge(Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The metrics of one node.
+///
+/// How a transport reports (this is what `ws.rs` and `uni.rs` do, and what
+/// `tcp.rs` should do):
+///
+/// ```ignore
+/// // once the hub has registered the client (connect succeeded):
+/// let _connection = node.metrics.connection(Transport::Tcp);
+/// // ... serve; the guard decrements `crier_connections` when dropped.
+/// // where the transport closes the client with a code:
+/// node.metrics.disconnect(d.code);
+/// ```
+pub struct Metrics {
+    // Everything exposed; encoded on each scrape.
+    registry: Registry,
+    // `crier_connections`, one gauge per `Transport` in `Transport::ALL`
+    // order: the family's own gauges (shared counters), looked up once here
+    // so a connection never takes the family's lock.
+    connections: [Gauge; Transport::ALL.len()],
+    // `crier_disconnects_total` by code.
+    disconnects: Family<CodeLabel, Counter>,
+    // `crier_publish_duration_seconds`.
+    publish_duration: Histogram,
+    // `crier_engine_errors_total`.
+    engine_errors: Counter,
+    // `prometheus.enabled`: when off, publishes are not timed (two clock
+    // reads and a histogram lock saved per publish, as nobody would see it).
+    enabled: bool,
+}
+
+impl Metrics {
+    /// Metrics for a node serving `hub`; `enabled` is `prometheus.enabled`.
+    pub fn new(hub: Hub, enabled: bool) -> Self {
+        let mut registry = Registry::default();
+        // Help texts end without a full stop: `register` appends one.
+
+        let by_transport = Family::<TransportLabel, Gauge>::default();
+        let connections =
+            Transport::ALL.map(|t| by_transport.get_or_create_owned(&[("transport", t.label())]));
+        registry.register(
+            "crier_connections",
+            "Open client connections by transport (connected clients only)",
+            by_transport,
+        );
+
+        let disconnects = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "crier_disconnects",
+            "Clients a transport closed, by protocol disconnect code",
+            disconnects.clone(),
+        );
+
+        let (start, factor, count) = PUBLISH_BUCKETS;
+        let publish_duration = Histogram::new(exponential_buckets(start, factor, count));
+        registry.register_with_unit(
+            "crier_publish_duration",
+            "Time of a hub publish (engine, then enqueue to every subscriber) from the API or a client",
+            Unit::Seconds,
+            publish_duration.clone(),
+        );
+
+        let engine_errors = Counter::default();
+        registry.register(
+            "crier_engine_errors",
+            "Engine failures on publish or history (a client's bad position not included)",
+            engine_errors.clone(),
+        );
+
+        registry.register_collector(Box::new(HubCollector { hub }));
+        registry.register_collector(Box::new(ProcessCollector));
+
+        Self {
+            registry,
+            connections,
+            disconnects,
+            publish_duration,
+            engine_errors,
+            enabled,
+        }
+    }
+
+    /// Counts one open connection of `transport` until the guard is dropped.
+    /// Take it once the client is registered with the hub.
+    pub fn connection(&self, transport: Transport) -> ConnectionGauge {
+        let gauge = self.connections[transport as usize].clone();
+        gauge.inc();
+        ConnectionGauge(gauge)
+    }
+
+    /// Counts a client closed by its transport with disconnect `code`.
+    pub fn disconnect(&self, code: u32) {
+        self.disconnects.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// Runs `publish` (a call to `Hub::publish`), timing it into
+    /// `crier_publish_duration_seconds` (failed calls included) and counting
+    /// an engine failure.
+    pub fn timed_publish<T>(&self, publish: impl FnOnce() -> Result<T, HubError>) -> Result<T, HubError> {
+        let started = self.enabled.then(Instant::now);
+        let result = publish();
+        if let Some(started) = started {
+            self.publish_duration.observe(started.elapsed().as_secs_f64());
+        }
+        if let Err(e) = &result {
+            self.engine_error(e);
+        }
+        result
+    }
+
+    /// Counts `e` in `crier_engine_errors_total` if the engine failed.
+    /// `UnrecoverablePosition` is the client's stale position, not a failure.
+    pub fn engine_error(&self, e: &HubError) {
+        if matches!(e, HubError::Engine(err) if !matches!(err, EngineError::UnrecoverablePosition)) {
+            self.engine_errors.inc();
+        }
+    }
+
+    /// Everything, in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail, and no collector here fails.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// `GET /metrics`.
+pub async fn scrape(State(node): State<Arc<Node>>) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], node.metrics.render()).into_response()
+}
+
+/// Binds the separate metrics listener when `prometheus.enabled` and
+/// `prometheus.listen` ask for one (`HOST:PORT`, or `:PORT` for every
+/// interface); `None` when metrics are off or served by the main router.
+pub async fn bind(node: &Node) -> Result<Option<TcpListener>, ServerError> {
+    let cfg = &node.config.prometheus;
+    let listen = cfg.listen.trim();
+    if !cfg.enabled || listen.is_empty() {
+        return Ok(None);
+    }
+    let addr = match listen.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => listen.to_owned(),
+    };
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listener bound");
+    Ok(Some(listener))
+}
+
+/// Serves `GET /metrics` on its own listener until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+    let app = Router::new().route("/metrics", get(scrape)).with_state(node);
+    let served = axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::warn!(%error, "metrics listener failed");
+    }
+}
+
+// ----- read at scrape time ---------------------------------------------------
+
+/// The hub's own counters and every client's queue depth.
+struct HubCollector {
+    hub: Hub,
+}
+
+impl fmt::Debug for HubCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubCollector").finish_non_exhaustive()
+    }
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    ConstGauge::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+// `name` without `_total`: the encoder appends it to the sample.
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    ConstCounter::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+impl Collector for HubCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = self.hub.stats();
+        gauge(
+            &mut enc,
+            "crier_clients",
+            "Clients registered with the hub.",
+            s.clients,
+        )?;
+        gauge(
+            &mut enc,
+            "crier_channels",
+            "Channels with at least one local subscriber.",
+            s.channels,
+        )?;
+        gauge(
+            &mut enc,
+            "crier_subscriptions",
+            "Client subscriptions.",
+            s.subscriptions,
+        )?;
+        counter(
+            &mut enc,
+            "crier_publications",
+            "Publications accepted.",
+            s.publications,
+        )?;
+        counter(
+            &mut enc,
+            "crier_deliveries",
+            "Channel events (publications, joins, leaves) enqueued to clients.",
+            s.deliveries,
+        )?;
+        counter(
+            &mut enc,
+            "crier_messages",
+            "Direct messages enqueued to clients.",
+            s.messages,
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "crier_dropped_clients",
+                "Clients the hub dropped: slow = queue overflow (3008), closed = receiver gone.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [("slow", s.dropped_slow), ("closed", s.dropped_closed)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+
+        // Per-bucket (not cumulative) counts; the last is +Inf.
+        let mut buckets = [0u64; QUEUE_BUCKETS.len() + 1];
+        let (mut sum, mut count) = (0u64, 0u64);
+        self.hub.queue_depths(|depth| {
+            buckets[QUEUE_BUCKETS.partition_point(|&bound| bound < depth)] += 1;
+            sum += depth as u64;
+            count += 1;
+        });
+        let bounds = QUEUE_BUCKETS.iter().map(|&b| b as f64).chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(buckets).collect();
+        let mut m = enc.encode_descriptor(
+            "crier_client_queue_depth",
+            "Items waiting in each client's outbound queue, at scrape time.",
+            None,
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(sum as f64, count, &buckets, None)
+    }
+}
+
+/// Resident memory and CPU time of this process, from `/proc` (Linux only;
+/// elsewhere nothing is exposed).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        if let Some(bytes) = process::resident_memory_bytes() {
+            let unit = Unit::Bytes;
+            let m = enc.encode_descriptor(
+                "process_resident_memory",
+                "Resident memory size in bytes.",
+                Some(&unit),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(bytes).encode(m)?;
+        }
+        if let Some(seconds) = process::cpu_seconds() {
+            let unit = Unit::Seconds;
+            let m = enc.encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent in seconds.",
+                Some(&unit),
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(seconds).encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod process {
+    /// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`):
+    /// 100 on every Linux architecture crier builds for.
+    const CLK_TCK: f64 = 100.0;
+
+    /// `VmRSS` of `/proc/self/status`. It is statm's resident page count
+    /// already multiplied by the page size, which std cannot tell us.
+    pub(super) fn resident_memory_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        parse_vm_rss(&status)
+    }
+
+    fn parse_vm_rss(status: &str) -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+        let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// `utime + stime` of `/proc/self/stat`, in seconds.
+    pub(super) fn cpu_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        parse_cpu_seconds(&stat)
+    }
+
+    fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+        // The command name (field 2) is in parentheses and may hold spaces
+        // or parentheses: count fields from the last ')'. The rest starts at
+        // field 3; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_ascii_whitespace();
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some((utime + stime) as f64 / CLK_TCK)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_proc_formats() {
+            let stat = "4242 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 99 0 0";
+            assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+            assert_eq!(
+                parse_vm_rss("Name:\tx\nVmRSS:\t   2048 kB\nVmData: 1 kB\n"),
+                Some(2 * 1024 * 1024)
+            );
+            assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        }
+
+        #[test]
+        fn reads_this_process() {
+            assert!(resident_memory_bytes().is_some_and(|b| b > 0));
+            assert!(cpu_seconds().is_some());
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod process {
+    pub(super) fn resident_memory_bytes() -> Option<u64> {
+        None
+    }
+
+    pub(super) fn cpu_seconds() -> Option<f64> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn engine_failures_count_but_a_stale_position_does_not() {
+        let m = Metrics::new(Hub::default(), true);
+        let down = HubError::Engine(EngineError::Unavailable("backend down".into()));
+        assert!(m.timed_publish(|| Err::<(), _>(down.clone())).is_err());
+        m.engine_error(&HubError::Engine(EngineError::UnrecoverablePosition));
+        m.engine_error(&HubError::UnknownChannel("x".into()));
+        m.engine_error(&down);
+        let text = m.render();
+        assert_eq!(sample(&text, "crier_engine_errors_total"), "2");
+        assert_eq!(sample(&text, "crier_publish_duration_seconds_count"), "1");
+    }
+
+    #[test]
+    fn disabled_metrics_do_not_time_publishes() {
+        let m = Metrics::new(Hub::default(), false);
+        assert!(m.timed_publish(|| Ok::<_, HubError>(())).is_ok());
+        assert_eq!(sample(&m.render(), "crier_publish_duration_seconds_count"), "0");
+    }
+
+    #[test]
+    fn a_connection_counts_while_its_guard_lives() {
+        let m = Metrics::new(Hub::default(), true);
+        let series = "crier_connections{transport=\"tcp\"}";
+        let a = m.connection(Transport::Tcp);
+        let b = m.connection(Transport::Tcp);
+        assert_eq!(sample(&m.render(), series), "2");
+        drop(a);
+        assert_eq!(sample(&m.render(), series), "1");
+        drop(b);
+        assert_eq!(sample(&m.render(), series), "0");
+    }
+}
