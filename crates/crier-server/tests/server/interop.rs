@@ -23,7 +23,18 @@ const SETUP_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::test]
 async fn centrifuge_js_connects_subscribes_and_recovers() {
-    run_script("node", "tests-interop/js/interop.mjs", "js-user").await;
+    run_script("node", "tests-interop/js/interop.mjs", "js-user", "").await;
+}
+
+#[tokio::test]
+async fn a_spec_eventsource_receives_publications_over_uni_sse() {
+    run_script(
+        "node",
+        "tests-interop/js/sse.mjs",
+        "sse-user",
+        "[uni_sse]\nenabled = true\n",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -32,16 +43,17 @@ async fn centrifuge_python_and_cent_connect_subscribe_and_recover() {
         "tests-interop/.venv/bin/python",
         "tests-interop/py/interop.py",
         "py-user",
+        "",
     )
     .await;
 }
 
-/// Starts a server, runs `program script WS_URL TOKEN API_URL API_KEY USER`
-/// from the repository root and fails with the script's output unless it
-/// exits 0.
-async fn run_script(program: &'static str, script: &'static str, user: &str) {
+/// Starts a server (with `extra` config), runs `program script WS_URL TOKEN
+/// API_URL API_KEY USER` from the repository root and fails with the
+/// script's output unless it exits 0.
+async fn run_script(program: &'static str, script: &'static str, user: &str, extra: &str) {
     setup().await;
-    let s = TestServer::start(config("")).await;
+    let s = TestServer::start(config(extra)).await;
     let args = [
         script.to_owned(),
         s.ws_url(),
