@@ -5,13 +5,15 @@
 //! - [`token`] signs HS256 connection and subscription tokens;
 //! - [`publish`] calls the server HTTP API's `publish` method;
 //! - [`subscribe`] is a minimal client protocol v2 (JSON) WebSocket client
-//!   that prints publications as JSON lines.
+//!   that prints publications as JSON lines;
+//! - [`bench`] is a bounded load generator for the WebSocket fan-out path.
 //!
 //! Protocol, configuration and authentication logic live in `crier-server`;
 //! this crate must never grow any of its own. Every failure a user can cause
 //! becomes an `anyhow` error with context, printed once by [`main`].
 #![forbid(unsafe_code)]
 
+mod bench;
 mod publish;
 mod serve;
 mod subscribe;
@@ -40,6 +42,7 @@ enum Command {
     Token(token::Args),
     Publish(publish::Args),
     Subscribe(subscribe::Args),
+    Bench(bench::Args),
 }
 
 /// Check a configuration file and print what the server would run with.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Subscribe(args) => subscribe::run(args),
+        Command::Bench(args) => bench::run(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,667 @@
+//! `crier bench`: a bounded load generator for the WebSocket fan-out path.
+//!
+//! It opens S subscriber connections (client protocol v2, JSON), then runs
+//! P publishers (HTTP API or WebSocket `publish`) for a fixed duration with
+//! payloads that carry their send time, and reports deliveries, loss,
+//! publish-to-delivery latency and, given the server's pid, the server's
+//! CPU per delivery and memory per connection.
+//!
+//! - [`client`] opens one client connection (small buffers, chosen source
+//!   address) and runs its connect/subscribe commands;
+//! - [`subscriber`] keeps S of them reading and counting deliveries;
+//! - [`flow`] keeps publishers from running ahead of the deliveries;
+//! - [`publisher`] paces publications and reads the server's answers;
+//! - [`usage`] reads a process's CPU time and memory from `/proc`;
+//! - [`report`] turns the tallies into the table or the JSON line.
+//!
+//! The generator shares the machine with the server it measures, so it must
+//! stay cheap: 4 KiB read buffers, no JSON tree per delivery (the send time
+//! is found by scanning the frame text), one histogram per subscriber task
+//! merged at the end, and no lock on the delivery path. It must never talk
+//! to a non-loopback address unless told to (`--allow-remote`), and every
+//! run ends by itself: the duration plus at most 2 s for stragglers.
+
+mod client;
+mod flow;
+mod publisher;
+mod report;
+mod subscriber;
+mod usage;
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::time::Instant;
+
+use crate::print_line;
+use flow::Flow;
+use report::Report;
+use usage::Pid;
+
+/// Load-test a crier server: S subscribers, P publishers, a fixed duration.
+///
+/// Subscribers connect (spread over source addresses 127.0.0.1..N) and
+/// subscribe to C channels (--channels) named PREFIX0, PREFIX1, ...; publishers
+/// then publish {"t":<send time>,"s":<seq>,"p":"..."} padded to --size
+/// bytes, at --rate publications/s in total or, with --rate 0, as fast as
+/// the --window allows. At the end: publications accepted, deliveries
+/// expected and received, loss, deliveries/s, publish-to-delivery latency,
+/// connect times and, with --server-pid, the server's CPU per delivery and
+/// memory per connection. Talks to loopback addresses only unless
+/// --allow-remote is given.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server's WebSocket endpoint.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:8000/connection/websocket"
+    )]
+    url: String,
+    /// The server's HTTP API base URL [default: the host and port of --url].
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// The server API key (http_api.key), sent as X-API-Key.
+    #[arg(long, value_name = "K", env = "CRIER_HTTP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Connection token for every client connection (see `crier token`);
+    /// not needed when the server runs with --dev.
+    #[arg(long, value_name = "T", env = "CRIER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Subscriber connections to open.
+    #[arg(long, value_name = "S")]
+    subscribers: usize,
+    /// Channels to spread the subscribers over (subscriber i takes channel
+    /// i mod C); publications go round-robin over them.
+    #[arg(long, value_name = "C", default_value_t = 1)]
+    channels: usize,
+    /// Channel name prefix: channels are PREFIX0, PREFIX1, ...
+    #[arg(long, value_name = "PREFIX", default_value = "bench")]
+    channel_prefix: String,
+    /// Publishers, each with its own connection.
+    #[arg(long, value_name = "P", default_value_t = 1)]
+    publishers: usize,
+    /// Publications per second, in total; 0 = as fast as the window allows.
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    rate: u64,
+    /// Publications in flight at most, in total: sent but not yet answered
+    /// by the server or not yet delivered to every subscriber.
+    #[arg(long, value_name = "W", default_value_t = 64)]
+    window: u64,
+    /// How long to publish: 10s, 500ms, 1m.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publication data size in bytes (JSON, padded).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    size: usize,
+    /// Publish through the server HTTP API or client WebSocket connections.
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Via::Api)]
+    publish_via: Via,
+    /// The server's process id, to report its CPU time and memory.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Print the report as one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Spread subscriber connections over source addresses 127.0.0.1..N
+    /// (loopback IPv4 servers only).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..))]
+    source_ips: u8,
+    /// Connections being opened at the same time, at most.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    connect_concurrency: usize,
+    /// Worker threads for the load generator [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Allow a server that is not on a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+/// How publications reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// `POST /api/publish` over keep-alive HTTP/1.1, requests pipelined.
+    Api,
+    /// The client protocol's `publish` command on a WebSocket connection.
+    Ws,
+}
+
+impl Via {
+    fn describe(self) -> &'static str {
+        match self {
+            Via::Api => "HTTP API",
+            Via::Ws => "WebSocket",
+        }
+    }
+}
+
+/// Open files the generator needs beyond one per connection: the runtime,
+/// stdio, the publishers' connections and some slack.
+const SPARE_FILES: u64 = 64;
+
+/// How long publishers' answers and deliveries may trail the duration.
+const STRAGGLERS: Duration = Duration::from_secs(2);
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let json = args.json;
+    let threads = args.threads;
+    let plan = Arc::new(Plan::new(args)?);
+    ensure_open_files(&plan)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let visible = !json && std::io::stderr().is_terminal();
+    let report = runtime.block_on(bench(plan, visible))?;
+    // Subscriber tasks have finished; nothing left to wait for.
+    runtime.shutdown_background();
+    if json {
+        print_line(&report.to_json().to_string())?;
+    } else {
+        for line in report.table() {
+            print_line(&line)?;
+        }
+    }
+    if report.accepted() == 0 {
+        bail!(
+            "the server accepted no publication{}",
+            report
+                .first_refusal()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// What one run does, checked and resolved before any socket opens.
+pub(crate) struct Plan {
+    /// The WebSocket URL for the handshake (`ws://host:port/path`).
+    ws_url: String,
+    /// Where the WebSocket URL's host resolved to.
+    ws_addr: SocketAddr,
+    /// Where the HTTP API's host resolved to.
+    api_addr: SocketAddr,
+    /// The HTTP API's `Host` header.
+    api_host: String,
+    /// The publish method's request path (`/api/publish` by default).
+    api_path: String,
+    /// Sent as `X-API-Key` when set.
+    api_key: Option<String>,
+    /// Sent in every connect command when set.
+    token: Option<String>,
+    subscribers: usize,
+    /// Channel names, already JSON-quoted: they are only ever written into
+    /// commands and request bodies.
+    channels: Vec<String>,
+    /// Subscribers per channel: what one publication to it is worth in
+    /// deliveries.
+    fanout: Vec<u64>,
+    publishers: usize,
+    /// Publications per second in total; 0 = as fast as the window allows.
+    rate: u64,
+    window: u64,
+    duration: Duration,
+    size: usize,
+    via: Via,
+    /// Source addresses for subscriber connections; empty = the OS picks.
+    sources: Vec<Ipv4Addr>,
+    connect_concurrency: usize,
+    server_pid: Option<u32>,
+}
+
+impl Plan {
+    fn new(args: Args) -> anyhow::Result<Plan> {
+        if args.subscribers == 0 {
+            bail!("--subscribers must be at least 1");
+        }
+        if args.publishers == 0 {
+            bail!("--publishers must be at least 1");
+        }
+        if args.channels == 0 {
+            bail!("--channels must be at least 1");
+        }
+        if args.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        if args.duration.is_zero() {
+            bail!("--duration must be longer than 0");
+        }
+        let ws = WsEndpoint::parse(&args.url)?;
+        let ws_addr = resolve(&ws.authority, args.allow_remote)?;
+        let api = match &args.api {
+            Some(api) => ApiEndpoint::parse(api)?,
+            None => ApiEndpoint {
+                authority: ws.authority.clone(),
+                path: "/api/publish".into(),
+            },
+        };
+        let api_addr = if args.publish_via == Via::Api || args.api.is_some() {
+            resolve(&api.authority, args.allow_remote)?
+        } else {
+            ws_addr
+        };
+        let sources = match ws_addr.ip() {
+            IpAddr::V4(ip) if ip.is_loopback() => (1..=args.source_ips)
+                .map(|n| Ipv4Addr::new(127, 0, 0, n))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let channels = (0..args.channels)
+            .map(|k| serde_json::to_string(&format!("{}{k}", args.channel_prefix)))
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot encode the channel names")?;
+        let fanout = (0..args.channels)
+            .map(|k| {
+                (args.subscribers / args.channels + usize::from(k < args.subscribers % args.channels)) as u64
+            })
+            .collect();
+        Ok(Plan {
+            ws_url: ws.url(),
+            ws_addr,
+            api_addr,
+            api_host: api.authority,
+            api_path: api.path,
+            api_key: args.api_key.filter(|k| !k.is_empty()),
+            token: args.token.filter(|t| !t.is_empty()),
+            subscribers: args.subscribers,
+            channels,
+            fanout,
+            publishers: args.publishers,
+            rate: args.rate,
+            window: args.window,
+            duration: args.duration,
+            size: args.size,
+            via: args.publish_via,
+            sources,
+            connect_concurrency: args.connect_concurrency.max(1),
+            server_pid: args.server_pid,
+        })
+    }
+
+    /// The channel subscriber `i` subscribes to.
+    fn channel_of_subscriber(&self, i: usize) -> usize {
+        i % self.channels.len()
+    }
+
+    /// The channel publication `seq` goes to.
+    fn channel_of_publication(&self, seq: u64) -> usize {
+        (seq % self.channels.len() as u64) as usize
+    }
+
+    /// The source address for client connection `i`, if the plan spreads them.
+    fn source(&self, i: usize) -> Option<Ipv4Addr> {
+        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
+    }
+
+    /// The most deliveries one publication can be worth.
+    fn max_fanout(&self) -> u64 {
+        self.fanout.iter().copied().max().unwrap_or(0)
+    }
+
+    /// File descriptors the run needs: one per connection plus spare.
+    fn open_files_needed(&self) -> u64 {
+        (self.subscribers + self.publishers) as u64 + SPARE_FILES
+    }
+}
+
+/// `ws://HOST:PORT/PATH` as typed (also `http://`, or `HOST:PORT` alone).
+struct WsEndpoint {
+    authority: String,
+    path: String,
+}
+
+impl WsEndpoint {
+    fn parse(url: &str) -> anyhow::Result<WsEndpoint> {
+        let url = url.trim();
+        let rest = if let Some(rest) = url.strip_prefix("ws://").or_else(|| url.strip_prefix("http://")) {
+            rest
+        } else if url.starts_with("wss://") || url.starts_with("https://") {
+            bail!("{url}: crier bench speaks plain ws:// only");
+        } else if url.contains("://") {
+            bail!("{url}: write the URL as ws://HOST:PORT/connection/websocket");
+        } else {
+            url
+        };
+        let (authority, path) = match rest.split_once('/') {
+            Some((authority, path)) if !path.is_empty() => (authority, format!("/{path}")),
+            Some((authority, _)) => (authority, "/connection/websocket".to_string()),
+            None => (rest, "/connection/websocket".to_string()),
+        };
+        if authority.is_empty() {
+            bail!("{url}: no host in the URL");
+        }
+        Ok(WsEndpoint {
+            authority: authority.to_string(),
+            path,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}{}", self.authority, self.path)
+    }
+}
+
+/// `http://HOST:PORT[/PREFIX]` as typed; the method path is PREFIX/api/publish,
+/// as for `crier publish`.
+struct ApiEndpoint {
+    authority: String,
+    path: String,
+}
+
+impl ApiEndpoint {
+    fn parse(url: &str) -> anyhow::Result<ApiEndpoint> {
+        let url = url.trim().trim_end_matches('/');
+        let rest = if let Some(rest) = url.strip_prefix("http://") {
+            rest
+        } else if url.contains("://") {
+            bail!("{url}: write the API URL as http://HOST:PORT (plain http only)");
+        } else {
+            url
+        };
+        let (authority, prefix) = match rest.split_once('/') {
+            Some((authority, prefix)) => (authority, format!("/{prefix}")),
+            None => (rest, String::new()),
+        };
+        if authority.is_empty() {
+            bail!("{url}: no host in the URL");
+        }
+        Ok(ApiEndpoint {
+            authority: authority.to_string(),
+            path: format!("{prefix}/api/publish"),
+        })
+    }
+}
+
+/// Resolves `host:port` (port 80 when missing) and refuses anything but
+/// loopback unless `allow_remote`.
+fn resolve(authority: &str, allow_remote: bool) -> anyhow::Result<SocketAddr> {
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .collect();
+    let Some(first) = addrs.first().copied() else {
+        bail!("{authority} resolves to no address");
+    };
+    if !allow_remote {
+        if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            bail!(
+                "{authority} resolves to {}, which is not a loopback address; crier bench loads \
+                 the local machine only unless given --allow-remote (make sure you may load that server)",
+                remote.ip()
+            );
+        }
+    }
+    Ok(first)
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let unit_secs = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3_600.0,
+        _ => return Err(format!("invalid duration {s:?}: write e.g. 10s, 500ms or 2m")),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: write e.g. 10s, 500ms or 2m"))?;
+    Duration::try_from_secs_f64(n * unit_secs).map_err(|_| format!("duration {s:?} is out of range"))
+}
+
+/// Raises the soft open-file limit to the hard one when the run needs more,
+/// and says plainly when even that is not enough. Also warns when the
+/// server's own limit looks too low for S connections.
+fn ensure_open_files(plan: &Plan) -> anyhow::Result<()> {
+    let needed = plan.open_files_needed();
+    let (soft, hard) =
+        rlimit::getrlimit(rlimit::Resource::NOFILE).context("cannot read the open-file limit")?;
+    if soft < needed {
+        let raised = rlimit::increase_nofile_limit(hard).context("cannot raise the open-file limit")?;
+        if raised < needed {
+            bail!(
+                "{} subscribers and {} publisher{} need about {needed} open files, but this process may \
+                 open only {raised} (soft limit {soft}, hard limit {hard}, and the hard limit cannot be \
+                 raised from here); use at most {} subscribers, or raise the hard limit \
+                 (`ulimit -Hn` as root, LimitNOFILE= in systemd)",
+                plan.subscribers,
+                plan.publishers,
+                if plan.publishers == 1 { "" } else { "s" },
+                raised.saturating_sub(plan.publishers as u64 + SPARE_FILES)
+            );
+        }
+    }
+    if let Some(pid) = plan.server_pid {
+        if let Some(server_soft) = usage::open_file_limit(Pid::Other(pid)) {
+            if server_soft < plan.subscribers as u64 + plan.publishers as u64 + 16 {
+                eprintln!(
+                    "warning: the server (pid {pid}) may open only {server_soft} files, fewer than \
+                     {} subscribers need; expect refused connections",
+                    plan.subscribers
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One run: connect, publish for the duration, collect, measure.
+async fn bench(plan: Arc<Plan>, visible: bool) -> anyhow::Result<Report> {
+    let server = plan.server_pid.map(Pid::Other);
+    let server_before = match server {
+        Some(pid) => {
+            Some(usage::memory(pid).with_context(|| format!("cannot read the server's memory ({pid})"))?)
+        }
+        None => None,
+    };
+    let flow = Arc::new(Flow::new(plan.window.saturating_mul(plan.max_fanout().max(1))));
+    let progress = progress_bar(visible);
+
+    progress.set_length(plan.subscribers as u64);
+    progress.set_style(style("connecting {pos}/{len} {wide_bar} {elapsed}"));
+    let opened = subscriber::open_all(&plan, &flow, &progress).await?;
+    let server_connected = match server {
+        Some(pid) => Some(usage::memory(pid)?),
+        None => None,
+    };
+
+    progress.set_length(plan.duration.as_millis() as u64);
+    progress.set_position(0);
+    progress.set_style(style("publishing {wide_bar} {msg}"));
+    let server_cpu_before = server.map(usage::cpu_time).transpose()?;
+    let client_cpu_before = usage::cpu_time(Pid::This).ok();
+    let start = Instant::now();
+    let end = start + plan.duration;
+    let publishers: Vec<_> = (0..plan.publishers)
+        .map(|p| publisher::spawn(plan.clone(), flow.clone(), p, start, end + STRAGGLERS))
+        .collect();
+
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    while Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(end) => {}
+        }
+        let elapsed = start.elapsed().min(plan.duration);
+        progress.set_position(elapsed.as_millis() as u64);
+        progress.set_message(format!(
+            "sent {}, delivered {}",
+            flow.sent(),
+            flow.delivered_so_far()
+        ));
+    }
+    progress.set_style(style("waiting for stragglers {spinner} {msg}"));
+    let mut outcomes = Vec::with_capacity(publishers.len());
+    for handle in publishers {
+        outcomes.push(handle.await.context("a publisher task failed")?);
+    }
+    let accepted = publisher::accepted_per_channel(&outcomes, plan.channels.len());
+    let expected: u64 = accepted.iter().zip(&plan.fanout).map(|(a, f)| a * f).sum();
+    // Deliveries are owed for accepted publications only now.
+    flow.owe_exactly(expected);
+    flow.wait_outstanding(0, end + STRAGGLERS).await;
+    let stopped = Instant::now();
+    let server_cpu_after = server.map(usage::cpu_time).transpose()?;
+    let client_cpu_after = usage::cpu_time(Pid::This).ok();
+    let server_after = match server {
+        Some(pid) => Some(usage::memory(pid)?),
+        None => None,
+    };
+    progress.finish_and_clear();
+
+    let tallies = subscriber::stop_all(opened.subscribers).await;
+    Ok(Report {
+        plan: plan.clone(),
+        connect_times: opened.connect_times,
+        connect_took: opened.took,
+        outcomes,
+        accepted,
+        tallies,
+        start,
+        window: stopped - start,
+        server: match (server, server_before, server_connected, server_after) {
+            (Some(Pid::Other(pid)), Some(before), Some(connected), Some(after)) => {
+                Some(report::ServerUsage {
+                    pid,
+                    cpu: server_cpu_after
+                        .unwrap_or_default()
+                        .saturating_sub(server_cpu_before.unwrap_or_default()),
+                    before,
+                    connected,
+                    after,
+                })
+            }
+            _ => None,
+        },
+        client_cpu: match (client_cpu_before, client_cpu_after) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        },
+    })
+}
+
+fn progress_bar(visible: bool) -> ProgressBar {
+    if visible {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_urls() {
+        for (typed, authority, path) in [
+            (
+                "ws://127.0.0.1:8000/connection/websocket",
+                "127.0.0.1:8000",
+                "/connection/websocket",
+            ),
+            ("127.0.0.1:9", "127.0.0.1:9", "/connection/websocket"),
+            ("http://[::1]:9/", "[::1]:9", "/connection/websocket"),
+            ("ws://h:1/other", "h:1", "/other"),
+        ] {
+            let ws = WsEndpoint::parse(typed).unwrap();
+            assert_eq!(
+                (ws.authority.as_str(), ws.path.as_str()),
+                (authority, path),
+                "{typed}"
+            );
+        }
+        assert!(WsEndpoint::parse("wss://h/connection/websocket").is_err());
+    }
+
+    #[test]
+    fn api_urls() {
+        let api = ApiEndpoint::parse("http://127.0.0.1:8000/").unwrap();
+        assert_eq!(
+            (api.authority.as_str(), api.path.as_str()),
+            ("127.0.0.1:8000", "/api/publish")
+        );
+        let api = ApiEndpoint::parse("localhost:1/prefix").unwrap();
+        assert_eq!(
+            (api.authority.as_str(), api.path.as_str()),
+            ("localhost:1", "/prefix/api/publish")
+        );
+        assert!(ApiEndpoint::parse("https://h").is_err());
+    }
+
+    #[test]
+    fn only_loopback_without_allow_remote() {
+        assert!(resolve("127.0.0.1:8000", false).unwrap().ip().is_loopback());
+        assert!(resolve("[::1]:8000", false).is_ok());
+        let e = resolve("192.0.2.1:8000", false).unwrap_err();
+        assert!(e.to_string().contains("--allow-remote"), "{e}");
+        assert!(resolve("192.0.2.1:8000", true).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn subscribers_spread_evenly_over_channels() {
+        let args = |subscribers, channels| Args {
+            url: "127.0.0.1:1".into(),
+            api: None,
+            api_key: None,
+            token: None,
+            subscribers,
+            channels,
+            channel_prefix: "bench".into(),
+            publishers: 1,
+            rate: 0,
+            window: 64,
+            duration: Duration::from_secs(1),
+            size: 64,
+            publish_via: Via::Api,
+            server_pid: None,
+            json: false,
+            source_ips: 8,
+            connect_concurrency: 1,
+            threads: None,
+            allow_remote: false,
+        };
+        let plan = Plan::new(args(10, 3)).unwrap();
+        assert_eq!(plan.fanout, [4, 3, 3]);
+        assert_eq!(plan.channels, ["\"bench0\"", "\"bench1\"", "\"bench2\""]);
+        assert_eq!(plan.channel_of_subscriber(4), 1);
+        assert_eq!(plan.source(9), Some(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(plan.api_path, "/api/publish");
+        assert_eq!(plan.ws_url, "ws://127.0.0.1:1/connection/websocket");
+        assert!(Plan::new(args(0, 1)).is_err());
+    }
+}

@@ -1,0 +1,667 @@
+//! The publishing side of `crier bench`: P publishers, each one connection
+//! (keep-alive HTTP/1.1 to the server API, or a client protocol WebSocket),
+//! requests pipelined up to a window and paced to a share of the total rate.
+//!
+//! A publisher's task writes; a second task reads the answers. HTTP answers
+//! come back in request order, so the n-th answer is for the n-th request
+//! and no table of requests is kept; WebSocket replies carry the command id,
+//! which encodes the same number. Answers are recognised by their first
+//! bytes, never parsed into a JSON tree.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{oneshot, Mutex, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::client::{self, Ws, CONNECT_ID};
+use super::subscriber::unix_nanos;
+use super::{Flow, Plan, Via};
+
+/// The first publish command's id on a WebSocket publisher.
+const FIRST_PUBLISH_ID: u64 = CONNECT_ID + 1;
+
+/// Publications written in one request batch (one write) at most.
+const BATCH_MAX: usize = 64;
+
+/// What one publisher did.
+pub struct Outcome {
+    /// Publications the server accepted, per channel.
+    pub accepted: Vec<u64>,
+    /// Publications the server refused.
+    pub refused: u64,
+    /// The first refusal, as the server worded it.
+    pub first_refusal: Option<String>,
+    /// Publications written.
+    pub written: u64,
+    /// Answers received (accepted + refused).
+    pub answered: u64,
+    /// Why the connection failed, if it did.
+    pub failure: Option<String>,
+}
+
+impl Outcome {
+    fn new(channels: usize) -> Outcome {
+        Outcome {
+            accepted: vec![0; channels],
+            refused: 0,
+            first_refusal: None,
+            written: 0,
+            answered: 0,
+            failure: None,
+        }
+    }
+
+    /// Publications written and never answered.
+    pub fn unanswered(&self) -> u64 {
+        self.written.saturating_sub(self.answered)
+    }
+
+    /// Counts the server's answer to this publisher's `n`-th publication.
+    fn answer(&mut self, plan: &Plan, flow: &Flow, index: usize, n: u64, answer: Result<(), String>) {
+        let channel = plan.channel_of_publication(plan_seq(plan, index, n));
+        self.answered += 1;
+        match answer {
+            Ok(()) => self.accepted[channel] += 1,
+            Err(why) => {
+                self.refused += 1;
+                self.first_refusal.get_or_insert(why);
+                flow.refused(plan.fanout[channel]);
+            }
+        }
+    }
+}
+
+/// Accepted publications per channel over all publishers.
+pub fn accepted_per_channel(outcomes: &[Outcome], channels: usize) -> Vec<u64> {
+    let mut total = vec![0; channels];
+    for outcome in outcomes {
+        for (sum, n) in total.iter_mut().zip(&outcome.accepted) {
+            *sum += n;
+        }
+    }
+    total
+}
+
+/// The run-wide sequence number of publisher `index`'s `n`-th publication:
+/// publishers interleave, so sequence numbers are unique and dense.
+fn plan_seq(plan: &Plan, index: usize, n: u64) -> u64 {
+    n * plan.publishers as u64 + index as u64
+}
+
+/// Starts publisher `index`: it publishes from `start` until `end`, then
+/// waits for answers until `deadline`.
+pub fn spawn(
+    plan: Arc<Plan>,
+    flow: Arc<Flow>,
+    index: usize,
+    start: Instant,
+    deadline: Instant,
+) -> JoinHandle<Outcome> {
+    let end = start + plan.duration;
+    tokio::spawn(async move {
+        let pacer = Pacer::new(&plan, index, start, end);
+        match plan.via {
+            Via::Api => http(plan, flow, index, pacer, deadline).await,
+            Via::Ws => websocket(plan, flow, index, pacer, deadline).await,
+        }
+    })
+}
+
+/// Decides when a publisher writes and how many publications at once.
+struct Pacer {
+    /// Ticks at this publisher's share of the rate; None = as fast as the
+    /// window allows.
+    interval: Option<Interval>,
+    /// This publisher's publications per second, when paced.
+    per_second: f64,
+    /// When this publisher's schedule starts (publishers are staggered).
+    first: Instant,
+    end: Instant,
+    /// Publications handed out so far.
+    issued: u64,
+    /// Unanswered requests allowed; answers return permits.
+    window: Arc<Semaphore>,
+    /// Outstanding deliveries one publication may add.
+    fanout: u64,
+}
+
+impl Pacer {
+    fn new(plan: &Plan, index: usize, start: Instant, end: Instant) -> Pacer {
+        let window = (plan.window / plan.publishers as u64).max(1) as usize;
+        let (interval, per_second, first) = if plan.rate == 0 {
+            (None, 0.0, start)
+        } else {
+            let per_second = plan.rate as f64 / plan.publishers as f64;
+            let first = start + Duration::from_secs_f64(index as f64 / plan.rate as f64);
+            // Never tick faster than the timer wheel turns; catch up in
+            // batches instead.
+            let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_millis(1));
+            let mut interval = tokio::time::interval_at(first, period);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            (Some(interval), per_second, first)
+        };
+        Pacer {
+            interval,
+            per_second,
+            first,
+            end,
+            issued: 0,
+            window: Arc::new(Semaphore::new(window)),
+            fanout: plan.max_fanout(),
+        }
+    }
+
+    /// Publications due by `now` on a schedule that starts at `first`.
+    fn due(first: Instant, per_second: f64, now: Instant) -> u64 {
+        if now < first {
+            return 0;
+        }
+        ((now - first).as_secs_f64() * per_second) as u64 + 1
+    }
+
+    /// How many publications to write now: waits for the schedule, a free
+    /// slot in the answer window and room in the delivery window. None once
+    /// the duration is over.
+    async fn next(&mut self, flow: &Flow) -> Option<usize> {
+        let wanted = match &mut self.interval {
+            None => BATCH_MAX,
+            Some(interval) => loop {
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = tokio::time::sleep_until(self.end) => return None,
+                }
+                let now = Instant::now();
+                if now >= self.end {
+                    return None;
+                }
+                let due = Self::due(self.first, self.per_second, now);
+                if due > self.issued {
+                    break ((due - self.issued) as usize).min(BATCH_MAX);
+                }
+            },
+        };
+        let permit = tokio::time::timeout_at(self.end, self.window.acquire())
+            .await
+            .ok()?
+            .ok()?;
+        permit.forget();
+        let mut n = 1;
+        let more = (wanted - 1).min(self.window.available_permits());
+        if more > 0 {
+            if let Ok(permits) = self.window.try_acquire_many(more as u32) {
+                permits.forget();
+                n += more;
+            }
+        }
+        if !flow.room_for(n as u64 * self.fanout, self.end).await {
+            return None;
+        }
+        self.issued += n as u64;
+        Some(n)
+    }
+}
+
+/// The publication data: `{"t":<unix nanos>,"s":<seq>,"p":"xx…"}`, padded
+/// to `size` bytes when it can be. The send time comes first: subscribers
+/// find it by its opening bytes.
+fn write_data(out: &mut String, sent: u64, seq: u64, size: usize) {
+    let at = out.len();
+    let _ = write!(out, "{{\"t\":{sent},\"s\":{seq},\"p\":\"");
+    let pad = size.saturating_sub(out.len() - at + 2);
+    out.extend(std::iter::repeat_n('x', pad));
+    out.push_str("\"}");
+}
+
+/// One `POST /api/publish` request.
+fn write_request(out: &mut String, plan: &Plan, body: &str) {
+    let _ = write!(
+        out,
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n",
+        plan.api_path, plan.api_host
+    );
+    if let Some(key) = &plan.api_key {
+        let _ = write!(out, "X-API-Key: {key}\r\n");
+    }
+    let _ = write!(out, "Content-Length: {}\r\n\r\n{body}", body.len());
+}
+
+async fn http(
+    plan: Arc<Plan>,
+    flow: Arc<Flow>,
+    index: usize,
+    mut pacer: Pacer,
+    deadline: Instant,
+) -> Outcome {
+    let stream = match client::tcp(plan.api_addr, None).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let mut outcome = Outcome::new(plan.channels.len());
+            outcome.failure = Some(format!("cannot reach the HTTP API: {e:#}"));
+            return outcome;
+        }
+    };
+    let (rd, mut wr) = stream.into_split();
+    let (written_tx, written) = oneshot::channel();
+    let reader = tokio::spawn(read_http(
+        plan.clone(),
+        flow.clone(),
+        index,
+        rd,
+        pacer.window.clone(),
+        written,
+        deadline,
+    ));
+    let mut requests = String::new();
+    let mut body = String::new();
+    let mut written = 0u64;
+    let mut failure = None;
+    while let Some(n) = pacer.next(&flow).await {
+        requests.clear();
+        let sent = unix_nanos();
+        let mut deliveries = 0;
+        for _ in 0..n {
+            let seq = plan_seq(&plan, index, written);
+            let channel = plan.channel_of_publication(seq);
+            body.clear();
+            let _ = write!(body, "{{\"channel\":{},\"data\":", plan.channels[channel]);
+            write_data(&mut body, sent, seq, plan.size);
+            body.push('}');
+            write_request(&mut requests, &plan, &body);
+            deliveries += plan.fanout[channel];
+            written += 1;
+        }
+        flow.written(n as u64, deliveries);
+        if let Err(e) = wr.write_all(requests.as_bytes()).await {
+            failure = Some(format!("cannot write to the HTTP API: {e}"));
+            break;
+        }
+    }
+    let _ = written_tx.send(written);
+    let mut outcome = match reader.await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let mut outcome = Outcome::new(plan.channels.len());
+            outcome.failure = Some(format!("the answer reader failed: {e}"));
+            outcome
+        }
+    };
+    outcome.written = written;
+    if failure.is_some() {
+        outcome.failure = failure;
+    }
+    outcome
+}
+
+/// Reads HTTP answers until every written request is answered or
+/// `deadline`, returning a permit to the window for each.
+async fn read_http(
+    plan: Arc<Plan>,
+    flow: Arc<Flow>,
+    index: usize,
+    mut rd: OwnedReadHalf,
+    window: Arc<Semaphore>,
+    mut written_rx: oneshot::Receiver<u64>,
+    deadline: Instant,
+) -> Outcome {
+    let mut outcome = Outcome::new(plan.channels.len());
+    let mut written = None;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        let mut at = 0;
+        loop {
+            match parse_response(&buf[at..]) {
+                Ok(Some(response)) => {
+                    at += response.len;
+                    let n = outcome.answered;
+                    outcome.answer(&plan, &flow, index, n, response.verdict());
+                    window.add_permits(1);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    outcome.failure = Some(e);
+                    return outcome;
+                }
+            }
+        }
+        buf.drain(..at);
+        if written.is_some_and(|w| outcome.answered >= w) {
+            return outcome;
+        }
+        if buf.capacity() - buf.len() < 4 * 1024 {
+            buf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    if written.is_none_or(|w| outcome.answered < w) {
+                        outcome.failure = Some("the server closed the HTTP API connection".into());
+                    }
+                    return outcome;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    outcome.failure = Some(format!("cannot read from the HTTP API: {e}"));
+                    return outcome;
+                }
+            },
+            w = &mut written_rx, if written.is_none() => written = Some(w.unwrap_or(outcome.answered)),
+            _ = tokio::time::sleep_until(deadline) => return outcome,
+        }
+    }
+}
+
+/// One HTTP/1.1 answer at the start of a buffer.
+#[derive(Debug, PartialEq)]
+struct Response<'a> {
+    /// Bytes it takes, head and body.
+    len: usize,
+    status: u16,
+    body: &'a [u8],
+}
+
+impl Response<'_> {
+    /// Accepted, or the refusal as the server worded it. An API error comes
+    /// as `{"error":{...}}`, with status 200 or 4xx/5xx by configuration.
+    fn verdict(&self) -> Result<(), String> {
+        let body = self.body.trim_ascii_start();
+        if self.status == 200 && !body.starts_with(b"{\"error\"") {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+        let hint = if self.status == 401 {
+            " (give the server's http_api.key with --api-key)"
+        } else {
+            ""
+        };
+        Err(format!("HTTP {}: {}{hint}", self.status, text.trim()))
+    }
+}
+
+/// Parses the answer at the start of `buf`: None when more bytes are
+/// needed. Only `Content-Length` bodies: that is what crier sends.
+fn parse_response(buf: &[u8]) -> Result<Option<Response<'_>>, String> {
+    let Some(head_len) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > 64 * 1024 {
+            return Err("an HTTP answer head longer than 64 KiB".into());
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..head_len])
+        .map_err(|_| "an HTTP answer head that is not UTF-8".to_string())?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP/1.1 answer: {status_line:?}"))?;
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("a bad Content-Length: {value:?}"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(format!(
+                "an HTTP answer with Transfer-Encoding {}, which crier bench does not read",
+                value.trim()
+            ));
+        }
+    }
+    let body_start = head_len + 4;
+    let len = body_start + length.unwrap_or(0);
+    if buf.len() < len {
+        return Ok(None);
+    }
+    Ok(Some(Response {
+        len,
+        status,
+        body: &buf[body_start..len],
+    }))
+}
+
+type Sink = SplitSink<Ws, Message>;
+
+async fn websocket(
+    plan: Arc<Plan>,
+    flow: Arc<Flow>,
+    index: usize,
+    mut pacer: Pacer,
+    deadline: Instant,
+) -> Outcome {
+    // Publishers come after the subscribers in the source-address rotation.
+    let ws = match client::connect(&plan, plan.source(plan.subscribers + index)).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            let mut outcome = Outcome::new(plan.channels.len());
+            outcome.failure = Some(format!("publisher connection failed: {e:#}"));
+            return outcome;
+        }
+    };
+    let (sink, stream) = ws.split();
+    let sink = Arc::new(Mutex::new(sink));
+    let (written_tx, written) = oneshot::channel();
+    let reader = tokio::spawn(read_ws(
+        plan.clone(),
+        flow.clone(),
+        index,
+        stream,
+        sink.clone(),
+        pacer.window.clone(),
+        written,
+        deadline,
+    ));
+    let mut written = 0u64;
+    let mut failure = None;
+    while let Some(n) = pacer.next(&flow).await {
+        // Commands of one batch share a frame, newline-separated, as the
+        // protocol allows.
+        let mut frame = String::new();
+        let sent = unix_nanos();
+        let mut deliveries = 0;
+        for _ in 0..n {
+            let seq = plan_seq(&plan, index, written);
+            let channel = plan.channel_of_publication(seq);
+            if !frame.is_empty() {
+                frame.push('\n');
+            }
+            let _ = write!(
+                frame,
+                "{{\"id\":{},\"publish\":{{\"channel\":{},\"data\":",
+                FIRST_PUBLISH_ID + written,
+                plan.channels[channel]
+            );
+            write_data(&mut frame, sent, seq, plan.size);
+            frame.push_str("}}");
+            deliveries += plan.fanout[channel];
+            written += 1;
+        }
+        flow.written(n as u64, deliveries);
+        if let Err(e) = sink.lock().await.send(Message::text(frame)).await {
+            failure = Some(format!("cannot write to the publisher connection: {e}"));
+            break;
+        }
+    }
+    let _ = written_tx.send(written);
+    let mut outcome = match reader.await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let mut outcome = Outcome::new(plan.channels.len());
+            outcome.failure = Some(format!("the reply reader failed: {e}"));
+            outcome
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(100), sink.lock().await.close()).await;
+    outcome.written = written;
+    if failure.is_some() {
+        outcome.failure = failure;
+    }
+    outcome
+}
+
+/// Reads publish replies until every written command is answered or
+/// `deadline`, answering pings, returning a permit to the window for each.
+#[allow(clippy::too_many_arguments)]
+async fn read_ws(
+    plan: Arc<Plan>,
+    flow: Arc<Flow>,
+    index: usize,
+    mut stream: SplitStream<Ws>,
+    sink: Arc<Mutex<Sink>>,
+    window: Arc<Semaphore>,
+    mut written_rx: oneshot::Receiver<u64>,
+    deadline: Instant,
+) -> Outcome {
+    let mut outcome = Outcome::new(plan.channels.len());
+    let mut written = None;
+    loop {
+        if written.is_some_and(|w| outcome.answered >= w) {
+            return outcome;
+        }
+        let message = tokio::select! {
+            m = stream.next() => m,
+            w = &mut written_rx, if written.is_none() => {
+                written = Some(w.unwrap_or(outcome.answered));
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline) => return outcome,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                outcome.failure = Some(match frame {
+                    Some(frame) => format!(
+                        "publisher disconnected: {} {}",
+                        u16::from(frame.code),
+                        frame.reason
+                    ),
+                    None => "publisher disconnected".into(),
+                });
+                return outcome;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                outcome.failure = Some(format!("publisher connection lost: {e}"));
+                return outcome;
+            }
+            None => {
+                outcome.failure = Some("the server closed the publisher connection".into());
+                return outcome;
+            }
+        };
+        for line in text.split('\n') {
+            if line == "{}" {
+                let _ = sink.lock().await.send(Message::text("{}")).await;
+                continue;
+            }
+            let Some(id) = reply_id(line) else { continue };
+            let Some(n) = id.checked_sub(FIRST_PUBLISH_ID) else {
+                continue;
+            };
+            let answer = if line.contains("\"error\"") {
+                Err(line.chars().take(300).collect())
+            } else {
+                Ok(())
+            };
+            outcome.answer(&plan, &flow, index, n, answer);
+            window.add_permits(1);
+        }
+    }
+}
+
+/// The id of a reply line (`{"id":N,...}`); pushes have none.
+fn reply_id(line: &str) -> Option<u64> {
+    if line.starts_with("{\"push\"") {
+        return None;
+    }
+    let at = line.find("\"id\":")? + 5;
+    let digits = &line[at..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_padded_to_the_size_and_starts_with_the_send_time() {
+        let mut out = String::new();
+        write_data(&mut out, 1_700_000_000_000_000_000, 42, 64);
+        assert_eq!(out.len(), 64);
+        assert!(
+            out.starts_with("{\"t\":1700000000000000000,\"s\":42,\"p\":\"xx"),
+            "{out}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["s"], 42);
+
+        // Too small to pad: as short as it can be.
+        out.clear();
+        write_data(&mut out, 1, 2, 5);
+        assert_eq!(out, r#"{"t":1,"s":2,"p":""}"#);
+    }
+
+    fn answer(status: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn pipelined_answers_are_split_by_content_length() {
+        let ok = answer("200 OK", r#"{"result":{"offset":1,"epoch":"e"}}"#);
+        let refused = answer("200 OK", r#"{"error":{"code":102,"message":"unknown channel"}}"#);
+        let mut buf = ok.clone();
+        buf.extend_from_slice(&refused);
+        buf.extend_from_slice(&answer("401 Unauthorized", ""));
+        buf.extend_from_slice(b"HTTP/1.1 2");
+
+        let first = parse_response(&buf).unwrap().unwrap();
+        assert_eq!((first.len, first.status), (ok.len(), 200));
+        assert_eq!(first.verdict(), Ok(()));
+        let second = parse_response(&buf[first.len..]).unwrap().unwrap();
+        assert_eq!(second.len, refused.len());
+        assert!(second.verdict().unwrap_err().contains("unknown channel"));
+        let third = parse_response(&buf[first.len + second.len..]).unwrap().unwrap();
+        assert!(third.verdict().unwrap_err().contains("--api-key"));
+        let rest = &buf[first.len + second.len + third.len..];
+        assert_eq!(
+            parse_response(rest),
+            Ok(None),
+            "an incomplete answer waits for more"
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn reply_ids() {
+        assert_eq!(reply_id(r#"{"id":17,"publish":{}}"#), Some(17));
+        assert_eq!(
+            reply_id(r#"{"id":3,"error":{"code":103,"message":"permission denied"}}"#),
+            Some(3)
+        );
+        assert_eq!(
+            reply_id(r#"{"push":{"channel":"c","pub":{"data":{"id":1}}}}"#),
+            None
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! `crier bench` as a user runs it: a real `crier serve --dev` on port 0 and
+//! the real binary loading it over loopback. Every wait is on an output
+//! line or an exit, with a deadline that fails loudly; no sleeps. Both
+//! processes are owned by guards that kill them on drop, so a failing
+//! assertion never leaves one behind.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any single wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A child process, killed and reaped on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Only this child, by its handle; it may have exited already.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `crier` command with a predictable environment: no `CRIER_*`
+/// variables or `RUST_LOG` from the shell running the tests.
+fn crier(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crier"));
+    command.args(args).stdin(Stdio::null());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CRIER_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command
+}
+
+/// Sends each line of `pipe` on a channel, then closes it.
+fn lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Everything a channel of lines carries until it closes, or a failure
+/// naming `what` at the deadline.
+fn all_lines(rx: &Receiver<String>, deadline: Instant, what: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return seen,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("timed out waiting for {what}; it printed:\n{}", seen.join("\n"))
+            }
+        }
+    }
+}
+
+/// A running `crier serve --dev --port 0`.
+struct Server {
+    process: Guard,
+    /// `ws://127.0.0.1:PORT/connection/websocket`
+    websocket: String,
+    /// Keeps the server's stdout drained.
+    _stdout: Receiver<String>,
+}
+
+fn serve() -> Server {
+    let mut child = crier(&["serve", "--dev", "--port", "0"])
+        .stdout(Stdio::piped())
+        // The server's logs are not what these tests look at; a full pipe
+        // must never block it.
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start crier serve");
+    let stdout = lines(child.stdout.take().expect("stdout is piped"));
+    let process = Guard(child);
+    let deadline = Instant::now() + DEADLINE;
+    let address = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = stdout
+            .recv_timeout(left)
+            .expect("crier serve prints its listening line");
+        if let Some(address) = line.strip_prefix("crier listening on http://") {
+            break address.to_string();
+        }
+    };
+    Server {
+        process,
+        websocket: format!("ws://{address}/connection/websocket"),
+        _stdout: stdout,
+    }
+}
+
+/// Runs `crier bench` against `server` and returns its JSON report.
+fn bench(server: &Server, extra: &[&str]) -> Value {
+    let pid = server.process.0.id().to_string();
+    let mut args = vec![
+        "bench",
+        "--url",
+        server.websocket.as_str(),
+        "--server-pid",
+        pid.as_str(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = crier(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start crier bench");
+    let stdout = lines(child.stdout.take().expect("stdout is piped"));
+    let stderr = lines(child.stderr.take().expect("stderr is piped"));
+    let mut process = Guard(child);
+    let deadline = Instant::now() + DEADLINE;
+    let out = all_lines(&stdout, deadline, "crier bench's report");
+    let err = all_lines(&stderr, deadline, "crier bench to finish");
+    let status = process.0.wait().expect("wait for crier bench");
+    assert!(
+        status.success(),
+        "crier bench failed ({status}):\n{}",
+        err.join("\n")
+    );
+    assert_eq!(out.len(), 1, "--json prints exactly one line: {out:?}");
+    serde_json::from_str(&out[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out[0]))
+}
+
+fn number(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {report}"))
+}
+
+#[test]
+fn fixed_rate_over_the_api_reaches_every_subscriber() {
+    let server = serve();
+    let report = bench(
+        &server,
+        &[
+            "--subscribers",
+            "20",
+            "--publishers",
+            "1",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+        ],
+    );
+    let sent = number(&report, "sent");
+    // 200/s for 2 s; a loaded machine may fall a little behind the schedule.
+    assert!(sent >= 100, "too few publications accepted: {report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), sent * 20, "{report}");
+    assert_eq!(number(&report, "deliveries_expected"), sent * 20, "{report}");
+    assert_eq!(number(&report, "subscribers_gone"), 0, "{report}");
+    let p99 = report["latency_us"]["p99"]
+        .as_u64()
+        .expect("latency p99 is reported");
+    assert!(p99 > 0, "{report}");
+    assert!(
+        report["server_cpu_seconds"].as_f64().is_some(),
+        "server CPU is reported with --server-pid: {report}"
+    );
+    assert!(
+        report["server_rss_connected_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{report}"
+    );
+}
+
+#[test]
+fn as_fast_as_possible_over_websocket_publishers_loses_nothing() {
+    let server = serve();
+    let report = bench(
+        &server,
+        &[
+            "--subscribers",
+            "10",
+            "--channels",
+            "2",
+            "--publishers",
+            "2",
+            "--publish-via",
+            "ws",
+            "--rate",
+            "0",
+            "--window",
+            "8",
+            "--duration",
+            "1s",
+        ],
+    );
+    let sent = number(&report, "sent");
+    assert!(sent > 0, "{report}");
+    assert_eq!(number(&report, "refused"), 0, "{report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    // Publications alternate between the two channels of 5 subscribers.
+    assert_eq!(number(&report, "deliveries"), sent * 5, "{report}");
+}
+
+#[test]
+fn a_remote_server_is_refused_without_allow_remote() {
+    let output = crier(&[
+        "bench",
+        "--url",
+        "ws://192.0.2.1:8000/connection/websocket",
+        "--subscribers",
+        "1",
+    ])
+    .output()
+    .expect("run crier bench");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("loopback") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
+}
