@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -130,8 +131,16 @@ impl Server {
             let token = token.clone();
             async move { token.cancelled().await }
         };
+        // Nagle off on every accepted connection: a small frame written
+        // while an earlier one is unacknowledged would otherwise wait for
+        // the peer's delayed ACK (up to 40 ms; docs/benchmarks.md).
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let server = tokio::spawn(
-            axum::serve(self.listener, app.into_make_service())
+            axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(graceful)
                 .into_future(),
         );
