@@ -9,9 +9,10 @@
 //! - [`client`] opens one client connection (small buffers, chosen source
 //!   address) and runs its connect/subscribe commands;
 //! - [`subscriber`] keeps S of them reading and counting deliveries;
-//! - [`flow`] keeps publishers from running ahead of the deliveries;
 //! - [`publisher`] paces publications and reads the server's answers;
-//! - [`usage`] reads a process's CPU time and memory from `/proc`;
+//! - `crier_loadgen` (shared with the peer load clients) keeps publishers
+//!   from running ahead of deliveries, writes the timed payloads and reads
+//!   `/proc`;
 //! - [`report`] turns the tallies into the table or the JSON line.
 //!
 //! The generator shares the machine with the server it measures, so it must
@@ -22,11 +23,9 @@
 //! run ends by itself: the duration plus at most 2 s for stragglers.
 
 mod client;
-mod flow;
 mod publisher;
 mod report;
 mod subscriber;
-mod usage;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -38,9 +37,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 
 use crate::print_line;
-use flow::Flow;
+use crier_loadgen::flow::Flow;
+use crier_loadgen::usage::{self, Pid};
 use report::Report;
-use usage::Pid;
 
 /// Load-test a crier server: S subscribers, P publishers, a fixed duration.
 ///

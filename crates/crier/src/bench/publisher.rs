@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crier_loadgen::payload::{self, unix_nanos};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +23,6 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, Ws, CONNECT_ID};
-use super::subscriber::unix_nanos;
 use super::{Flow, Plan, Via};
 
 /// The first publish command's id on a WebSocket publisher.
@@ -209,17 +209,6 @@ impl Pacer {
     }
 }
 
-/// The publication data: `{"t":<unix nanos>,"s":<seq>,"p":"xx…"}`, padded
-/// to `size` bytes when it can be. The send time comes first: subscribers
-/// find it by its opening bytes.
-fn write_data(out: &mut String, sent: u64, seq: u64, size: usize) {
-    let at = out.len();
-    let _ = write!(out, "{{\"t\":{sent},\"s\":{seq},\"p\":\"");
-    let pad = size.saturating_sub(out.len() - at + 2);
-    out.extend(std::iter::repeat_n('x', pad));
-    out.push_str("\"}");
-}
-
 /// One `POST /api/publish` request.
 fn write_request(out: &mut String, plan: &Plan, body: &str) {
     let _ = write!(
@@ -272,7 +261,7 @@ async fn http(
             let channel = plan.channel_of_publication(seq);
             body.clear();
             let _ = write!(body, "{{\"channel\":{},\"data\":", plan.channels[channel]);
-            write_data(&mut body, sent, seq, plan.size);
+            payload::write(&mut body, sent, seq, plan.size);
             body.push('}');
             write_request(&mut requests, &plan, &body);
             deliveries += plan.fanout[channel];
@@ -487,7 +476,7 @@ async fn websocket(
                 FIRST_PUBLISH_ID + written,
                 plan.channels[channel]
             );
-            write_data(&mut frame, sent, seq, plan.size);
+            payload::write(&mut frame, sent, seq, plan.size);
             frame.push_str("}}");
             deliveries += plan.fanout[channel];
             written += 1;
@@ -599,24 +588,6 @@ fn reply_id(line: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn data_is_padded_to_the_size_and_starts_with_the_send_time() {
-        let mut out = String::new();
-        write_data(&mut out, 1_700_000_000_000_000_000, 42, 64);
-        assert_eq!(out.len(), 64);
-        assert!(
-            out.starts_with("{\"t\":1700000000000000000,\"s\":42,\"p\":\"xx"),
-            "{out}"
-        );
-        let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(value["s"], 42);
-
-        // Too small to pad: as short as it can be.
-        out.clear();
-        write_data(&mut out, 1, 2, 5);
-        assert_eq!(out, r#"{"t":1,"s":2,"p":""}"#);
-    }
 
     fn answer(status: &str, body: &str) -> Vec<u8> {
         format!(

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::publisher::Outcome;
 use super::subscriber::Tally;
-use super::usage::Memory;
 use super::Plan;
+use crier_loadgen::usage::Memory;
 
 /// The server's usage over the run.
 pub struct ServerUsage {

@@ -8,7 +8,7 @@
 //! write per frame is one atomic add for the flow control.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
@@ -20,13 +20,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, Ws};
+use crier_loadgen::payload::{self, unix_nanos};
+
 use super::{Flow, Plan};
-
-/// Where a publication's data begins; the payload puts its send time first.
-const SEND_TIME: &str = "{\"t\":";
-
-/// Longer than any latency worth resolving; larger values are clamped.
-const MAX_LATENCY_US: u64 = 60_000_000;
 
 /// How long one connection may take to connect and subscribe.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -244,13 +240,11 @@ struct Scan {
 fn scan(text: &str, now_nanos: u64, latency: &mut Histogram<u32>) -> Scan {
     let mut found = Scan::default();
     for line in text.split('\n') {
-        if let Some(at) = line.find(SEND_TIME) {
-            let digits = &line.as_bytes()[at + SEND_TIME.len()..];
-            let sent = digits
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .fold(0u64, |n, b| n.wrapping_mul(10).wrapping_add(u64::from(b - b'0')));
-            let micros = (now_nanos.saturating_sub(sent) / 1_000).min(MAX_LATENCY_US);
+        if let Some(at) = line.find(payload::SEND_TIME) {
+            // A mangled send time still counts as a delivery, at the
+            // largest latency.
+            let sent = payload::digits(&line.as_bytes()[at + payload::SEND_TIME.len()..]).unwrap_or(0);
+            let micros = payload::latency_us(sent, now_nanos);
             // Recording only fails if the histogram cannot grow; the value
             // is clamped well below that.
             let _ = latency.record(micros);
@@ -262,14 +256,6 @@ fn scan(text: &str, now_nanos: u64, latency: &mut Histogram<u32>) -> Scan {
         }
     }
     found
-}
-
-/// Wall-clock time as the payload carries it. Publishers and subscribers
-/// are in this process, so the clocks agree.
-pub fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Flow control between the publishers and subscribers of `crier bench`,
-//! and the run's shared counters. Everything here is atomics plus one
+//! Flow control between the publishers and subscribers of a load run
+//! (`crier bench`, the peer clients), and the run's shared counters. Everything here is atomics plus one
 //! `Notify`: subscribers touch it once per frame, so it must never take a
 //! lock on their path or wake anyone more than once per wait.
 
@@ -34,6 +34,7 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// A flow that lets at most `limit` deliveries be outstanding.
     pub fn new(limit: u64) -> Flow {
         Flow {
             sent: AtomicU64::new(0),

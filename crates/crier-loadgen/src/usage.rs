@@ -17,6 +17,7 @@ const CLOCK_TICKS: u64 = 100;
 pub enum Pid {
     /// The load generator itself.
     This,
+    /// Another process, by id (the server under test).
     Other(u32),
 }
 
