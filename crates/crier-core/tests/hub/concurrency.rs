@@ -2,7 +2,7 @@
 //! disconnects. Every subscriber must see strictly increasing offsets with
 //! no gap, and the registry must be empty at the end.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -135,64 +135,206 @@ fn concurrent_publish_subscribe_disconnect_keeps_order_and_leaks_nothing() {
     assert_eq!(stats.publications, 9002);
 }
 
-/// A subscriber joins with catch-up at a seeded point of a publish burst;
+// ----- snapshot races --------------------------------------------------------
+
+const BURST: u64 = 2000;
+
+// A hub whose "c" history holds the whole burst, so only the recovery cap
+// decides whether a late subscriber recovers.
+fn race_hub(recovery_cap: usize) -> Hub {
+    let mut channels = ChannelConfig::new(ChannelOptions {
+        history_size: BURST as usize + 10,
+        ..Default::default()
+    });
+    channels.recovery_max_publications = recovery_cap;
+    Hub::new(HubConfig {
+        channels,
+        queue_limits: QueueLimits {
+            max_messages: 1 << 20,
+            max_bytes: 1 << 30,
+        },
+    })
+}
+
+// The payload of the publication at `offset`: "seed" at 1, then the burst.
+fn payload(offset: u64) -> String {
+    match offset {
+        1 => "seed".to_owned(),
+        o => (o - 2).to_string(),
+    }
+}
+
+// Publishes "seed" then a burst of `BURST` on a second thread; once
+// `join_after` burst publications are made, the publisher waits until this
+// thread is about to subscribe, then carries on, so the subscribe lands in
+// the middle of the burst. The handshake is two spin-waits on one atomic
+// (both threads are running when the subscribe starts), never a sleep.
+// Returns the seed's position, the subscribe answer and the offsets of the
+// publications that arrived live.
+fn join_during_burst(
+    hub: &Hub,
+    join_after: u64,
+    catchup: impl FnOnce(&StreamPosition) -> Catchup,
+) -> (StreamPosition, Subscribed, Vec<u64>) {
+    const PAUSED: u8 = 1;
+    const GO: u8 = 2;
+    let seed = hub.publish("c", "seed", PublishOptions::default()).unwrap();
+    let step = Arc::new(AtomicU8::new(0));
+    let publisher = {
+        let p = hub.publisher();
+        let step = step.clone();
+        thread::spawn(move || {
+            for i in 0..BURST {
+                if i == join_after {
+                    step.store(PAUSED, Ordering::SeqCst);
+                    while step.load(Ordering::SeqCst) != GO {
+                        std::hint::spin_loop();
+                        thread::yield_now();
+                    }
+                }
+                p.publish("c", i.to_string()).unwrap();
+            }
+        })
+    };
+    let (id, mut rx) = hub.connect("late", None);
+    let catchup = catchup(&seed);
+    while step.load(Ordering::SeqCst) != PAUSED {
+        std::hint::spin_loop();
+        thread::yield_now();
+    }
+    step.store(GO, Ordering::SeqCst);
+    let s = hub
+        .subscribe(
+            id,
+            "c",
+            SubscribeOptions {
+                catchup,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    publisher.join().unwrap();
+    let mut out = Vec::new();
+    rx.try_drain(&mut out).unwrap();
+    let mut live = Vec::new();
+    for item in describe(out) {
+        if let Seen::Pub { offset, data, .. } = item {
+            assert_eq!(
+                data,
+                payload(offset),
+                "live publication {offset} carries its own data"
+            );
+            live.push(offset);
+        }
+    }
+    (seed, s, live)
+}
+
+/// A subscriber joins with recovery in the middle of a publish burst;
 /// catch-up plus live must be exactly every offset after its position, once.
+/// The schedule is deterministic: even rounds raise the recovery cap above
+/// the burst (history holds all of it), so recovery must succeed whatever
+/// the timing; odd rounds join after more than the Centrifugo cap of 300
+/// publications, so it must fail and the live stream start right after the
+/// returned position.
 #[test]
 fn snapshot_race_each_offset_exactly_once() {
+    const ROUNDS: usize = 40;
+    const CAP: usize = 300;
     let mut schedule = SmallRng::seed_from_u64(0xC41E);
-    for _ in 0..40 {
-        let hub = Hub::new(config());
-        let seed_pos = hub.publish("c", "seed", PublishOptions::default()).unwrap();
-        const BURST: u64 = 2000;
-        let join_after = schedule.gen_range(0..BURST);
-        let publisher = {
-            let p = hub.publisher();
-            thread::spawn(move || {
-                for i in 0..BURST {
-                    p.publish("c", i.to_string()).unwrap();
-                }
-            })
-        };
-        // Join once the publisher has made `join_after` publications: a
-        // spin on the counter, never a sleep.
-        while hub.stats().publications < 1 + join_after {
-            std::hint::spin_loop();
-        }
-        let (id, mut rx) = hub.connect("late", None);
-        let s = hub
-            .subscribe(
-                id,
-                "c",
-                SubscribeOptions {
-                    catchup: Catchup::Recover(seed_pos.clone()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        publisher.join().unwrap();
-        let mut seen: Vec<u64> = s.publications.iter().map(|p| p.offset).collect();
-        if !s.recovered {
-            // Too much was missed to replay: the live stream starts exactly
-            // after the returned position.
-            seen.clear();
-            assert!(s.position.offset > seed_pos.offset);
-        }
-        let first = if s.recovered {
-            seed_pos.offset + 1
+    let (mut recovered, mut raced) = (0, 0);
+    for round in 0..ROUNDS {
+        let must_recover = round % 2 == 0;
+        let (hub, join_after) = if must_recover {
+            (race_hub(BURST as usize + 1), schedule.gen_range(0..BURST / 2))
         } else {
-            s.position.offset + 1
+            (race_hub(CAP), schedule.gen_range(CAP as u64 + 1..BURST / 2))
         };
-        let mut out = Vec::new();
-        rx.try_drain(&mut out).unwrap();
-        for item in describe(out) {
-            if let Seen::Pub { offset, .. } = item {
-                seen.push(offset);
-            }
-        }
-        let expected: Vec<u64> = (first..=1 + BURST).collect();
-        assert_eq!(
-            seen, expected,
-            "joined after {join_after}: catch-up + live must be every offset once"
+        let (seed, s, live) = join_during_burst(&hub, join_after, |seed| Catchup::Recover(seed.clone()));
+        let top = 1 + BURST;
+        assert!(
+            s.position.offset > join_after,
+            "round {round}: joined after {join_after} publications, position {}",
+            s.position.offset
         );
+        assert_eq!(
+            s.recovered, must_recover,
+            "round {round}: joined after {join_after}"
+        );
+        let caught_up: Vec<u64> = s.publications.iter().map(|p| p.offset).collect();
+        for p in &s.publications {
+            assert_eq!(
+                p.data,
+                payload(p.offset),
+                "replayed publication {} carries its own data",
+                p.offset
+            );
+        }
+        if s.recovered {
+            // Everything between the seed and the join point, replayed.
+            assert_eq!(
+                caught_up,
+                (seed.offset + 1..=s.position.offset).collect::<Vec<_>>()
+            );
+            assert!(caught_up.len() as u64 >= join_after);
+            recovered += 1;
+        } else {
+            assert!(caught_up.is_empty(), "not recovered means nothing replayed");
+        }
+        assert_eq!(
+            live,
+            (s.position.offset + 1..=top).collect::<Vec<_>>(),
+            "round {round}, joined after {join_after}: live must be every offset after the position, once"
+        );
+        if !live.is_empty() && s.position.offset > seed.offset {
+            raced += 1;
+        }
     }
+    assert_eq!(recovered, ROUNDS / 2, "every round within the cap recovered");
+    // The subscribe landed inside the burst (some publications before it,
+    // some after) in nearly every round; a loaded machine may delay a few.
+    assert!(
+        raced >= ROUNDS / 2,
+        "only {raced} of {ROUNDS} rounds joined mid-burst"
+    );
+}
+
+/// A subscriber asks for the latest publication as a snapshot in the middle
+/// of a burst: it gets exactly the publication at its position, then live
+/// publications strictly newer than it, with no duplicate and no gap.
+#[test]
+fn snapshot_race_latest_then_strictly_newer() {
+    const ROUNDS: usize = 30;
+    let mut schedule = SmallRng::seed_from_u64(0x1A7E57);
+    let mut raced = 0;
+    for round in 0..ROUNDS {
+        let hub = race_hub(300);
+        let join_after = schedule.gen_range(0..BURST / 2);
+        let (_, s, live) = join_during_burst(&hub, join_after, |_| Catchup::Latest);
+        assert!(
+            s.position.offset > join_after,
+            "round {round}: position {}",
+            s.position.offset
+        );
+        assert!(!s.recovered);
+        let snapshot: Vec<u64> = s.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(
+            snapshot,
+            vec![s.position.offset],
+            "round {round}: the snapshot is the publication at the position"
+        );
+        assert_eq!(s.publications[0].data, payload(s.position.offset));
+        assert_eq!(
+            live,
+            (s.position.offset + 1..=1 + BURST).collect::<Vec<_>>(),
+            "round {round}, joined after {join_after}: live must start right after the snapshot"
+        );
+        if !live.is_empty() {
+            raced += 1;
+        }
+    }
+    assert!(
+        raced >= ROUNDS / 2,
+        "only {raced} of {ROUNDS} rounds joined mid-burst"
+    );
 }
