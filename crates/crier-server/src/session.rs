@@ -3,8 +3,9 @@
 //! of client protocol v2, each answered through the hub's queue for that
 //! client so replies and pushes keep their order. Knows no sockets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use crier_core::{
@@ -45,6 +46,10 @@ struct Connected {
     conn_info: Option<Bytes>,
     // Unix seconds after which the connection needs a refreshed token.
     expires_at: Option<i64>,
+    // Unix seconds after which each subscription made with an expiring
+    // subscription token needs a `sub_refresh` (client-side subscriptions
+    // only: server-side ones come from the connection token).
+    sub_expires_at: HashMap<Arc<str>, i64>,
 }
 
 /// The protocol state of one connection.
@@ -54,10 +59,15 @@ pub struct Session {
 }
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The moment `grace` after the Unix second `at`.
+fn after(at: i64, grace: Duration) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(at.max(0) as u64) + grace
 }
 
 /// Encodes a reply as one line.
@@ -196,6 +206,57 @@ impl Session {
         self.connected.as_ref().and_then(|c| c.expires_at)
     }
 
+    /// The next moment a credential of this connection lapses, if any: the
+    /// connection token's expiry plus `client.expired_close_delay`, or a
+    /// subscription token's plus `client.expired_sub_close_delay`. The
+    /// transport calls [`Session::expire`] then.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        let c = self.connected.as_ref()?;
+        let cfg = &self.node.config.client;
+        let connection = c.expires_at.map(|t| after(t, cfg.expired_close_delay));
+        let subscriptions = c
+            .sub_expires_at
+            .values()
+            .map(|&t| after(t, cfg.expired_sub_close_delay))
+            .min();
+        connection.into_iter().chain(subscriptions).min()
+    }
+
+    /// Acts on lapsed credentials, as Centrifugo does: a connection not
+    /// refreshed in time must close with 3005 (the `Err`); a subscription
+    /// not refreshed in time is unsubscribed with an `unsubscribe` push, code
+    /// 2501, after which the client resubscribes with a new token.
+    pub fn expire(&mut self) -> Result<(), Disconnect> {
+        let node = self.node.clone();
+        let cfg = &node.config.client;
+        let now = SystemTime::now();
+        let Some(c) = self.connected.as_mut() else {
+            return Ok(());
+        };
+        if c.expires_at
+            .is_some_and(|t| after(t, cfg.expired_close_delay) <= now)
+        {
+            return Err(Disconnect::EXPIRED);
+        }
+        let lapsed: Vec<Arc<str>> = c
+            .sub_expires_at
+            .iter()
+            .filter(|(_, &t)| after(t, cfg.expired_sub_close_delay) <= now)
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        let cid = c.id;
+        for channel in lapsed {
+            c.sub_expires_at.remove(&channel);
+            // `false`: already unsubscribed (e.g. by the server API).
+            if let Ok(true) = node.hub.unsubscribe(cid, &channel) {
+                let _ = node
+                    .hub
+                    .send_raw(cid, unsubscribe_push(&channel, &Unsubscribe::EXPIRED));
+            }
+        }
+        Ok(())
+    }
+
     /// Ends the session: the hub forgets the client and its writer closes
     /// the transport with `disconnect`.
     pub fn close(&mut self, disconnect: &Disconnect) {
@@ -260,7 +321,24 @@ impl Session {
         } else {
             return Err(ConnectRefusal::Disconnect(Disconnect::INVALID_TOKEN));
         };
+        // A valid token whose `expire_at` has passed: 110, as in Centrifugo
+        // (an expired `exp` already failed verification with 109).
+        if expires_at.is_some_and(|t| t <= unix_now()) {
+            return Err(ConnectRefusal::Error(ErrorCode::Expired));
+        }
+        // Server-side subscriptions above the limit refuse the connection;
+        // client-side ones get error 106 in `subscribe`.
+        if server_subs.len() > client_cfg.channel_limit {
+            return Err(ConnectRefusal::Disconnect(Disconnect::CHANNEL_LIMIT));
+        }
         if client_cfg.connection_limit > 0 && node.hub.client_count() >= client_cfg.connection_limit {
+            return Err(ConnectRefusal::Disconnect(Disconnect::CONNECTION_LIMIT));
+        }
+        // Anonymous connections share the empty user and are not counted.
+        if client_cfg.user_connection_limit > 0
+            && !user.is_empty()
+            && node.hub.clients_of_user(&user).len() >= client_cfg.user_connection_limit
+        {
             return Err(ConnectRefusal::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
         let (cid, rx) = node.hub.connect(user.as_str(), conn_info.clone());
@@ -269,6 +347,7 @@ impl Session {
             user: user.as_str().into(),
             conn_info,
             expires_at,
+            sub_expires_at: HashMap::new(),
         });
 
         // Server-side subscriptions from the token; the request's `subs`
@@ -364,11 +443,16 @@ impl Session {
             Request::Connect(_) => return Err(Disconnect::BAD_REQUEST),
             Request::Subscribe(req) => return self.subscribe(id, req),
             Request::Unsubscribe(req) => match self.node.hub.unsubscribe(cid, &req.channel) {
-                Ok(_) => Reply {
-                    id,
-                    unsubscribe: Some(Default::default()),
-                    ..Default::default()
-                },
+                Ok(_) => {
+                    if let Some(c) = self.connected.as_mut() {
+                        c.sub_expires_at.remove(req.channel.as_str());
+                    }
+                    Reply {
+                        id,
+                        unsubscribe: Some(Default::default()),
+                        ..Default::default()
+                    }
+                }
                 Err(e) => Reply::error(id, hub_error_code(&e)),
             },
             Request::Publish(req) => self.publish(id, req),
@@ -454,6 +538,11 @@ impl Session {
                     options = claims.options.overrides.apply(base);
                     chan_info = claims.options.info.clone();
                     expires_at = claims.expires_at();
+                    // `expire_at` already passed (an expired `exp` is 109).
+                    if expires_at.is_some_and(|t| t <= unix_now()) {
+                        self.send(error_reply(id, ErrorCode::Expired));
+                        return Ok(());
+                    }
                 }
                 Err(e) => match e.on_subscribe() {
                     Rejection::Error(code) => {
@@ -490,8 +579,17 @@ impl Session {
                 }))
             },
         );
-        if let Err(e) = outcome {
-            self.send(error_reply(id, hub_error_code(&e)));
+        match outcome {
+            Ok(_) => {
+                if let Some(c) = self.connected.as_mut() {
+                    let channel: Arc<str> = req.channel.as_str().into();
+                    match expires_at {
+                        Some(t) => c.sub_expires_at.insert(channel, t),
+                        None => c.sub_expires_at.remove(&channel),
+                    };
+                }
+            }
+            Err(e) => self.send(error_reply(id, hub_error_code(&e))),
         }
         Ok(())
     }
@@ -637,12 +735,28 @@ impl Session {
         })
     }
 
-    fn sub_refresh(&self, id: u32, channel: &str, token: &str) -> Result<Reply, Disconnect> {
-        let c = self.connected.as_ref().expect("checked by handle");
-        match self.node.tokens.verify_subscribe(token, &c.user, channel) {
+    fn sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<Reply, Disconnect> {
+        if channel.is_empty() {
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        if token.is_empty() {
+            return Ok(Reply::error(id, ErrorCode::BadRequest));
+        }
+        let (_, user, subscribed) = self.requester(channel);
+        if !subscribed {
+            // Only a live subscription can be refreshed, as in Centrifugo.
+            return Ok(Reply::error(id, ErrorCode::PermissionDenied));
+        }
+        match self.node.tokens.verify_subscribe(token, &user, channel) {
             Ok(claims) => {
                 let exp = claims.expires_at();
                 let now = unix_now();
+                if let Some(c) = self.connected.as_mut() {
+                    match exp {
+                        Some(t) => c.sub_expires_at.insert(channel.into(), t),
+                        None => c.sub_expires_at.remove(channel),
+                    };
+                }
                 Ok(Reply {
                     id,
                     sub_refresh: Some(wire::SubRefreshResult {

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenError;
-use crate::config::{ConfigError, TcpEncoding, TcpFraming, TcpListenerConfig};
+use crate::config::{Config, ConfigError, TcpEncoding, TcpFraming, TcpListenerConfig};
 use crate::node::Node;
 use crate::server::ServerError;
 
@@ -52,13 +52,22 @@ pub struct TcpListeners {
     bound: Vec<(TcpListener, Arc<Endpoint>)>,
 }
 
+/// Checks every `[[tcp]]` entry exactly as [`bind`] does, without binding
+/// (what `crier check-config` reports).
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    for (i, cfg) in config.tcp.iter().enumerate() {
+        Endpoint::from_config(config, &format!("tcp[{i}]"), cfg)?;
+    }
+    Ok(())
+}
+
 /// Binds every configured `[[tcp]]` listener, after checking its settings.
 pub async fn bind(node: &Arc<Node>) -> Result<TcpListeners, ServerError> {
     let mut wires: Vec<Wire> = Vec::new();
     let mut bound = Vec::new();
     for (i, cfg) in node.config.tcp.iter().enumerate() {
         let key = format!("tcp[{i}]");
-        let mut endpoint = Endpoint::from_config(node, &key, cfg)?;
+        let mut endpoint = Endpoint::from_config(&node.config, &key, cfg)?;
         // Listeners that write the same bytes share a cache slot.
         let known = wires.iter().position(|w| *w == endpoint.wire);
         let index = known.unwrap_or_else(|| {
@@ -124,15 +133,15 @@ struct Endpoint {
     token: bool,
 }
 
-fn invalid(key: String, message: impl Into<String>) -> ServerError {
-    ServerError::Config(ConfigError::Invalid {
+fn invalid(key: String, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
         key,
         message: message.into(),
-    })
+    }
 }
 
 impl Endpoint {
-    fn from_config(node: &Node, key: &str, cfg: &TcpListenerConfig) -> Result<Self, ServerError> {
+    fn from_config(config: &Config, key: &str, cfg: &TcpListenerConfig) -> Result<Self, ConfigError> {
         let listen = cfg.listen.trim();
         if listen.is_empty() {
             return Err(invalid(
@@ -175,12 +184,12 @@ impl Endpoint {
         }
 
         for (j, channel) in cfg.channels.iter().enumerate() {
-            check_channel(node, format!("{key}.channels[{j}]"), channel)?;
+            check_channel(config, format!("{key}.channels[{j}]"), channel)?;
         }
         let publish_to = match cfg.publish_to.as_str() {
             "" => None,
             channel => {
-                check_channel(node, format!("{key}.publish_to"), channel)?;
+                check_channel(config, format!("{key}.publish_to"), channel)?;
                 Some(channel.to_owned())
             }
         };
@@ -201,7 +210,7 @@ impl Endpoint {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if cfg.token && !node.config.client.token.has_keys() {
+        if cfg.token && !config.client.token.has_keys() {
             return Err(invalid(
                 format!("{key}.token"),
                 "needs a key in client.token (hmac_secret_key, rsa_public_key or ecdsa_public_key)",
@@ -239,7 +248,7 @@ impl Endpoint {
     }
 }
 
-fn marker_bytes(key: &str, name: &str, marker: &str, encoding: TcpEncoding) -> Result<Vec<u8>, ServerError> {
+fn marker_bytes(key: &str, name: &str, marker: &str, encoding: TcpEncoding) -> Result<Vec<u8>, ConfigError> {
     if marker.is_empty() {
         return Err(invalid(
             format!("{key}.{name}"),
@@ -261,18 +270,18 @@ fn marker_bytes(key: &str, name: &str, marker: &str, encoding: TcpEncoding) -> R
     }
 }
 
-fn check_channel(node: &Node, key: String, channel: &str) -> Result<(), ServerError> {
-    if channel.is_empty() || channel.len() > node.config.channel.max_length {
+fn check_channel(config: &Config, key: String, channel: &str) -> Result<(), ConfigError> {
+    if channel.is_empty() || channel.len() > config.channel.max_length {
         return Err(invalid(
             key,
             format!(
                 "{channel:?} is not a valid channel name (1 to {} bytes)",
-                node.config.channel.max_length
+                config.channel.max_length
             ),
         ));
     }
-    if node.channel_options(channel).is_none() {
-        let ns = node.config.channel.namespace_of(channel).unwrap_or_default();
+    if config.channel.options_for(channel).is_none() {
+        let ns = config.channel.namespace_of(channel).unwrap_or_default();
         return Err(invalid(
             key,
             format!("{channel:?} is in namespace {ns:?}, which is not configured in channel.namespaces"),

@@ -4,7 +4,7 @@
 //! socket, the ping/pong and expiry timers; never decides protocol outcomes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -59,10 +59,14 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
     // is gone (it must answer every server ping).
     let idle = cfg.ping_interval + cfg.pong_timeout;
 
-    // Phase 1: until connected, only a connect command is acceptable.
+    // Phase 1: until connected, only a connect command is acceptable, and
+    // only within `stale_close_delay` of the upgrade (3502 stale after).
+    let stale = tokio::time::sleep(cfg.stale_close_delay);
+    tokio::pin!(stale);
     let rx = loop {
         let msg = tokio::select! {
-            m = tokio::time::timeout(idle, stream.next()) => m,
+            m = stream.next() => Ok(m),
+            _ = &mut stale => return close(&mut sink, &Disconnect::STALE).await,
             _ = node.shutdown.cancelled() => return close(&mut sink, &Disconnect::SHUTDOWN).await,
         };
         let text = match read(msg) {
@@ -116,24 +120,23 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
     let writer = tokio::spawn(write(node.clone(), sink, rx, cfg.ping_interval));
     tokio::pin!(writer);
     loop {
-        let expiry = session.expires_at().map(|t| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            Duration::from_secs((t - now).max(0) as u64)
-        });
+        // Connection or subscription tokens lapsing (refresh and sub_refresh
+        // move the deadline; it is recomputed on every pass).
+        let deadline = session.deadline();
         let expired = async {
-            match expiry {
-                Some(d) => tokio::time::sleep(d).await,
+            match deadline {
+                Some(t) => tokio::time::sleep(t.duration_since(SystemTime::now()).unwrap_or_default()).await,
                 None => std::future::pending().await,
             }
         };
         let msg = tokio::select! {
             m = tokio::time::timeout(idle, stream.next()) => m,
             _ = expired => {
-                session.close(&Disconnect::EXPIRED);
-                break;
+                if let Err(d) = session.expire() {
+                    session.close(&d);
+                    break;
+                }
+                continue;
             }
             _ = &mut writer => {
                 // The hub closed the queue (slow, shutdown, API disconnect)

@@ -347,13 +347,17 @@ pub struct ClientConfig {
     /// giving the client time to refresh its token.
     #[serde(with = "duration::serde_go")]
     pub expired_close_delay: Duration,
-    /// As `expired_close_delay`, for expired subscriptions (3006).
+    /// As `expired_close_delay`, for subscriptions made with an expiring
+    /// subscription token: not refreshed in time, the subscription ends
+    /// with an `unsubscribe` push, code 2501.
     #[serde(with = "duration::serde_go")]
     pub expired_sub_close_delay: Duration,
     /// How long a transport may stay open without a connect command (3502).
     #[serde(with = "duration::serde_go")]
     pub stale_close_delay: Duration,
-    /// Maximum subscriptions per connection (disconnect 3505 beyond).
+    /// Maximum subscriptions per connection: a client subscribe beyond it
+    /// gets error 106; a connection token with more server-side
+    /// subscriptions is refused with disconnect 3505.
     pub channel_limit: usize,
     /// Maximum connections per node; 0 = unlimited.
     pub connection_limit: usize,
@@ -895,6 +899,9 @@ impl Config {
                 ),
             ));
         }
+        if client.stale_close_delay.is_zero() {
+            return Err(invalid("client.stale_close_delay", "must be greater than 0"));
+        }
         if client.channel_limit == 0 {
             return Err(invalid("client.channel_limit", "must be greater than 0"));
         }
@@ -1018,10 +1025,12 @@ impl fmt::Display for Report {
 
 /// Checks a configuration file on its own (the environment is not applied,
 /// so the result does not depend on the shell it runs in): parses it,
-/// validates it, and loads the token keys it names.
+/// validates it, checks the `[[tcp]]` listeners as `crier serve` would
+/// before binding them, and loads the token keys it names.
 pub fn check_config(path: &Path) -> Result<Report, ConfigError> {
     let (config, mut warnings) = source::read_file(path)?;
     warnings.extend(config.validate()?);
+    crate::tcp::validate(&config)?;
     // Building the verifier proves the PEM keys load; its key list feeds the
     // summary.
     let verifier = crate::auth::TokenVerifier::from_config(&config)?;

@@ -185,6 +185,12 @@ impl Client {
         c
     }
 
+    /// Messages received but not yet taken (pushes skipped while waiting
+    /// for a reply).
+    pub fn queued(&self) -> impl Iterator<Item = &Value> {
+        self.pending.iter()
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
@@ -349,4 +355,23 @@ impl TestServer {
         });
         (Self { addr, node, handle }, metrics)
     }
+}
+
+/// A client of user `watcher` subscribed to `news`, to check with
+/// [`assert_still_served`] that a failure elsewhere left it alone.
+pub async fn watcher(s: &TestServer) -> Client {
+    let mut w = Client::connect(&s.ws_url(), &token("watcher")).await;
+    let r = w.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert!(r["subscribe"].is_object(), "watcher subscribes: {r}");
+    w
+}
+
+/// Publishes a fresh marker to `news` through the API and waits until
+/// `watcher` receives it: the server kept serving the other clients.
+pub async fn assert_still_served(s: &TestServer, watcher: &mut Client) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let marker = json!({"still_served": NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)});
+    let (status, body) = s.api("publish", json!({"channel": "news", "data": marker})).await;
+    assert_eq!(status, 200, "{body}");
+    while watcher.next_pub().await["pub"]["data"] != marker {}
 }

@@ -437,7 +437,10 @@ async fn origin_check_rejects_cross_site() {
 
 #[tokio::test]
 async fn connection_expires_without_refresh_3005() {
-    let s = TestServer::start(config("")).await;
+    let mut cfg = config("");
+    cfg.client.expired_close_delay = std::time::Duration::from_millis(200);
+    let s = TestServer::start(cfg).await;
+    let mut w = watcher(&s).await;
     let short = crier_server::auth::TokenBuilder::new()
         .user("brief")
         .exp(unix_now() + 1)
@@ -447,8 +450,9 @@ async fn connection_expires_without_refresh_3005() {
     assert_eq!(
         c.closed().await.code,
         3005,
-        "no refresh before exp: connection expired"
+        "no refresh before exp (+ expired_close_delay): connection expired"
     );
+    assert_still_served(&s, &mut w).await;
     s.shutdown().await;
 }
 
@@ -476,6 +480,11 @@ async fn send_is_accepted_without_reply_and_sub_refresh_answers() {
     let s = TestServer::start(config("")).await;
     let mut c = Client::connect(&s.ws_url(), &token("sender")).await;
     c.send_text(r#"{"send":{"data":{"x":1}}}"#).await;
+    let r = c
+        .request(json!({"sub_refresh": {"channel": "news", "token": "x"}}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "only a live subscription refreshes: {r}");
+    c.request(json!({"subscribe": {"channel": "news"}})).await;
     let sub = crier_server::auth::TokenBuilder::new()
         .user("sender")
         .channel("news")
@@ -496,6 +505,183 @@ async fn send_is_accepted_without_reply_and_sub_refresh_answers() {
         c.closed().await.code,
         3500,
         "a token for another channel is invalid"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_command_after_connect_closes_3501() {
+    let s = TestServer::start(config("")).await;
+    let mut w = watcher(&s).await;
+    let mut c = Client::connect(&s.ws_url(), &token("curious")).await;
+    // An id but no request field crier knows: Centrifugo's bad request.
+    c.send_text(r#"{"id":5,"frobnicate":{"channel":"news"}}"#).await;
+    assert_eq!(c.closed().await.code, 3501, "unknown command");
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_since_another_epoch_is_error_112() {
+    let s = TestServer::start(config("")).await;
+    let mut w = watcher(&s).await;
+    s.api("publish", json!({"channel": "news", "data": {"n": 1}}))
+        .await;
+    let r = w
+        .request(json!({"history": {"channel": "news", "limit": 10, "since": {"offset": 1, "epoch": "not-this-one"}}}))
+        .await;
+    assert_eq!(r["error"]["code"], 112, "unrecoverable position: {r}");
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn past_expire_at_claim_is_error_110() {
+    let s = TestServer::start(config("")).await;
+    let mut w = watcher(&s).await;
+    // `exp` is fine, `expire_at` has passed: 110 expired, not 109.
+    let lapsed = crier_server::auth::TokenBuilder::new()
+        .user("late")
+        .exp(unix_now() + 600)
+        .expire_at(unix_now() - 5)
+        .sign_hs256(SECRET);
+    let mut c = Client::open(&s.ws_url()).await;
+    let r = c.request(json!({"connect": {"token": lapsed}})).await;
+    assert_eq!(r["error"]["code"], 110, "connect: {r}");
+    let r = c.request(json!({"connect": {"token": token("late")}})).await;
+    assert!(r["connect"]["client"].is_string(), "the socket stays usable: {r}");
+    let sub = crier_server::auth::TokenBuilder::new()
+        .user("late")
+        .channel("$private")
+        .exp(unix_now() + 600)
+        .expire_at(unix_now() - 5)
+        .sign_hs256(SECRET);
+    let r = c
+        .request(json!({"subscribe": {"channel": "$private", "token": sub}}))
+        .await;
+    assert_eq!(r["error"]["code"], 110, "subscribe: {r}");
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn direct_message_is_a_message_push_to_that_client_only() {
+    let s = TestServer::start(config("")).await;
+    let mut w = watcher(&s).await;
+    let mut c = Client::connect(&s.ws_url(), &token("dm")).await;
+    let id = crier_core::ClientId(c.id.parse().expect("numeric client id"));
+    s.node
+        .hub
+        .publisher()
+        .send(id, r#"{"hello":"you"}"#)
+        .expect("client is connected");
+    let m = c.next().await;
+    assert_eq!(m["push"]["message"]["data"], json!({"hello": "you"}), "{m}");
+    // The watcher got nothing but its own publications meanwhile.
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_connect_within_stale_close_delay_closes_3502() {
+    let mut cfg = config("");
+    cfg.client.stale_close_delay = std::time::Duration::from_millis(200);
+    let s = TestServer::start(cfg).await;
+    let mut w = watcher(&s).await;
+    let mut idle = Client::open(&s.ws_url()).await;
+    assert_eq!(idle.closed_without_pong().await.code, 3502, "stale");
+    // The connected watcher is past the stale delay too, and unaffected.
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_side_subscriptions_over_channel_limit_close_3505() {
+    let mut cfg = config("");
+    cfg.client.channel_limit = 1;
+    let s = TestServer::start(cfg).await;
+    let mut w = watcher(&s).await;
+    let greedy = crier_server::auth::TokenBuilder::new()
+        .user("greedy")
+        .exp(unix_now() + 600)
+        .channels(["news", "chat:1"])
+        .sign_hs256(SECRET);
+    let mut c = Client::open(&s.ws_url()).await;
+    c.send_text(&json!({"id": 1, "connect": {"token": greedy}}).to_string())
+        .await;
+    assert_eq!(c.closed().await.code, 3505, "channel limit");
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_connection_limit_closes_3504_per_user() {
+    let mut cfg = config("");
+    cfg.client.user_connection_limit = 1;
+    cfg.client.allow_anonymous_connect_without_token = true;
+    let s = TestServer::start(cfg).await;
+    let mut w = watcher(&s).await;
+    let _first = Client::connect(&s.ws_url(), &token("uma")).await;
+    let mut second = Client::open(&s.ws_url()).await;
+    second
+        .send_text(&json!({"id": 1, "connect": {"token": token("uma")}}).to_string())
+        .await;
+    assert_eq!(second.closed().await.code, 3504, "second connection of uma");
+    // Other users, and anonymous connections (not tracked), still connect.
+    let _other = Client::connect(&s.ws_url(), &token("ulf")).await;
+    let _anon1 = Client::connect(&s.ws_url(), "").await;
+    let _anon2 = Client::connect(&s.ws_url(), "").await;
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn subscription_token_expiry_unsubscribes_2501_unless_refreshed() {
+    let mut cfg = config("");
+    cfg.client.expired_sub_close_delay = std::time::Duration::from_millis(100);
+    let s = TestServer::start(cfg).await;
+    let sub_token = |user: &str, ttl: i64| {
+        crier_server::auth::TokenBuilder::new()
+            .user(user)
+            .channel("$feed")
+            .exp(unix_now() + ttl)
+            .sign_hs256(SECRET)
+    };
+    let mut lapsing = Client::connect(&s.ws_url(), &token("lapsing")).await;
+    let r = lapsing
+        .request(json!({"subscribe": {"channel": "$feed", "token": sub_token("lapsing", 2)}}))
+        .await;
+    assert_eq!(r["subscribe"]["expires"], true, "{r}");
+    let mut keeper = Client::connect(&s.ws_url(), &token("keeper")).await;
+    keeper
+        .request(json!({"subscribe": {"channel": "$feed", "token": sub_token("keeper", 2)}}))
+        .await;
+    let r = keeper
+        .request(json!({"sub_refresh": {"channel": "$feed", "token": sub_token("keeper", 600)}}))
+        .await;
+    assert!(r["sub_refresh"]["ttl"].as_u64().unwrap() > 500, "{r}");
+
+    let push = loop {
+        let m = lapsing.next().await;
+        if !m["push"]["unsubscribe"].is_null() {
+            break m["push"].clone();
+        }
+    };
+    assert_eq!(push["channel"], "$feed");
+    assert_eq!(push["unsubscribe"]["code"], 2501, "subscription expired: {push}");
+    // The connection itself stays: a command is still answered.
+    let r = lapsing.request(json!({"ping": {}})).await;
+    assert!(r["error"].is_null(), "{r}");
+
+    // The refreshed subscriber still gets the channel; the lapsed one not:
+    // a reply queued after the publish would follow its push.
+    s.api("publish", json!({"channel": "$feed", "data": {"n": 1}}))
+        .await;
+    assert_eq!(keeper.next_pub().await["pub"]["data"], json!({"n": 1}));
+    lapsing.request(json!({"ping": {}})).await;
+    assert!(
+        lapsing.queued().all(|m| m["push"]["pub"].is_null()),
+        "no publication after the unsubscribe push"
     );
     s.shutdown().await;
 }
