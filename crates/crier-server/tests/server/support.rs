@@ -9,6 +9,7 @@ use crier_server::config::{Config, Format};
 use crier_server::{Node, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -355,6 +356,111 @@ impl TestServer {
         });
         (Self { addr, node, handle }, metrics)
     }
+}
+
+// Plain TCP peers, for `[[tcp]]` listeners.
+
+/// A raw TCP client that checks exact bytes.
+pub struct Peer {
+    stream: TcpStream,
+}
+
+impl Peer {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("tcp connects");
+        Self { stream }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("tcp send");
+    }
+
+    /// Reads exactly `expected.len()` bytes and compares them.
+    pub async fn expect(&mut self, expected: &[u8]) {
+        let mut got = vec![0u8; expected.len()];
+        let read = tokio::time::timeout(WAIT, self.stream.read_exact(&mut got)).await;
+        match read {
+            Ok(Ok(_)) => assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(expected),
+                "raw: {got:?}"
+            ),
+            Ok(Err(e)) => panic!(
+                "connection ended waiting for {:?}: {e}",
+                String::from_utf8_lossy(expected)
+            ),
+            Err(_) => panic!(
+                "nothing for 5 s while waiting for {:?}",
+                String::from_utf8_lossy(expected)
+            ),
+        }
+    }
+
+    /// Reads until `n` frames, each ending with `end`, have arrived (5 s in
+    /// all) and returns their text without `end`. Bytes past the n-th frame
+    /// fail the test: the peer got more than expected.
+    pub async fn frames(&mut self, end: u8, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut all = Vec::new();
+        let mut ended = 0;
+        let mut buf = [0u8; 4096];
+        while ended < n {
+            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("connection ended after {ended} of {n} frames"),
+                Ok(Ok(got)) => {
+                    ended += buf[..got].iter().filter(|b| **b == end).count();
+                    all.extend_from_slice(&buf[..got]);
+                }
+                Err(_) => panic!("only {ended} of {n} frames within 5 s"),
+            }
+        }
+        assert_eq!(ended, n, "more than {n} frames arrived");
+        all.pop();
+        let text = String::from_utf8(all).expect("utf-8 frames");
+        text.split(end as char).map(str::to_owned).collect()
+    }
+
+    /// Waits until the server closes the connection; returns what it wrote
+    /// before closing.
+    pub async fn closed(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return all,
+                Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+                Err(_) => panic!(
+                    "the server kept the connection open for 5 s (got {:?})",
+                    String::from_utf8_lossy(&all)
+                ),
+            }
+        }
+    }
+}
+
+/// Waits until `channel` has `n` local subscribers.
+pub async fn subscribers(s: &TestServer, channel: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.node.hub.subscriber_count(channel) != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{channel} has {} subscribers, expected {n}",
+            s.node.hub.subscriber_count(channel)
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Connects `n` peers and waits until all are subscribed to `channel`.
+pub async fn peers(s: &TestServer, addr: SocketAddr, channel: &str, n: usize) -> Vec<Peer> {
+    let before = s.node.hub.subscriber_count(channel);
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.push(Peer::connect(addr).await);
+    }
+    subscribers(s, channel, before + n).await;
+    all
 }
 
 /// A client of user `watcher` subscribed to `news`, to check with

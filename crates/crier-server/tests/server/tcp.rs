@@ -2,12 +2,9 @@
 //! and without echo, the bridge to WebSocket and the HTTP API, encodings,
 //! limits, the allowlist, token auth and shutdown.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::support::*;
 
@@ -28,84 +25,6 @@ publish_to = "conbus"
     )
 }
 
-/// A raw TCP client that checks exact bytes.
-struct Peer {
-    stream: TcpStream,
-}
-
-impl Peer {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("tcp connects");
-        Self { stream }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("tcp send");
-    }
-
-    /// Reads exactly `expected.len()` bytes and compares them.
-    async fn expect(&mut self, expected: &[u8]) {
-        let mut got = vec![0u8; expected.len()];
-        let read = tokio::time::timeout(WAIT, self.stream.read_exact(&mut got)).await;
-        match read {
-            Ok(Ok(_)) => assert_eq!(
-                String::from_utf8_lossy(&got),
-                String::from_utf8_lossy(expected),
-                "raw: {got:?}"
-            ),
-            Ok(Err(e)) => panic!(
-                "connection ended waiting for {:?}: {e}",
-                String::from_utf8_lossy(expected)
-            ),
-            Err(_) => panic!(
-                "nothing for 5 s while waiting for {:?}",
-                String::from_utf8_lossy(expected)
-            ),
-        }
-    }
-
-    /// Waits until the server closes the connection; returns what it wrote
-    /// before closing.
-    async fn closed(&mut self) -> Vec<u8> {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match tokio::time::timeout(WAIT, self.stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return all,
-                Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
-                Err(_) => panic!(
-                    "the server kept the connection open for 5 s (got {:?})",
-                    String::from_utf8_lossy(&all)
-                ),
-            }
-        }
-    }
-}
-
-/// Waits until `channel` has `n` local subscribers.
-async fn subscribers(s: &TestServer, channel: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while s.node.hub.subscriber_count(channel) != n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel} has {} subscribers, expected {n}",
-            s.node.hub.subscriber_count(channel)
-        );
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Connects `n` peers and waits until all are subscribed to `channel`.
-async fn peers(s: &TestServer, addr: SocketAddr, channel: &str, n: usize) -> Vec<Peer> {
-    let before = s.node.hub.subscriber_count(channel);
-    let mut all = Vec::new();
-    for _ in 0..n {
-        all.push(Peer::connect(addr).await);
-    }
-    subscribers(s, channel, before + n).await;
-    all
-}
-
 #[tokio::test]
 async fn every_tcp_client_gets_every_frame_in_order() {
     let (s, tcp) = TestServer::start_with_tcp(config(&conbus(""))).await;
@@ -123,6 +42,76 @@ async fn every_tcp_client_gets_every_frame_in_order() {
         peer.expect(b"<from 2>").await;
     }
     s.shutdown().await;
+}
+
+/// 50 clients on one broadcast listener, five of them sending telegrams
+/// while a backend publishes through the API, all at once: every client
+/// gets every telegram once, all in the same order (the channel's), and each
+/// sender's telegrams in the order it sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients_each_get_every_telegram_in_the_same_order() {
+    const CLIENTS: usize = 50;
+    const SENDERS: usize = 5;
+    const EACH: usize = 20;
+    const TOTAL: usize = (SENDERS + 1) * EACH; // the API is one more sender
+    let (s, tcp) = TestServer::start_with_tcp(config(&conbus(""))).await;
+    let all = peers(&s, tcp[0], "conbus", CLIENTS).await;
+    let s = std::sync::Arc::new(s);
+
+    let mut readers = Vec::new();
+    for (k, mut peer) in all.into_iter().enumerate() {
+        readers.push(tokio::spawn(async move {
+            if k < SENDERS {
+                for i in 0..EACH {
+                    peer.send(format!("<s{k}:{i}>").as_bytes()).await;
+                    tokio::task::yield_now().await;
+                }
+            }
+            peer.frames(b'>', TOTAL).await
+        }));
+    }
+    let api = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                let (status, body) = s
+                    .api(
+                        "publish",
+                        json!({"channel": "conbus", "data": format!("api:{i}")}),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        })
+    };
+    api.await.expect("api task");
+    let mut got = Vec::new();
+    for reader in readers {
+        got.push(reader.await.expect("a client's task"));
+    }
+
+    let first = &got[0];
+    for (k, frames) in got.iter().enumerate() {
+        assert_eq!(frames, first, "client {k} saw another order than client 0");
+    }
+    let mut senders: Vec<String> = (0..SENDERS).map(|k| format!("<s{k}")).collect();
+    senders.push("<api".into());
+    for sender in senders {
+        let seen: Vec<usize> = first
+            .iter()
+            .filter_map(|f| f.strip_prefix(&format!("{sender}:")))
+            .map(|i| i.parse().expect("telegram number"))
+            .collect();
+        assert_eq!(
+            seen,
+            (0..EACH).collect::<Vec<_>>(),
+            "{sender}'s telegrams, once each, in order"
+        );
+    }
+    std::sync::Arc::into_inner(s)
+        .expect("no other handle")
+        .shutdown()
+        .await;
 }
 
 #[tokio::test]
@@ -296,8 +285,12 @@ async fn token_listeners_need_a_valid_token_first() {
     s.shutdown().await;
 }
 
+/// One client stops reading while three others read everything: the hub
+/// drops the silent one once its queue overflows, and the others get every
+/// publication, in order, before and after.
 #[tokio::test]
-async fn slow_tcp_client_is_dropped_and_keeps_an_ordered_prefix() {
+async fn slow_tcp_client_is_dropped_and_the_others_keep_everything() {
+    const FAST: usize = 3;
     let cfg = format!(
         r#"
 [client]
@@ -310,25 +303,38 @@ pong_timeout = "500ms"
     let (s, tcp) = TestServer::start_with_tcp(config(&cfg)).await;
     // This peer reads nothing until the hub has given up on it.
     let mut slow = peers(&s, tcp[0], "conbus", 1).await.remove(0);
+    let mut fast = peers(&s, tcp[0], "conbus", FAST).await;
     let payload = "x".repeat(16 * 1024);
-    let mut sent = 0;
-    while s.node.hub.subscriber_count("conbus") == 1 {
-        assert!(sent < 20_000, "the hub never dropped a client that reads nothing");
+    let publish = |n: usize| {
         s.node
             .hub
             .publish(
                 "conbus",
-                json!(format!("{sent}:{payload}")).to_string(),
+                json!(format!("{n}:{payload}")).to_string(),
                 Default::default(),
             )
             .expect("publish");
+    };
+    // The readers keep pace with the publisher (each publication is read by
+    // all of them before the next), so only the silent peer falls behind.
+    let mut sent = 0;
+    while s.node.hub.subscriber_count("conbus") == 1 + FAST {
+        assert!(sent < 20_000, "the hub never dropped a client that reads nothing");
+        publish(sent);
+        for peer in &mut fast {
+            peer.expect(format!("<{sent}:{payload}>").as_bytes()).await;
+        }
         sent += 1;
-        tokio::task::yield_now().await;
     }
+    assert_eq!(
+        s.node.hub.subscriber_count("conbus"),
+        FAST,
+        "only the silent peer was dropped"
+    );
     // A peer that accepts no bytes is not kept either: its connection ends
     // once writes have stalled for ping_interval + pong_timeout.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !s.node.connections.is_empty() {
+    while s.node.connections.len() > FAST {
         assert!(tokio::time::Instant::now() < deadline, "stalled connection kept");
         tokio::task::yield_now().await;
     }
@@ -344,6 +350,12 @@ pong_timeout = "500ms"
     }
     let next = format!("<{}:{payload}", frames.len());
     assert!(next.starts_with(tail), "the cut-off frame is not the next one");
+    // The others go on receiving, sent by peers as well as by the hub.
+    publish(sent);
+    fast[0].send(b"<after>").await;
+    for peer in &mut fast {
+        peer.expect(format!("<{sent}:{payload}><after>").as_bytes()).await;
+    }
     s.shutdown().await;
 }
 

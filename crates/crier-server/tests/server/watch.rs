@@ -398,3 +398,88 @@ async fn bad_watch_entries_are_refused_naming_the_key() {
         );
     }
 }
+
+/// What docs/sources.md ("Limits") promises when a watched directory is
+/// removed: its removal is reported file by file, that `[[watch]]` entry
+/// stops, and everything else goes on: other file sources, the HTTP API,
+/// WebSocket and TCP clients, new connections, shutdown. A restart watches
+/// the directory again.
+#[tokio::test]
+async fn a_watched_directory_that_disappears_stops_only_its_own_source() {
+    let base = TempDir::new("disappears");
+    let gone = base.path("gone");
+    let kept = base.path("kept");
+    fs::create_dir_all(gone.join("sub")).unwrap();
+    fs::create_dir(&kept).unwrap();
+    fs::write(gone.join("sub/a.jsonl"), "").unwrap();
+    fs::write(kept.join("k.jsonl"), "").unwrap();
+    let text = format!(
+        r#"
+[[channel.namespaces]]
+name = "conversation"
+allow_subscribe_for_client = true
+
+[[watch]]
+path = '{}'
+{EVENTS_AND_TAIL}
+
+[[watch]]
+path = '{}'
+{TAIL_ONLY}
+
+[[tcp]]
+listen = "127.0.0.1:0"
+channels = ["lines"]
+"#,
+        gone.display(),
+        kept.display()
+    );
+    let (s, tcp) = TestServer::start_with_tcp(config(&text)).await;
+    let mut events = subscriber(&s, &["file_events"]).await;
+    let mut lines = subscriber(&s, &["conversation:a", "conversation:k"]).await;
+
+    append(&gone.join("sub/a.jsonl"), "before\n");
+    assert_eq!(next_data(&mut events).await["event"], "modified");
+    assert_eq!(next(&mut lines).await, ("conversation:a".into(), json!("before")));
+
+    fs::remove_dir_all(&gone).unwrap();
+    assert_eq!(
+        next_data(&mut events).await,
+        json!({"event": "removed", "path": "sub/a.jsonl"}),
+        "the files of a removed directory are reported removed"
+    );
+    // Directories publish nothing of their own, the watched one included:
+    // the next publication on the channel is the backend's.
+    let (status, body) = s
+        .api(
+            "publish",
+            json!({"channel": "file_events", "data": {"from": "api"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_data(&mut events).await, json!({"from": "api"}));
+
+    // The other source still tails.
+    append(&kept.join("k.jsonl"), "still here\n");
+    assert_eq!(
+        next(&mut lines).await,
+        ("conversation:k".into(), json!("still here"))
+    );
+    // New WebSocket and TCP connections are served, and reached by the API.
+    let mut late = subscriber(&s, &["lines"]).await;
+    let mut peer = Peer::connect(tcp[0]).await;
+    subscribers(&s, "lines", 2).await;
+    let (status, body) = s.api("publish", json!({"channel": "lines", "data": "Y"})).await;
+    assert_eq!(status, 200, "{body}");
+    peer.expect(b"Y\n").await;
+    assert_eq!(next_data(&mut late).await, json!("Y"));
+    s.shutdown().await;
+
+    // Restarted on the directory made anew, the source follows it again.
+    fs::create_dir(&gone).unwrap();
+    let s = TestServer::start(config(&text)).await;
+    let mut lines = subscriber(&s, &["conversation:b"]).await;
+    fs::write(gone.join("b.jsonl"), "{\"again\":true}\n").unwrap();
+    assert_eq!(next_data(&mut lines).await, json!({"again": true}));
+    s.shutdown().await;
+}
