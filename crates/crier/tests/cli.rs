@@ -401,6 +401,38 @@ fn check_config_names_the_bad_line_and_exits_1() {
 }
 
 #[test]
+fn check_config_checks_tcp_listeners_as_serve_would() {
+    let base = "[client.token]\nhmac_secret_key = \"k\"\n";
+    let cases = [
+        ("listen = \"nowhere\"\n", "tcp[0].listen"),
+        (
+            "listen = \"127.0.0.1:0\"\nchannels = [\"nope:x\"]\n",
+            "tcp[0].channels[0]",
+        ),
+        (
+            "listen = \"127.0.0.1:0\"\nframing = \"delimited\"\n",
+            "tcp[0].start",
+        ),
+    ];
+    for (i, (entry, key)) in cases.iter().enumerate() {
+        let path = temp_file(
+            &format!("crier-cli-tcp-{i}.toml"),
+            &format!("{base}[[tcp]]\n{entry}"),
+        );
+        let (status, stdout, stderr) = run(&["check-config", path.to_str().expect("utf-8 temp path")], &[]);
+        assert_eq!(status.code(), Some(1), "{entry}: {stdout}");
+        assert!(stderr.contains(key), "the error must name {key}: {stderr}");
+    }
+    let path = temp_file(
+        "crier-cli-tcp-ok.toml",
+        &format!("{base}[[tcp]]\nlisten = \"127.0.0.1:0\"\nchannels = [\"news\"]\n"),
+    );
+    let (status, stdout, stderr) = run(&["check-config", path.to_str().expect("utf-8 temp path")], &[]);
+    assert!(status.success(), "a good [[tcp]] entry passes: {stderr}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+}
+
+#[test]
 fn check_config_reports_warnings_and_exits_0() {
     let path = temp_file(
         "crier-cli-good.toml",
