@@ -83,7 +83,17 @@ pub trait Engine: Send + Sync + 'static {
         query: &HistoryQuery,
     ) -> Result<HistoryPage, EngineError>;
 
-    /// Drops a channel's history and starts a new epoch.
+    /// Drops a channel's history but keeps its stream position: the offset
+    /// and the epoch stay, and the next publication gets the next offset.
+    /// Subscribers are not told their state is lost; recovery from before
+    /// the current offset then answers "not recovered" with the position.
+    /// This is Centrifugo's contract (`history_remove` clears the stream and
+    /// keeps its top offset and epoch). An epoch changes only when the
+    /// stream itself is lost or reset. The memory engine frees a stream
+    /// that nothing [`retain`](Engine::retain)s once it holds no
+    /// publication, so there, with no local subscriber, the emptied stream
+    /// is forgotten and the next publication starts a new epoch at offset 1,
+    /// as after its whole history expired.
     fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
 
     /// This node now has subscribers in `channel`: its stream position must

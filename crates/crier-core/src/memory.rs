@@ -378,6 +378,20 @@ mod tests {
         let page = e.history("c", &o, &HistoryQuery::default()).unwrap();
         assert!(page.publications.is_empty());
         assert_eq!(page.position, before);
+        let (p, after) = e.publish("c", &o, Publication::new("b"), false).unwrap();
+        assert_eq!(p.offset, before.offset + 1, "offsets carry on");
+        assert_eq!(
+            after.epoch, before.epoch,
+            "the epoch stays (Centrifugo keeps it too)"
+        );
+        // Nothing retains the stream any more and its history goes: it is
+        // forgotten, so the next publication starts a new epoch.
+        e.release("c");
+        e.remove_history("c").unwrap();
+        assert_eq!(e.stream_count(), 0);
+        let (_, fresh) = e.publish("c", &o, Publication::new("c"), false).unwrap();
+        assert_eq!(fresh.offset, 1);
+        assert_ne!(fresh.epoch, before.epoch);
     }
 
     #[test]
