@@ -1,6 +1,10 @@
 //! Property tests of history: any sequence of publishes (some skipping
-//! history), size trims and TTL expiries answers history reads and recovery
-//! requests exactly like a simple model says it must.
+//! history), size trims, TTL expiries, sweeps and the only subscriber
+//! leaving and coming back answers history reads and recovery requests
+//! exactly like a simple model says it must — including epoch loss: a
+//! stream that no subscriber retains and whose history is all gone is
+//! forgotten, the next one starts over at offset 1 in a new epoch, and
+//! recovery from any position of the old epoch answers "not recovered".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +17,8 @@ enum Op {
     Publish { skip_history: bool },
     Advance(u64),
     Sweep,
+    // The channel's one long-lived subscriber leaves, or comes back.
+    ToggleHolder,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -20,17 +26,30 @@ fn op() -> impl Strategy<Value = Op> {
         6 => prop::bool::weighted(0.2).prop_map(|s| Op::Publish { skip_history: s }),
         2 => (1u64..400).prop_map(Op::Advance),
         1 => Just(Op::Sweep),
+        1 => Just(Op::ToggleHolder),
     ]
 }
 
-// The model: every publication with its time and whether history kept it.
+// The model: the current stream's publications with their time and whether
+// history kept it, and the positions of the streams forgotten before it.
 struct Model {
     size: usize,
     ttl: u64,
-    pubs: Vec<(u64, u64, bool)>, // (offset, published at, stored)
+    // Publications of the current epoch: (offset, published at, stored).
+    pubs: Vec<(u64, u64, bool)>,
+    // The current stream's epoch; `None` while the engine holds no stream.
+    epoch: Option<Arc<str>>,
+    // Last position of every forgotten stream.
+    stale: Vec<StreamPosition>,
+    // Whether the long-lived subscriber is in the channel.
+    holder: bool,
 }
 
 impl Model {
+    fn top(&self) -> u64 {
+        self.pubs.len() as u64
+    }
+
     // Offsets history must still hold at `now`.
     fn retained(&self, now: u64) -> Vec<u64> {
         let stored: Vec<&(u64, u64, bool)> = self.pubs.iter().filter(|p| p.2).collect();
@@ -40,6 +59,25 @@ impl Model {
             .filter(|p| p.1 + self.ttl > now)
             .map(|p| p.0)
             .collect()
+    }
+
+    // What the engine does when it next looks at the stream (a publication,
+    // a sweep, the last subscriber leaving): a stream that nothing retains
+    // and that keeps no publication is freed, and with it its epoch.
+    fn forget_if_unneeded(&mut self, now: u64) {
+        if !self.holder && self.epoch.is_some() && self.retained(now).is_empty() {
+            let epoch = self.epoch.take().expect("checked");
+            self.stale.push(StreamPosition {
+                offset: self.top(),
+                epoch,
+            });
+            self.pubs.clear();
+        }
+    }
+
+    // A stream the engine just created must not reuse an old epoch.
+    fn is_new_epoch(&self, epoch: &Arc<str>) -> bool {
+        self.stale.iter().all(|s| s.epoch != *epoch)
     }
 }
 
@@ -63,26 +101,55 @@ proptest! {
         channels.recovery_max_publications = max_recover;
         let engine = Arc::new(MemoryEngine::new(clock.clone()));
         let hub = Hub::with_engine(HubConfig { channels, ..Default::default() }, engine);
-        // A live subscriber keeps the stream (and its epoch) alive throughout.
+        // A long-lived subscriber keeps the stream (and its epoch) alive
+        // while it is in the channel.
         let (holder, _holder_rx) = hub.connect("holder", None);
         let epoch = hub.subscribe(holder, "c", SubscribeOptions::default()).unwrap().position.epoch;
-        let mut model = Model { size, ttl, pubs: Vec::new() };
+        let mut model = Model { size, ttl, pubs: Vec::new(), epoch: Some(epoch), stale: Vec::new(), holder: true };
 
         for op in ops {
+            let now = clock.now_ms();
             match op {
                 Op::Publish { skip_history } => {
                     let pos = hub
                         .publish("c", "x", PublishOptions { skip_history, ..Default::default() })
                         .unwrap();
-                    model.pubs.push((pos.offset, clock.now_ms(), !skip_history));
-                    prop_assert_eq!(pos.offset, model.pubs.len() as u64);
-                    prop_assert_eq!(&pos.epoch, &epoch);
+                    match &model.epoch {
+                        Some(e) => prop_assert_eq!(&pos.epoch, e),
+                        None => {
+                            prop_assert!(model.is_new_epoch(&pos.epoch), "a recreated stream reused an epoch");
+                            model.epoch = Some(pos.epoch.clone());
+                        }
+                    }
+                    model.pubs.push((pos.offset, now, !skip_history));
+                    prop_assert_eq!(pos.offset, model.top());
+                    model.forget_if_unneeded(now);
                 }
                 Op::Advance(ms) => clock.advance(ms),
-                Op::Sweep => hub.sweep(),
+                Op::Sweep => {
+                    hub.sweep();
+                    model.forget_if_unneeded(now);
+                }
+                Op::ToggleHolder if model.holder => {
+                    prop_assert!(hub.unsubscribe(holder, "c").unwrap());
+                    model.holder = false;
+                    model.forget_if_unneeded(now);
+                }
+                Op::ToggleHolder => {
+                    let s = hub.subscribe(holder, "c", SubscribeOptions::default()).unwrap();
+                    match &model.epoch {
+                        Some(e) => prop_assert_eq!(&s.position.epoch, e),
+                        None => {
+                            prop_assert!(model.is_new_epoch(&s.position.epoch));
+                            model.epoch = Some(s.position.epoch.clone());
+                        }
+                    }
+                    prop_assert_eq!(s.position.offset, model.top());
+                    model.holder = true;
+                }
             }
             let now = clock.now_ms();
-            let top = model.pubs.len() as u64;
+            let top = model.top();
             let retained = model.retained(now);
 
             // Plain history read: exactly the retained offsets.
@@ -90,31 +157,66 @@ proptest! {
             let got: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
             prop_assert_eq!(&got, &retained);
             prop_assert_eq!(page.position.offset, top);
+            if let Some(e) = &model.epoch {
+                prop_assert_eq!(&page.position.epoch, e);
+            }
 
-            // Recovery from every possible position.
-            for since in 0..=top {
-                let missed: Vec<u64> = (since + 1..=top).collect();
-                let complete = missed.len() <= max_recover && missed.iter().all(|o| retained.contains(o));
+            // Recovery from every position of the current epoch, and from
+            // the last positions of forgotten ones (the top, and 0). Each
+            // probe is a subscriber coming and going, which may itself let
+            // the engine forget the stream: the model follows.
+            let mut probes: Vec<StreamPosition> = match &model.epoch {
+                Some(e) => (0..=top).map(|offset| StreamPosition { offset, epoch: e.clone() }).collect(),
+                None => Vec::new(),
+            };
+            for s in model.stale.iter().rev().take(3) {
+                probes.push(s.clone());
+                probes.push(StreamPosition { offset: 0, epoch: s.epoch.clone() });
+            }
+            for since in probes {
                 let (id, _rx) = hub.connect("r", None);
                 let s = hub.subscribe(id, "c", SubscribeOptions {
-                    catchup: Catchup::Recover(StreamPosition { offset: since, epoch: epoch.clone() }),
+                    catchup: Catchup::Recover(since.clone()),
                     ..Default::default()
                 }).unwrap();
                 hub.disconnect(id, DisconnectReason::Removed);
-                prop_assert_eq!(s.recovered, complete, "since {} top {} retained {:?}", since, top, &retained);
                 let offs: Vec<u64> = s.publications.iter().map(|p| p.offset).collect();
-                if complete {
-                    prop_assert_eq!(offs, missed);
-                } else {
-                    prop_assert!(offs.is_empty());
+                let top = model.top();
+                match &model.epoch {
+                    Some(e) if *e == since.epoch => {
+                        let retained = model.retained(now);
+                        let missed: Vec<u64> = (since.offset + 1..=top).collect();
+                        let complete = missed.len() <= max_recover && missed.iter().all(|o| retained.contains(o));
+                        prop_assert_eq!(s.recovered, complete, "since {:?} top {} retained {:?}", &since, top, &retained);
+                        if complete {
+                            prop_assert_eq!(offs, missed);
+                        } else {
+                            prop_assert!(offs.is_empty());
+                        }
+                        prop_assert_eq!(s.position.offset, top);
+                        prop_assert_eq!(&s.position.epoch, e);
+                    }
+                    Some(e) => {
+                        prop_assert!(!s.recovered, "recovered from stale epoch {:?}", &since);
+                        prop_assert!(offs.is_empty());
+                        prop_assert_eq!(s.position.offset, top);
+                        prop_assert_eq!(&s.position.epoch, e);
+                    }
+                    None => {
+                        // The probe itself brings up a brand-new stream.
+                        prop_assert!(!s.recovered, "recovered from forgotten epoch {:?}", &since);
+                        prop_assert!(offs.is_empty());
+                        prop_assert_eq!(s.position.offset, 0);
+                        prop_assert!(model.is_new_epoch(&s.position.epoch));
+                    }
                 }
-                prop_assert_eq!(s.position.offset, top);
+                model.forget_if_unneeded(now);
             }
 
             // Forward reads after a position, with a limit.
-            if let Some(&first) = retained.first() {
+            if let (Some(&first), Some(e)) = (retained.first(), &model.epoch) {
                 let q = HistoryQuery {
-                    since: Some(StreamPosition { offset: first, epoch: epoch.clone() }),
+                    since: Some(StreamPosition { offset: first, epoch: e.clone() }),
                     limit: Some(2),
                     reverse: false,
                 };
