@@ -614,3 +614,12 @@ fn subscription_tokens_use_connection_keys_unless_enabled() {
     c.subscription_token.enabled = true;
     assert_eq!(c.effective_subscription_token().hmac_secret_key.expose(), "sub");
 }
+
+#[test]
+fn zero_stale_close_delay_is_rejected() {
+    let mut c = Config::default();
+    c.client.stale_close_delay = Duration::ZERO;
+    let (key, message) = invalid_key(c.validate());
+    assert_eq!(key, "client.stale_close_delay");
+    assert!(message.contains("greater than 0"), "{message}");
+}
