@@ -13,7 +13,11 @@
 //! - `crier_loadgen` (shared with the peer load clients) keeps publishers
 //!   from running ahead of deliveries, writes the timed payloads and reads
 //!   `/proc`;
-//! - [`report`] turns the tallies into the table or the JSON line.
+//! - [`stream`] reads the byte-stream transports (`uni_sse`, plain TCP
+//!   lines) with the same scan;
+//! - [`probe`] confirms silent TCP subscriptions with probe publications;
+//! - [`report`] turns the tallies into the table or the JSON line, and
+//!   [`plot`] the latencies into an SVG plot.
 //!
 //! The generator shares the machine with the server it measures, so it must
 //! stay cheap: 4 KiB read buffers, no JSON tree per delivery (the send time
@@ -23,12 +27,16 @@
 //! run ends by itself: the duration plus at most 2 s for stragglers.
 
 mod client;
+mod plot;
+mod probe;
 mod publisher;
 mod report;
+mod stream;
 mod subscriber;
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +60,11 @@ use report::Report;
 /// connect times and, with --server-pid, the server's CPU per delivery and
 /// memory per connection. Talks to loopback addresses only unless
 /// --allow-remote is given.
+///
+/// Subscribers use WebSocket, uni_sse or a plain TCP listener
+/// (--transport); --slow adds subscribers that never read, to show what a
+/// slow consumer costs the others; --plot writes the latency distribution
+/// as an SVG file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server's WebSocket endpoint.
@@ -119,6 +132,54 @@ pub struct Args {
     /// Allow a server that is not on a loopback address.
     #[arg(long)]
     allow_remote: bool,
+    /// How subscribers connect: ws (client protocol v2 over
+    /// --url), sse (GET /connection/uni_sse on --url's host; the server
+    /// needs uni_sse.enabled, as --dev sets) or tcp (a line-framed [[tcp]]
+    /// listener at --tcp-addr, whose `channels` must hold --channel-prefix;
+    /// publications go to exactly that channel, so --channels must be 1).
+    #[arg(long, value_name = "HOW", value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
+    /// The [[tcp]] listener's address, for --transport tcp.
+    #[arg(long, value_name = "HOST:PORT")]
+    tcp_addr: Option<String>,
+    /// Extra subscribers that subscribe like the others, with a 4 KiB
+    /// receive buffer, and then never read until publishing is over; the
+    /// report says how many the server dropped and with which code. They
+    /// count in no other figure.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    slow: usize,
+    /// Write the latency distribution as an SVG plot to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// How subscribers reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// WebSocket, client protocol v2 (JSON).
+    Ws,
+    /// `GET /connection/uni_sse?cf_connect=...` (Server-Sent Events).
+    Sse,
+    /// A plain TCP `[[tcp]]` listener with line framing.
+    Tcp,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Transport::Ws => "WebSocket",
+            Transport::Sse => "uni_sse",
+            Transport::Tcp => "plain TCP",
+        }
+    }
 }
 
 /// How publications reach the server.
@@ -149,6 +210,7 @@ const STRAGGLERS: Duration = Duration::from_secs(2);
 pub fn run(args: Args) -> anyhow::Result<()> {
     let json = args.json;
     let threads = args.threads;
+    let plot = args.plot.clone();
     let plan = Arc::new(Plan::new(args)?);
     ensure_open_files(&plan)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -163,6 +225,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = runtime.block_on(bench(plan, visible))?;
     // Subscriber tasks have finished; nothing left to wait for.
     runtime.shutdown_background();
+    let plotted = plot
+        .as_ref()
+        .map(|path| plot::write(path, &report.latency(), &report.plot_title()));
     if json {
         print_line(&report.to_json().to_string())?;
     } else {
@@ -179,6 +244,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
+    if let Some(plotted) = plotted {
+        plotted?;
+    }
     Ok(())
 }
 
@@ -186,6 +254,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 pub(crate) struct Plan {
     /// The WebSocket URL for the handshake (`ws://host:port/path`).
     ws_url: String,
+    /// `host:port` of --url, as typed: the `Host` header of uni_sse requests.
+    ws_host: String,
+    /// The uni_sse endpoint's path on that host.
+    sse_path: String,
+    /// How subscribers connect.
+    transport: Transport,
+    /// The `[[tcp]]` listener, for --transport tcp.
+    tcp_addr: Option<SocketAddr>,
+    /// Subscribers that never read (not in `subscribers`).
+    slow: usize,
     /// Where the WebSocket URL's host resolved to.
     ws_addr: SocketAddr,
     /// Where the HTTP API's host resolved to.
@@ -235,6 +313,23 @@ impl Plan {
         if args.duration.is_zero() {
             bail!("--duration must be longer than 0");
         }
+        let tcp_addr = match (args.transport, &args.tcp_addr) {
+            (Transport::Tcp, Some(addr)) => Some(resolve(addr, args.allow_remote)?),
+            (Transport::Tcp, None) => bail!(
+                "--transport tcp needs --tcp-addr HOST:PORT, the address of a [[tcp]] listener with \
+                 framing = \"line\" whose `channels` hold the --channel-prefix channel"
+            ),
+            (_, Some(_)) => bail!("--tcp-addr is for --transport tcp only"),
+            (_, None) => None,
+        };
+        if args.transport == Transport::Tcp && args.channels != 1 {
+            bail!(
+                "--transport tcp reads one channel, the one its [[tcp]] listener's `channels` names: \
+                 give --channels 1 and that channel's name as --channel-prefix (crier bench then \
+                 publishes to exactly that name, without a number; it is {:?} now)",
+                args.channel_prefix
+            );
+        }
         let ws = WsEndpoint::parse(&args.url)?;
         let ws_addr = resolve(&ws.authority, args.allow_remote)?;
         let api = match &args.api {
@@ -249,14 +344,23 @@ impl Plan {
         } else {
             ws_addr
         };
-        let sources = match ws_addr.ip() {
-            IpAddr::V4(ip) if ip.is_loopback() => (1..=args.source_ips)
+        // Sources are spread over 127.0.0.x only when every connection that
+        // takes one (subscribers, WebSocket publishers) goes to loopback IPv4.
+        let v4_loopback = |a: SocketAddr| matches!(a.ip(), IpAddr::V4(ip) if ip.is_loopback());
+        let spread = v4_loopback(tcp_addr.unwrap_or(ws_addr)) && v4_loopback(ws_addr);
+        let sources = if spread {
+            (1..=args.source_ips)
                 .map(|n| Ipv4Addr::new(127, 0, 0, n))
-                .collect(),
-            _ => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let channel_name = |k: usize| match args.transport {
+            Transport::Tcp => args.channel_prefix.clone(),
+            _ => format!("{}{k}", args.channel_prefix),
         };
         let channels = (0..args.channels)
-            .map(|k| serde_json::to_string(&format!("{}{k}", args.channel_prefix)))
+            .map(|k| serde_json::to_string(&channel_name(k)))
             .collect::<Result<Vec<_>, _>>()
             .context("cannot encode the channel names")?;
         let fanout = (0..args.channels)
@@ -264,8 +368,17 @@ impl Plan {
                 (args.subscribers / args.channels + usize::from(k < args.subscribers % args.channels)) as u64
             })
             .collect();
+        let sse_path = match ws.path.strip_suffix("/connection/websocket") {
+            Some(prefix) => format!("{prefix}/connection/uni_sse"),
+            None => "/connection/uni_sse".to_string(),
+        };
         Ok(Plan {
             ws_url: ws.url(),
+            ws_host: ws.authority.clone(),
+            sse_path,
+            transport: args.transport,
+            tcp_addr,
+            slow: args.slow,
             ws_addr,
             api_addr,
             api_host: api.authority,
@@ -309,7 +422,7 @@ impl Plan {
 
     /// File descriptors the run needs: one per connection plus spare.
     fn open_files_needed(&self) -> u64 {
-        (self.subscribers + self.publishers) as u64 + SPARE_FILES
+        (self.subscribers + self.slow + self.publishers) as u64 + SPARE_FILES
     }
 }
 
@@ -529,7 +642,9 @@ async fn bench(plan: Arc<Plan>, visible: bool) -> anyhow::Result<Report> {
     progress.finish_and_clear();
 
     let tallies = subscriber::stop_all(opened.subscribers).await;
+    let slow = subscriber::stop_slow(opened.slow).await;
     Ok(Report {
+        slow,
         plan: plan.clone(),
         connect_times: opened.connect_times,
         connect_took: opened.took,
@@ -653,6 +768,10 @@ mod tests {
             connect_concurrency: 1,
             threads: None,
             allow_remote: false,
+            transport: Transport::Ws,
+            tcp_addr: None,
+            slow: 0,
+            plot: None,
         };
         let plan = Plan::new(args(10, 3)).unwrap();
         assert_eq!(plan.fanout, [4, 3, 3]);
@@ -662,5 +781,25 @@ mod tests {
         assert_eq!(plan.api_path, "/api/publish");
         assert_eq!(plan.ws_url, "ws://127.0.0.1:1/connection/websocket");
         assert!(Plan::new(args(0, 1)).is_err());
+        assert_eq!(plan.sse_path, "/connection/uni_sse");
+
+        let tcp = |channels| Args {
+            transport: Transport::Tcp,
+            tcp_addr: Some("127.0.0.1:2".into()),
+            ..args(4, channels)
+        };
+        let plan = Plan::new(tcp(1)).unwrap();
+        assert_eq!(plan.channels, ["\"bench\""]);
+        assert_eq!(plan.tcp_addr, Some(SocketAddr::from(([127, 0, 0, 1], 2))));
+        let e = Plan::new(tcp(2)).err().unwrap().to_string();
+        assert!(e.contains("--channels 1"), "{e}");
+        let e = Plan::new(Args {
+            tcp_addr: None,
+            ..tcp(1)
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("--tcp-addr"), "{e}");
     }
 }

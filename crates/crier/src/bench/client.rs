@@ -37,12 +37,27 @@ fn websocket_config() -> WebSocketConfig {
 /// Opens a TCP connection from `source` (or wherever the OS picks) to
 /// `addr`.
 pub async fn tcp(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::Result<TcpStream> {
+    tcp_with(addr, source, None).await
+}
+
+/// As [`tcp`], with the socket's receive buffer set to `recv_buffer` bytes
+/// before the connect (so the advertised window starts small too).
+pub async fn tcp_with(
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .context("cannot create a socket")?;
+    if let Some(bytes) = recv_buffer {
+        socket
+            .set_recv_buffer_size(bytes)
+            .context("cannot set SO_RCVBUF")?;
+    }
     if let Some(ip) = source {
         socket
             .bind(SocketAddr::from((ip, 0)))
@@ -59,7 +74,16 @@ pub async fn tcp(addr: SocketAddr, source: Option<Ipv4Addr>) -> anyhow::Result<T
 /// Opens a WebSocket connection and sends the connect command; returns once
 /// the server accepted it.
 pub async fn connect(plan: &Plan, source: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
-    let stream = tcp(plan.ws_addr, source).await?;
+    connect_with(plan, source, None).await
+}
+
+/// As [`connect`], with a receive buffer of `recv_buffer` bytes.
+pub async fn connect_with(
+    plan: &Plan,
+    source: Option<Ipv4Addr>,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<Ws> {
+    let stream = tcp_with(plan.ws_addr, source, recv_buffer).await?;
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(plan.ws_url.as_str(), stream, Some(websocket_config()))
             .await

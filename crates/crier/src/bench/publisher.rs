@@ -210,7 +210,7 @@ impl Pacer {
 }
 
 /// One `POST /api/publish` request.
-fn write_request(out: &mut String, plan: &Plan, body: &str) {
+pub(super) fn write_request(out: &mut String, plan: &Plan, body: &str) {
     let _ = write!(
         out,
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n",
@@ -349,9 +349,9 @@ async fn read_http(
 
 /// One HTTP/1.1 answer at the start of a buffer.
 #[derive(Debug, PartialEq)]
-struct Response<'a> {
+pub(super) struct Response<'a> {
     /// Bytes it takes, head and body.
-    len: usize,
+    pub len: usize,
     status: u16,
     body: &'a [u8],
 }
@@ -359,7 +359,7 @@ struct Response<'a> {
 impl Response<'_> {
     /// Accepted, or the refusal as the server worded it. An API error comes
     /// as `{"error":{...}}`, with status 200 or 4xx/5xx by configuration.
-    fn verdict(&self) -> Result<(), String> {
+    pub fn verdict(&self) -> Result<(), String> {
         let body = self.body.trim_ascii_start();
         if self.status == 200 && !body.starts_with(b"{\"error\"") {
             return Ok(());
@@ -376,7 +376,7 @@ impl Response<'_> {
 
 /// Parses the answer at the start of `buf`: None when more bytes are
 /// needed. Only `Content-Length` bodies: that is what crier sends.
-fn parse_response(buf: &[u8]) -> Result<Option<Response<'_>>, String> {
+pub(super) fn parse_response(buf: &[u8]) -> Result<Option<Response<'_>>, String> {
     let Some(head_len) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         if buf.len() > 64 * 1024 {
             return Err("an HTTP answer head longer than 64 KiB".into());

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::publisher::Outcome;
-use super::subscriber::Tally;
+use super::subscriber::{SlowTally, Tally};
 use super::Plan;
 use crier_loadgen::usage::Memory;
 
@@ -38,6 +38,8 @@ pub struct Report {
     /// Accepted publications per channel.
     pub accepted: Vec<u64>,
     pub tallies: Vec<Tally>,
+    /// How each slow subscriber's connection ended.
+    pub slow: Vec<SlowTally>,
     /// When publishing started.
     pub start: Instant,
     /// From `start` to the end of the wait for stragglers: the CPU window.
@@ -88,6 +90,53 @@ impl Report {
         self.tallies.iter().find_map(|t| t.gone.as_deref())
     }
 
+    /// Every delivery's latency in microseconds, merged over subscribers.
+    pub fn latency(&self) -> Histogram<u64> {
+        let mut latency = Histogram::<u64>::new(2).expect("2 significant figures are valid");
+        for tally in &self.tallies {
+            for value in tally.latency.iter_recorded() {
+                let _ = latency.record_n(value.value_iterated_to(), u64::from(value.count_at_value()));
+            }
+        }
+        latency
+    }
+
+    /// The plot's caption: what was run, and its p99.
+    pub fn plot_title(&self) -> String {
+        let plan = &self.plan;
+        let latency = self.latency();
+        let pace = if plan.rate == 0 {
+            "max rate".to_string()
+        } else {
+            format!("{}/s", plan.rate)
+        };
+        let slow = if plan.slow > 0 {
+            format!(" + {} slow", plan.slow)
+        } else {
+            String::new()
+        };
+        format!(
+            "crier bench: {} {} subscribers{slow}, {pace}, {} B; p99 {}",
+            plan.subscribers,
+            plan.transport.describe(),
+            plan.size,
+            human_duration(Duration::from_micros(latency.value_at_quantile(0.99)))
+        )
+    }
+
+    /// Slow subscribers dropped by the server, and the codes they got
+    /// ("none" for a reset or an end without a code), by count.
+    fn slow_drops(&self) -> (usize, std::collections::BTreeMap<String, usize>) {
+        let mut codes = std::collections::BTreeMap::new();
+        let mut dropped = 0;
+        for t in self.slow.iter().filter(|t| t.dropped) {
+            dropped += 1;
+            let code = t.code.map_or_else(|| "none".to_string(), |c| c.to_string());
+            *codes.entry(code).or_insert(0) += 1;
+        }
+        (dropped, codes)
+    }
+
     fn figures(&self) -> Figures {
         let accepted = self.accepted();
         let expected: u64 = self
@@ -104,12 +153,7 @@ impl Report {
             .max()
             .unwrap_or(0);
         let last = self.tallies.iter().filter_map(|t| t.last_delivery).max();
-        let mut latency = Histogram::<u64>::new(2).expect("2 significant figures are valid");
-        for tally in &self.tallies {
-            for value in tally.latency.iter_recorded() {
-                let _ = latency.record_n(value.value_iterated_to(), u64::from(value.count_at_value()));
-            }
-        }
+        let latency = self.latency();
         let mut connect = self.connect_times.clone();
         connect.sort_unstable();
         let at = |q: f64| {
@@ -152,8 +196,14 @@ impl Report {
             })
         });
         let server = self.server.as_ref();
+        let (slow_dropped, slow_codes) = self.slow_drops();
         json!({
+            "transport": plan.transport.name(),
             "subscribers": plan.subscribers,
+            "slow": plan.slow,
+            "slow_dropped": slow_dropped,
+            "slow_close_codes": slow_codes,
+            "slow_first_kept": self.slow.iter().find(|t| !t.dropped).map(|t| t.how.as_str()),
             "channels": plan.channels.len(),
             "publishers": plan.publishers,
             "publish_via": match plan.via { super::Via::Api => "api", super::Via::Ws => "ws" },
@@ -214,8 +264,9 @@ impl Report {
         rows.push((
             "run",
             format!(
-                "{} subscribers on {} channel{}, {} publisher{} via {}, {pace}, {:?}, {}-byte payloads",
+                "{} {} subscribers on {} channel{}, {} publisher{} via {}, {pace}, {:?}, {}-byte payloads",
                 plan.subscribers,
+                plan.transport.describe(),
                 plan.channels.len(),
                 plural(plan.channels.len()),
                 plan.publishers,
@@ -274,6 +325,26 @@ impl Report {
                     self.first_gone().unwrap_or("(task failed)")
                 ),
             ));
+        }
+        if plan.slow > 0 {
+            let (dropped, codes) = self.slow_drops();
+            let codes = codes
+                .iter()
+                .map(|(code, n)| format!("{code} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut line = format!(
+                "{} never-reading subscriber{} (4 KiB receive buffer, not counted above): {dropped} dropped by the server",
+                plan.slow,
+                plural(plan.slow)
+            );
+            if dropped > 0 {
+                line.push_str(&format!(" (close codes: {codes})"));
+            }
+            if let Some(kept) = self.slow.iter().find(|t| !t.dropped) {
+                line.push_str(&format!("; not dropped: {}", kept.how));
+            }
+            rows.push(("slow", line));
         }
         rows.push((
             "throughput",

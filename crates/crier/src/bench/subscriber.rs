@@ -6,6 +6,15 @@
 //! each `{"t":` in it starts one delivery's send time, and the latency goes
 //! into the task's own histogram (merged once, at the end). The only shared
 //! write per frame is one atomic add for the flow control.
+//!
+//! Subscribers speak WebSocket (client protocol v2), `uni_sse` or a plain
+//! TCP listener's lines (`--transport`); the last two are byte streams
+//! ([`stream`](super::stream)), scanned line by line the same way.
+//!
+//! `--slow N` adds N connections that subscribe like the others (with a
+//! 4 KiB receive buffer) and then never read, until the run is over: only
+//! then do they read what is left, to see whether the server dropped them
+//! and with which code. They count for nothing else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +29,49 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, Ws};
+use super::stream::{self, StreamConn};
 use crier_loadgen::payload::{self, unix_nanos};
 
-use super::{Flow, Plan};
+use super::{Flow, Plan, Transport};
 
 /// How long one connection may take to connect and subscribe.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The receive buffer of a slow subscriber's socket: small, so that the
+/// server's queue limit for it is reached soon.
+pub const SLOW_RECV_BUFFER: u32 = 4 * 1024;
+
+/// When a slow subscriber finally reads: this long without a byte means
+/// the server still holds it open.
+const SLOW_SILENCE: Duration = Duration::from_secs(1);
+
+/// ... and it reads for this long at most.
+const SLOW_DRAIN: Duration = Duration::from_secs(10);
+
+/// One subscriber connection, whichever transport.
+enum Conn {
+    Ws(Box<Ws>),
+    Stream(StreamConn),
+}
+
+/// A slow subscriber: subscribed, never reading until told to.
+pub struct Slow {
+    /// Tells it the run is over: read what is left and say how it ended.
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<SlowTally>,
+}
+
+/// How a slow subscriber's connection ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowTally {
+    /// The server ended the connection (close frame, disconnect push,
+    /// reset or end of stream).
+    pub dropped: bool,
+    /// The close or disconnect code it gave, if it gave one.
+    pub code: Option<u16>,
+    /// What was seen, in words.
+    pub how: String,
+}
 
 /// A subscribed connection, reading in its own task.
 pub struct Subscriber {
@@ -54,14 +100,16 @@ pub struct Tally {
 /// All subscribers, connected and subscribed.
 pub struct Opened {
     pub subscribers: Vec<Subscriber>,
+    pub slow: Vec<Slow>,
     /// Per connection, from the TCP connect to the subscribe reply.
     pub connect_times: Vec<Duration>,
     /// The whole connect phase.
     pub took: Duration,
 }
 
-/// Opens and subscribes every subscriber, `connect_concurrency` at a time.
-/// Fails, naming the first error, unless every one of them subscribed.
+/// Opens and subscribes every subscriber (and every slow one),
+/// `connect_concurrency` at a time. Fails, naming the first error, unless
+/// every one of them subscribed.
 pub async fn open_all(plan: &Arc<Plan>, flow: &Arc<Flow>, progress: &ProgressBar) -> anyhow::Result<Opened> {
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(plan.connect_concurrency));
@@ -79,36 +127,77 @@ pub async fn open_all(plan: &Arc<Plan>, flow: &Arc<Flow>, progress: &ProgressBar
         ));
         subscribers.push(Subscriber { stop, task });
     }
+    let mut slow = Vec::with_capacity(plan.slow);
+    for i in plan.subscribers..plan.subscribers + plan.slow {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(slow_subscriber(
+            plan.clone(),
+            i,
+            gate.clone(),
+            ready_tx.clone(),
+            stopped,
+        ));
+        slow.push(Slow { stop, task });
+    }
     drop(ready_tx);
+    // TCP listeners subscribe silently: publish probes until every
+    // connection has read one.
+    let (probe_stop, probe_stopped) = oneshot::channel();
+    let mut probe = (plan.transport == Transport::Tcp)
+        .then(|| tokio::spawn(super::probe::run(plan.clone(), probe_stopped)));
+    let total = plan.subscribers + plan.slow;
     let mut connect_times = Vec::with_capacity(plan.subscribers);
+    let mut subscribed = 0;
     let mut failed = 0;
     let mut first_error = None;
-    while let Some(outcome) = ready.recv().await {
+    while subscribed + failed < total {
+        let outcome = tokio::select! {
+            outcome = ready.recv() => outcome,
+            probed = async { probe.as_mut().expect("checked").await }, if probe.is_some() => {
+                probe = None;
+                let e = match probed {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("the probe task failed: {e}"),
+                };
+                // Without probes no TCP subscriber can be confirmed.
+                first_error = Some(e);
+                break;
+            }
+        };
+        let Some((is_slow, outcome)) = outcome else { break };
         match outcome {
-            Ok(took) => connect_times.push(took),
+            Ok(took) => {
+                subscribed += 1;
+                if !is_slow {
+                    connect_times.push(took);
+                }
+            }
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert(e);
             }
         }
         progress.inc(1);
-        if connect_times.len() + failed == plan.subscribers {
-            break;
-        }
     }
-    if connect_times.len() < plan.subscribers {
+    let _ = probe_stop.send(());
+    if let Some(probe) = probe {
+        let _ = probe.await;
+    }
+    if subscribed < total {
         for s in &subscribers {
             s.task.abort();
         }
-        let failed = plan.subscribers - connect_times.len();
+        for s in &slow {
+            s.task.abort();
+        }
+        let failed = total - subscribed;
         let why = first_error.map_or_else(|| "a subscriber task failed".to_string(), |e| format!("{e:#}"));
-        bail!(
-            "{failed} of {} subscribers could not connect and subscribe; the first error: {why}",
-            plan.subscribers
-        );
+        bail!("{failed} of {total} subscribers could not connect and subscribe; the first error: {why}");
     }
     Ok(Opened {
         subscribers,
+        slow,
         connect_times,
         took: started.elapsed(),
     })
@@ -130,12 +219,98 @@ pub async fn stop_all(subscribers: Vec<Subscriber>) -> Vec<Tally> {
     tallies
 }
 
+/// Tells every slow subscriber the run is over and collects how each
+/// connection ended. They read concurrently.
+pub async fn stop_slow(slow: Vec<Slow>) -> Vec<SlowTally> {
+    let mut tasks = Vec::with_capacity(slow.len());
+    for s in slow {
+        let _ = s.stop.send(());
+        tasks.push(s.task);
+    }
+    let mut tallies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        tallies.push(task.await.unwrap_or_else(|e| SlowTally {
+            dropped: false,
+            code: None,
+            how: format!("task failed: {e}"),
+        }));
+    }
+    tallies
+}
+
+/// Connects subscriber `i` and subscribes it, holding a connect-gate
+/// permit while connecting.
+async fn setup(
+    plan: &Plan,
+    i: usize,
+    recv_buffer: Option<u32>,
+    gate: &Semaphore,
+) -> anyhow::Result<(Conn, Duration)> {
+    let channel = &plan.channels[plan.channel_of_subscriber(i)];
+    let permit = gate.acquire().await.context("connect gate closed")?;
+    let started = Instant::now();
+    let source = plan.source(i);
+    let conn = match plan.transport {
+        Transport::Ws => {
+            let mut ws = client::connect_with(plan, source, recv_buffer).await?;
+            client::subscribe(&mut ws, channel).await?;
+            Conn::Ws(Box::new(ws))
+        }
+        Transport::Sse => Conn::Stream(stream::sse(plan, source, recv_buffer, channel).await?),
+        Transport::Tcp => {
+            let mut conn = stream::tcp(plan, source, recv_buffer).await?;
+            // Subscribed on accept; the first probe proves it. Others may
+            // connect meanwhile.
+            drop(permit);
+            stream::first_line(&mut conn).await?;
+            Conn::Stream(conn)
+        }
+    };
+    Ok((conn, started.elapsed()))
+}
+
+/// [`setup`] within [`SETUP_TIMEOUT`], its outcome told on `ready`.
+async fn setup_and_tell(
+    plan: &Plan,
+    i: usize,
+    recv_buffer: Option<u32>,
+    gate: &Semaphore,
+    is_slow: bool,
+    ready: mpsc::UnboundedSender<(bool, anyhow::Result<Duration>)>,
+) -> Option<Conn> {
+    match tokio::time::timeout(SETUP_TIMEOUT, setup(plan, i, recv_buffer, gate)).await {
+        Ok(Ok((conn, took))) => {
+            let _ = ready.send((is_slow, Ok(took)));
+            Some(conn)
+        }
+        Ok(Err(e)) => {
+            let _ = ready.send((is_slow, Err(e)));
+            None
+        }
+        Err(_) => {
+            let _ = ready.send((
+                is_slow,
+                Err(anyhow::anyhow!(
+                    "not subscribed within {SETUP_TIMEOUT:?}{}",
+                    if plan.transport == Transport::Tcp {
+                        " (no probe publication arrived: does the [[tcp]] listener's `channels` \
+                         hold the --channel-prefix channel, with framing = \"line\"?)"
+                    } else {
+                        ""
+                    }
+                )),
+            ));
+            None
+        }
+    }
+}
+
 async fn subscriber(
     plan: Arc<Plan>,
     flow: Arc<Flow>,
     i: usize,
     gate: Arc<Semaphore>,
-    ready: mpsc::UnboundedSender<anyhow::Result<Duration>>,
+    ready: mpsc::UnboundedSender<(bool, anyhow::Result<Duration>)>,
     mut stop: oneshot::Receiver<()>,
 ) -> Tally {
     let channel = plan.channel_of_subscriber(i);
@@ -147,36 +322,23 @@ async fn subscriber(
         last_delivery: None,
         gone: None,
     };
-    let setup = async {
-        let _permit = gate.acquire().await.context("connect gate closed")?;
-        let started = Instant::now();
-        let mut ws = client::connect(&plan, plan.source(i)).await?;
-        client::subscribe(&mut ws, &plan.channels[channel]).await?;
-        anyhow::Ok((ws, started.elapsed()))
+    let Some(conn) = setup_and_tell(&plan, i, None, &gate, false, ready).await else {
+        return tally;
     };
-    let mut ws = match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
-        Ok(Ok((ws, took))) => {
-            let _ = ready.send(Ok(took));
-            ws
+    match conn {
+        Conn::Ws(ws) => {
+            let mut ws = *ws;
+            tally.gone = receive(&mut ws, &flow, &mut tally, &mut stop).await;
+            if tally.gone.is_none() {
+                let _ = tokio::time::timeout(Duration::from_millis(100), ws.close(None)).await;
+            }
         }
-        Ok(Err(e)) => {
-            let _ = ready.send(Err(e));
-            return tally;
+        Conn::Stream(mut conn) => {
+            tally.gone = receive_stream(&mut conn, &flow, &mut tally, &mut stop).await;
         }
-        Err(_) => {
-            let _ = ready.send(Err(anyhow::anyhow!(
-                "no subscribe reply within {SETUP_TIMEOUT:?}"
-            )));
-            return tally;
-        }
-    };
-    drop(ready);
-
-    tally.gone = receive(&mut ws, &flow, &mut tally, &mut stop).await;
+    }
     if tally.gone.is_some() {
         flow.subscriber_gone();
-    } else {
-        let _ = tokio::time::timeout(Duration::from_millis(100), ws.close(None)).await;
     }
     tally
 }
@@ -223,6 +385,156 @@ async fn receive(
     }
 }
 
+/// [`receive`] for byte-stream subscribers: a "frame" is one read.
+async fn receive_stream(
+    conn: &mut StreamConn,
+    flow: &Flow,
+    tally: &mut Tally,
+    stop: &mut oneshot::Receiver<()>,
+) -> Option<String> {
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = &mut *stop => return None,
+            r = conn.read() => r,
+        };
+        match read {
+            Ok(0) => return Some("the server closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Some(format!("connection lost: {e:#}")),
+        }
+        tally.frames += 1;
+        let now = unix_nanos();
+        let latency = &mut tally.latency;
+        if let Some(scan) = conn.take_lines(|text| scan(text, now, latency)) {
+            if scan.deliveries > 0 {
+                tally.received += scan.deliveries;
+                tally.last_delivery = Some(Instant::now());
+                flow.delivered(scan.deliveries);
+            }
+            if let Some(line) = scan.disconnected {
+                return Some(format!("disconnected: {line}"));
+            }
+            if let Some(line) = scan.unsubscribed {
+                return Some(format!("unsubscribed by the server: {line}"));
+            }
+        }
+        if conn.overlong() {
+            return Some(
+                "a line longer than any publication: is the TCP listener's framing = \"line\"?".into(),
+            );
+        }
+    }
+}
+
+async fn slow_subscriber(
+    plan: Arc<Plan>,
+    i: usize,
+    gate: Arc<Semaphore>,
+    ready: mpsc::UnboundedSender<(bool, anyhow::Result<Duration>)>,
+    stop: oneshot::Receiver<()>,
+) -> SlowTally {
+    let Some(conn) = setup_and_tell(&plan, i, Some(SLOW_RECV_BUFFER), &gate, true, ready).await else {
+        return SlowTally {
+            dropped: false,
+            code: None,
+            how: "never subscribed".into(),
+        };
+    };
+    // Never read until the run is over; the socket stays open.
+    let _ = stop.await;
+    let deadline = Instant::now() + SLOW_DRAIN;
+    match conn {
+        Conn::Ws(ws) => {
+            let mut ws = *ws;
+            let tally = drain_ws(&mut ws, deadline).await;
+            if !tally.dropped {
+                let _ = tokio::time::timeout(Duration::from_millis(100), ws.close(None)).await;
+            }
+            tally
+        }
+        Conn::Stream(mut conn) => drain_stream(&mut conn, deadline).await,
+    }
+}
+
+/// Reads a slow WebSocket subscriber's backlog to its end.
+async fn drain_ws(ws: &mut Ws, deadline: Instant) -> SlowTally {
+    let dropped = |code: Option<u16>, how: String| SlowTally {
+        dropped: true,
+        code,
+        how,
+    };
+    loop {
+        let wait = SLOW_SILENCE.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, ws.next()).await {
+            Err(_) => return still_open(deadline),
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                let code = u16::from(frame.code);
+                return dropped(Some(code), format!("close {code} {}", frame.reason));
+            }
+            Ok(Some(Ok(Message::Close(None)))) => return dropped(None, "close without a code".into()),
+            Ok(None) => return dropped(None, "end of stream".into()),
+            Ok(Some(Err(e))) => return dropped(None, format!("connection lost: {e}")),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Reads a slow byte-stream subscriber's backlog to its end; a uni_sse
+/// disconnect push gives the code.
+async fn drain_stream(conn: &mut StreamConn, deadline: Instant) -> SlowTally {
+    let mut code = None;
+    let mut how = None;
+    let mut ignored = Histogram::new(2).expect("2 significant figures are valid");
+    loop {
+        let wait = SLOW_SILENCE.min(deadline.saturating_duration_since(Instant::now()));
+        let end = match tokio::time::timeout(wait, conn.read()).await {
+            Err(_) => return still_open(deadline),
+            Ok(Ok(0)) => "end of stream".to_string(),
+            Ok(Ok(_)) => {
+                if let Some(Some(line)) = conn.take_lines(|text| scan(text, 0, &mut ignored).disconnected) {
+                    code = code.or_else(|| disconnect_code(&line));
+                    how.get_or_insert(line);
+                }
+                if conn.overlong() {
+                    return SlowTally {
+                        dropped: false,
+                        code: None,
+                        how: "no line framing".into(),
+                    };
+                }
+                continue;
+            }
+            Ok(Err(e)) => format!("connection lost: {e:#}"),
+        };
+        return SlowTally {
+            dropped: true,
+            code,
+            how: how.unwrap_or(end),
+        };
+    }
+}
+
+fn still_open(deadline: Instant) -> SlowTally {
+    SlowTally {
+        dropped: false,
+        code: None,
+        how: if Instant::now() >= deadline {
+            format!("still receiving after {SLOW_DRAIN:?}")
+        } else {
+            "still open".into()
+        },
+    }
+}
+
+/// The code of a `{"disconnect":{"code":N,...}}` push.
+fn disconnect_code(line: &str) -> Option<u16> {
+    const KEY: &str = "\"code\":";
+    let at = line.find(KEY)? + KEY.len();
+    let digits = payload::digits(line[at..].trim_start().as_bytes())?;
+    u16::try_from(digits).ok()
+}
+
 /// What one frame held.
 #[derive(Debug, Default, PartialEq)]
 struct Scan {
@@ -232,6 +544,8 @@ struct Scan {
     ping: bool,
     /// An unsubscribe push, verbatim.
     unsubscribed: Option<String>,
+    /// A unidirectional transport's disconnect push, verbatim.
+    disconnected: Option<String>,
 }
 
 /// Scans a frame of newline-separated messages for publications of the
@@ -253,6 +567,8 @@ fn scan(text: &str, now_nanos: u64, latency: &mut Histogram<u32>) -> Scan {
             found.ping = true;
         } else if line.contains("\"unsubscribe\"") && found.unsubscribed.is_none() {
             found.unsubscribed = Some(line.to_string());
+        } else if line.contains("{\"disconnect\"") && found.disconnected.is_none() {
+            found.disconnected = Some(line.trim().to_string());
         }
     }
     found
@@ -282,7 +598,8 @@ mod tests {
             Scan {
                 deliveries: 2,
                 ping: true,
-                unsubscribed: None
+                unsubscribed: None,
+                disconnected: None,
             }
         );
         assert_eq!(latency.len(), 2);
@@ -298,7 +615,8 @@ mod tests {
             Scan {
                 deliveries: 0,
                 ping: true,
-                unsubscribed: None
+                unsubscribed: None,
+                disconnected: None,
             }
         );
         let unsub =
