@@ -387,7 +387,10 @@ fn subscribe(node: &Node, req: api::SubscribeRequest) -> Result<(), ApiError> {
         match result {
             Ok(_) | Err(crier_core::HubError::AlreadySubscribed) => {}
             Err(crier_core::HubError::UnknownClient(_)) => {} // left meanwhile
-            Err(e) => return Err(err(hub_error_code(&e))),
+            Err(e) => {
+                node.metrics.engine_error(&e);
+                return Err(err(hub_error_code(&e)));
+            }
         }
     }
     Ok(())

@@ -467,12 +467,24 @@ mod process {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_parse::{Scrape, Value};
 
-    fn sample(text: &str, series: &str) -> String {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-            .to_owned()
+    fn parse(text: &str) -> Scrape {
+        Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("the exposition parses")
+    }
+
+    /// The value of the scalar sample `name` with exactly `labels`.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let scrape = parse(text);
+        let found = scrape.samples.iter().find(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        });
+        match found.map(|s| &s.value) {
+            Some(Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v)) => *v,
+            other => panic!("{name}{labels:?}: {other:?} in:\n{text}"),
+        }
     }
 
     #[test]
@@ -484,27 +496,59 @@ mod tests {
         m.engine_error(&HubError::UnknownChannel("x".into()));
         m.engine_error(&down);
         let text = m.render();
-        assert_eq!(sample(&text, "crier_engine_errors_total"), "2");
-        assert_eq!(sample(&text, "crier_publish_duration_seconds_count"), "1");
+        assert_eq!(sample(&text, "crier_engine_errors_total", &[]), 2.0);
+        assert_eq!(sample(&text, "crier_publish_duration_seconds_count", &[]), 1.0);
     }
 
     #[test]
     fn disabled_metrics_do_not_time_publishes() {
         let m = Metrics::new(Hub::default(), false);
         assert!(m.timed_publish(|| Ok::<_, HubError>(())).is_ok());
-        assert_eq!(sample(&m.render(), "crier_publish_duration_seconds_count"), "0");
+        assert_eq!(
+            sample(&m.render(), "crier_publish_duration_seconds_count", &[]),
+            0.0
+        );
     }
 
     #[test]
     fn a_connection_counts_while_its_guard_lives() {
         let m = Metrics::new(Hub::default(), true);
-        let series = "crier_connections{transport=\"tcp\"}";
+        let tcp = [("transport", "tcp")];
         let a = m.connection(Transport::Tcp);
         let b = m.connection(Transport::Tcp);
-        assert_eq!(sample(&m.render(), series), "2");
+        assert_eq!(sample(&m.render(), "crier_connections", &tcp), 2.0);
         drop(a);
-        assert_eq!(sample(&m.render(), series), "1");
+        assert_eq!(sample(&m.render(), "crier_connections", &tcp), 1.0);
         drop(b);
-        assert_eq!(sample(&m.render(), series), "0");
+        assert_eq!(sample(&m.render(), "crier_connections", &tcp), 0.0);
+    }
+
+    /// Memory stays flat: traffic and scrapes add no series. Series exist
+    /// per transport, per drop reason and per disconnect code seen, never
+    /// per client, channel or scrape.
+    #[test]
+    fn traffic_and_scrapes_add_no_series() {
+        let hub = Hub::default();
+        let m = Metrics::new(hub.clone(), true);
+        m.disconnect(3008);
+        let series = |text: &str| parse(text).samples.len();
+        let before = series(&m.render());
+        for i in 0..200 {
+            let (id, _rx) = hub.connect("u", None);
+            let channel = format!("ch{i}");
+            hub.subscribe(id, &channel, Default::default()).unwrap();
+            let _c = m.connection(Transport::ALL[i % Transport::ALL.len()]);
+            m.timed_publish(|| hub.publish(&channel, "1", Default::default()))
+                .unwrap();
+            m.disconnect(3008);
+            hub.disconnect(id, crier_core::DisconnectReason::Slow);
+            assert_eq!(series(&m.render()), before, "after {i} clients and scrapes");
+        }
+        let text = m.render();
+        assert_eq!(sample(&text, "crier_publications_total", &[]), 200.0);
+        assert_eq!(
+            sample(&text, "crier_disconnects_total", &[("code", "3008")]),
+            201.0
+        );
     }
 }

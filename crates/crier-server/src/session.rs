@@ -589,7 +589,10 @@ impl Session {
                     };
                 }
             }
-            Err(e) => self.send(error_reply(id, hub_error_code(&e))),
+            Err(e) => {
+                node.metrics.engine_error(&e);
+                self.send(error_reply(id, hub_error_code(&e)))
+            }
         }
         Ok(())
     }
