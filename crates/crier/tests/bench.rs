@@ -5,10 +5,12 @@
 //! assertion never leaves one behind.
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -80,7 +82,18 @@ struct Server {
 }
 
 fn serve() -> Server {
-    let mut child = crier(&["serve", "--dev", "--port", "0"])
+    serve_with(&[], &[])
+}
+
+/// `crier serve --dev --port 0` with more arguments and `CRIER_*` settings.
+fn serve_with(extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut args = vec!["serve", "--dev", "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut command = crier(&args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         // The server's logs are not what these tests look at; a full pipe
         // must never block it.
@@ -103,6 +116,26 @@ fn serve() -> Server {
         process,
         websocket: format!("ws://{address}/connection/websocket"),
         _stdout: stdout,
+    }
+}
+
+/// A fresh directory for one test's files, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("crier-bench-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -231,4 +264,148 @@ fn a_remote_server_is_refused_without_allow_remote() {
         stderr.contains("loopback") && stderr.contains("--allow-remote"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_never_reading_subscriber_is_dropped_with_3008_and_the_others_lose_nothing() {
+    // A 512 KiB queue; the slow subscriber's share of the run (750
+    // publications of 16 KiB, 12 MiB) is far beyond it plus what the
+    // kernel buffers on the way.
+    let server = serve_with(&[], &[("CRIER_CLIENT_QUEUE_MAX_SIZE", "524288")]);
+    let report = bench(
+        &server,
+        &[
+            "--subscribers",
+            "5",
+            "--slow",
+            "1",
+            "--rate",
+            "250",
+            "--size",
+            "16384",
+            "--duration",
+            "3s",
+        ],
+    );
+    let sent = number(&report, "sent");
+    assert!(sent >= 100, "too few publications accepted: {report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), sent * 5, "{report}");
+    assert_eq!(number(&report, "subscribers_gone"), 0, "{report}");
+    assert_eq!(number(&report, "slow"), 1, "{report}");
+    assert_eq!(number(&report, "slow_dropped"), 1, "{report}");
+    assert_eq!(
+        report["slow_close_codes"],
+        serde_json::json!({ "3008": 1 }),
+        "{report}"
+    );
+}
+
+#[test]
+fn sse_subscribers_get_everything() {
+    let server = serve();
+    let report = bench(
+        &server,
+        &[
+            "--transport",
+            "sse",
+            "--subscribers",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(report["transport"], "sse", "{report}");
+    let sent = number(&report, "sent");
+    assert!(sent >= 50, "too few publications accepted: {report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), sent * 10, "{report}");
+    assert!(report["latency_us"]["p99"].as_u64().is_some(), "{report}");
+}
+
+#[test]
+fn tcp_subscribers_get_everything_from_a_line_listener() {
+    // A port that was free a moment ago: the listener's configuration has
+    // to name it, and nothing prints the port a `listen = ":0"` bound.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port();
+    let dir = TempDir::new("tcp");
+    let config = dir.0.join("crier.toml");
+    std::fs::write(
+        &config,
+        format!("[[tcp]]\nlisten = \"127.0.0.1:{port}\"\nframing = \"line\"\nchannels = [\"ticks\"]\n"),
+    )
+    .expect("write the configuration");
+    let server = serve_with(&["--config", config.to_str().expect("UTF-8 path")], &[]);
+    let tcp_addr = format!("127.0.0.1:{port}");
+    let report = bench(
+        &server,
+        &[
+            "--transport",
+            "tcp",
+            "--tcp-addr",
+            tcp_addr.as_str(),
+            "--channel-prefix",
+            "ticks",
+            "--subscribers",
+            "10",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(report["transport"], "tcp", "{report}");
+    let sent = number(&report, "sent");
+    assert!(sent >= 50, "too few publications accepted: {report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), sent * 10, "{report}");
+}
+
+#[test]
+fn tcp_with_several_channels_is_refused_plainly() {
+    let output = crier(&[
+        "bench",
+        "--transport",
+        "tcp",
+        "--tcp-addr",
+        "127.0.0.1:9",
+        "--channels",
+        "2",
+        "--subscribers",
+        "1",
+    ])
+    .output()
+    .expect("run crier bench");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--channels 1"), "{stderr}");
+}
+
+#[test]
+fn plot_writes_an_svg_latency_distribution() {
+    let server = serve();
+    let dir = TempDir::new("plot");
+    let plot = dir.0.join("latency.svg");
+    let report = bench(
+        &server,
+        &[
+            "--subscribers",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "500ms",
+            "--plot",
+            plot.to_str().expect("UTF-8 path"),
+        ],
+    );
+    assert!(number(&report, "deliveries") > 0, "{report}");
+    let svg = std::fs::read_to_string(&plot).expect("the plot file is written");
+    assert!(svg.contains("<svg"), "{svg}");
+    assert!(svg.contains("percentile"), "the x axis is labelled: {svg}");
 }
