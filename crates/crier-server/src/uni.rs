@@ -334,7 +334,8 @@ pub async fn websocket(
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();
     ws.max_message_size(limit)
-        .read_buffer_size(4 * 1024)
+        // Kept for the connection's life; see `ws::READ_BUFFER`.
+        .read_buffer_size(crate::ws::READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| tracker.track_future(serve_websocket(node, socket, preset)))
 }

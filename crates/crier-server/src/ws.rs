@@ -23,6 +23,10 @@ use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{disconnect_of, Refusal, Session};
 
+/// Bytes tungstenite reads per `read(2)` from a WebSocket client, and what
+/// it keeps allocated between reads.
+pub(crate) const READ_BUFFER: usize = 1024;
+
 /// Upgrades a request to a WebSocket client connection.
 pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
@@ -34,7 +38,11 @@ pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebS
     let tracker = node.connections.clone();
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .read_buffer_size(4 * 1024)
+        // tungstenite keeps this buffer for the connection's whole life:
+        // at 4 KiB it was 40 % of an idle connection's memory. Client
+        // commands are small; a large one takes more reads, not more
+        // memory (docs/benchmarks.md, "Memory per connection").
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| tracker.track_future(serve(node, socket)))
 }

@@ -115,6 +115,25 @@ async fn oversized_frame_is_refused_with_bad_request() {
 }
 
 #[tokio::test]
+async fn a_command_much_larger_than_the_read_buffer_arrives_whole() {
+    // The server reads 1 KiB at a time (ws::READ_BUFFER); a publish of
+    // almost the whole 64 KiB message limit must still arrive intact.
+    let s = TestServer::start(config("")).await;
+    let mut sub = Client::connect(&s.ws_url(), &token("reader")).await;
+    let r = sub.request(json!({"subscribe": {"channel": "chat:big"}})).await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    let mut publisher = Client::connect(&s.ws_url(), &token("writer")).await;
+    let text: String = (0..60_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let r = publisher
+        .request(json!({"publish": {"channel": "chat:big", "data": {"text": text}}}))
+        .await;
+    assert!(r["publish"].is_object(), "{r}");
+    let push = sub.next_pub().await;
+    assert_eq!(push["pub"]["data"]["text"].as_str(), Some(text.as_str()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn subscribe_errors_unknown_channel_permission_already_subscribed() {
     let s = TestServer::start(config("")).await;
     let mut c = Client::connect(&s.ws_url(), &token("u")).await;
