@@ -118,7 +118,7 @@ fn fanout(c: &mut Criterion) {
 fn fanout_solo(c: &mut Criterion) {
     let payload = Bytes::from(vec![b'x'; 100]);
     let mut group = c.benchmark_group("publish_fanout_solo");
-    for &n in &[100usize, 10_000, 100_000] {
+    for &n in &[1usize, 100, 10_000, 100_000] {
         let hub = Hub::new(HubConfig {
             queue_limits: QueueLimits {
                 max_messages: 1 << 16,
