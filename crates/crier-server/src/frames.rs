@@ -55,18 +55,21 @@ pub fn encode_event_into(buf: &mut BytesMut, event: &Event, envelope: Envelope) 
     }
 }
 
+/// One queued item in `format`: a shared event's cached encoding (made
+/// by the first writer that needs it), or the client's own raw bytes.
+pub fn encoded(item: &Outbound, format: Format, envelope: Envelope) -> Bytes {
+    match item {
+        Outbound::Raw(bytes) => (**bytes).clone(),
+        Outbound::Event(ev) => ev.encoded(format, |ev| encode_event(ev, envelope)),
+    }
+}
+
 /// Appends `items` to `frame`, one message per line.
 pub fn join_batch(items: &[Outbound], format: Format, envelope: Envelope, frame: &mut BytesMut) {
     for item in items {
         if !frame.is_empty() {
             frame.extend_from_slice(b"\n");
         }
-        match item {
-            Outbound::Raw(bytes) => frame.extend_from_slice(bytes),
-            Outbound::Event(ev) => {
-                let bytes = ev.encoded(format, |ev| encode_event(ev, envelope));
-                frame.extend_from_slice(&bytes);
-            }
-        }
+        frame.extend_from_slice(&encoded(item, format, envelope));
     }
 }

@@ -6,7 +6,8 @@
 //!   keys, and decides channel permissions from namespace options.
 //! - [`node`] is one running node: hub, config, verifier, shutdown signal.
 //! - [`session`] is the client protocol state machine of one connection,
-//!   transport-agnostic; [`ws`] is the bidirectional WebSocket transport;
+//!   transport-agnostic; [`ws`] is the bidirectional WebSocket transport,
+//!   over [`websocket`] (handshake, client frame reader, vectored writer);
 //!   [`uni`] the unidirectional ones (uni WebSocket, SSE, HTTP streaming);
 //!   [`frames`] encodes queued events into JSON frames.
 //! - [`api`] is the server HTTP API (`POST /api/<method>`).
@@ -28,6 +29,7 @@ pub mod session;
 pub mod tcp;
 pub mod uni;
 pub mod watch;
+pub mod websocket;
 pub mod ws;
 
 pub use node::Node;

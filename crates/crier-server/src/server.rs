@@ -2,15 +2,17 @@
 //! transports, the server API), runs housekeeping, and shuts down
 //! gracefully (stop accepting, tell every client 3001, wait a bounded time).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::node::Node;
@@ -127,23 +129,7 @@ impl Server {
         let node = self.node;
         let token = node.shutdown.clone();
         let app = router(node.clone());
-        let graceful = {
-            let token = token.clone();
-            async move { token.cancelled().await }
-        };
-        // Nagle off on every accepted connection: a small frame written
-        // while an earlier one is unacknowledged would otherwise wait for
-        // the peer's delayed ACK (up to 40 ms; docs/benchmarks.md).
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = tokio::spawn(
-            axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(graceful)
-                .into_future(),
-        );
+        let server = tokio::spawn(serve_http(self.listener, app, token.clone()));
         let tcp = tokio::spawn(self.tcp.run(token.clone()));
         let watchers = tokio::spawn(self.watchers.run(token.clone()));
         let metrics = self
@@ -189,5 +175,48 @@ impl Server {
             metrics.abort();
         }
         Ok(())
+    }
+}
+
+/// Accepts HTTP/1.1 connections and serves `app` on each, with upgrades,
+/// until `shutdown`; then each connection finishes its request in flight.
+/// A plain hyper connection (not axum::serve, which wraps the socket to
+/// sniff for HTTP/2) lets an upgraded WebSocket get its `TcpStream` back.
+async fn serve_http(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, most likely: back off instead
+                    // of spinning, and keep serving the connections we have.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        // Nagle off: a small frame written while an earlier one is
+        // unacknowledged would otherwise wait for the peer's delayed ACK
+        // (up to 40 ms; docs/benchmarks.md).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
     }
 }

@@ -6,61 +6,62 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
+use bytes::Bytes;
 use crier_core::ClientReceiver;
-use crier_proto::client::{parse_frame, Request};
+use crier_proto::client::{parse_frame, Request as Command};
 use crier_proto::codes::Disconnect;
 use crier_proto::encode::{Envelope, PING};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
-use crate::frames::{join_batch, BIDI_JSON};
+use crate::frames::{encoded, BIDI_JSON};
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{disconnect_of, Refusal, Session};
-
-/// Bytes tungstenite reads per `read(2)` from a WebSocket client, and what
-/// it keeps allocated between reads.
-pub(crate) const READ_BUFFER: usize = 1024;
+use crate::websocket::{self, Incoming, ReadError, Reader, Writer};
 
 /// Upgrades a request to a WebSocket client connection.
-pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(State(node): State<Arc<Node>>, mut request: Request) -> Response {
+    let headers = request.headers();
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
     let host = headers.get("host").and_then(|v| v.to_str().ok());
     if !node.origins.allows(origin, host) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    let response = match websocket::handshake(headers) {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::BAD_REQUEST, "this connection cannot be upgraded\n").into_response();
+    };
     let limit = node.config.websocket.message_size_limit;
     let tracker = node.connections.clone();
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        // tungstenite keeps this buffer for the connection's whole life:
-        // at 4 KiB it was 40 % of an idle connection's memory. Client
-        // commands are small; a large one takes more reads, not more
-        // memory (docs/benchmarks.md, "Memory per connection").
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(serve(node, socket)))
+    tokio::spawn(tracker.track_future(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
+        };
+        // server::serve_http hands hyper plain TCP streams; the raw socket lets the
+        // reader wait without a buffer and the writer use writev.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return tracing::warn!("WebSocket upgrade on a connection that is not plain TCP");
+        };
+        let (rd, wr) = parts.io.into_inner().into_split();
+        serve(node, Reader::new(rd, parts.read_buf, limit), Writer::new(wr)).await;
+    }));
+    response
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
-async fn close(sink: &mut Sink, d: &Disconnect) {
-    let frame = CloseFrame {
-        code: d.code as u16,
-        reason: Utf8Bytes::from(d.reason.to_string()),
-    };
-    let _ = sink.send(Message::Close(Some(frame))).await;
-    let _ = sink.close().await;
+async fn close(writer: &Writer, d: &Disconnect) {
+    let _ = writer.close(d.code as u16, &d.reason).await;
 }
 
 /// Serves one WebSocket connection until it closes.
-async fn serve(node: Arc<Node>, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
     let mut session = Session::new(node.clone());
     let cfg = &node.config.client;
     // A client that sends nothing for a ping interval plus the pong timeout
@@ -73,15 +74,15 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
     tokio::pin!(stale);
     let rx = loop {
         let msg = tokio::select! {
-            m = stream.next() => Ok(m),
-            _ = &mut stale => return close(&mut sink, &Disconnect::STALE).await,
-            _ = node.shutdown.cancelled() => return close(&mut sink, &Disconnect::SHUTDOWN).await,
+            m = reader.next() => Ok(m),
+            _ = &mut stale => return close(&writer, &Disconnect::STALE).await,
+            _ = node.shutdown.cancelled() => return close(&writer, &Disconnect::SHUTDOWN).await,
         };
-        let text = match read(msg) {
+        let text = match read(msg, &writer).await {
             Read::Frame(bytes) => bytes,
             Read::Skip => continue,
             Read::Gone => return,
-            Read::Fail(d) => return close(&mut sink, &d).await,
+            Read::Fail(d) => return close(&writer, &d).await,
         };
         let mut commands = parse_frame(&text);
         let Some(first) = commands.next() else { continue };
@@ -89,7 +90,7 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
             Ok(cmd) => {
                 let id = cmd.id;
                 match cmd.into_request() {
-                    Ok(Request::Connect(req)) => session.connect(id, req),
+                    Ok(Command::Connect(req)) => session.connect(id, req),
                     Ok(_) | Err(_) => Err(Refusal::Disconnect(Disconnect::BAD_REQUEST)),
                 }
             }
@@ -99,7 +100,7 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
         };
         match outcome {
             Ok((reply, rx)) => {
-                if sink.send(Message::Text(text_of(reply))).await.is_err() {
+                if writer.text(&mut vec![reply]).await.is_err() {
                     session.close(&Disconnect::CONNECTION_CLOSED);
                     return;
                 }
@@ -113,11 +114,11 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
                 break rx;
             }
             Err(Refusal::Reply(bytes)) => {
-                if sink.send(Message::Text(text_of(bytes))).await.is_err() {
+                if writer.text(&mut vec![bytes]).await.is_err() {
                     return;
                 }
             }
-            Err(Refusal::Disconnect(d)) => return close(&mut sink, &d).await,
+            Err(Refusal::Disconnect(d)) => return close(&writer, &d).await,
         }
     };
 
@@ -125,8 +126,8 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
     let _connection = node.metrics.connection(Transport::WebSocket);
 
     // Phase 2: a writer task drains the client's queue; this task reads.
-    let writer = tokio::spawn(write(node.clone(), sink, rx, cfg.ping_interval));
-    tokio::pin!(writer);
+    let writing = tokio::spawn(write(node.clone(), writer.clone(), rx, cfg.ping_interval));
+    tokio::pin!(writing);
     loop {
         // Connection or subscription tokens lapsing (refresh and sub_refresh
         // move the deadline; it is recomputed on every pass).
@@ -138,7 +139,7 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
             }
         };
         let msg = tokio::select! {
-            m = tokio::time::timeout(idle, stream.next()) => m,
+            m = tokio::time::timeout(idle, reader.next()) => m,
             _ = expired => {
                 if let Err(d) = session.expire() {
                     session.close(&d);
@@ -146,14 +147,14 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
                 }
                 continue;
             }
-            _ = &mut writer => {
+            _ = &mut writing => {
                 // The hub closed the queue (slow, shutdown, API disconnect)
                 // or the socket failed: the writer already said goodbye.
                 session.close(&Disconnect::CONNECTION_CLOSED);
                 return;
             }
         };
-        match read(msg) {
+        match read(msg, &writer).await {
             Read::Frame(text) => {
                 for cmd in parse_frame(&text) {
                     let result = cmd.map_err(|e| e.disconnect().unwrap_or(Disconnect::BAD_REQUEST));
@@ -178,53 +179,57 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
         }
     }
     // Let the writer flush the close frame, but not forever.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), writing).await;
 }
 
 enum Read {
-    Frame(bytes::Bytes),
+    Frame(Bytes),
     Skip,
     Gone,
     Fail(Disconnect),
 }
 
-fn read(msg: Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>) -> Read {
+/// What one incoming frame means for the connection; answers pings and
+/// closes on the way.
+async fn read(
+    msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>,
+    writer: &Writer,
+) -> Read {
     match msg {
         Err(_) => Read::Fail(Disconnect::NO_PONG),
-        Ok(None) => Read::Gone,
-        Ok(Some(Err(e))) => {
-            // An oversized frame is the client's fault: tell it plainly.
-            let text = e.to_string();
-            if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-                Read::Fail(Disconnect::BAD_REQUEST)
-            } else {
-                Read::Gone
-            }
+        Ok(Ok(Incoming::Data(bytes))) => Read::Frame(bytes),
+        Ok(Ok(Incoming::Ping(payload))) => match writer.pong(payload).await {
+            Ok(()) => Read::Skip,
+            Err(_) => Read::Gone,
+        },
+        Ok(Ok(Incoming::Pong)) => Read::Skip,
+        Ok(Ok(Incoming::Close(code))) => {
+            // Echo the close (RFC 6455 §5.5.1); the session ends either way.
+            let _ = writer.close(code.unwrap_or(1000), "").await;
+            Read::Gone
         }
-        Ok(Some(Ok(Message::Text(t)))) => Read::Frame(t.into()),
-        Ok(Some(Ok(Message::Binary(b)))) => Read::Frame(b),
-        Ok(Some(Ok(Message::Close(_)))) => Read::Gone,
-        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => Read::Skip,
+        // An oversized message is the client's fault: tell it plainly.
+        Ok(Err(ReadError::TooLong { .. })) => Read::Fail(Disconnect::BAD_REQUEST),
+        Ok(Err(ReadError::Protocol(why))) => {
+            let _ = writer.close(1002, why).await;
+            Read::Gone
+        }
+        Ok(Err(ReadError::Io(_))) => Read::Gone,
     }
-}
-
-fn text_of(bytes: bytes::Bytes) -> Utf8Bytes {
-    // Everything crier writes is JSON produced from valid UTF-8.
-    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
 }
 
 /// Drains the client's queue into one text frame per wake-up, pings on the
 /// interval, and closes with the hub's reason when the queue closes.
-async fn write(node: Arc<Node>, mut sink: Sink, mut rx: ClientReceiver, ping_every: Duration) {
+async fn write(node: Arc<Node>, writer: Writer, mut rx: ClientReceiver, ping_every: Duration) {
     let mut items = Vec::new();
-    let mut frame = BytesMut::new();
+    let mut batch = Vec::new();
     let start = tokio::time::Instant::now() + ping_every;
     let mut ping = tokio::time::interval_at(start, ping_every);
     loop {
         let drained = tokio::select! {
             r = rx.drain(&mut items) => r,
             _ = ping.tick() => {
-                if sink.send(Message::Text(Utf8Bytes::from_static(std::str::from_utf8(PING).unwrap_or("{}")))).await.is_err() {
+                if writer.text(&mut vec![Bytes::from_static(PING)]).await.is_err() {
                     return;
                 }
                 continue;
@@ -238,22 +243,30 @@ async fn write(node: Arc<Node>, mut sink: Sink, mut rx: ClientReceiver, ping_eve
                 // messages per frame (docs/benchmarks.md).
                 tokio::task::yield_now().await;
                 let _ = rx.try_drain(&mut items);
-                join_batch(&items, BIDI_JSON, Envelope::Reply, &mut frame);
-                items.clear();
-                if sink
-                    .send(Message::Text(text_of(frame.split().freeze())))
-                    .await
-                    .is_err()
-                {
+                // The shared encodings themselves go out: no copy.
+                batch.extend(
+                    items
+                        .drain(..)
+                        .map(|item| encoded(&item, BIDI_JSON, Envelope::Reply)),
+                );
+                if writer.text(&mut batch).await.is_err() {
                     return;
+                }
+                // A burst must not leave its high-water mark behind.
+                if items.capacity() > KEEP_ITEMS {
+                    items = Vec::new();
+                    batch = Vec::new();
                 }
             }
             Err(reason) => {
                 let d = disconnect_of(&reason);
                 node.metrics.disconnect(d.code);
-                close(&mut sink, &d).await;
+                close(&writer, &d).await;
                 return;
             }
         }
     }
 }
+
+/// Batch capacity a writer keeps between frames.
+const KEEP_ITEMS: usize = 32;

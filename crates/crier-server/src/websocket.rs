@@ -1,0 +1,475 @@
+//! Server-side WebSocket (RFC 6455) for the bidirectional transport: the
+//! upgrade handshake, a reader of client frames, and a writer that sends a
+//! batch of shared, already-encoded messages as one text frame with one
+//! vectored write — no copy of the payloads and no per-connection output
+//! buffer. Knows nothing of the client protocol.
+//!
+//! Why not a WebSocket crate here: tungstenite copies every payload into an
+//! output buffer that keeps the size of the largest frame for the life of
+//! the connection, and keeps its read buffer allocated while idle; at 5,000
+//! subscribers under load that was ~38 KiB per connection
+//! (docs/benchmarks.md). This module holds a read buffer only while bytes
+//! are arriving and writes the hub's shared `Bytes` with `writev`.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Mutex;
+
+/// Bytes asked of the kernel per read while a frame is arriving.
+const READ_CHUNK: usize = 1024;
+
+/// Checks the upgrade request's headers and builds the `101 Switching
+/// Protocols` answer, or the error answer for a request that is not a
+/// WebSocket handshake.
+#[allow(clippy::result_large_err)]
+pub fn handshake(headers: &HeaderMap) -> Result<Response, Response> {
+    let bad = |why: &'static str| Err((StatusCode::BAD_REQUEST, why).into_response());
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return bad("expected a WebSocket upgrade (Connection: upgrade, Upgrade: websocket)\n");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut r = (StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version\n").into_response();
+        r.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(r);
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return bad("missing Sec-WebSocket-Key\n");
+    };
+    let accept = accept_key(key.as_bytes());
+    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?,
+    );
+    Ok(r)
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// A complete message (or control frame) from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A text or binary message, reassembled from its fragments.
+    Data(Bytes),
+    /// A ping; the caller answers with [`Writer::pong`].
+    Ping(Bytes),
+    /// A pong.
+    Pong,
+    /// A close frame, with its status code if it had one.
+    Close(Option<u16>),
+}
+
+/// Why reading stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket closed or failed.
+    #[error("connection lost: {0}")]
+    Io(#[from] io::Error),
+    /// The peer broke RFC 6455 (unmasked frame, bad opcode, fragmented
+    /// control frame, ...): close code 1002.
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(&'static str),
+    /// A message longer than the limit.
+    #[error("message too long: {size} bytes, the limit is {limit}")]
+    TooLong {
+        /// Bytes announced so far.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// Reads client frames. Holds a buffer only while a frame is arriving.
+pub struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+    // The message being reassembled from fragments: its bytes so far.
+    partial: Option<BytesMut>,
+    limit: usize,
+}
+
+impl Reader {
+    /// Reads from `half`; `pre` holds bytes that arrived with the
+    /// handshake; messages over `limit` bytes are refused.
+    pub fn new(half: OwnedReadHalf, pre: Bytes, limit: usize) -> Self {
+        Reader {
+            half,
+            buf: BytesMut::from(&pre[..]),
+            partial: None,
+            limit,
+        }
+    }
+
+    /// The next message or control frame. Cancel-safe: bytes read are kept
+    /// in the reader until a whole frame is there.
+    pub async fn next(&mut self) -> Result<Incoming, ReadError> {
+        loop {
+            if let Some(incoming) = self.parse()? {
+                return Ok(incoming);
+            }
+            if self.buf.is_empty() {
+                // Idle: hold no buffer while waiting for the next bytes.
+                self.buf = BytesMut::new();
+            }
+            self.half.readable().await?;
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.half.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One frame from the buffer, if a whole one is there.
+    fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            let Some(frame) = self.frame()? else {
+                return Ok(None);
+            };
+            let Frame { fin, opcode, payload } = frame;
+            match opcode {
+                OP_CLOSE => {
+                    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return Ok(Some(Incoming::Close(code)));
+                }
+                OP_PING => return Ok(Some(Incoming::Ping(payload.freeze()))),
+                OP_PONG => return Ok(Some(Incoming::Pong)),
+                OP_TEXT | OP_BINARY if self.partial.is_some() => {
+                    return Err(ReadError::Protocol("new message inside a fragmented one"))
+                }
+                OP_TEXT | OP_BINARY if fin => return Ok(Some(Incoming::Data(payload.freeze()))),
+                OP_TEXT | OP_BINARY => self.partial = Some(payload),
+                OP_CONTINUATION => {
+                    let Some(mut message) = self.partial.take() else {
+                        return Err(ReadError::Protocol("continuation without a message"));
+                    };
+                    message.extend_from_slice(&payload);
+                    if fin {
+                        return Ok(Some(Incoming::Data(message.freeze())));
+                    }
+                    self.partial = Some(message);
+                }
+                _ => return Err(ReadError::Protocol("unknown opcode")),
+            }
+        }
+    }
+
+    /// One raw frame, unmasked, if a whole one is in the buffer.
+    fn frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        let b = &self.buf[..];
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0F);
+        let (masked, len7) = (b[1] & 0x80 != 0, b[1] & 0x7F);
+        if rsv != 0 {
+            return Err(ReadError::Protocol("reserved bits set (no extension was agreed)"));
+        }
+        if !masked {
+            return Err(ReadError::Protocol("unmasked frame from a client"));
+        }
+        let control = opcode & 0x08 != 0;
+        if control && (!fin || len7 > 125) {
+            return Err(ReadError::Protocol("fragmented or oversized control frame"));
+        }
+        let (ext, len) = match len7 {
+            126 if b.len() >= 4 => (2, u64::from(u16::from_be_bytes([b[2], b[3]]))),
+            127 if b.len() >= 10 => (8, u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"))),
+            126 | 127 => return Ok(None),
+            n => (0, u64::from(n)),
+        };
+        let before = self.partial.as_ref().map_or(0, BytesMut::len);
+        let size = usize::try_from(len).unwrap_or(usize::MAX).saturating_add(before);
+        if !control && size > self.limit {
+            return Err(ReadError::TooLong {
+                size,
+                limit: self.limit,
+            });
+        }
+        let header = 2 + ext + 4;
+        let total = header + len as usize;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        let mask: [u8; 4] = self.buf[header - 4..header].try_into().expect("4 bytes");
+        let mut frame = self.buf.split_to(total);
+        frame.advance(header);
+        for (i, byte) in frame.iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        Ok(Some(Frame {
+            fin,
+            opcode,
+            payload: frame,
+        }))
+    }
+}
+
+struct Frame {
+    fin: bool,
+    opcode: u8,
+    payload: BytesMut,
+}
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// The header of an unmasked server frame with `len` payload bytes.
+fn header(opcode: u8, len: usize) -> Bytes {
+    let mut h = Vec::with_capacity(10);
+    h.push(0x80 | opcode);
+    match len {
+        0..=125 => h.push(len as u8),
+        126..=0xFFFF => {
+            h.push(126);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            h.push(127);
+            h.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    Bytes::from(h)
+}
+
+/// Writes server frames. Cheap to clone: the connection's reader answers
+/// pings and closes through a clone while the writer task sends batches;
+/// each frame is written whole under the lock.
+#[derive(Clone)]
+pub struct Writer {
+    half: Arc<Mutex<OwnedWriteHalf>>,
+}
+
+/// The separator between messages joined into one frame.
+const NEWLINE: Bytes = Bytes::from_static(b"\n");
+
+impl Writer {
+    /// Writes to `half`.
+    pub fn new(half: OwnedWriteHalf) -> Self {
+        Writer {
+            half: Arc::new(Mutex::new(half)),
+        }
+    }
+
+    /// Sends `messages` joined with `\n` as one text frame, with one
+    /// vectored write when the socket has room. Empties `messages`.
+    pub async fn text(&self, messages: &mut Vec<Bytes>) -> io::Result<()> {
+        let len = messages.iter().map(Bytes::len).sum::<usize>() + messages.len().saturating_sub(1);
+        let mut parts = Vec::with_capacity(messages.len() * 2);
+        parts.push(header(OP_TEXT, len));
+        for (i, m) in messages.drain(..).enumerate() {
+            if i > 0 {
+                parts.push(NEWLINE);
+            }
+            parts.push(m);
+        }
+        self.write(parts).await
+    }
+
+    /// Answers a ping with its payload.
+    pub async fn pong(&self, payload: Bytes) -> io::Result<()> {
+        self.write(vec![header(OP_PONG, payload.len()), payload]).await
+    }
+
+    /// Sends a close frame with `code` and `reason` (cut to fit a control
+    /// frame) and shuts the sending side down.
+    pub async fn close(&self, code: u16, reason: &str) -> io::Result<()> {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut payload = Vec::with_capacity(2 + end);
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(&reason.as_bytes()[..end]);
+        let payload = Bytes::from(payload);
+        self.write(vec![header(OP_CLOSE, payload.len()), payload]).await?;
+        self.half.lock().await.shutdown().await
+    }
+
+    async fn write(&self, mut parts: Vec<Bytes>) -> io::Result<()> {
+        let mut half = self.half.lock().await;
+        let mut first = 0;
+        while first < parts.len() {
+            let written = {
+                let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+                half.write_vectored(&slices).await?
+            };
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let mut left = written;
+            while left > 0 {
+                let part = &mut parts[first];
+                if left >= part.len() {
+                    left -= part.len();
+                    first += 1;
+                } else {
+                    part.advance(left);
+                    left = 0;
+                }
+            }
+            // Skip empty parts so the loop ends when everything is out.
+            while first < parts.len() && parts[first].is_empty() {
+                first += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (client, server)
+    }
+
+    fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=0xFFFF => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn accept_key_of_the_rfc_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_fragmented_large_and_control_frames_across_reads() {
+        let (mut client, server) = pair().await;
+        let (rd, _wr) = server.into_split();
+        let big = vec![b'x'; 70_000];
+        let mut bytes = masked(false, OP_TEXT, b"hel");
+        bytes.extend(masked(true, OP_PING, b"p"));
+        bytes.extend(masked(true, OP_CONTINUATION, b"lo"));
+        bytes.extend(masked(true, OP_BINARY, &big));
+        bytes.extend(masked(true, OP_CLOSE, &1000u16.to_be_bytes()));
+        // The first two bytes arrive with the handshake.
+        let mut r = Reader::new(rd, Bytes::copy_from_slice(&bytes[..2]), 100_000);
+        let writer = tokio::spawn(async move {
+            for chunk in bytes[2..].chunks(777) {
+                client.write_all(chunk).await.unwrap();
+            }
+            client
+        });
+        assert_eq!(r.next().await.unwrap(), Incoming::Ping(Bytes::from_static(b"p")));
+        assert_eq!(
+            r.next().await.unwrap(),
+            Incoming::Data(Bytes::from_static(b"hello"))
+        );
+        assert_eq!(r.next().await.unwrap(), Incoming::Data(Bytes::from(big)));
+        assert_eq!(r.next().await.unwrap(), Incoming::Close(Some(1000)));
+        drop(writer.await.unwrap());
+        assert!(matches!(r.next().await, Err(ReadError::Io(_))));
+    }
+
+    #[tokio::test]
+    async fn refuses_what_rfc_6455_forbids_and_what_is_too_long() {
+        for (bytes, want) in [
+            (vec![0x81, 0x02, b'h', b'i'], "unmasked"),
+            (masked(true, 0x3, b""), "opcode"),
+            (masked(false, OP_PING, b""), "control"),
+            (masked(true, OP_CONTINUATION, b"x"), "continuation"),
+            (
+                [masked(false, OP_TEXT, b"a"), masked(true, OP_TEXT, b"b")].concat(),
+                "inside",
+            ),
+            (masked(true, OP_TEXT, &[b'x'; 2000]), "too long"),
+            (
+                [
+                    masked(false, OP_TEXT, &[b'x'; 600]),
+                    masked(true, OP_CONTINUATION, &[b'x'; 600]),
+                ]
+                .concat(),
+                "too long",
+            ),
+        ] {
+            let (mut client, server) = pair().await;
+            let (rd, _wr) = server.into_split();
+            let mut r = Reader::new(rd, Bytes::new(), 1024);
+            client.write_all(&bytes).await.unwrap();
+            let err = r.next().await.unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should say {want}");
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_joined_text_pong_and_close_frames() {
+        let (mut client, server) = pair().await;
+        let (_rd, wr) = server.into_split();
+        let w = Writer::new(wr);
+        let long = Bytes::from(vec![b'y'; 300]);
+        let mut batch = vec![Bytes::from_static(b"{\"a\":1}"), long.clone()];
+        w.text(&mut batch).await.unwrap();
+        assert!(batch.is_empty());
+        w.pong(Bytes::from_static(b"p")).await.unwrap();
+        w.close(3008, "slow").await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let payload_len = 7 + 1 + 300;
+        let mut want = vec![0x81, 126];
+        want.extend_from_slice(&(payload_len as u16).to_be_bytes());
+        want.extend_from_slice(b"{\"a\":1}\n");
+        want.extend_from_slice(&long);
+        want.extend_from_slice(&[0x8A, 1, b'p']);
+        want.extend_from_slice(&[0x88, 6, 0x0B, 0xC0]);
+        want.extend_from_slice(b"slow");
+        assert_eq!(got, want);
+    }
+}
