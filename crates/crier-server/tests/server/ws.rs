@@ -704,3 +704,64 @@ async fn subscription_token_expiry_unsubscribes_2501_unless_refreshed() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn websocket_pings_get_pongs_and_protocol_violations_close_with_1002() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = TestServer::start(config("")).await;
+    // A client-side WebSocket ping (python `websockets` sends one every
+    // 20 s and drops the connection without a pong) is answered in kind.
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url()).await.unwrap();
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("a pong within 5 s");
+    assert!(
+        matches!(&pong, Some(Ok(Message::Pong(p))) if &p[..] == b"are you there"),
+        "{pong:?}"
+    );
+
+    // An unmasked frame breaks RFC 6455: close 1002, nothing else.
+    let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    raw.write_all(
+        b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    raw.write_all(&[0x81, 0x02, b'{', b'}']).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), raw.read_to_end(&mut answer))
+        .await
+        .expect("the server closes within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+    let close = answer.windows(4).position(|w| w == [0x88, w[1], 0x03, 0xEA]);
+    assert!(close.is_some(), "a close frame with 1002: {answer:?}");
+
+    // A request that is not an upgrade is refused plainly.
+    let mut plain = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    plain
+        .write_all(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), plain.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+
+    let mut other = Client::connect(&s.ws_url(), &token("still")).await;
+    let r = other.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert!(r["subscribe"].is_object(), "server still serves others: {r}");
+    s.shutdown().await;
+}
