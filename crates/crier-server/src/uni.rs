@@ -78,7 +78,7 @@ fn refusal(r: ConnectRefusal) -> Disconnect {
     match r {
         // A uni client cannot retry within the connection: an expired
         // token means "reconnect with a fresh one".
-        ConnectRefusal::Error(ErrorCode::TokenExpired) => Disconnect::EXPIRED,
+        ConnectRefusal::Error(ErrorCode::TokenExpired | ErrorCode::Expired) => Disconnect::EXPIRED,
         ConnectRefusal::Error(_) => Disconnect::BAD_REQUEST,
         ConnectRefusal::Disconnect(d) => d,
     }

@@ -104,6 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let insecure_client = config.client.insecure;
     let needs_token = !insecure_client && config.client.token.has_keys();
+    let anonymous_too = config.client.allow_anonymous_connect_without_token;
     let api = (!config.http_api.disabled).then(|| {
         let prefix = config.http_api.handler_prefix.trim_end_matches('/').to_owned();
         (prefix, config.http_api.insecure)
@@ -126,9 +127,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .is_some_and(|(prefix, insecure)| prefix == "/api" && *insecure);
     if needs_token {
-        print_line(
-            "  clients connect with a token: crier subscribe CHANNEL --token \"$(crier token --user ID)\"",
-        )?;
+        let or_not = if anonymous_too {
+            " (or without one, anonymously)"
+        } else {
+            ""
+        };
+        print_line(&format!(
+            "  clients connect with a token{or_not}: crier subscribe CHANNEL --token \"$(crier token --user ID)\""
+        ))?;
     } else if insecure_client && api_default {
         let (sub_url, pub_url) = if default_port {
             (String::new(), String::new())

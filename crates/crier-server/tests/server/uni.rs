@@ -153,6 +153,17 @@ async fn uni_refusals_and_disabled_transport() {
         sse.next().await.is_none(),
         "stream ends after the disconnect push"
     );
+    // A token whose `expire_at` has passed: a uni client cannot refresh in
+    // place, so it is told 3005 (reconnect with a fresh token).
+    let lapsed = crier_server::auth::TokenBuilder::new()
+        .user("late")
+        .exp(unix_now() + 600)
+        .expire_at(unix_now() - 5)
+        .sign_hs256(SECRET);
+    let body = json!({"token": lapsed});
+    let mut late = UniStream::request(&s, "POST", "/connection/uni_http_stream", &body.to_string()).await;
+    let d = late.push().await;
+    assert_eq!(d["disconnect"]["code"], 3005, "{d}");
     let bad = UniStream::request(&s, "POST", "/connection/uni_http_stream", "{not json").await;
     assert_eq!(bad.status, 400);
     // Not allowed to subscribe to `closed:`: the connection works, without it.
