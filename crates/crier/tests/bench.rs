@@ -409,3 +409,34 @@ fn plot_writes_an_svg_latency_distribution() {
     assert!(svg.contains("<svg"), "{svg}");
     assert!(svg.contains("percentile"), "the x axis is labelled: {svg}");
 }
+
+#[test]
+fn large_publications_over_a_websocket_publisher_stay_under_the_frame_limit() {
+    // 16 KB payloads, up to 8 in flight: joined into one frame they would
+    // pass the server's 64 KiB message limit and the publisher would be
+    // disconnected; the bench splits its frames instead.
+    let server = serve();
+    let report = bench(
+        &server,
+        &[
+            "--subscribers",
+            "3",
+            "--publish-via",
+            "ws",
+            "--rate",
+            "0",
+            "--window",
+            "8",
+            "--size",
+            "16000",
+            "--duration",
+            "1s",
+        ],
+    );
+    let sent = number(&report, "sent");
+    assert!(sent >= 8, "{report}");
+    assert!(report["publisher_failure"].is_null(), "{report}");
+    assert_eq!(number(&report, "refused"), 0, "{report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), sent * 3, "{report}");
+}

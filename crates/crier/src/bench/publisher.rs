@@ -31,6 +31,13 @@ const FIRST_PUBLISH_ID: u64 = CONNECT_ID + 1;
 /// Publications written in one request batch (one write) at most.
 const BATCH_MAX: usize = 64;
 
+/// Bytes of one WebSocket frame of joined publish commands at most: under
+/// the server's default 64 KiB message limit.
+const WS_FRAME_BUDGET: usize = 60 * 1024;
+
+/// A publish command's bytes besides its data and channel (id, keys, braces).
+const COMMAND_OVERHEAD: usize = 64;
+
 /// What one publisher did.
 pub struct Outcome {
     /// Publications the server accepted, per channel.
@@ -463,10 +470,25 @@ async fn websocket(
         // protocol allows.
         let mut frame = String::new();
         let sent = unix_nanos();
-        let mut deliveries = 0;
         for _ in 0..n {
             let seq = plan_seq(&plan, index, written);
             let channel = plan.channel_of_publication(seq);
+            // Keep each frame under the server's message size limit (64 KiB
+            // by default, `websocket.message_size_limit`): send what is
+            // joined so far when the next command would not fit.
+            if !frame.is_empty()
+                && frame.len() + plan.size + plan.channels[channel].len() + COMMAND_OVERHEAD > WS_FRAME_BUDGET
+            {
+                if let Err(e) = sink
+                    .lock()
+                    .await
+                    .send(Message::text(std::mem::take(&mut frame)))
+                    .await
+                {
+                    failure = Some(format!("cannot write to the publisher connection: {e}"));
+                    break;
+                }
+            }
             if !frame.is_empty() {
                 frame.push('\n');
             }
@@ -478,10 +500,12 @@ async fn websocket(
             );
             payload::write(&mut frame, sent, seq, plan.size);
             frame.push_str("}}");
-            deliveries += plan.fanout[channel];
+            flow.written(1, plan.fanout[channel]);
             written += 1;
         }
-        flow.written(n as u64, deliveries);
+        if failure.is_some() {
+            break;
+        }
         if let Err(e) = sink.lock().await.send(Message::text(frame)).await {
             failure = Some(format!("cannot write to the publisher connection: {e}"));
             break;
