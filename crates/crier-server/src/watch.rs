@@ -36,7 +36,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ChannelConfig, ConfigError, WatchConfig};
+use crate::config::{ChannelConfig, Config, ConfigError, WatchConfig};
 use crate::node::Node;
 use crate::server::ServerError;
 
@@ -73,6 +73,16 @@ struct Source {
     worker: Worker,
 }
 
+/// Checks every `[[watch]]` entry exactly as [`start`] does, without
+/// watching (what `crier check-config` reports): paths must exist, globs
+/// and templates parse, channels belong to configured namespaces.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    for (i, entry) in config.watch.iter().enumerate() {
+        Spec::new(i, entry, config)?;
+    }
+    Ok(())
+}
+
 /// Validates every `[[watch]]` entry and starts watching. When it returns,
 /// the OS watches are in place and the read position of every existing
 /// matching file is recorded (at its end), so anything written afterwards is
@@ -80,7 +90,7 @@ struct Source {
 pub fn start(node: &Arc<Node>) -> Result<Watchers, ServerError> {
     let mut sources = Vec::with_capacity(node.config.watch.len());
     for (i, config) in node.config.watch.iter().enumerate() {
-        let spec = Spec::new(i, config, node)?;
+        let spec = Spec::new(i, config, &node.config)?;
         sources.push(Source::start(spec, node.hub.clone())?);
     }
     Ok(Watchers { sources })
@@ -163,7 +173,7 @@ enum Scope {
 }
 
 impl Spec {
-    fn new(i: usize, c: &WatchConfig, node: &Node) -> Result<Self, ConfigError> {
+    fn new(i: usize, c: &WatchConfig, config: &Config) -> Result<Self, ConfigError> {
         let key = format!("watch[{i}]");
         let invalid = |field: &str, message: String| ConfigError::Invalid {
             key: format!("{key}.{field}"),
@@ -192,10 +202,10 @@ impl Spec {
             ));
         };
 
-        let channels = &node.config.channel;
+        let channels = &config.channel;
         let events = if c.channel.is_empty() {
             None
-        } else if node.channel_options(&c.channel).is_none() {
+        } else if channels.options_for(&c.channel).is_none() {
             return Err(invalid("channel", unknown_namespace(channels, &c.channel)));
         } else {
             Some(c.channel.clone())
@@ -220,7 +230,7 @@ impl Spec {
                     ),
                 ));
             }
-            if node.channel_options(&c.tail_channel).is_none() {
+            if channels.options_for(&c.tail_channel).is_none() {
                 return Err(invalid(
                     "tail_channel",
                     unknown_namespace(channels, &c.tail_channel),

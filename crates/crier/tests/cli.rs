@@ -433,6 +433,44 @@ fn check_config_checks_tcp_listeners_as_serve_would() {
 }
 
 #[test]
+fn check_config_checks_watch_sources_as_serve_would() {
+    let base = "[client.token]\nhmac_secret_key = \"k\"\n";
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().expect("utf-8 temp dir");
+    let cases = [
+        (
+            "path = \"/no/such/dir/for/crier\"\nchannel = \"news\"\n".to_string(),
+            "watch[0].path",
+        ),
+        (
+            format!("path = '{dir}'\nchannel = \"nope:x\"\n"),
+            "watch[0].channel",
+        ),
+        (format!("path = '{dir}'\ntail = true\n"), "watch[0].tail_channel"),
+        (
+            format!("path = '{dir}'\nglob = \"a[\"\nchannel = \"news\"\n"),
+            "watch[0].glob",
+        ),
+    ];
+    for (i, (entry, key)) in cases.iter().enumerate() {
+        let path = temp_file(
+            &format!("crier-cli-watch-{i}.toml"),
+            &format!("{base}[[watch]]\n{entry}"),
+        );
+        let (status, stdout, stderr) = run(&["check-config", path.to_str().expect("utf-8 temp path")], &[]);
+        assert_eq!(status.code(), Some(1), "{entry}: {stdout}");
+        assert!(stderr.contains(key), "the error must name {key}: {stderr}");
+    }
+    let path = temp_file(
+        "crier-cli-watch-ok.toml",
+        &format!("{base}[[watch]]\npath = '{dir}'\nchannel = \"news\"\n"),
+    );
+    let (status, stdout, stderr) = run(&["check-config", path.to_str().expect("utf-8 temp path")], &[]);
+    assert!(status.success(), "a good [[watch]] entry passes: {stderr}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+}
+
+#[test]
 fn check_config_reports_warnings_and_exits_0() {
     let path = temp_file(
         "crier-cli-good.toml",

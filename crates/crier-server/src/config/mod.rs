@@ -1025,12 +1025,14 @@ impl fmt::Display for Report {
 
 /// Checks a configuration file on its own (the environment is not applied,
 /// so the result does not depend on the shell it runs in): parses it,
-/// validates it, checks the `[[tcp]]` listeners as `crier serve` would
-/// before binding them, and loads the token keys it names.
+/// validates it, checks the `[[tcp]]` listeners and `[[watch]]` sources as
+/// `crier serve` would before binding and watching, and loads the token
+/// keys it names.
 pub fn check_config(path: &Path) -> Result<Report, ConfigError> {
     let (config, mut warnings) = source::read_file(path)?;
     warnings.extend(config.validate()?);
     crate::tcp::validate(&config)?;
+    crate::watch::validate(&config)?;
     // Building the verifier proves the PEM keys load; its key list feeds the
     // summary.
     let verifier = crate::auth::TokenVerifier::from_config(&config)?;
