@@ -216,6 +216,30 @@ impl Pacer {
     }
 }
 
+/// A publisher's outcome once its `reader` of the server's answers ended:
+/// what the reader counted, `written`, and the writer's `failure` if any.
+async fn collect(
+    reader: JoinHandle<Outcome>,
+    plan: &Plan,
+    written: u64,
+    failure: Option<String>,
+    answers: &str,
+) -> Outcome {
+    let mut outcome = match reader.await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let mut outcome = Outcome::new(plan.channels.len());
+            outcome.failure = Some(format!("the {answers} reader failed: {e}"));
+            outcome
+        }
+    };
+    outcome.written = written;
+    if failure.is_some() {
+        outcome.failure = failure;
+    }
+    outcome
+}
+
 /// One `POST /api/publish` request.
 pub(super) fn write_request(out: &mut String, plan: &Plan, body: &str) {
     let _ = write!(
@@ -281,18 +305,7 @@ async fn http(
         }
     }
     let _ = written_tx.send(written);
-    let mut outcome = match reader.await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            let mut outcome = Outcome::new(plan.channels.len());
-            outcome.failure = Some(format!("the answer reader failed: {e}"));
-            outcome
-        }
-    };
-    outcome.written = written;
-    if failure.is_some() {
-        outcome.failure = failure;
-    }
+    let outcome = collect(reader, &plan, written, failure, "answer").await;
     outcome
 }
 
@@ -512,19 +525,8 @@ async fn websocket(
         }
     }
     let _ = written_tx.send(written);
-    let mut outcome = match reader.await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            let mut outcome = Outcome::new(plan.channels.len());
-            outcome.failure = Some(format!("the reply reader failed: {e}"));
-            outcome
-        }
-    };
+    let outcome = collect(reader, &plan, written, failure, "reply").await;
     let _ = tokio::time::timeout(Duration::from_millis(100), sink.lock().await.close()).await;
-    outcome.written = written;
-    if failure.is_some() {
-        outcome.failure = failure;
-    }
     outcome
 }
 
