@@ -688,7 +688,10 @@ fn publish(node: &Node, ep: &Endpoint, channel: &str, text: &str, id: ClientId, 
         info: Some(publisher.clone()),
         ..Default::default()
     };
-    if let Err(e) = node.metrics.timed_publish(|| node.hub.publish(channel, data, opts)) {
+    if let Err(e) = node
+        .metrics
+        .timed_publish(|| node.hub.publish(channel, data, opts))
+    {
         tracing::warn!(listener = %ep.key, channel, error = %e, "tcp frame not published");
     }
 }

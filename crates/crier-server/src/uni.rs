@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
@@ -21,13 +20,14 @@ use crier_core::{ClientId, ClientReceiver, DisconnectReason};
 use crier_proto::client::{ConnectRequest, ConnectResult, Push};
 use crier_proto::codes::{Disconnect, ErrorCode};
 use crier_proto::encode::{self, Envelope, PING};
-use futures_util::{SinkExt, StreamExt};
 
 use crate::config::UniTransportConfig;
 use crate::frames::{encode_event_into, UNI_JSON};
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{disconnect_of, ConnectRefusal, Session};
+use crate::websocket::{self, Incoming, Reader, Writer};
+use crate::ws::close;
 
 /// How each message is framed on an HTTP stream.
 #[derive(Clone, Copy)]
@@ -321,67 +321,48 @@ fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing:
 pub async fn websocket(
     State(node): State<Arc<Node>>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
     if let Some(r) = disabled(&node.config.uni_websocket) {
         return r;
     }
-    if !origin_allowed(&node, &headers) {
+    if !origin_allowed(&node, request.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let limit = node.config.uni_websocket.max_request_body_size;
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();
-    ws.max_message_size(limit)
-        // tungstenite keeps this buffer for the connection's whole life
-        // (4 KiB was 40 % of an idle connection's memory); uni clients
-        // send one connect request and then nothing.
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(serve_websocket(node, socket, preset)))
+    websocket::accept(request, limit, &tracker, move |reader, writer| {
+        serve_websocket(node, reader, writer, preset)
+    })
 }
 
-async fn close_ws(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, d: &Disconnect) {
-    let frame = CloseFrame {
-        code: d.code as u16,
-        reason: Utf8Bytes::from(d.reason.to_string()),
-    };
-    let _ = sink.send(Message::Close(Some(frame))).await;
-}
-
-fn text(bytes: Bytes) -> Message {
-    Message::Text(Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}")))
-}
-
-async fn serve_websocket(node: Arc<Node>, socket: WebSocket, preset: Option<String>) {
-    let (mut sink, mut stream) = socket.split();
+async fn serve_websocket(node: Arc<Node>, mut reader: Reader, writer: Writer, preset: Option<String>) {
     let cfg = &node.config.client;
     let limit = node.config.uni_websocket.max_request_body_size;
-    let connect_bytes: Vec<u8> = match preset {
-        Some(q) => q.into_bytes(),
+    let connect_bytes: Bytes = match preset {
+        Some(q) => q.into(),
         None => {
             let first = tokio::select! {
-                m = tokio::time::timeout(cfg.ping_interval + cfg.pong_timeout, stream.next()) => m,
-                _ = node.shutdown.cancelled() => return close_ws(&mut sink, &Disconnect::SHUTDOWN).await,
+                m = tokio::time::timeout(cfg.ping_interval + cfg.pong_timeout, reader.next()) => m,
+                _ = node.shutdown.cancelled() => return close(&writer, &Disconnect::SHUTDOWN).await,
             };
             match first {
-                Ok(Some(Ok(Message::Text(t)))) => t.as_bytes().to_vec(),
-                Ok(Some(Ok(Message::Binary(b)))) => b.to_vec(),
-                Err(_) => return close_ws(&mut sink, &Disconnect::STALE).await,
-                _ => return close_ws(&mut sink, &Disconnect::BAD_REQUEST).await,
+                Ok(Ok(Incoming::Data(bytes))) => bytes,
+                Err(_) => return close(&writer, &Disconnect::STALE).await,
+                _ => return close(&writer, &Disconnect::BAD_REQUEST).await,
             }
         }
     };
     let req = match parse_connect(&connect_bytes, limit) {
         Ok(r) => r,
-        Err(d) => return close_ws(&mut sink, &d).await,
+        Err(d) => return close(&writer, &d).await,
     };
     let (connect, mut out) = match open(&node, req) {
         Ok(x) => x,
         Err(d) => {
-            let _ = sink.send(text(disconnect_push(&d))).await;
-            return close_ws(&mut sink, &d).await;
+            let _ = writer.text(&mut vec![disconnect_push(&d)]).await;
+            return close(&writer, &d).await;
         }
     };
     let _registration = Registration {
@@ -389,7 +370,7 @@ async fn serve_websocket(node: Arc<Node>, socket: WebSocket, preset: Option<Stri
         id: out.id,
     };
     let _connection = node.metrics.connection(Transport::UniWebSocket);
-    if sink.send(text(connect)).await.is_err() {
+    if writer.text(&mut vec![connect]).await.is_err() {
         return;
     }
     let mut ping =
@@ -397,29 +378,29 @@ async fn serve_websocket(node: Arc<Node>, socket: WebSocket, preset: Option<Stri
     loop {
         let step = tokio::select! {
             s = out.next(&mut ping) => s,
-            incoming = stream.next() => match incoming {
-                // The client only listens; anything it sends is ignored,
-                // but its close (or a broken socket) ends the connection.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => continue,
+            incoming = reader.next() => match incoming {
+                // The client only listens; anything it sends is ignored
+                // (pings answered), but its close or a broken socket ends
+                // the connection.
+                Ok(Incoming::Ping(payload)) => match writer.pong(payload).await {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+                Ok(Incoming::Data(_) | Incoming::Pong) => continue,
+                Ok(Incoming::Close(code)) => {
+                    let _ = writer.close(code.unwrap_or(1000), "").await;
+                    return;
+                }
+                Err(_) => return,
             },
         };
         let sent = match step {
-            Step::Frame(messages) => {
-                let mut frame = BytesMut::new();
-                for m in &messages {
-                    if !frame.is_empty() {
-                        frame.extend_from_slice(b"\n");
-                    }
-                    frame.extend_from_slice(m);
-                }
-                sink.send(text(frame.freeze())).await
-            }
-            Step::Ping => sink.send(text(Bytes::from_static(PING))).await,
+            Step::Frame(mut messages) => writer.text(&mut messages).await,
+            Step::Ping => writer.text(&mut vec![Bytes::from_static(PING)]).await,
             Step::Close(d) => {
                 node.metrics.disconnect(d.code);
-                let _ = sink.send(text(disconnect_push(&d))).await;
-                return close_ws(&mut sink, &d).await;
+                let _ = writer.text(&mut vec![disconnect_push(&d)]).await;
+                return close(&writer, &d).await;
             }
         };
         if sent.is_err() {

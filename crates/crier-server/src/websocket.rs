@@ -11,24 +11,60 @@
 //! (docs/benchmarks.md). This module holds a read buffer only while bytes
 //! are arriving and writes the hub's shared `Bytes` with `writev`.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tokio_util::task::TaskTracker;
 
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;
+
+/// Answers the WebSocket handshake in `request` and, once the connection
+/// is upgraded, runs `serve` on its reader (messages up to `limit` bytes)
+/// and writer, as a task `tracker` waits for at shutdown.
+pub fn accept<F, Fut>(mut request: Request, limit: usize, tracker: &TaskTracker, serve: F) -> Response
+where
+    F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let response = match handshake(request.headers()) {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::BAD_REQUEST, "this connection cannot be upgraded\n").into_response();
+    };
+    tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
+        };
+        // server::serve_http hands hyper plain TCP streams; the raw socket
+        // lets the reader wait without a buffer and the writer use writev.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return tracing::warn!("WebSocket upgrade on a connection that is not plain TCP");
+        };
+        let (rd, wr) = parts.io.into_inner().into_split();
+        serve(Reader::new(rd, parts.read_buf, limit), Writer::new(wr)).await;
+    });
+    response
+}
 
 /// Checks the upgrade request's headers and builds the `101 Switching
 /// Protocols` answer, or the error answer for a request that is not a
 /// WebSocket handshake.
 #[allow(clippy::result_large_err)]
-pub fn handshake(headers: &HeaderMap) -> Result<Response, Response> {
+fn handshake(headers: &HeaderMap) -> Result<Response, Response> {
     let bad = |why: &'static str| Err((StatusCode::BAD_REQUEST, why).into_response());
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {

@@ -14,8 +14,6 @@ use crier_core::ClientReceiver;
 use crier_proto::client::{parse_frame, Request as Command};
 use crier_proto::codes::Disconnect;
 use crier_proto::encode::{Envelope, PING};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::frames::{encoded, BIDI_JSON};
 use crate::metrics::Transport;
@@ -24,39 +22,22 @@ use crate::session::{disconnect_of, Refusal, Session};
 use crate::websocket::{self, Incoming, ReadError, Reader, Writer};
 
 /// Upgrades a request to a WebSocket client connection.
-pub async fn upgrade(State(node): State<Arc<Node>>, mut request: Request) -> Response {
+pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Response {
     let headers = request.headers();
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
     let host = headers.get("host").and_then(|v| v.to_str().ok());
     if !node.origins.allows(origin, host) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let response = match websocket::handshake(headers) {
-        Ok(r) => r,
-        Err(refusal) => return refusal,
-    };
-    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return (StatusCode::BAD_REQUEST, "this connection cannot be upgraded\n").into_response();
-    };
     let limit = node.config.websocket.message_size_limit;
     let tracker = node.connections.clone();
-    tokio::spawn(tracker.track_future(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
-        };
-        // server::serve_http hands hyper plain TCP streams; the raw socket lets the
-        // reader wait without a buffer and the writer use writev.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            return tracing::warn!("WebSocket upgrade on a connection that is not plain TCP");
-        };
-        let (rd, wr) = parts.io.into_inner().into_split();
-        serve(node, Reader::new(rd, parts.read_buf, limit), Writer::new(wr)).await;
-    }));
-    response
+    websocket::accept(request, limit, &tracker, move |reader, writer| {
+        serve(node, reader, writer)
+    })
 }
 
-async fn close(writer: &Writer, d: &Disconnect) {
+/// Sends `d` as a close frame.
+pub(crate) async fn close(writer: &Writer, d: &Disconnect) {
     let _ = writer.close(d.code as u16, &d.reason).await;
 }
 
