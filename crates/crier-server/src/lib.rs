@@ -14,6 +14,8 @@
 //! - [`tcp`] plain TCP listeners; [`watch`] file sources.
 //! - [`metrics`] counts for Prometheus and serves `GET /metrics`.
 //! - [`server`] binds, routes and shuts down gracefully.
+//! - `redis_broker` (feature `redis`): offsets, history, presence and
+//!   pub/sub between nodes in Redis; not yet used by the hub.
 //!
 //! This crate must never be imported by `crier-core` or `crier-proto`.
 #![forbid(unsafe_code)]
@@ -24,6 +26,10 @@ pub mod config;
 pub mod frames;
 pub mod metrics;
 pub mod node;
+/// Redis broker: shared offsets, history, presence and pub/sub (feature `redis`).
+#[cfg(feature = "redis")]
+#[path = "redis/mod.rs"] // named redis_broker so it does not shadow the `redis` crate
+pub mod redis_broker;
 pub mod server;
 pub mod session;
 pub mod tcp;
