@@ -122,9 +122,18 @@ impl Shard {
     /// One attempt; the flag says a retry may help: the request failed
     /// fast on a connection made earlier, which had died meanwhile.
     async fn once(&self, req: &Request<'_>) -> (Result<Value, BrokerError>, bool) {
-        let (id, mut c, reused) = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => return (Err(e), false),
+        // Bounded as a whole, waiting for the lock included: callers queued
+        // behind a connect that hangs fail together, not one after another.
+        let (id, mut c, reused) = match timeout(self.connect_timeout, self.connection()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return (Err(e), false),
+            Err(_) => {
+                let e = BrokerError::Unavailable(format!(
+                    "redis {}: no connection within {:?}",
+                    self.address, self.connect_timeout
+                ));
+                return (Err(e), false);
+            }
         };
         let run = async {
             match req {

@@ -20,7 +20,8 @@
 //! - [`RedisBroker::history`] reads the position and the publications in one
 //!   script. A `since` position of another epoch, or beyond the top, is
 //!   [`BrokerError::UnrecoverablePosition`] carrying the current position
-//!   (Centrifugo's `node.history` answers the same, code 112). Publications
+//!   (Centrifugo's `node.history` answers the same, code 112; as there, a
+//!   `since` with an empty epoch matches any epoch). Publications
 //!   trimmed or expired are simply absent: a caller recovering from `since`
 //!   checks that offsets continue from `since.offset + 1` up to the top.
 //! - [`Subscriber::subscribe`] resolves after Redis confirmed the SUBSCRIBE:
@@ -30,6 +31,8 @@
 //!   backoff (100 ms doubling to 5 s), subscribes every channel again, then
 //!   says [`BrokerEvent::Restored`]. Publications in between are missed: the
 //!   caller recovers them from history.
+//! - Requires Redis >= 5 (streams; scripts replicated by effect, so the
+//!   presence scripts may read `TIME`).
 //! - Failures never panic: Redis unreachable or slow is
 //!   [`BrokerError::Unavailable`] (API error 100) within `connect_timeout`
 //!   plus `command_timeout`; a reply of the wrong shape is
@@ -161,7 +164,8 @@ pub struct PublishOptions {
 /// Which part of a channel's history to read.
 #[derive(Clone, Debug, Default)]
 pub struct HistoryQuery {
-    /// After this position (before it when `reverse`); its epoch must match.
+    /// After this position (before it when `reverse`); its epoch must match
+    /// the stream's, unless empty (any epoch, as Centrifugo accepts).
     pub since: Option<StreamPosition>,
     /// At most this many; `None` = all, `Some(0)` = only the position.
     pub limit: Option<usize>,
@@ -213,8 +217,9 @@ pub enum BrokerEvent {
         /// The publication.
         publication: RemotePublication,
     },
-    /// The pub/sub connection to shard `shard` is down: publications of its
-    /// channels may be missed from now until [`BrokerEvent::Restored`].
+    /// The pub/sub connection to shard `shard` is down (or its first
+    /// connection attempt failed): publications of its channels may be
+    /// missed from now until [`BrokerEvent::Restored`].
     Lost {
         /// Index of the shard in [`RedisConfig::addresses`].
         shard: usize,
@@ -599,6 +604,26 @@ mod tests {
         let (e1, e2) = (b.new_epoch(), b.new_epoch());
         assert_ne!(e1, e2);
         assert_eq!(e1.len(), 16);
+    }
+
+    /// The hub will call the broker from spawned tasks: every future must
+    /// be `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(b: RedisBroker, s: Subscriptions, mut e: BrokerEvents) {
+        fn send<T: Send>(_: T) {}
+        let opts = PublishOptions::default();
+        send(b.publish("c", Bytes::new(), &opts));
+        send(b.history("c", &HistoryQuery::default()));
+        send(b.remove_history("c"));
+        send(b.add_presence("c", "1", "u", Bytes::new(), Duration::from_secs(1)));
+        send(b.remove_presence("c", "1"));
+        send(b.presence("c"));
+        send(b.presence_stats("c"));
+        send(s.subscribe("c"));
+        send(s.unsubscribe("c"));
+        send(e.recv());
+        send(b.clone());
+        send(s.clone());
     }
 
     #[test]

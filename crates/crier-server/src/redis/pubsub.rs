@@ -260,9 +260,6 @@ impl ShardTask {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                // Messages first: what Redis sent before a confirmation is
-                // handed on before the request that the confirmation answers.
-                biased;
                 msg = stream.next() => {
                     let Some(msg) = msg else { return End::Lost };
                     let Some(channel) = self.channels.get(msg.get_channel_name()) else {

@@ -30,7 +30,8 @@ redis.call('PUBLISH', ARGV[6], off .. ':' .. string.len(epoch) .. ':' .. epoch .
 return {top, epoch}
 "#;
 
-/// KEYS: meta, stream. ARGV: since offset ('' = none), since epoch, limit
+/// KEYS: meta, stream. ARGV: since offset ('' = none), since epoch ('' =
+/// any, as Centrifugo's `node.history` accepts), limit
 /// ('' = all), reverse ('0'/'1'), meta_ttl_ms (0 = none), new epoch.
 /// Returns {top offset, epoch, 0} when `since` cannot be served (another
 /// epoch, or beyond the top), else {top offset, epoch, 1, entries}.
@@ -53,7 +54,7 @@ end
 local since = nil
 if ARGV[1] ~= '' then
   since = tonumber(ARGV[1])
-  if ARGV[2] ~= epoch or since > tonumber(top) then
+  if (ARGV[2] ~= '' and ARGV[2] ~= epoch) or since > tonumber(top) then
     return {top, epoch, 0}
   end
 end

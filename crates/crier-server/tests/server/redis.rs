@@ -87,6 +87,18 @@ impl RedisServer {
         }
     }
 
+    /// Freezes (`STOP`) or thaws (`CONT`) the process: a Redis that keeps
+    /// its sockets open but answers nothing.
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -288,6 +300,13 @@ async fn history_since_returns_exactly_the_later_publications_byte_exact() {
         older.iter().map(|p| p.offset).collect::<Vec<_>>(),
         vec![4, 3, 2, 1]
     );
+    // An empty epoch matches any (as in Centrifugo).
+    let any = StreamPosition {
+        offset: 8,
+        epoch: String::new(),
+    };
+    let (two, _) = b.history("h", &since(&any)).await.unwrap();
+    assert_eq!(two.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![9, 10]);
     // A position beyond the top cannot be served.
     let ahead = StreamPosition {
         offset: 11,
@@ -413,7 +432,6 @@ async fn a_new_epoch_is_detected() {
     };
     let before = b.publish("m", Bytes::from_static(b"x"), &brief).await.unwrap();
     eventually("the meta key expires", || async {
-        let _: () = ();
         let mut raw = redis.raw().await;
         let n: i64 = redis::cmd("EXISTS")
             .arg("crier:{m}:m")
@@ -433,7 +451,12 @@ async fn a_new_epoch_is_detected() {
 async fn a_publication_on_one_node_reaches_subscribers_on_another_in_order_once() {
     let redis = RedisServer::start();
     let a = broker(&[&redis]);
-    let b = broker(&[&redis]);
+    // B pings its pub/sub connection all the time, amid the messages.
+    let b = RedisBroker::connect(RedisConfig {
+        pubsub_ping_interval: Duration::from_millis(1),
+        ..config(&[&redis])
+    })
+    .unwrap();
     // Before B subscribes: these must never arrive.
     for i in 0..5 {
         a.publish("room", Bytes::from(format!("[{i}]")), &history_opts(100))
@@ -616,7 +639,12 @@ async fn redis_down_then_back_unavailable_lost_restored() {
     let mut redis = RedisServer::start();
     let port = redis.port;
     let a = broker(&[&redis]);
-    let b = broker(&[&redis]);
+    // Pings every 20 ms: a healthy connection must not be taken for lost.
+    let b = RedisBroker::connect(RedisConfig {
+        pubsub_ping_interval: Duration::from_millis(20),
+        ..config(&[&redis])
+    })
+    .unwrap();
     let mut sub = b.subscriptions();
     sub.subscribe("live").await.unwrap();
     let first = a
@@ -635,28 +663,27 @@ async fn redis_down_then_back_unavailable_lost_restored() {
         .await
         .unwrap_err();
     assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(600),
-        "took {:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(600), "took {took:?}");
     let started = Instant::now();
     let err = a.history("live", &HistoryQuery::default()).await.unwrap_err();
     assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(1200),
-        "took {:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1200), "took {took:?}");
     assert_eq!(next_event(&mut sub).await, BrokerEvent::Lost { shard: 0 });
-    // While down, subscribing is unavailable.
+    // While down, subscribing is unavailable; a subscriber started now
+    // reports the shard lost at once.
     assert!(matches!(
         sub.subscribe("other").await,
         Err(BrokerError::Unavailable(_))
     ));
+    let mut late = b.subscriptions();
+    assert_eq!(next_event(&mut late).await, BrokerEvent::Lost { shard: 0 });
 
     let _back = RedisServer::start_on(port);
     assert_eq!(next_event(&mut sub).await, BrokerEvent::Restored { shard: 0 });
+    assert_eq!(next_event(&mut late).await, BrokerEvent::Restored { shard: 0 });
+    late.subscribe("live").await.unwrap();
     // Resubscribed: a new publication arrives (Redis lost its data: new epoch).
     let after = a
         .publish("live", Bytes::from_static(b"3"), &history_opts(10))
@@ -664,20 +691,73 @@ async fn redis_down_then_back_unavailable_lost_restored() {
         .unwrap();
     assert_eq!(after.offset, 1);
     assert_ne!(after.epoch, first.epoch);
-    match next_event(&mut sub).await {
-        BrokerEvent::Publication {
-            channel,
-            offset,
-            epoch,
-            ..
-        } => {
-            assert_eq!((&*channel, offset, epoch), ("live", 1, after.epoch.clone()));
+    for s in [&mut sub, &mut late] {
+        match next_event(s).await {
+            BrokerEvent::Publication {
+                channel,
+                offset,
+                epoch,
+                ..
+            } => {
+                assert_eq!((&*channel, offset, epoch), ("live", 1, after.epoch.clone()));
+            }
+            other => panic!("unexpected {other:?}"),
         }
-        other => panic!("unexpected {other:?}"),
     }
     // Recovery from before the outage is refused with the new position.
     assert!(matches!(
         b.history("live", &since(&first)).await,
         Err(BrokerError::UnrecoverablePosition { current }) if current == after
     ));
+}
+
+#[tokio::test]
+async fn a_hung_redis_is_noticed_by_timeouts_and_pings() {
+    let redis = RedisServer::start();
+    let a = broker(&[&redis]);
+    let b = RedisBroker::connect(RedisConfig {
+        pubsub_ping_interval: Duration::from_millis(50),
+        ..config(&[&redis])
+    })
+    .unwrap();
+    let mut sub = b.subscriptions();
+    sub.subscribe("h").await.unwrap();
+    a.publish("h", Bytes::from_static(b"1"), &history_opts(10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut sub).await,
+        BrokerEvent::Publication { offset: 1, .. }
+    ));
+
+    redis.signal("STOP");
+    let started = Instant::now();
+    let err = a
+        .publish("h", Bytes::from_static(b"2"), &history_opts(10))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
+    // The command timeout (500 ms) bounds it.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+    assert_eq!(next_event(&mut sub).await, BrokerEvent::Lost { shard: 0 });
+
+    redis.signal("CONT");
+    assert_eq!(next_event(&mut sub).await, BrokerEvent::Restored { shard: 0 });
+    // Same Redis, data kept: whatever of publish "2" ran, offsets continue.
+    let p = a
+        .publish("h", Bytes::from_static(b"3"), &history_opts(10))
+        .await
+        .unwrap();
+    assert!(p.offset == 2 || p.offset == 3, "{p:?}");
+    loop {
+        match next_event(&mut sub).await {
+            BrokerEvent::Publication { offset, .. } if offset == p.offset => break,
+            BrokerEvent::Publication { offset: 2, .. } => {} // "2", if it ran late
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
