@@ -337,7 +337,7 @@ pub async fn websocket(
     })
 }
 
-async fn serve_websocket(node: Arc<Node>, mut reader: Reader, writer: Writer, preset: Option<String>) {
+async fn serve_websocket(node: Arc<Node>, mut reader: Reader, mut writer: Writer, preset: Option<String>) {
     let cfg = &node.config.client;
     let limit = node.config.uni_websocket.max_request_body_size;
     let connect_bytes: Bytes = match preset {
@@ -345,24 +345,24 @@ async fn serve_websocket(node: Arc<Node>, mut reader: Reader, writer: Writer, pr
         None => {
             let first = tokio::select! {
                 m = tokio::time::timeout(cfg.ping_interval + cfg.pong_timeout, reader.next()) => m,
-                _ = node.shutdown.cancelled() => return close(&writer, &Disconnect::SHUTDOWN).await,
+                _ = node.shutdown.cancelled() => return close(&mut writer, &Disconnect::SHUTDOWN).await,
             };
             match first {
                 Ok(Ok(Incoming::Data(bytes))) => bytes,
-                Err(_) => return close(&writer, &Disconnect::STALE).await,
-                _ => return close(&writer, &Disconnect::BAD_REQUEST).await,
+                Err(_) => return close(&mut writer, &Disconnect::STALE).await,
+                _ => return close(&mut writer, &Disconnect::BAD_REQUEST).await,
             }
         }
     };
     let req = match parse_connect(&connect_bytes, limit) {
         Ok(r) => r,
-        Err(d) => return close(&writer, &d).await,
+        Err(d) => return close(&mut writer, &d).await,
     };
     let (connect, mut out) = match open(&node, req) {
         Ok(x) => x,
         Err(d) => {
             let _ = writer.text(&mut vec![disconnect_push(&d)]).await;
-            return close(&writer, &d).await;
+            return close(&mut writer, &d).await;
         }
     };
     let _registration = Registration {
@@ -400,7 +400,7 @@ async fn serve_websocket(node: Arc<Node>, mut reader: Reader, writer: Writer, pr
             Step::Close(d) => {
                 node.metrics.disconnect(d.code);
                 let _ = writer.text(&mut vec![disconnect_push(&d)]).await;
-                return close(&writer, &d).await;
+                return close(&mut writer, &d).await;
             }
         };
         if sent.is_err() {

@@ -13,7 +13,6 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
-use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -23,7 +22,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
 use tokio_util::task::TaskTracker;
 
 /// Bytes asked of the kernel per read while a frame is arriving.
@@ -301,12 +299,58 @@ fn header(opcode: u8, len: usize) -> Bytes {
     Bytes::from(h)
 }
 
-/// Writes server frames. Cheap to clone: the connection's reader answers
-/// pings and closes through a clone while the writer task sends batches;
-/// each frame is written whole under the lock.
-#[derive(Clone)]
+/// Writes server frames. Owned by one task at a time (the connection's
+/// reader before connect, its writer task after), so no lock: the reader
+/// hands what it must send later (pongs, a close) to the writer task
+/// through [`Controls`].
 pub struct Writer {
-    half: Arc<Mutex<OwnedWriteHalf>>,
+    half: OwnedWriteHalf,
+}
+
+/// A control frame the reader asks the writer task to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Answer a ping with its payload.
+    Pong(Bytes),
+    /// Close with this code and reason; the writer ends after it.
+    Close(u16, &'static str),
+}
+
+/// Control frames waiting for a connection's writer task. A mutex around a
+/// short list and a `Notify`; touched only when the client pings or closes.
+#[derive(Default)]
+pub struct Controls {
+    pending: std::sync::Mutex<Vec<Control>>,
+    ready: tokio::sync::Notify,
+}
+
+impl Controls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Control>> {
+        // Nothing panics while holding it; a poisoned list is still a list.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `control` for the writer task.
+    pub fn send(&self, control: Control) {
+        self.lock().push(control);
+        // A stored permit if the writer is not waiting yet: never lost.
+        self.ready.notify_one();
+    }
+
+    /// Waits until something is queued, then moves all of it into `out`.
+    /// Cancel-safe.
+    pub async fn take(&self, out: &mut Vec<Control>) {
+        loop {
+            {
+                let mut pending = self.lock();
+                if !pending.is_empty() {
+                    out.append(&mut pending);
+                    return;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// The separator between messages joined into one frame.
@@ -315,14 +359,20 @@ const NEWLINE: Bytes = Bytes::from_static(b"\n");
 impl Writer {
     /// Writes to `half`.
     pub fn new(half: OwnedWriteHalf) -> Self {
-        Writer {
-            half: Arc::new(Mutex::new(half)),
+        Writer { half }
+    }
+
+    /// Sends a control frame the reader asked for.
+    pub async fn control(&mut self, control: Control) -> io::Result<()> {
+        match control {
+            Control::Pong(payload) => self.pong(payload).await,
+            Control::Close(code, reason) => self.close(code, reason).await,
         }
     }
 
     /// Sends `messages` joined with `\n` as one text frame, with one
     /// vectored write when the socket has room. Empties `messages`.
-    pub async fn text(&self, messages: &mut Vec<Bytes>) -> io::Result<()> {
+    pub async fn text(&mut self, messages: &mut Vec<Bytes>) -> io::Result<()> {
         let len = messages.iter().map(Bytes::len).sum::<usize>() + messages.len().saturating_sub(1);
         let mut parts = Vec::with_capacity(messages.len() * 2);
         parts.push(header(OP_TEXT, len));
@@ -336,13 +386,13 @@ impl Writer {
     }
 
     /// Answers a ping with its payload.
-    pub async fn pong(&self, payload: Bytes) -> io::Result<()> {
+    pub async fn pong(&mut self, payload: Bytes) -> io::Result<()> {
         self.write(vec![header(OP_PONG, payload.len()), payload]).await
     }
 
     /// Sends a close frame with `code` and `reason` (cut to fit a control
     /// frame) and shuts the sending side down.
-    pub async fn close(&self, code: u16, reason: &str) -> io::Result<()> {
+    pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
         let mut end = reason.len().min(123);
         while !reason.is_char_boundary(end) {
             end -= 1;
@@ -352,11 +402,11 @@ impl Writer {
         payload.extend_from_slice(&reason.as_bytes()[..end]);
         let payload = Bytes::from(payload);
         self.write(vec![header(OP_CLOSE, payload.len()), payload]).await?;
-        self.half.lock().await.shutdown().await
+        self.half.shutdown().await
     }
 
-    async fn write(&self, mut parts: Vec<Bytes>) -> io::Result<()> {
-        let mut half = self.half.lock().await;
+    async fn write(&mut self, mut parts: Vec<Bytes>) -> io::Result<()> {
+        let half = &mut self.half;
         let mut first = 0;
         while first < parts.len() {
             let written = {
@@ -489,7 +539,7 @@ mod tests {
     async fn writes_joined_text_pong_and_close_frames() {
         let (mut client, server) = pair().await;
         let (_rd, wr) = server.into_split();
-        let w = Writer::new(wr);
+        let mut w = Writer::new(wr);
         let long = Bytes::from(vec![b'y'; 300]);
         let mut batch = vec![Bytes::from_static(b"{\"a\":1}"), long.clone()];
         w.text(&mut batch).await.unwrap();

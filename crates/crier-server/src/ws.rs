@@ -19,7 +19,7 @@ use crate::frames::{encoded, BIDI_JSON};
 use crate::metrics::Transport;
 use crate::node::Node;
 use crate::session::{disconnect_of, Refusal, Session};
-use crate::websocket::{self, Incoming, ReadError, Reader, Writer};
+use crate::websocket::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
 
 /// Upgrades a request to a WebSocket client connection.
 pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Response {
@@ -37,12 +37,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
 }
 
 /// Sends `d` as a close frame.
-pub(crate) async fn close(writer: &Writer, d: &Disconnect) {
+pub(crate) async fn close(writer: &mut Writer, d: &Disconnect) {
     let _ = writer.close(d.code as u16, &d.reason).await;
 }
 
 /// Serves one WebSocket connection until it closes.
-async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
+async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
     let mut session = Session::new(node.clone());
     let cfg = &node.config.client;
     // A client that sends nothing for a ping interval plus the pong timeout
@@ -56,14 +56,24 @@ async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
     let rx = loop {
         let msg = tokio::select! {
             m = reader.next() => Ok(m),
-            _ = &mut stale => return close(&writer, &Disconnect::STALE).await,
-            _ = node.shutdown.cancelled() => return close(&writer, &Disconnect::SHUTDOWN).await,
+            _ = &mut stale => return close(&mut writer, &Disconnect::STALE).await,
+            _ = node.shutdown.cancelled() => return close(&mut writer, &Disconnect::SHUTDOWN).await,
         };
-        let text = match read(msg, &writer).await {
+        let text = match read(msg) {
             Read::Frame(bytes) => bytes,
             Read::Skip => continue,
+            Read::Answer(control) => {
+                if writer.control(control).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Read::Last(control) => {
+                let _ = writer.control(control).await;
+                return;
+            }
             Read::Gone => return,
-            Read::Fail(d) => return close(&writer, &d).await,
+            Read::Fail(d) => return close(&mut writer, &d).await,
         };
         let mut commands = parse_frame(&text);
         let Some(first) = commands.next() else { continue };
@@ -99,7 +109,7 @@ async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
                     return;
                 }
             }
-            Err(Refusal::Disconnect(d)) => return close(&writer, &d).await,
+            Err(Refusal::Disconnect(d)) => return close(&mut writer, &d).await,
         }
     };
 
@@ -107,7 +117,14 @@ async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
     let _connection = node.metrics.connection(Transport::WebSocket);
 
     // Phase 2: a writer task drains the client's queue; this task reads.
-    let writing = tokio::spawn(write(node.clone(), writer.clone(), rx, cfg.ping_interval));
+    let controls = Arc::new(Controls::default());
+    let writing = tokio::spawn(write(
+        node.clone(),
+        writer,
+        rx,
+        cfg.ping_interval,
+        controls.clone(),
+    ));
     tokio::pin!(writing);
     loop {
         // Connection or subscription tokens lapsing (refresh and sub_refresh
@@ -135,7 +152,7 @@ async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
                 return;
             }
         };
-        match read(msg, &writer).await {
+        match read(msg) {
             Read::Frame(text) => {
                 for cmd in parse_frame(&text) {
                     let result = cmd.map_err(|e| e.disconnect().unwrap_or(Disconnect::BAD_REQUEST));
@@ -149,6 +166,12 @@ async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
                 }
             }
             Read::Skip => {}
+            Read::Answer(control) => controls.send(control),
+            Read::Last(control) => {
+                controls.send(control);
+                session.close(&Disconnect::CONNECTION_CLOSED);
+                break;
+            }
             Read::Gone => {
                 session.close(&Disconnect::CONNECTION_CLOSED);
                 break;
@@ -166,44 +189,42 @@ async fn serve(node: Arc<Node>, mut reader: Reader, writer: Writer) {
 enum Read {
     Frame(Bytes),
     Skip,
+    /// Send this (a pong), then go on reading.
+    Answer(Control),
+    /// Send this (a close), then end.
+    Last(Control),
     Gone,
     Fail(Disconnect),
 }
 
-/// What one incoming frame means for the connection; answers pings and
-/// closes on the way.
-async fn read(
-    msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>,
-    writer: &Writer,
-) -> Read {
+/// What one incoming frame means for the connection.
+fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -> Read {
     match msg {
         Err(_) => Read::Fail(Disconnect::NO_PONG),
         Ok(Ok(Incoming::Data(bytes))) => Read::Frame(bytes),
-        Ok(Ok(Incoming::Ping(payload))) => match writer.pong(payload).await {
-            Ok(()) => Read::Skip,
-            Err(_) => Read::Gone,
-        },
+        Ok(Ok(Incoming::Ping(payload))) => Read::Answer(Control::Pong(payload)),
         Ok(Ok(Incoming::Pong)) => Read::Skip,
-        Ok(Ok(Incoming::Close(code))) => {
-            // Echo the close (RFC 6455 §5.5.1); the session ends either way.
-            let _ = writer.close(code.unwrap_or(1000), "").await;
-            Read::Gone
-        }
+        // Echo the close (RFC 6455 §5.5.1); the session ends either way.
+        Ok(Ok(Incoming::Close(code))) => Read::Last(Control::Close(code.unwrap_or(1000), "")),
         // An oversized message is the client's fault: tell it plainly.
         Ok(Err(ReadError::TooLong { .. })) => Read::Fail(Disconnect::BAD_REQUEST),
-        Ok(Err(ReadError::Protocol(why))) => {
-            let _ = writer.close(1002, why).await;
-            Read::Gone
-        }
+        Ok(Err(ReadError::Protocol(why))) => Read::Last(Control::Close(1002, why)),
         Ok(Err(ReadError::Io(_))) => Read::Gone,
     }
 }
 
 /// Drains the client's queue into one text frame per wake-up, pings on the
 /// interval, and closes with the hub's reason when the queue closes.
-async fn write(node: Arc<Node>, writer: Writer, mut rx: ClientReceiver, ping_every: Duration) {
+async fn write(
+    node: Arc<Node>,
+    mut writer: Writer,
+    mut rx: ClientReceiver,
+    ping_every: Duration,
+    controls: Arc<Controls>,
+) {
     let mut items = Vec::new();
     let mut batch = Vec::new();
+    let mut answers = Vec::new();
     let start = tokio::time::Instant::now() + ping_every;
     let mut ping = tokio::time::interval_at(start, ping_every);
     loop {
@@ -212,6 +233,15 @@ async fn write(node: Arc<Node>, writer: Writer, mut rx: ClientReceiver, ping_eve
             _ = ping.tick() => {
                 if writer.text(&mut vec![Bytes::from_static(PING)]).await.is_err() {
                     return;
+                }
+                continue;
+            }
+            _ = controls.take(&mut answers) => {
+                for control in answers.drain(..) {
+                    let last = matches!(control, Control::Close(..));
+                    if writer.control(control).await.is_err() || last {
+                        return;
+                    }
                 }
                 continue;
             }
@@ -242,7 +272,7 @@ async fn write(node: Arc<Node>, writer: Writer, mut rx: ClientReceiver, ping_eve
             Err(reason) => {
                 let d = disconnect_of(&reason);
                 node.metrics.disconnect(d.code);
-                close(&writer, &d).await;
+                close(&mut writer, &d).await;
                 return;
             }
         }
