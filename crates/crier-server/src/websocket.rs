@@ -1,4 +1,4 @@
-//! Server-side WebSocket (RFC 6455) for the bidirectional transport: the
+//! Server-side WebSocket (RFC 6455) for both WebSocket endpoints: the
 //! upgrade handshake, a reader of client frames, and a writer that sends a
 //! batch of shared, already-encoded messages as one text frame with one
 //! vectored write — no copy of the payloads and no per-connection output
