@@ -329,10 +329,13 @@ pub async fn websocket(
     if !origin_allowed(&node, request.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
-    let limit = node.config.uni_websocket.max_request_body_size;
+    let limits = websocket::Limits {
+        message_size: node.config.uni_websocket.max_request_body_size,
+        write_timeout: node.config.websocket.write_timeout,
+    };
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();
-    websocket::accept(request, limit, &tracker, move |reader, writer| {
+    websocket::accept(request, limits, &tracker, move |reader, writer| {
         serve_websocket(node, reader, writer, preset)
     })
 }

@@ -27,10 +27,19 @@ use tokio_util::task::TaskTracker;
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;
 
+/// What one connection may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest incoming message, in bytes.
+    pub message_size: usize,
+    /// Longest one outgoing frame may take to be written.
+    pub write_timeout: std::time::Duration,
+}
+
 /// Answers the WebSocket handshake in `request` and, once the connection
-/// is upgraded, runs `serve` on its reader (messages up to `limit` bytes)
-/// and writer, as a task `tracker` waits for at shutdown.
-pub fn accept<F, Fut>(mut request: Request, limit: usize, tracker: &TaskTracker, serve: F) -> Response
+/// is upgraded, runs `serve` on its reader and writer (within `limits`),
+/// as a task `tracker` waits for at shutdown.
+pub fn accept<F, Fut>(mut request: Request, limits: Limits, tracker: &TaskTracker, serve: F) -> Response
 where
     F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -53,7 +62,8 @@ where
             return tracing::warn!("WebSocket upgrade on a connection that is not plain TCP");
         };
         let (rd, wr) = parts.io.into_inner().into_split();
-        serve(Reader::new(rd, parts.read_buf, limit), Writer::new(wr)).await;
+        let reader = Reader::new(rd, parts.read_buf, limits.message_size);
+        serve(reader, Writer::new(wr, limits.write_timeout)).await;
     });
     response
 }
@@ -305,6 +315,8 @@ fn header(opcode: u8, len: usize) -> Bytes {
 /// through [`Controls`].
 pub struct Writer {
     half: OwnedWriteHalf,
+    // A frame not out within this is a client that stopped reading.
+    timeout: std::time::Duration,
 }
 
 /// A control frame the reader asks the writer task to send.
@@ -357,9 +369,10 @@ impl Controls {
 const NEWLINE: Bytes = Bytes::from_static(b"\n");
 
 impl Writer {
-    /// Writes to `half`.
-    pub fn new(half: OwnedWriteHalf) -> Self {
-        Writer { half }
+    /// Writes to `half`; a frame that takes longer than `timeout` to go
+    /// out fails with `TimedOut`.
+    pub fn new(half: OwnedWriteHalf, timeout: std::time::Duration) -> Self {
+        Writer { half, timeout }
     }
 
     /// Sends a control frame the reader asked for.
@@ -405,35 +418,46 @@ impl Writer {
         self.half.shutdown().await
     }
 
-    async fn write(&mut self, mut parts: Vec<Bytes>) -> io::Result<()> {
-        let half = &mut self.half;
-        let mut first = 0;
-        while first < parts.len() {
-            let written = {
-                let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
-                half.write_vectored(&slices).await?
-            };
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            let mut left = written;
-            while left > 0 {
-                let part = &mut parts[first];
-                if left >= part.len() {
-                    left -= part.len();
-                    first += 1;
-                } else {
-                    part.advance(left);
-                    left = 0;
-                }
-            }
-            // Skip empty parts so the loop ends when everything is out.
-            while first < parts.len() && parts[first].is_empty() {
+    async fn write(&mut self, parts: Vec<Bytes>) -> io::Result<()> {
+        match tokio::time::timeout(self.timeout, write_all(&mut self.half, parts)).await {
+            Ok(written) => written,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not take a frame within the write timeout",
+            )),
+        }
+    }
+}
+
+/// Writes every byte of `parts`, with as few `writev` calls as the socket
+/// allows.
+async fn write_all(half: &mut OwnedWriteHalf, mut parts: Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < parts.len() {
+        let written = {
+            let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+            half.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = written;
+        while left > 0 {
+            let part = &mut parts[first];
+            if left >= part.len() {
+                left -= part.len();
                 first += 1;
+            } else {
+                part.advance(left);
+                left = 0;
             }
         }
-        Ok(())
+        // Skip empty parts so the loop ends when everything is out.
+        while first < parts.len() && parts[first].is_empty() {
+            first += 1;
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -536,10 +560,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_stops_reading_times_the_writer_out() {
+        let (client, server) = pair().await;
+        let (_rd, wr) = server.into_split();
+        let mut w = Writer::new(wr, std::time::Duration::from_millis(200));
+        let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
+        // Loopback buffers hold a few MiB; 64 MiB can never fit, so one of
+        // these writes must stall and fail with the timeout.
+        let mut outcome = Ok(());
+        for _ in 0..1024 {
+            outcome = w.text(&mut vec![chunk.clone()]).await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let err = outcome.expect_err("a stalled frame fails");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        drop(client);
+    }
+
+    #[tokio::test]
     async fn writes_joined_text_pong_and_close_frames() {
         let (mut client, server) = pair().await;
         let (_rd, wr) = server.into_split();
-        let mut w = Writer::new(wr);
+        let mut w = Writer::new(wr, std::time::Duration::from_secs(5));
         let long = Bytes::from(vec![b'y'; 300]);
         let mut batch = vec![Bytes::from_static(b"{\"a\":1}"), long.clone()];
         w.text(&mut batch).await.unwrap();

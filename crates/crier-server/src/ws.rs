@@ -29,9 +29,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     if !node.origins.allows(origin, host) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let limit = node.config.websocket.message_size_limit;
+    let limits = websocket::Limits {
+        message_size: node.config.websocket.message_size_limit,
+        write_timeout: node.config.websocket.write_timeout,
+    };
     let tracker = node.connections.clone();
-    websocket::accept(request, limit, &tracker, move |reader, writer| {
+    websocket::accept(request, limits, &tracker, move |reader, writer| {
         serve(node, reader, writer)
     })
 }

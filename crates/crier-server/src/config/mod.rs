@@ -665,12 +665,20 @@ pub struct EngineConfig {
 pub struct WebsocketConfig {
     /// Largest accepted incoming WebSocket message, in bytes.
     pub message_size_limit: usize,
+    /// Longest one frame may take to go out; a client that stops reading is
+    /// disconnected then instead of pinning its socket buffers for ever.
+    /// Longer than Centrifugo's 1 s on purpose: the per-client queue limit
+    /// is what drops slow clients (3008); this only frees a socket whose
+    /// reader is gone.
+    #[serde(with = "duration::serde_go")]
+    pub write_timeout: Duration,
 }
 
 impl Default for WebsocketConfig {
     fn default() -> Self {
         Self {
             message_size_limit: 65_536,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -910,6 +918,9 @@ impl Config {
         }
         if self.websocket.message_size_limit == 0 {
             return Err(invalid("websocket.message_size_limit", "must be greater than 0"));
+        }
+        if self.websocket.write_timeout.is_zero() {
+            return Err(invalid("websocket.write_timeout", "must be greater than 0"));
         }
         if client.insecure {
             advise(

@@ -191,6 +191,7 @@ fn defaults_match_centrifugo_where_shared() {
     assert_eq!(c.channel.private_prefix, "$");
     assert_eq!(c.engine.kind, EngineType::Memory);
     assert_eq!(c.websocket.message_size_limit, 65_536);
+    assert_eq!(c.websocket.write_timeout, Duration::from_secs(10));
     assert_eq!(c.shutdown.timeout, Duration::from_secs(30));
     assert!(!c.crier.dev);
     assert_eq!(c.crier.client_queue_max_messages, 4096);
@@ -621,5 +622,14 @@ fn zero_stale_close_delay_is_rejected() {
     c.client.stale_close_delay = Duration::ZERO;
     let (key, message) = invalid_key(c.validate());
     assert_eq!(key, "client.stale_close_delay");
+    assert!(message.contains("greater than 0"), "{message}");
+}
+
+#[test]
+fn zero_websocket_write_timeout_is_rejected() {
+    let mut c = Config::default();
+    c.websocket.write_timeout = Duration::ZERO;
+    let (key, message) = invalid_key(c.validate());
+    assert_eq!(key, "websocket.write_timeout");
     assert!(message.contains("greater than 0"), "{message}");
 }
