@@ -21,8 +21,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
+
+use crate::server::WriteDeadline;
 
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;
@@ -58,10 +59,10 @@ where
         };
         // server::serve_http hands hyper plain TCP streams; the raw socket
         // lets the reader wait without a buffer and the writer use writev.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<WriteDeadline>>() else {
             return tracing::warn!("WebSocket upgrade on a connection that is not plain TCP");
         };
-        let (rd, wr) = parts.io.into_inner().into_split();
+        let (rd, wr) = parts.io.into_inner().into_inner().into_split();
         let reader = Reader::new(rd, parts.read_buf, limits.message_size);
         serve(reader, Writer::new(wr, limits.write_timeout)).await;
     });

@@ -199,6 +199,12 @@ pub struct HttpServerConfig {
     pub address: String,
     /// TCP port; `0` picks a free port (useful in tests).
     pub port: u16,
+    /// crier's own: longest a write to an HTTP connection (an API answer,
+    /// an SSE or HTTP stream) may wait for the peer to take bytes before
+    /// the connection is dropped, so a client that stopped reading cannot
+    /// pin it for ever. WebSockets have `websocket.write_timeout`.
+    #[serde(with = "duration::serde_go")]
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpServerConfig {
@@ -206,6 +212,7 @@ impl Default for HttpServerConfig {
         Self {
             address: "127.0.0.1".to_string(),
             port: 8000,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -918,6 +925,9 @@ impl Config {
         }
         if self.websocket.message_size_limit == 0 {
             return Err(invalid("websocket.message_size_limit", "must be greater than 0"));
+        }
+        if self.http_server.write_timeout.is_zero() {
+            return Err(invalid("http_server.write_timeout", "must be greater than 0"));
         }
         if self.websocket.write_timeout.is_zero() {
             return Err(invalid("websocket.write_timeout", "must be greater than 0"));

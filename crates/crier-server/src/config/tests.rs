@@ -633,3 +633,12 @@ fn zero_websocket_write_timeout_is_rejected() {
     assert_eq!(key, "websocket.write_timeout");
     assert!(message.contains("greater than 0"), "{message}");
 }
+
+#[test]
+fn zero_http_write_timeout_is_rejected() {
+    let mut c = Config::default();
+    c.http_server.write_timeout = Duration::ZERO;
+    let (key, message) = invalid_key(c.validate());
+    assert_eq!(key, "http_server.write_timeout");
+    assert!(message.contains("greater than 0"), "{message}");
+}
