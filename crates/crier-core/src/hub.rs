@@ -30,7 +30,16 @@ pub struct HubConfig {
     pub channels: ChannelConfig,
     /// Limits of every client's outbound queue.
     pub queue_limits: QueueLimits,
+    /// This node's tag in its client ids: ids are `tag << 40 | n` with `n`
+    /// counting from 1, so nodes with different tags never hand out the
+    /// same id and an exclusion by client id means one client across a
+    /// cluster. 0 (the default) gives plain 1, 2, 3, ... Only the low 24
+    /// bits are used.
+    pub node_tag: u32,
 }
+
+/// Bits of a client id that count clients; the node tag sits above them.
+const CLIENT_COUNTER_BITS: u32 = 40;
 
 /// The in-process hub. Cheap to clone; every clone is the same hub.
 #[derive(Clone)]
@@ -189,7 +198,9 @@ impl Hub {
     pub fn with_engine(config: HubConfig, engine: Arc<dyn Engine>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                next_id: AtomicU64::new(1),
+                next_id: AtomicU64::new(
+                    (u64::from(config.node_tag & 0x00FF_FFFF) << CLIENT_COUNTER_BITS) | 1,
+                ),
                 clients: RwShards::new(),
                 channels: RwShards::new(),
                 engine,

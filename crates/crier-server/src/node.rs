@@ -46,12 +46,22 @@ impl Node {
         let tokens = TokenVerifier::from_config(&config)?;
         let access = AccessPolicy::from_config(&config);
         let origins = config.client.origin_policy();
-        let hub = Hub::new(hub_config(&config));
-        let metrics = Metrics::new(hub.clone(), config.prometheus.enabled);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
+        // A random tag per node process, so client ids (and exclusions by
+        // client id) never collide between the nodes of a cluster; std's
+        // randomly keyed hasher is the random source.
+        let node_tag = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one((nanos, std::process::id())) as u32
+        };
+        let hub = Hub::new(HubConfig {
+            node_tag,
+            ..hub_config(&config)
+        });
+        let metrics = Metrics::new(hub.clone(), config.prometheus.enabled);
         Ok(Arc::new(Self {
             hub,
             tokens,
@@ -106,5 +116,6 @@ fn hub_config(config: &Config) -> HubConfig {
             },
             max_bytes: config.client.queue_max_size,
         },
+        ..HubConfig::default()
     }
 }

@@ -59,6 +59,30 @@ fn ids_are_unique_and_registry_counts() {
 }
 
 #[test]
+fn node_tags_keep_client_ids_apart_across_hubs() {
+    // Two nodes of a cluster: the same counter, different tags.
+    let tagged = |node_tag| {
+        Hub::new(HubConfig {
+            node_tag,
+            ..HubConfig::default()
+        })
+    };
+    let (one, two) = (tagged(7), tagged(8));
+    let ids = |hub: &Hub| -> Vec<ClientId> { (0..3).map(|_| hub.connect("u", None).0).collect() };
+    let (a, b) = (ids(&one), ids(&two));
+    assert!(a.iter().all(|id| !b.contains(id)), "{a:?} vs {b:?}");
+    assert_eq!(a[0], ClientId((7 << 40) | 1));
+    assert_eq!(a[2], ClientId((7 << 40) | 3));
+    // Untagged, ids count from 1 as they always did.
+    assert_eq!(Hub::default().connect("u", None).0, ClientId(1));
+    // Only 24 bits of tag: a larger one cannot spill into the sign bit.
+    assert_eq!(
+        tagged(u32::MAX).connect("u", None).0,
+        ClientId((0xFF_FFFF << 40) | 1)
+    );
+}
+
+#[test]
 fn publish_reaches_every_subscriber_in_offset_order() {
     let hub = Hub::new(with_history(10));
     let mut rxs = Vec::new();

@@ -33,6 +33,7 @@ fn config() -> HubConfig {
             max_messages: 1 << 20,
             max_bytes: 1 << 30,
         },
+        node_tag: 0,
     }
 }
 
@@ -153,6 +154,7 @@ fn race_hub(recovery_cap: usize) -> Hub {
             max_messages: 1 << 20,
             max_bytes: 1 << 30,
         },
+        node_tag: 0,
     })
 }
 

@@ -57,6 +57,7 @@ fn slow_client_in_a_join_leave_channel_does_not_cascade() {
             max_messages: 4,
             max_bytes: 1 << 20,
         },
+        node_tag: 0,
     });
     let mut rxs = Vec::new();
     for i in 0..2000 {

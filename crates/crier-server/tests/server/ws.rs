@@ -765,3 +765,22 @@ async fn websocket_pings_get_pongs_and_protocol_violations_close_with_1002() {
     assert!(r["subscribe"].is_object(), "server still serves others: {r}");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_nodes_never_hand_out_the_same_client_id() {
+    // Each node tags its client ids (random 24 bits), so an exclusion by
+    // client id names one client across a cluster; the first client of
+    // each node would both be "1" otherwise.
+    let (a, b) = (
+        TestServer::start(config("")).await,
+        TestServer::start(config("")).await,
+    );
+    let ca = Client::connect(&a.ws_url(), &token("x")).await;
+    let cb = Client::connect(&b.ws_url(), &token("x")).await;
+    assert_ne!(ca.id, cb.id);
+    // The low 40 bits count that node's clients from 1.
+    let id: u64 = ca.id.parse().expect("a client id is a decimal u64");
+    assert_eq!(id & ((1 << 40) - 1), 1, "{id}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
