@@ -245,3 +245,58 @@ where
         }
     }
 }
+
+#[tokio::test]
+async fn an_sse_reader_that_stops_reading_is_dropped_after_the_write_timeout() {
+    // A queue too large to overflow here, so only http_server.write_timeout
+    // can free the stuck stream.
+    let s = TestServer::start(config(&format!(
+        "{UNI}[http_server]\nwrite_timeout = \"300ms\"\n[client]\nqueue_max_size = 268435456\n[crier]\nclient_queue_max_messages = 0\n"
+    )))
+    .await;
+    let mut w = watcher(&s).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(s.addr).await.unwrap();
+    let path = format!(
+        "/connection/uni_sse?cf_connect={}",
+        cf_connect(json!({"token": token("stuck"), "subs": {"stuck": {}}}))
+    );
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr);
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    // Read until the connect push arrives (it is subscribed), then stop.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"connect\"") {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut stuck, &mut buf))
+            .await
+            .expect("the connect push within 5 s")
+            .unwrap();
+        assert!(n > 0, "stream ended before the connect push");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Publish 64 KB at a time until the server lets go of the reader; 2,000
+    // of them (125 MiB) are far more than loopback buffers hold.
+    let big = "x".repeat(64 * 1024);
+    let mut dropped = false;
+    for _ in 0..2000 {
+        let (status, body) = s.api("publish", json!({"channel": "stuck", "data": big})).await;
+        assert_eq!(status, 200, "{body}");
+        let (_, r) = s.api("channels", json!({"pattern": "stuck"})).await;
+        if r["result"]["channels"]["stuck"].is_null() {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "the stuck SSE reader was never dropped");
+    // Its socket is closed: reading what is left ends (EOF or reset).
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stuck, &mut rest),
+    )
+    .await;
+    assert!(ended.is_ok(), "the server still holds the stream open");
+    assert_still_served(&s, &mut w).await;
+    s.shutdown().await;
+}
