@@ -1,6 +1,6 @@
-//! Turns what the hub queues for a client into wire frames of the JSON
-//! protocol: one shared encoding per event and format, and a batch of
-//! queued items joined with `\n` into one frame. Never decides who gets what.
+//! Turns what the hub queues for a client into the JSON protocol's
+//! messages: one shared encoding per event and format (a transport joins a
+//! batch of them with `\n` into one frame). Never decides who gets what.
 
 use bytes::{Bytes, BytesMut};
 use crier_core::{ClientInfo, Event, EventKind, Format, Outbound};
@@ -61,15 +61,5 @@ pub fn encoded(item: &Outbound, format: Format, envelope: Envelope) -> Bytes {
     match item {
         Outbound::Raw(bytes) => (**bytes).clone(),
         Outbound::Event(ev) => ev.encoded(format, |ev| encode_event(ev, envelope)),
-    }
-}
-
-/// Appends `items` to `frame`, one message per line.
-pub fn join_batch(items: &[Outbound], format: Format, envelope: Envelope, frame: &mut BytesMut) {
-    for item in items {
-        if !frame.is_empty() {
-            frame.extend_from_slice(b"\n");
-        }
-        frame.extend_from_slice(&encoded(item, format, envelope));
     }
 }
