@@ -88,6 +88,34 @@ struct ChannelState {
     removed: bool,
     options: Arc<ChannelOptions>,
     subscribers: FxHashMap<ClientId, Subscriber>,
+    // Two-phase subscribes in progress (a remote engine's catch-up is read
+    // between `begin_subscribe` and `finish_subscribe`): what they must
+    // still get once they join.
+    pending: FxHashMap<ClientId, Pending>,
+    // The stream as deliveries from a remote engine showed it: its epoch
+    // and the highest offset seen. `None` until the first delivery or
+    // finished subscribe.
+    mark: Option<StreamPosition>,
+}
+
+// A subscriber between `begin_subscribe` and `finish_subscribe`.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Arc<Event>>,
+    // Set when the buffer overflowed or the channel's stream was lost:
+    // the subscribe must fail and be retried.
+    failed: bool,
+}
+
+/// Events a pending subscribe buffers before it fails as too slow to
+/// complete.
+const PENDING_LIMIT: usize = 4096;
+
+impl ChannelState {
+    // No subscriber and no subscribe in progress: the slot may go.
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.pending.is_empty()
+    }
 }
 
 struct Subscriber {
@@ -97,6 +125,10 @@ struct Subscriber {
     client: Arc<ClientEntry>,
     // This subscription's presence entry, for leave events.
     info: Arc<ClientInfo>,
+    // Publications at or below this offset already reached the subscriber
+    // in its catch-up (a remote engine's deliveries may lag behind the
+    // history it read); 0 filters nothing.
+    since: u64,
 }
 
 /// Where a new subscriber's stream starts.
@@ -109,6 +141,69 @@ pub enum Catchup {
     Recover(StreamPosition),
     /// The latest publication as a snapshot, then live ones.
     Latest,
+}
+
+impl Catchup {
+    /// The history read this catch-up needs: the position only, the
+    /// latest publication, or everything after the recovery position (at
+    /// most `max` + 1, to tell "too many to replay").
+    pub fn query(&self, max: usize) -> HistoryQuery {
+        match self {
+            Catchup::None => HistoryQuery {
+                limit: Some(0),
+                ..Default::default()
+            },
+            Catchup::Latest => HistoryQuery {
+                limit: Some(1),
+                reverse: true,
+                since: None,
+            },
+            Catchup::Recover(since) => HistoryQuery {
+                since: Some(since.clone()),
+                limit: Some(max.saturating_add(1)),
+                reverse: false,
+            },
+        }
+    }
+}
+
+/// Decides a recovery from `since` given the history read with
+/// [`Catchup::query`]: the page and `true` when it holds every publication
+/// after `since` up to the top (and no more than `max`), else an empty page
+/// at the stream's position and `false` (the client must resync itself).
+pub fn settle_recovery(since: &StreamPosition, page: HistoryPage, max: usize) -> (HistoryPage, bool) {
+    let complete = page.publications.len() <= max
+        && page
+            .publications
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.offset == since.offset + 1 + i as u64)
+        && since.offset + page.publications.len() as u64 == page.position.offset;
+    if complete {
+        (page, true)
+    } else {
+        (
+            HistoryPage {
+                publications: Vec::new(),
+                position: page.position,
+            },
+            false,
+        )
+    }
+}
+
+/// What [`Hub::deliver_at`] did with a publication from a remote engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Fanned out to this many local subscribers.
+    Delivered(usize),
+    /// No local subscriber (or pending subscribe) in the channel.
+    NoSubscribers,
+    /// The publication does not follow the stream the local subscribers
+    /// have: its epoch differs, or offsets were skipped. Nothing was
+    /// delivered; the caller should [`Hub::unsubscribe_all`] the channel so
+    /// clients resubscribe and recover.
+    Gap,
 }
 
 /// Options of one subscription.
@@ -390,26 +485,10 @@ impl Hub {
         // The shard stays write-locked for the whole subscribe: a brand-new
         // slot is never seen half-built, and is removed again on failure.
         let mut map = inner.channels.shard(channel).write();
-        let slot = match map.get(channel) {
-            Some(s) => s.clone(),
-            None => {
-                let name: Arc<str> = channel.into();
-                let slot = Arc::new(ChannelSlot {
-                    name: name.clone(),
-                    state: Mutex::new(ChannelState {
-                        removed: false,
-                        options: options.clone(),
-                        subscribers: FxHashMap::default(),
-                    }),
-                });
-                map.insert(name, slot.clone());
-                inner.counters.channels.fetch_add(1, Relaxed);
-                slot
-            }
-        };
+        let slot = self.slot_in(&mut map, channel, &options);
         let mut st = slot.state.lock();
         let result = self.join(&slot, &mut st, &client, &options, opts, notice);
-        if st.subscribers.is_empty() {
+        if st.is_empty() {
             // Only possible when the join failed on a slot made for it.
             st.removed = true;
             drop(st);
@@ -424,6 +503,189 @@ impl Hub {
         Ok(subscribed)
     }
 
+    /// First half of a two-phase subscribe, for engines whose history is
+    /// read asynchronously (a remote engine): from now on every publication
+    /// of `channel` fanned out on this node is kept for client `id`, until
+    /// [`Hub::finish_subscribe`] queues those it did not get from the
+    /// history read in between, or [`Hub::abort_subscribe`] drops them.
+    /// The embedder reads history only after this returns (and after its
+    /// engine's subscription to the channel is confirmed), so nothing
+    /// published meanwhile is lost.
+    pub fn begin_subscribe(&self, id: ClientId, channel: &str) -> Result<(), HubError> {
+        let options = self.resolve(channel)?.clone();
+        let client = self.entry(id).ok_or(HubError::UnknownClient(id))?;
+        let mut map = self.inner.channels.shard(channel).write();
+        let slot = self.slot_in(&mut map, channel, &options);
+        let mut st = slot.state.lock();
+        if st.subscribers.contains_key(&id) || st.pending.contains_key(&id) {
+            drop(st);
+            return Err(HubError::AlreadySubscribed);
+        }
+        if st.is_empty() {
+            self.inner.engine.retain(channel);
+        }
+        st.pending.insert(id, Pending::default());
+        drop(st);
+        drop(client);
+        Ok(())
+    }
+
+    /// Second half of a two-phase subscribe: `page` is the history the
+    /// embedder read for `opts.catchup` after [`Hub::begin_subscribe`]
+    /// (settled with [`settle_recovery`] for a recovery), `recovered` says
+    /// whether the recovery was complete. The client joins the live set;
+    /// `notice` is queued first, then every publication fanned out since
+    /// `begin_subscribe` with an offset above the page's position, and
+    /// later deliveries at or below it are not repeated. Fails (and leaves
+    /// no trace) if the client left, the subscribe was not begun, its
+    /// buffer overflowed, or the stream was lost meanwhile.
+    pub fn finish_subscribe(
+        &self,
+        id: ClientId,
+        channel: &str,
+        opts: SubscribeOptions,
+        page: HistoryPage,
+        recovered: bool,
+        notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
+    ) -> Result<Subscribed, HubError> {
+        let options = self.resolve(channel)?.clone();
+        let Some(slot) = self.inner.channels.shard(channel).read().get(channel).cloned() else {
+            return Err(HubError::UnknownClient(id));
+        };
+        let mut st = slot.state.lock();
+        let Some(pending) = st.pending.remove(&id) else {
+            return Err(HubError::UnknownClient(id));
+        };
+        let client = self.entry(id);
+        let result = match client {
+            _ if pending.failed => Err(HubError::Engine(EngineError::Unavailable(
+                "the channel's stream was interrupted while subscribing; retry".into(),
+            ))),
+            None => Err(HubError::UnknownClient(id)),
+            Some(_) if st.mark.as_ref().is_some_and(|m| m.epoch != page.position.epoch) => {
+                Err(HubError::Engine(EngineError::Unavailable(
+                    "the channel's epoch changed while subscribing; retry".into(),
+                )))
+            }
+            Some(client) if self.admit(&slot, &client) => Ok(client),
+            Some(_) => Err(HubError::UnknownClient(id)),
+        };
+        let client = match result {
+            Ok(c) => c,
+            Err(e) => {
+                let empty = st.is_empty();
+                drop(st);
+                if empty {
+                    self.remove_slot_if_empty(channel);
+                }
+                return Err(e);
+            }
+        };
+        if st.mark.is_none() {
+            st.mark = Some(page.position.clone());
+        }
+        let since = page.position.offset;
+        let mut publications = page.publications;
+        publications.retain(|p| p.is_for(client.id, &client.user));
+        let subscribed = Subscribed {
+            position: page.position,
+            publications,
+            recovered,
+            options,
+        };
+        let mut dropped = self.seat(
+            &slot,
+            &mut st,
+            &client,
+            &subscribed.options,
+            opts.chan_info,
+            since,
+            &subscribed,
+            notice,
+        );
+        for ev in pending.events {
+            let wanted = match &ev.kind {
+                EventKind::Publication(p) => p.offset > since && p.is_for(client.id, &client.user),
+                _ => true,
+            };
+            if wanted && !push_or_note(&client, Outbound::Event(ev), &mut dropped) {
+                break;
+            }
+        }
+        drop(st);
+        self.drop_clients(dropped);
+        Ok(subscribed)
+    }
+
+    /// Abandons a subscribe begun with [`Hub::begin_subscribe`] (its history
+    /// read failed, or the client went away meanwhile).
+    pub fn abort_subscribe(&self, id: ClientId, channel: &str) {
+        let Some(slot) = self.inner.channels.shard(channel).read().get(channel).cloned() else {
+            return;
+        };
+        let empty = {
+            let mut st = slot.state.lock();
+            st.pending.remove(&id).is_some() && st.is_empty()
+        };
+        if empty {
+            self.remove_slot_if_empty(channel);
+        }
+    }
+
+    /// Removes every local subscriber of `channel`, queueing `notice` (an
+    /// unsubscribe push) to each after the last publication it got, and
+    /// fails the subscribes in progress. For a stream that may have a gap:
+    /// clients resubscribe and recover. Returns the clients removed.
+    pub fn unsubscribe_all(&self, channel: &str, notice: Option<Bytes>) -> Vec<ClientId> {
+        let Some(slot) = self.inner.channels.shard(channel).read().get(channel).cloned() else {
+            return Vec::new();
+        };
+        let clients: Vec<Arc<ClientEntry>> = {
+            let mut st = slot.state.lock();
+            for p in st.pending.values_mut() {
+                p.failed = true;
+                p.events.clear();
+            }
+            st.mark = None;
+            st.subscribers.values().map(|s| s.client.clone()).collect()
+        };
+        let mut dropped = Vec::new();
+        let mut removed = Vec::with_capacity(clients.len());
+        for client in clients {
+            if self.leave(&client, channel, notice.clone(), &mut dropped) {
+                removed.push(client.id);
+            }
+        }
+        self.drop_clients(dropped);
+        removed
+    }
+
+    // The slot of `channel` in its (write-locked) shard, made if missing.
+    fn slot_in(
+        &self,
+        map: &mut FxHashMap<Arc<str>, Arc<ChannelSlot>>,
+        channel: &str,
+        options: &Arc<ChannelOptions>,
+    ) -> Arc<ChannelSlot> {
+        if let Some(s) = map.get(channel) {
+            return s.clone();
+        }
+        let name: Arc<str> = channel.into();
+        let slot = Arc::new(ChannelSlot {
+            name: name.clone(),
+            state: Mutex::new(ChannelState {
+                removed: false,
+                options: options.clone(),
+                subscribers: FxHashMap::default(),
+                pending: FxHashMap::default(),
+                mark: None,
+            }),
+        });
+        map.insert(name, slot.clone());
+        self.inner.counters.channels.fetch_add(1, Relaxed);
+        slot
+    }
+
     fn join(
         &self,
         slot: &ChannelSlot,
@@ -435,10 +697,10 @@ impl Hub {
     ) -> Result<(Subscribed, Dropped), HubError> {
         let engine = &self.inner.engine;
         let channel = &*slot.name;
-        if st.subscribers.contains_key(&client.id) {
+        if st.subscribers.contains_key(&client.id) || st.pending.contains_key(&client.id) {
             return Err(HubError::AlreadySubscribed);
         }
-        let first = st.subscribers.is_empty();
+        let first = st.is_empty();
         if first {
             engine.retain(channel);
         }
@@ -451,18 +713,45 @@ impl Hub {
         let subscribed = self
             .catch_up(channel, options, client, &opts.catchup)
             .map_err(undo)?;
-        {
-            let mut subs = client.subs.lock();
-            if subs.closed {
-                return Err(undo(HubError::UnknownClient(client.id)));
-            }
-            subs.channels.insert(slot.name.clone());
+        if !self.admit(slot, client) {
+            return Err(undo(HubError::UnknownClient(client.id)));
         }
+        let dropped = self.seat(slot, st, client, options, opts.chan_info, 0, &subscribed, notice);
+        Ok((subscribed, dropped))
+    }
+
+    // Records `slot` in `client`'s forward index; false if the client is
+    // being removed.
+    fn admit(&self, slot: &ChannelSlot, client: &ClientEntry) -> bool {
+        let mut subs = client.subs.lock();
+        if subs.closed {
+            return false;
+        }
+        subs.channels.insert(slot.name.clone());
+        true
+    }
+
+    // Puts `client` in the live set with its presence and join event, then
+    // queues `notice`.
+    #[allow(clippy::too_many_arguments)]
+    fn seat(
+        &self,
+        slot: &ChannelSlot,
+        st: &mut ChannelState,
+        client: &Arc<ClientEntry>,
+        options: &ChannelOptions,
+        chan_info: Option<Bytes>,
+        since: u64,
+        subscribed: &Subscribed,
+        notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
+    ) -> Dropped {
+        let engine = &self.inner.engine;
+        let channel = &*slot.name;
         let info = Arc::new(ClientInfo {
             client: client.id,
             user: client.user.clone(),
             conn_info: client.conn_info.clone(),
-            chan_info: opts.chan_info,
+            chan_info,
         });
         st.subscribers.insert(
             client.id,
@@ -470,6 +759,7 @@ impl Hub {
                 queue: client.queue.clone(),
                 client: client.clone(),
                 info: info.clone(),
+                since,
             },
         );
         self.inner.counters.subscriptions.fetch_add(1, Relaxed);
@@ -483,10 +773,10 @@ impl Hub {
             let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Join(info)));
             self.fan_out(st, &ev, Some(client.id), &mut dropped);
         }
-        if let Some(bytes) = notice(&subscribed) {
+        if let Some(bytes) = notice(subscribed) {
             push_or_note(client, Outbound::raw(bytes), &mut dropped);
         }
-        Ok((subscribed, dropped))
+        dropped
     }
 
     fn catch_up(
@@ -497,49 +787,14 @@ impl Hub {
         catchup: &Catchup,
     ) -> Result<Subscribed, HubError> {
         let engine = &self.inner.engine;
-        let position_only = HistoryQuery {
-            limit: Some(0),
-            ..Default::default()
-        };
+        let position_only = Catchup::None.query(0);
         let (page, recovered) = match catchup {
             Catchup::None => (engine.history(channel, options, &position_only)?, false),
-            Catchup::Latest => {
-                let q = HistoryQuery {
-                    limit: Some(1),
-                    reverse: true,
-                    since: None,
-                };
-                (engine.history(channel, options, &q)?, false)
-            }
+            Catchup::Latest => (engine.history(channel, options, &catchup.query(0))?, false),
             Catchup::Recover(since) => {
                 let max = self.inner.config.channels.recovery_max_publications;
-                let q = HistoryQuery {
-                    since: Some(since.clone()),
-                    limit: Some(max.saturating_add(1)),
-                    reverse: false,
-                };
-                match engine.history(channel, options, &q) {
-                    Ok(page) => {
-                        let complete = page.publications.len() <= max
-                            && page
-                                .publications
-                                .iter()
-                                .enumerate()
-                                .all(|(i, p)| p.offset == since.offset + 1 + i as u64)
-                            && since.offset + page.publications.len() as u64 == page.position.offset;
-                        if complete {
-                            (page, true)
-                        } else {
-                            let position = page.position;
-                            (
-                                HistoryPage {
-                                    publications: Vec::new(),
-                                    position,
-                                },
-                                false,
-                            )
-                        }
-                    }
+                match engine.history(channel, options, &catchup.query(max)) {
+                    Ok(page) => settle_recovery(since, page, max),
                     Err(EngineError::UnrecoverablePosition) => {
                         (engine.history(channel, options, &position_only)?, false)
                     }
@@ -608,12 +863,12 @@ impl Hub {
             }
             if st.options.join_leave {
                 let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Leave(sub.info)));
-                self.fan_out(&st, &ev, None, dropped);
+                self.fan_out(&mut st, &ev, None, dropped);
             }
             if let Some(bytes) = notice {
                 push_or_note(client, Outbound::raw(bytes), dropped);
             }
-            st.subscribers.is_empty()
+            st.is_empty()
         };
         if now_empty {
             self.remove_slot_if_empty(channel);
@@ -627,7 +882,7 @@ impl Hub {
             return;
         };
         let mut st = slot.state.lock();
-        if st.subscribers.is_empty() && !st.removed {
+        if st.is_empty() && !st.removed {
             st.removed = true;
             map.remove(channel);
             self.inner.counters.channels.fetch_sub(1, Relaxed);
@@ -667,7 +922,7 @@ impl Hub {
                 return Ok(position);
             };
             drop(map);
-            let st = slot.state.lock();
+            let mut st = slot.state.lock();
             if st.removed {
                 continue; // the slot was freed meanwhile: look again
             }
@@ -675,7 +930,7 @@ impl Hub {
             let (p, position) = engine.publish(channel, options, p, opts.skip_history)?;
             let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Publication(p)));
             let mut dropped = Vec::new();
-            self.fan_out(&st, &ev, None, &mut dropped);
+            self.fan_out(&mut st, &ev, None, &mut dropped);
             drop(st);
             self.inner.counters.publications.fetch_add(1, Relaxed);
             self.drop_clients(dropped);
@@ -699,46 +954,91 @@ impl Hub {
 
     /// Fans out a publication that already has its offset, made elsewhere
     /// (a remote engine's subscription delivers other nodes' publications
-    /// here). Returns how many local subscribers got it.
+    /// here). Returns how many local subscribers got it. No continuity
+    /// check: see [`Hub::deliver_at`].
     pub fn deliver(&self, channel: &str, publication: Publication) -> usize {
+        match self.deliver_checked(channel, None, publication) {
+            Delivery::Delivered(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// Like [`Hub::deliver`], for a publication of stream epoch `epoch`:
+    /// checks that it continues the stream the local subscribers follow (same
+    /// epoch, no skipped offset) and answers [`Delivery::Gap`] without
+    /// delivering when it does not.
+    pub fn deliver_at(&self, channel: &str, epoch: &str, publication: Publication) -> Delivery {
+        self.deliver_checked(channel, Some(epoch), publication)
+    }
+
+    fn deliver_checked(&self, channel: &str, epoch: Option<&str>, publication: Publication) -> Delivery {
         let Some(slot) = self.inner.channels.shard(channel).read().get(channel).cloned() else {
-            return 0;
+            return Delivery::NoSubscribers;
         };
-        let st = slot.state.lock();
+        let mut st = slot.state.lock();
         if st.removed {
-            return 0;
+            return Delivery::NoSubscribers;
+        }
+        if let Some(epoch) = epoch {
+            let offset = publication.offset;
+            match &mut st.mark {
+                Some(m) if &*m.epoch != epoch || offset > m.offset + 1 => return Delivery::Gap,
+                Some(m) => m.offset = m.offset.max(offset),
+                None => {
+                    st.mark = Some(StreamPosition {
+                        offset,
+                        epoch: epoch.into(),
+                    })
+                }
+            }
         }
         let ev = Arc::new(Event::new(
             Some(slot.name.clone()),
             EventKind::Publication(publication),
         ));
         let mut dropped = Vec::new();
-        let n = self.fan_out(&st, &ev, None, &mut dropped);
+        let n = self.fan_out(&mut st, &ev, None, &mut dropped);
         drop(st);
         self.drop_clients(dropped);
-        n
+        Delivery::Delivered(n)
     }
 
     // The hot loop: one shared event, one non-blocking push per subscriber.
+    // Subscribes in progress keep the event for when they finish.
     fn fan_out(
         &self,
-        st: &ChannelState,
+        st: &mut ChannelState,
         ev: &Arc<Event>,
         skip: Option<ClientId>,
         dropped: &mut Dropped,
     ) -> usize {
-        let exclusion = match &ev.kind {
-            EventKind::Publication(p) => p.exclusion.as_deref(),
-            _ => None,
+        let (exclusion, offset) = match &ev.kind {
+            // An offset of 0 (none assigned) is never filtered.
+            EventKind::Publication(p) if p.offset > 0 => (p.exclusion.as_deref(), p.offset),
+            EventKind::Publication(p) => (p.exclusion.as_deref(), u64::MAX),
+            _ => (None, u64::MAX),
         };
         let mut delivered = 0;
         for (id, sub) in &st.subscribers {
-            if skip == Some(*id) || exclusion.is_some_and(|ex| ex.excludes(*id, &sub.client.user)) {
+            if offset <= sub.since
+                || skip == Some(*id)
+                || exclusion.is_some_and(|ex| ex.excludes(*id, &sub.client.user))
+            {
                 continue;
             }
             match sub.queue.push(Outbound::Event(ev.clone())) {
                 Ok(()) => delivered += 1,
                 Err(e) => note_failed(&sub.client, e, dropped),
+            }
+        }
+        if !st.pending.is_empty() {
+            for p in st.pending.values_mut().filter(|p| !p.failed) {
+                if p.events.len() < PENDING_LIMIT {
+                    p.events.push(ev.clone());
+                } else {
+                    p.failed = true;
+                    p.events = Vec::new();
+                }
             }
         }
         self.inner

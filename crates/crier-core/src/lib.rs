@@ -52,8 +52,8 @@ pub use engine::{Engine, EngineError, HistoryPage, HistoryQuery, StreamPosition}
 pub use error::HubError;
 pub use event::{ClientId, ClientInfo, Event, EventKind, Exclusion, Format, Outbound, Publication, Tags};
 pub use hub::{
-    Catchup, ClientSnapshot, Hub, HubConfig, PresenceStats, PublishOptions, Publisher, SubscribeOptions,
-    Subscribed,
+    settle_recovery, Catchup, ClientSnapshot, Delivery, Hub, HubConfig, PresenceStats, PublishOptions,
+    Publisher, SubscribeOptions, Subscribed,
 };
 pub use memory::MemoryEngine;
 pub use options::{ChannelConfig, ChannelOptions};

@@ -1,5 +1,6 @@
 mod basic;
 mod concurrency;
 mod history_props;
+mod remote;
 mod slow;
 mod support;
