@@ -75,20 +75,17 @@ pub async fn handle(
         }
     };
     if let Request::Batch(batch) = request {
-        let replies = batch
-            .commands
-            .into_iter()
-            .map(|c| {
-                BatchReply(
-                    c.into_request()
-                        .map_err(|e| api_error_of(&e))
-                        .and_then(|r| call(&node, r)),
-                )
-            })
-            .collect();
+        let mut replies = Vec::with_capacity(batch.commands.len());
+        for c in batch.commands {
+            replies.push(BatchReply(match c.into_request() {
+                Ok(r) => call(&node, r).await,
+                Err(e) => Err(api_error_of(&e)),
+            }));
+        }
         return json_response(StatusCode::OK, &BatchResponse { replies });
     }
-    respond(&node, call(&node, request))
+    let outcome = call(&node, request).await;
+    respond(&node, outcome)
 }
 
 fn api_error_of(e: &crier_proto::Error) -> ApiError {
@@ -113,35 +110,91 @@ fn respond(node: &Node, outcome: Outcome) -> Response {
     }
 }
 
-/// Runs one API request against the node.
-pub fn call(node: &Node, request: Request) -> Outcome {
+/// Runs one API request against the node. With the Redis engine, the
+/// requests that act on connections (`subscribe`, `unsubscribe`,
+/// `disconnect`, `refresh`) are applied here and then broadcast on the
+/// control channel, so the clients of every node are reached.
+pub async fn call(node: &Node, request: Request) -> Outcome {
+    let control = node.clustered().then(|| control_message(&request)).flatten();
+    let outcome = call_local(node, request).await;
+    #[cfg(feature = "redis")]
+    if let (Ok(_), Some(msg), Some(cluster)) = (&outcome, control, &node.cluster) {
+        cluster.broadcast_control(&msg).await.map_err(|e| {
+            node.metrics.engine_error(&e);
+            err(hub_error_code(&e))
+        })?;
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = control;
+    outcome
+}
+
+/// `<method>\n<params as JSON>` for the requests other nodes must apply too.
+fn control_message(request: &Request) -> Option<Vec<u8>> {
+    let (method, params) = match request {
+        Request::Subscribe(r) => ("subscribe", serde_json::to_vec(r)),
+        Request::Unsubscribe(r) => ("unsubscribe", serde_json::to_vec(r)),
+        Request::Disconnect(r) => ("disconnect", serde_json::to_vec(r)),
+        Request::Refresh(r) => ("refresh", serde_json::to_vec(r)),
+        _ => return None,
+    };
+    let mut msg = method.as_bytes().to_vec();
+    msg.push(b'\n');
+    msg.extend(params.ok()?);
+    Some(msg)
+}
+
+/// Applies a control message another node broadcast with [`call`].
+/// Malformed messages are logged and dropped.
+pub async fn apply_control(node: &Node, msg: &[u8]) {
+    let Some(split) = msg.iter().position(|&b| b == b'\n') else {
+        tracing::warn!("control message without a method");
+        return;
+    };
+    let method = std::str::from_utf8(&msg[..split])
+        .ok()
+        .and_then(Method::from_name);
+    let request = method.map(|m| Request::parse(m, &msg[split + 1..]));
+    match request {
+        Some(Ok(r)) if control_message(&r).is_some() => {
+            if let Err(e) = call_local(node, r).await {
+                tracing::debug!(code = e.code, "control message from another node failed here");
+            }
+        }
+        _ => tracing::warn!("malformed control message dropped"),
+    }
+}
+
+async fn call_local(node: &Node, request: Request) -> Outcome {
     match request {
         Request::Publish(req) => {
             let exclude = exclusion(&req.exclude_clients, &req.exclude_users)?;
             let data = raw_data(req.data.as_deref())?;
-            publish(node, &req.channel, data, exclude, &req.tags, req.skip_history).map(ApiResult::Publish)
+            publish(node, &req.channel, data, exclude, &req.tags, req.skip_history)
+                .await
+                .map(ApiResult::Publish)
         }
         Request::Broadcast(req) => {
             let exclude = exclusion(&req.exclude_clients, &req.exclude_users)?;
             let data = raw_data(req.data.as_deref())?;
-            let responses = req
-                .channels
-                .iter()
-                .map(|c| {
-                    publish(
-                        node,
-                        c,
-                        data.clone(),
-                        exclude.clone(),
-                        &req.tags,
-                        req.skip_history,
-                    )
-                    .into()
-                })
-                .collect();
+            let mut responses = Vec::with_capacity(req.channels.len());
+            for c in &req.channels {
+                let r = publish(
+                    node,
+                    c,
+                    data.clone(),
+                    exclude.clone(),
+                    &req.tags,
+                    req.skip_history,
+                )
+                .await;
+                responses.push(r.into());
+            }
             Ok(ApiResult::Broadcast(api::BroadcastResult { responses }))
         }
-        Request::Subscribe(req) => subscribe(node, req).map(|_| ApiResult::Subscribe(Default::default())),
+        Request::Subscribe(req) => subscribe(node, req)
+            .await
+            .map(|_| ApiResult::Subscribe(Default::default())),
         Request::Unsubscribe(req) => {
             known_channel(node, &req.channel)?;
             let notice = session::unsubscribe_push(&req.channel, &Unsubscribe::SERVER);
@@ -178,8 +231,8 @@ pub fn call(node: &Node, request: Request) -> Outcome {
                 return Err(err(ErrorCode::NotAvailable));
             }
             let list = node
-                .hub
                 .presence(&req.channel)
+                .await
                 .map_err(|e| err(hub_error_code(&e)))?;
             Ok(ApiResult::Presence(wire::PresenceResult {
                 presence: list
@@ -194,8 +247,8 @@ pub fn call(node: &Node, request: Request) -> Outcome {
                 return Err(err(ErrorCode::NotAvailable));
             }
             let s = node
-                .hub
                 .presence_stats(&req.channel)
+                .await
                 .map_err(|e| err(hub_error_code(&e)))?;
             Ok(ApiResult::PresenceStats(wire::PresenceStatsResult {
                 num_clients: s.clients as u32,
@@ -208,13 +261,14 @@ pub fn call(node: &Node, request: Request) -> Outcome {
                 return Err(err(ErrorCode::NotAvailable));
             }
             session::history_query(node, &req.channel, req.limit, req.since.as_ref(), req.reverse)
+                .await
                 .map(ApiResult::History)
                 .map_err(err)
         }
         Request::HistoryRemove(req) => {
             known_channel(node, &req.channel)?;
-            node.hub
-                .remove_history(&req.channel)
+            node.remove_history(&req.channel)
+                .await
                 .map_err(|e| err(hub_error_code(&e)))?;
             Ok(ApiResult::HistoryRemove(Default::default()))
         }
@@ -284,7 +338,7 @@ fn exclusion(clients: &[String], users: &[String]) -> Result<Exclusion, ApiError
     })
 }
 
-fn publish(
+async fn publish(
     node: &Node,
     channel: &str,
     data: bytes::Bytes,
@@ -300,19 +354,17 @@ fn publish(
             .into()
     });
     let position = node
-        .metrics
-        .timed_publish(|| {
-            node.hub.publish(
-                channel,
-                data,
-                PublishOptions {
-                    exclude,
-                    info: None,
-                    tags,
-                    skip_history,
-                },
-            )
-        })
+        .publish(
+            channel,
+            data,
+            PublishOptions {
+                exclude,
+                info: None,
+                tags,
+                skip_history,
+            },
+        )
+        .await
         .map_err(|e| err(hub_error_code(&e)))?;
     Ok(if options.history_enabled() {
         api::PublishResult {
@@ -343,7 +395,7 @@ fn targets(node: &Node, user: &str, client: &str) -> Result<Vec<ClientId>, ApiEr
     Ok(node.hub.clients_of_user(user))
 }
 
-fn subscribe(node: &Node, req: api::SubscribeRequest) -> Result<(), ApiError> {
+async fn subscribe(node: &Node, req: api::SubscribeRequest) -> Result<(), ApiError> {
     let options = known_channel(node, &req.channel)?.clone();
     let wire_req = wire::SubscribeRequest {
         channel: req.channel.clone(),
@@ -367,30 +419,29 @@ fn subscribe(node: &Node, req: api::SubscribeRequest) -> Result<(), ApiError> {
                 .map(|r| bytes::Bytes::copy_from_slice(r.get().as_bytes())),
         };
         let (recoverable, positioned) = (mode.recoverable, mode.positioned);
-        let result = node.hub.subscribe_with(id, &req.channel, opts, |s| {
-            let r = session::subscribe_result(s, recoverable, positioned, false);
-            let push = Push {
-                channel: req.channel.clone(),
-                subscribe: Some(wire::Subscribe {
-                    recoverable: r.recoverable,
-                    epoch: r.epoch,
-                    offset: r.offset,
-                    positioned: r.positioned,
-                    data: req.data.clone(),
-                }),
-                ..Default::default()
-            };
-            let mut buf = BytesMut::new();
-            encode::push(&mut buf, Envelope::Reply, &push);
-            Some(buf.freeze())
-        });
+        let result = node
+            .subscribe(id, &req.channel, opts, |s| {
+                let r = session::subscribe_result(s, recoverable, positioned, false);
+                let push = Push {
+                    channel: req.channel.clone(),
+                    subscribe: Some(wire::Subscribe {
+                        recoverable: r.recoverable,
+                        epoch: r.epoch,
+                        offset: r.offset,
+                        positioned: r.positioned,
+                        data: req.data.clone(),
+                    }),
+                    ..Default::default()
+                };
+                let mut buf = BytesMut::new();
+                encode::push(&mut buf, Envelope::Reply, &push);
+                Some(buf.freeze())
+            })
+            .await;
         match result {
             Ok(_) | Err(crier_core::HubError::AlreadySubscribed) => {}
             Err(crier_core::HubError::UnknownClient(_)) => {} // left meanwhile
-            Err(e) => {
-                node.metrics.engine_error(&e);
-                return Err(err(hub_error_code(&e)));
-            }
+            Err(e) => return Err(err(hub_error_code(&e))),
         }
     }
     Ok(())

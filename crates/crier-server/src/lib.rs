@@ -15,13 +15,17 @@
 //! - [`metrics`] counts for Prometheus and serves `GET /metrics`.
 //! - [`server`] binds, routes and shuts down gracefully.
 //! - `redis_broker` (feature `redis`): offsets, history, presence and
-//!   pub/sub between nodes in Redis; not yet used by the hub.
+//!   pub/sub between nodes in Redis; [`cluster`] puts it behind the hub
+//!   when `engine.type = "redis"`.
 //!
 //! This crate must never be imported by `crier-core` or `crier-proto`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+/// The Redis engine: nodes sharing channels through Redis (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod config;
 pub mod frames;
 pub mod metrics;

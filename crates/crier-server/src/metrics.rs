@@ -215,6 +215,17 @@ impl Metrics {
         result
     }
 
+    /// Records a publish that started at `started` and ended with `result`,
+    /// as [`Metrics::timed_publish`] does for a synchronous one.
+    pub fn observe_publish<T>(&self, started: Instant, result: &Result<T, HubError>) {
+        if self.enabled {
+            self.publish_duration.observe(started.elapsed().as_secs_f64());
+        }
+        if let Err(e) = result {
+            self.engine_error(e);
+        }
+    }
+
     /// Counts `e` in `crier_engine_errors_total` if the engine failed.
     /// `UnrecoverablePosition` is the client's stale position, not a failure.
     pub fn engine_error(&self, e: &HubError) {

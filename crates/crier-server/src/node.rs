@@ -5,7 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crier_core::{ChannelConfig, ChannelOptions as HubChannelOptions, Hub, HubConfig, QueueLimits};
+use bytes::Bytes;
+use crier_core::{
+    ChannelConfig, ChannelOptions as HubChannelOptions, ClientId, ClientInfo, HistoryPage, HistoryQuery, Hub,
+    HubConfig, HubError, PresenceStats, PublishOptions, QueueLimits, StreamPosition, SubscribeOptions,
+    Subscribed,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,6 +43,9 @@ pub struct Node {
     pub connections: TaskTracker,
     /// What the node counts for Prometheus (`GET /metrics`).
     pub metrics: Metrics,
+    /// The Redis engine, when `engine.type = "redis"`.
+    #[cfg(feature = "redis")]
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Node {
@@ -57,23 +65,139 @@ impl Node {
             use std::hash::BuildHasher;
             std::collections::hash_map::RandomState::new().hash_one((nanos, std::process::id())) as u32
         };
-        let hub = Hub::new(HubConfig {
+        let hub_config = HubConfig {
             node_tag,
             ..hub_config(&config)
-        });
+        };
+        let id = format!("{:x}-{:x}", nanos, std::process::id());
+        let shutdown = CancellationToken::new();
+        #[cfg(feature = "redis")]
+        let (hub, cluster) = match config.engine.kind {
+            crate::config::EngineType::Redis => {
+                let (hub, cluster) = redis_hub(&config, hub_config, id.clone(), shutdown.clone())?;
+                (hub, Some(cluster))
+            }
+            _ => (Hub::new(hub_config), None),
+        };
+        #[cfg(not(feature = "redis"))]
+        let hub = Hub::new(hub_config);
         let metrics = Metrics::new(hub.clone(), config.prometheus.enabled);
-        Ok(Arc::new(Self {
+        let node = Arc::new(Self {
             hub,
             tokens,
             access,
             origins,
-            id: format!("{:x}-{:x}", nanos, std::process::id()),
+            id,
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             connections: TaskTracker::new(),
             metrics,
+            #[cfg(feature = "redis")]
+            cluster,
             config,
-        }))
+        });
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &node.cluster {
+            // Weak: the node owns the cluster, which owns this handler.
+            let weak = Arc::downgrade(&node);
+            cluster.on_control(Box::new(move |msg| {
+                if let Some(node) = weak.upgrade() {
+                    let msg = msg.to_vec();
+                    tokio::spawn(async move { crate::api::apply_control(&node, &msg).await });
+                }
+            }));
+        }
+        Ok(node)
+    }
+
+    /// Publishes to `channel`: in the hub (memory engine) or through Redis.
+    /// Timed in `crier_publish_duration_seconds`; engine errors counted.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, HubError> {
+        let started = Instant::now();
+        #[cfg(feature = "redis")]
+        let result = match &self.cluster {
+            Some(c) => c.publish(channel, data, opts).await,
+            None => self.hub.publish(channel, data, opts),
+        };
+        #[cfg(not(feature = "redis"))]
+        let result = self.hub.publish(channel, data, opts);
+        self.metrics.observe_publish(started, &result);
+        result
+    }
+
+    /// Subscribes client `id` to `channel` with catch-up; `notice` as in
+    /// [`Hub::subscribe_with`]. Engine errors are counted.
+    pub async fn subscribe(
+        &self,
+        id: ClientId,
+        channel: &str,
+        opts: SubscribeOptions,
+        notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
+    ) -> Result<Subscribed, HubError> {
+        #[cfg(feature = "redis")]
+        let result = match &self.cluster {
+            Some(c) => c.subscribe(id, channel, opts, notice).await,
+            None => self.hub.subscribe_with(id, channel, opts, notice),
+        };
+        #[cfg(not(feature = "redis"))]
+        let result = self.hub.subscribe_with(id, channel, opts, notice);
+        if let Err(e) = &result {
+            self.metrics.engine_error(e);
+        }
+        result
+    }
+
+    /// Reads `channel`'s history.
+    pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<HistoryPage, HubError> {
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            return c.history(channel, query).await;
+        }
+        self.hub.history(channel, query)
+    }
+
+    /// Drops `channel`'s history (its position stays).
+    pub async fn remove_history(&self, channel: &str) -> Result<(), HubError> {
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            return c.remove_history(channel).await;
+        }
+        self.hub.remove_history(channel)
+    }
+
+    /// Who is present in `channel` (on every node, with Redis).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, HubError> {
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            return c.presence(channel).await;
+        }
+        self.hub.presence(channel)
+    }
+
+    /// Presence counts of `channel` (on every node, with Redis).
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, HubError> {
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            let (clients, users) = c.presence_stats(channel).await?;
+            return Ok(PresenceStats {
+                clients: clients as usize,
+                users: users as usize,
+            });
+        }
+        self.hub.presence_stats(channel)
+    }
+
+    /// True when other nodes share this node's channels (Redis engine).
+    pub fn clustered(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.cluster.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     /// Options of `channel` as configured, or `None` if its namespace is
@@ -118,4 +242,40 @@ fn hub_config(config: &Config) -> HubConfig {
         },
         ..HubConfig::default()
     }
+}
+
+/// The hub on the Redis engine, and the cluster feeding it. Needs a tokio
+/// runtime (the pub/sub connections start now, in the background).
+#[cfg(feature = "redis")]
+fn redis_hub(
+    config: &Config,
+    hub_config: HubConfig,
+    node_id: String,
+    shutdown: CancellationToken,
+) -> Result<(Hub, Arc<crate::cluster::Cluster>), ConfigError> {
+    use crate::cluster::{Cluster, ClusterConfig};
+    use crate::redis_broker::RedisConfig;
+    let r = &config.engine.redis;
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "engine.redis".into(),
+        message,
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(invalid("the redis engine needs a tokio runtime".into()));
+    }
+    let (engine, starter) = Cluster::engine(ClusterConfig {
+        redis: RedisConfig {
+            addresses: r.address.clone(),
+            prefix: r.prefix.clone(),
+            connect_timeout: r.connect_timeout,
+            command_timeout: r.io_timeout,
+            ..RedisConfig::default()
+        },
+        presence_ttl: r.presence_ttl,
+        history_meta_ttl: r.history_meta_ttl,
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    let hub = Hub::with_engine(hub_config, engine);
+    let cluster = starter.start(hub.clone(), node_id, shutdown);
+    Ok((hub, cluster))
 }

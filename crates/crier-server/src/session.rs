@@ -267,12 +267,12 @@ impl Session {
 
     /// Handles the connect command. On success returns the reply frame (to
     /// be written before anything queued) and the client's queue.
-    pub fn connect(
+    pub async fn connect(
         &mut self,
         id: u32,
         req: wire::ConnectRequest,
     ) -> Result<(Bytes, ClientReceiver), Refusal> {
-        match self.open(req, false) {
+        match self.open(req, false).await {
             Ok((result, rx)) => {
                 let reply = Reply {
                     id,
@@ -290,7 +290,7 @@ impl Session {
     /// and the client's queue. Unidirectional transports (`uni`) also
     /// subscribe the channels named in the request's `subs` that the client
     /// may subscribe to, since their clients cannot send subscribe commands.
-    pub fn open(
+    pub async fn open(
         &mut self,
         req: wire::ConnectRequest,
         uni: bool,
@@ -355,7 +355,7 @@ impl Session {
         let mut subs = BTreeMap::new();
         for (channel, opts) in &server_subs {
             let req = req.subs.get(channel).cloned().unwrap_or_default();
-            match self.subscribe_server_side(channel, opts, &req) {
+            match self.subscribe_server_side(channel, opts, &req).await {
                 Ok(result) => {
                     subs.insert(channel.clone(), result);
                 }
@@ -376,8 +376,9 @@ impl Session {
                     tracing::debug!(channel, "uni subscription refused: no permission");
                     continue;
                 }
-                if let Ok(result) =
-                    self.subscribe_server_side(channel, &SubscriptionOptions::default(), sub_req)
+                if let Ok(result) = self
+                    .subscribe_server_side(channel, &SubscriptionOptions::default(), sub_req)
+                    .await
                 {
                     subs.insert(channel.clone(), result);
                 }
@@ -398,7 +399,7 @@ impl Session {
         Ok((result, rx))
     }
 
-    fn subscribe_server_side(
+    async fn subscribe_server_side(
         &self,
         channel: &str,
         opts: &SubscriptionOptions,
@@ -414,7 +415,6 @@ impl Session {
         let recover = matches!(mode.catchup, Catchup::Recover(_));
         let s = self
             .node
-            .hub
             .subscribe(
                 c.id,
                 channel,
@@ -422,14 +422,16 @@ impl Session {
                     catchup: mode.catchup,
                     chan_info: opts.info.clone(),
                 },
+                |_| None,
             )
+            .await
             .map_err(|e| hub_error_code(&e))?;
         Ok(subscribe_result(&s, mode.recoverable, mode.positioned, recover))
     }
 
     /// Handles one command after connect. Replies are queued to the client;
     /// an `Err` means the connection must close with that disconnect.
-    pub fn handle(&mut self, cmd: Command) -> Result<(), Disconnect> {
+    pub async fn handle(&mut self, cmd: Command) -> Result<(), Disconnect> {
         let id = cmd.id;
         let request = cmd
             .into_request()
@@ -441,7 +443,7 @@ impl Session {
         let reply = match request {
             Request::Pong => return Ok(()),
             Request::Connect(_) => return Err(Disconnect::BAD_REQUEST),
-            Request::Subscribe(req) => return self.subscribe(id, req),
+            Request::Subscribe(req) => return self.subscribe(id, req).await,
             Request::Unsubscribe(req) => match self.node.hub.unsubscribe(cid, &req.channel) {
                 Ok(_) => {
                     if let Some(c) = self.connected.as_mut() {
@@ -455,10 +457,10 @@ impl Session {
                 }
                 Err(e) => Reply::error(id, hub_error_code(&e)),
             },
-            Request::Publish(req) => self.publish(id, req),
-            Request::Presence(req) => self.presence(id, &req.channel, false),
-            Request::PresenceStats(req) => self.presence(id, &req.channel, true),
-            Request::History(req) => self.history(id, req),
+            Request::Publish(req) => self.publish(id, req).await,
+            Request::Presence(req) => self.presence(id, &req.channel, false).await,
+            Request::PresenceStats(req) => self.presence(id, &req.channel, true).await,
+            Request::History(req) => self.history(id, req).await,
             Request::Ping => Reply {
                 id,
                 ping: Some(Default::default()),
@@ -509,7 +511,7 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, id: u32, req: wire::SubscribeRequest) -> Result<(), Disconnect> {
+    async fn subscribe(&mut self, id: u32, req: wire::SubscribeRequest) -> Result<(), Disconnect> {
         let node = self.node.clone();
         let c = self.connected.as_ref().expect("checked by handle");
         let (cid, user) = (c.id, c.user.clone());
@@ -559,26 +561,28 @@ impl Session {
         let mode = SubscriptionMode::new(&options, &req);
         let recover = matches!(mode.catchup, Catchup::Recover(_));
         let now = unix_now();
-        let outcome = node.hub.subscribe_with(
-            cid,
-            &req.channel,
-            SubscribeOptions {
-                catchup: mode.catchup,
-                chan_info,
-            },
-            // The reply is queued inside the channel's critical section, so
-            // it precedes every live publication of the channel.
-            |s| {
-                let mut result = subscribe_result(s, mode.recoverable, mode.positioned, recover);
-                result.expires = expires_at.is_some();
-                result.ttl = expires_at.map_or(0, |t| (t - now).max(0) as u32);
-                Some(reply_bytes(&Reply {
-                    id,
-                    subscribe: Some(result),
-                    ..Default::default()
-                }))
-            },
-        );
+        let outcome = node
+            .subscribe(
+                cid,
+                &req.channel,
+                SubscribeOptions {
+                    catchup: mode.catchup,
+                    chan_info,
+                },
+                // The reply is queued inside the channel's critical section, so
+                // it precedes every live publication of the channel.
+                |s| {
+                    let mut result = subscribe_result(s, mode.recoverable, mode.positioned, recover);
+                    result.expires = expires_at.is_some();
+                    result.ttl = expires_at.map_or(0, |t| (t - now).max(0) as u32);
+                    Some(reply_bytes(&Reply {
+                        id,
+                        subscribe: Some(result),
+                        ..Default::default()
+                    }))
+                },
+            )
+            .await;
         match outcome {
             Ok(_) => {
                 if let Some(c) = self.connected.as_mut() {
@@ -589,15 +593,12 @@ impl Session {
                     };
                 }
             }
-            Err(e) => {
-                node.metrics.engine_error(&e);
-                self.send(error_reply(id, hub_error_code(&e)))
-            }
+            Err(e) => self.send(error_reply(id, hub_error_code(&e))),
         }
         Ok(())
     }
 
-    fn publish(&self, id: u32, req: wire::PublishRequest) -> Reply {
+    async fn publish(&self, id: u32, req: wire::PublishRequest) -> Reply {
         let Some(options) = self.node.channel_options(&req.channel) else {
             return Reply::error(id, ErrorCode::UnknownChannel);
         };
@@ -623,8 +624,9 @@ impl Session {
             Exclusion::default()
         };
         let data = Bytes::from(String::from(Box::<str>::from(data)));
-        let published = self.node.metrics.timed_publish(|| {
-            self.node.hub.publish(
+        let published = self
+            .node
+            .publish(
                 &req.channel,
                 data,
                 PublishOptions {
@@ -633,7 +635,7 @@ impl Session {
                     ..Default::default()
                 },
             )
-        });
+            .await;
         match published {
             Ok(_) => Reply {
                 id,
@@ -644,7 +646,7 @@ impl Session {
         }
     }
 
-    fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
+    async fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
         let Some(options) = self.node.channel_options(channel) else {
             return Reply::error(id, ErrorCode::UnknownChannel);
         };
@@ -655,7 +657,7 @@ impl Session {
             return Reply::error(id, code);
         }
         if stats {
-            match self.node.hub.presence_stats(channel) {
+            match self.node.presence_stats(channel).await {
                 Ok(s) => Reply {
                     id,
                     presence_stats: Some(wire::PresenceStatsResult {
@@ -667,7 +669,7 @@ impl Session {
                 Err(e) => Reply::error(id, hub_error_code(&e)),
             }
         } else {
-            match self.node.hub.presence(channel) {
+            match self.node.presence(channel).await {
                 Ok(list) => Reply {
                     id,
                     presence: Some(wire::PresenceResult {
@@ -683,7 +685,7 @@ impl Session {
         }
     }
 
-    fn history(&self, id: u32, req: wire::HistoryRequest) -> Reply {
+    async fn history(&self, id: u32, req: wire::HistoryRequest) -> Reply {
         let Some(options) = self.node.channel_options(&req.channel) else {
             return Reply::error(id, ErrorCode::UnknownChannel);
         };
@@ -699,7 +701,9 @@ impl Session {
             req.limit,
             req.since.as_ref(),
             req.reverse,
-        ) {
+        )
+        .await
+        {
             Ok(result) => Reply {
                 id,
                 history: Some(result),
@@ -778,7 +782,7 @@ impl Session {
 }
 
 /// Reads history for the client protocol and the server API alike.
-pub fn history_query(
+pub async fn history_query(
     node: &Node,
     channel: &str,
     limit: i32,
@@ -803,7 +807,7 @@ pub fn history_query(
         limit,
         reverse,
     };
-    match node.hub.history(channel, &query) {
+    match node.history(channel, &query).await {
         Ok(page) => Ok(wire::HistoryResult {
             publications: page.publications.iter().map(wire_publication).collect(),
             epoch: page.position.epoch.to_string(),

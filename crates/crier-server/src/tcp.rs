@@ -576,7 +576,10 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
         return;
     }
     for channel in &ep.channels {
-        if let Err(e) = node.hub.subscribe(id, channel, SubscribeOptions::default()) {
+        if let Err(e) = node
+            .subscribe(id, channel, SubscribeOptions::default(), |_| None)
+            .await
+        {
             tracing::warn!(listener = %ep.key, channel, error = %e, "tcp client not subscribed");
         }
     }
@@ -625,7 +628,7 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
             continue; // blank lines (telnet, nc) carry nothing
         }
         if let Some(channel) = &ep.publish_to {
-            publish(&node, &ep, channel, &text, id, &publisher);
+            publish(&node, &ep, channel, &text, id, &publisher).await;
         }
     };
     tracing::debug!(listener = %ep.key, %peer, client = %id, why, "tcp client gone");
@@ -670,7 +673,14 @@ async fn refuse(writer: &mut OwnedWriteHalf, ep: &Endpoint, why: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(5), said).await;
 }
 
-fn publish(node: &Node, ep: &Endpoint, channel: &str, text: &str, id: ClientId, publisher: &Arc<ClientInfo>) {
+async fn publish(
+    node: &Node,
+    ep: &Endpoint,
+    channel: &str,
+    text: &str,
+    id: ClientId,
+    publisher: &Arc<ClientInfo>,
+) {
     let data = match serde_json::to_vec(text) {
         Ok(json) => json,
         Err(_) => return, // a &str always serializes
@@ -688,10 +698,7 @@ fn publish(node: &Node, ep: &Endpoint, channel: &str, text: &str, id: ClientId, 
         info: Some(publisher.clone()),
         ..Default::default()
     };
-    if let Err(e) = node
-        .metrics
-        .timed_publish(|| node.hub.publish(channel, data, opts))
-    {
+    if let Err(e) = node.publish(channel, data.into(), opts).await {
         tracing::warn!(listener = %ep.key, channel, error = %e, "tcp frame not published");
     }
 }

@@ -179,9 +179,9 @@ impl Outgoing {
 }
 
 /// Opens a session for a uni client; the connect push comes first.
-fn open(node: &Arc<Node>, req: ConnectRequest) -> Result<(Bytes, Outgoing), Disconnect> {
+async fn open(node: &Arc<Node>, req: ConnectRequest) -> Result<(Bytes, Outgoing), Disconnect> {
     let mut session = Session::new(node.clone());
-    let (result, rx) = session.open(req, true).map_err(refusal)?;
+    let (result, rx) = session.open(req, true).await.map_err(refusal)?;
     let id = session.client_id().expect("open succeeded");
     let expires_at = session.expires_at();
     Ok((
@@ -212,20 +212,20 @@ pub async fn sse_get(
         .map(String::as_bytes)
         .unwrap_or_default()
         .to_vec();
-    stream_response(node, headers, &connect, Framing::Sse)
+    stream_response(node, headers, &connect, Framing::Sse).await
 }
 
 /// `POST /connection/uni_sse` with the connect request as the body.
 pub async fn sse_post(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
-    stream_response(node, headers, &body, Framing::Sse)
+    stream_response(node, headers, &body, Framing::Sse).await
 }
 
 /// `POST /connection/uni_http_stream` with the connect request as the body.
 pub async fn http_stream(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
-    stream_response(node, headers, &body, Framing::Lines)
+    stream_response(node, headers, &body, Framing::Lines).await
 }
 
-fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing: Framing) -> Response {
+async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing: Framing) -> Response {
     let cfg = match framing {
         Framing::Sse => &node.config.uni_sse,
         Framing::Lines => &node.config.uni_http_stream,
@@ -245,7 +245,7 @@ fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing:
         Framing::Lines => "application/x-ndjson",
     };
     let mut first = BytesMut::new();
-    let body = match open(&node, req) {
+    let body = match open(&node, req).await {
         Err(d) => {
             // Say why in the stream itself, then end it.
             framing.put(&mut first, &disconnect_push(&d));
@@ -361,7 +361,7 @@ async fn serve_websocket(node: Arc<Node>, mut reader: Reader, mut writer: Writer
         Ok(r) => r,
         Err(d) => return close(&mut writer, &d).await,
     };
-    let (connect, mut out) = match open(&node, req) {
+    let (connect, mut out) = match open(&node, req).await {
         Ok(x) => x,
         Err(d) => {
             let _ = writer.text(&mut vec![disconnect_push(&d)]).await;

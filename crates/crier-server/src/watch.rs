@@ -7,8 +7,9 @@
 //! How it runs: notify's own thread (inotify on Linux, FSEvents on macOS;
 //! never polling) hands raw events through a bounded channel to one worker
 //! thread per source. The worker reads files with plain blocking I/O and
-//! calls the hub's `publish`, which is synchronous and never waits on a
-//! client. When the worker falls behind, the bounded channel holds notify's
+//! publishes through a [`Sink`]: the hub's `publish` (memory engine), which
+//! is synchronous and never waits on a client, or the node's Redis publish
+//! run to completion on the runtime from the worker's own thread. When the worker falls behind, the bounded channel holds notify's
 //! thread back, the kernel's queue overflows, notify says "rescan", and the
 //! worker rescans the files it follows: memory stays bounded, nothing
 //! crashes, lines are not lost (only file events are).
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use crier_core::{Hub, PublishOptions};
+use crier_core::{Hub, HubError, PublishOptions};
 use globset::{GlobBuilder, GlobMatcher};
 use notify::event::{ModifyKind, RemoveKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -91,7 +92,7 @@ pub fn start(node: &Arc<Node>) -> Result<Watchers, ServerError> {
     let mut sources = Vec::with_capacity(node.config.watch.len());
     for (i, config) in node.config.watch.iter().enumerate() {
         let spec = Spec::new(i, config, &node.config)?;
-        sources.push(Source::start(spec, node.hub.clone())?);
+        sources.push(Source::start(spec, Sink::of(node))?);
     }
     Ok(Watchers { sources })
 }
@@ -120,7 +121,7 @@ impl Watchers {
 }
 
 impl Source {
-    fn start(spec: Spec, hub: Hub) -> Result<Self, ServerError> {
+    fn start(spec: Spec, hub: Sink) -> Result<Self, ServerError> {
         let watch_error = |source| ServerError::Watch {
             key: format!("{}.path", spec.key),
             path: spec.root.display().to_string(),
@@ -366,7 +367,7 @@ impl TailChannel {
 /// Owns everything one source knows about its files; runs on its own thread.
 struct Worker {
     spec: Spec,
-    hub: Hub,
+    hub: Sink,
     events: Receiver<notify::Result<notify::Event>>,
     /// Files followed in tail mode, by absolute path.
     tailed: HashMap<PathBuf, Tailed>,
@@ -392,7 +393,7 @@ struct NewDir {
 }
 
 impl Worker {
-    fn new(spec: Spec, hub: Hub, events: Receiver<notify::Result<notify::Event>>) -> Self {
+    fn new(spec: Spec, hub: Sink, events: Receiver<notify::Result<notify::Event>>) -> Self {
         Self {
             spec,
             hub,
@@ -937,8 +938,54 @@ fn size_and_mtime(meta: Option<&Metadata>) -> (Option<u64>, Option<u64>) {
     (size, mtime)
 }
 
-fn publish(hub: &Hub, channel: &str, data: impl Into<Bytes>, key: &str) {
-    if let Err(error) = hub.publish(channel, data, PublishOptions::default()) {
+type PublishFn = dyn Fn(&str, Bytes) -> Result<(), HubError> + Send + Sync;
+
+/// Where a source's publications go; cheap to clone.
+#[derive(Clone)]
+pub struct Sink {
+    publish: Arc<PublishFn>,
+}
+
+impl Sink {
+    /// Straight into `hub` (memory engine), untimed.
+    pub fn hub(hub: Hub) -> Self {
+        Self {
+            publish: Arc::new(move |channel, data| {
+                hub.publish(channel, data, PublishOptions::default()).map(|_| ())
+            }),
+        }
+    }
+
+    /// Through `node`: timed in the publish metrics, and through Redis on
+    /// the Redis engine (blocking the worker thread, never a runtime one).
+    pub fn of(node: &Arc<Node>) -> Self {
+        let node = node.clone();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Self {
+            publish: Arc::new(move |channel, data| {
+                let options = PublishOptions::default();
+                match &runtime {
+                    Some(rt) if node.clustered() => {
+                        rt.block_on(node.publish(channel, data, options)).map(|_| ())
+                    }
+                    _ => {
+                        let started = Instant::now();
+                        let result = node.hub.publish(channel, data, options);
+                        node.metrics.observe_publish(started, &result);
+                        result.map(|_| ())
+                    }
+                }
+            }),
+        }
+    }
+
+    fn publish(&self, channel: &str, data: impl Into<Bytes>) -> Result<(), HubError> {
+        (self.publish)(channel, data.into())
+    }
+}
+
+fn publish(hub: &Sink, channel: &str, data: impl Into<Bytes>, key: &str) {
+    if let Err(error) = hub.publish(channel, data) {
         tracing::warn!(source = %key, %channel, %error, "cannot publish a file event");
     }
 }
@@ -1021,7 +1068,7 @@ impl Tailed {
     /// Reads everything appended since the last read and publishes each
     /// complete line. A file shorter than the position was truncated: it is
     /// read again from its start.
-    fn read_new(&mut self, hub: &Hub, buf: &mut [u8], key: &str) -> io::Result<()> {
+    fn read_new(&mut self, hub: &Sink, buf: &mut [u8], key: &str) -> io::Result<()> {
         let len = self.file.metadata()?.len();
         if len < self.pos {
             tracing::info!(source = %key, "file truncated: reading it again from the start");
@@ -1066,7 +1113,7 @@ impl Tailed {
 
     /// The file is gone from its path: publish what was appended before,
     /// then let go of it. A last line without its newline is dropped.
-    fn finish(mut self, path: &Path, hub: &Hub, buf: &mut [u8], key: &str) {
+    fn finish(mut self, path: &Path, hub: &Sink, buf: &mut [u8], key: &str) {
         if let Err(error) = self.read_new(hub, buf, key) {
             tracing::debug!(source = %key, path = %path.display(), %error, "cannot read a file gone away");
         }
@@ -1081,8 +1128,8 @@ impl Tailed {
     }
 }
 
-fn publish_line(hub: &Hub, channel: &str, data: Bytes) -> bool {
-    hub.publish(channel, data, PublishOptions::default()).is_ok()
+fn publish_line(hub: &Sink, channel: &str, data: Bytes) -> bool {
+    hub.publish(channel, data).is_ok()
 }
 
 /// What a line publishes: the line itself when it is JSON, else the line
@@ -1309,7 +1356,7 @@ mod tests {
                 }),
             };
             let (tx, rx) = mpsc::sync_channel(16);
-            let mut worker = Worker::new(spec, hub, rx);
+            let mut worker = Worker::new(spec, Sink::hub(hub), rx);
             worker.follow_existing();
             let worker = std::thread::spawn(move || worker.run());
             Self {

@@ -84,7 +84,7 @@ async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
             Ok(cmd) => {
                 let id = cmd.id;
                 match cmd.into_request() {
-                    Ok(Command::Connect(req)) => session.connect(id, req),
+                    Ok(Command::Connect(req)) => session.connect(id, req).await,
                     Ok(_) | Err(_) => Err(Refusal::Disconnect(Disconnect::BAD_REQUEST)),
                 }
             }
@@ -100,8 +100,11 @@ async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
                 }
                 // Commands that followed connect in the same frame.
                 for cmd in commands {
-                    let result = cmd.map_err(|e| e.disconnect().unwrap_or(Disconnect::BAD_REQUEST));
-                    if let Err(d) = result.and_then(|c| session.handle(c)) {
+                    let result = match cmd {
+                        Ok(c) => session.handle(c).await,
+                        Err(e) => Err(e.disconnect().unwrap_or(Disconnect::BAD_REQUEST)),
+                    };
+                    if let Err(d) = result {
                         session.close(&d);
                     }
                 }
@@ -158,8 +161,11 @@ async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
         match read(msg) {
             Read::Frame(text) => {
                 for cmd in parse_frame(&text) {
-                    let result = cmd.map_err(|e| e.disconnect().unwrap_or(Disconnect::BAD_REQUEST));
-                    if let Err(d) = result.and_then(|c| session.handle(c)) {
+                    let result = match cmd {
+                        Ok(c) => session.handle(c).await,
+                        Err(e) => Err(e.disconnect().unwrap_or(Disconnect::BAD_REQUEST)),
+                    };
+                    if let Err(d) = result {
                         session.close(&d);
                         break;
                     }

@@ -638,10 +638,11 @@ impl ChannelConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineType {
-    /// In-process; the only engine built so far.
+    /// In-process: one node.
     #[default]
     Memory,
-    /// Accepted by the parser; validation reports it as not built yet.
+    /// Redis (feature `redis`): several nodes share channels, offsets,
+    /// history and presence through `engine.redis`.
     Redis,
     /// Accepted by the parser; validation reports it as not built yet.
     Nats,
@@ -664,6 +665,67 @@ pub struct EngineConfig {
     /// See [`EngineType`].
     #[serde(rename = "type")]
     pub kind: EngineType,
+    /// `engine.redis.*`, used when `type = "redis"`.
+    pub redis: RedisEngineConfig,
+}
+
+/// `engine.redis.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisEngineConfig {
+    /// One address per Redis shard (`redis://[user:password@]host:port[/db]`
+    /// or `host:port`); one string or a list. Channels are spread over the
+    /// shards by a consistent hash of their name; every node must list the
+    /// same shards in the same order.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
+    /// Prefix of every Redis key and pub/sub channel crier uses.
+    pub prefix: String,
+    /// How long a client stays in presence after its node last refreshed
+    /// it: a crashed node's clients vanish from presence within this.
+    #[serde(with = "duration::serde_go")]
+    pub presence_ttl: Duration,
+    /// How long a channel's offset and epoch live after its last
+    /// publication or subscription (then its stream starts a new epoch).
+    #[serde(with = "duration::serde_go")]
+    pub history_meta_ttl: Duration,
+    /// Bound on opening a connection to Redis.
+    #[serde(with = "duration::serde_go")]
+    pub connect_timeout: Duration,
+    /// Bound on one command's round trip: past it the command fails with a
+    /// temporary error (API code 100).
+    #[serde(with = "duration::serde_go")]
+    pub io_timeout: Duration,
+}
+
+impl Default for RedisEngineConfig {
+    fn default() -> Self {
+        Self {
+            address: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "crier".into(),
+            presence_ttl: Duration::from_secs(60),
+            history_meta_ttl: Duration::from_secs(90 * 24 * 3600),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `websocket.*`
@@ -890,13 +952,37 @@ impl Config {
 
         match self.engine.kind {
             EngineType::Memory => {}
-            other => {
+            EngineType::Redis if !cfg!(feature = "redis") => {
                 return Err(invalid(
                     "engine.type",
-                    format!(
-                        "the {:?} engine is not built yet; crier only has the \"memory\" engine for now",
-                        other.as_str()
-                    ),
+                    "this crier was built without the \"redis\" cargo feature",
+                ))
+            }
+            EngineType::Redis => {
+                let r = &self.engine.redis;
+                if r.address.is_empty() || r.address.iter().any(|a| a.trim().is_empty()) {
+                    return Err(invalid(
+                        "engine.redis.address",
+                        "must name at least one Redis server",
+                    ));
+                }
+                if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
+                    return Err(invalid(
+                        "engine.redis.prefix",
+                        "must be non-empty and without braces",
+                    ));
+                }
+                if r.presence_ttl < Duration::from_secs(1) {
+                    return Err(invalid("engine.redis.presence_ttl", "must be at least 1s"));
+                }
+                if r.connect_timeout.is_zero() || r.io_timeout.is_zero() {
+                    return Err(invalid("engine.redis.io_timeout", "timeouts must be above zero"));
+                }
+            }
+            EngineType::Nats => {
+                return Err(invalid(
+                    "engine.type",
+                    "the \"nats\" engine is not built yet; use \"memory\" or \"redis\"",
                 ))
             }
         }

@@ -508,15 +508,45 @@ fn history_options_must_be_consistent() {
     );
 }
 
+#[cfg(feature = "redis")]
 #[test]
-fn other_engines_are_parsed_but_not_built_yet() {
-    let (c, _) = parse("[engine]\ntype = \"redis\"\n", Format::Toml).expect("parses");
+fn the_redis_engine_is_configured_and_checked() {
+    let (c, _) = parse(
+        "[engine]\ntype = \"redis\"\n[engine.redis]\naddress = \"127.0.0.1:7000, 127.0.0.1:7001\"\nprefix = \"app\"\npresence_ttl = \"10s\"\n",
+        Format::Toml,
+    )
+    .expect("parses");
     assert_eq!(c.engine.kind, EngineType::Redis);
+    assert_eq!(c.engine.redis.address, vec!["127.0.0.1:7000", "127.0.0.1:7001"]);
+    assert_eq!(c.engine.redis.presence_ttl, Duration::from_secs(10));
+    assert!(c.validate().is_ok());
+    let (c, _) = parse(
+        r#"{"engine": {"type": "redis", "redis": {"address": ["redis://a:1", "redis://b:2"]}}}"#,
+        Format::Json,
+    )
+    .expect("parses");
+    assert_eq!(c.engine.redis.address.len(), 2);
+    assert_eq!(c.engine.redis.prefix, "crier");
+    for (toml, key) in [
+        ("address = []", "engine.redis.address"),
+        ("prefix = \"a{b}\"", "engine.redis.prefix"),
+        ("presence_ttl = \"100ms\"", "engine.redis.presence_ttl"),
+    ] {
+        let (c, _) = parse(
+            &format!("[engine]\ntype = \"redis\"\n[engine.redis]\n{toml}\n"),
+            Format::Toml,
+        )
+        .expect("parses");
+        assert_eq!(invalid_key(c.validate()).0, key, "{toml}");
+    }
+}
+
+#[test]
+fn the_nats_engine_is_parsed_but_not_built_yet() {
+    let (c, _) = parse("engine:\n  type: nats\n", Format::Yaml).expect("parses");
     let (key, message) = invalid_key(c.validate());
     assert_eq!(key, "engine.type");
     assert!(message.contains("not built yet"), "{message}");
-    let (c, _) = parse("engine:\n  type: nats\n", Format::Yaml).expect("parses");
-    assert_eq!(invalid_key(c.validate()).0, "engine.type");
 }
 
 #[test]

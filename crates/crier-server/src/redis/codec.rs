@@ -201,6 +201,55 @@ pub(crate) fn decode_message(msg: &[u8]) -> Result<(u64, String, RemotePublicati
     Ok((offset, epoch, publication))
 }
 
+/// A client's identity as kept in a publication's info and in presence:
+/// its id, user, connection info and subscription info.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InfoParts {
+    pub client: u64,
+    pub user: String,
+    pub conn_info: Option<Bytes>,
+    pub chan_info: Option<Bytes>,
+}
+
+/// `0x01`, client id, user, flags (`1` conn info, `2` chan info), [conn
+/// info], [chan info].
+pub(crate) fn encode_info(i: &InfoParts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + i.user.len());
+    out.push(VERSION);
+    put_varint(&mut out, i.client);
+    put_bytes(&mut out, i.user.as_bytes());
+    out.push(u8::from(i.conn_info.is_some()) | (u8::from(i.chan_info.is_some()) << 1));
+    for b in [&i.conn_info, &i.chan_info].into_iter().flatten() {
+        put_bytes(&mut out, b);
+    }
+    out
+}
+
+/// Decodes what [`encode_info`] wrote.
+pub(crate) fn decode_info(src: Bytes) -> Result<InfoParts, BrokerError> {
+    let mut r = Reader { src: &src, pos: 0 };
+    if r.byte()? != VERSION {
+        return Err(malformed("unknown client info version"));
+    }
+    let client = r.varint()?;
+    let user = r.string()?;
+    let flags = r.byte()?;
+    if flags & !3 != 0 {
+        return Err(malformed("unknown client info flags"));
+    }
+    let conn_info = if flags & 1 != 0 { Some(r.bytes()?) } else { None };
+    let chan_info = if flags & 2 != 0 { Some(r.bytes()?) } else { None };
+    if r.pos != src.len() {
+        return Err(malformed("trailing bytes after client info"));
+    }
+    Ok(InfoParts {
+        client,
+        user,
+        conn_info,
+        chan_info,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +352,30 @@ mod tests {
         ] {
             assert!(decode_message(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn client_info_round_trips_and_rejects_garbage() {
+        let full = InfoParts {
+            client: (7 << 40) | 12345,
+            user: "alice".into(),
+            conn_info: Some(Bytes::from_static(b"{\"name\":\"A\"}")),
+            chan_info: Some(Bytes::from_static(b"")),
+        };
+        let bare = InfoParts {
+            client: 1,
+            user: String::new(),
+            conn_info: None,
+            chan_info: None,
+        };
+        for i in [full, bare] {
+            let bytes = Bytes::from(encode_info(&i));
+            assert_eq!(decode_info(bytes.clone()).unwrap(), i);
+            for cut in 0..bytes.len() {
+                assert!(decode_info(bytes.slice(..cut)).is_err(), "cut at {cut}");
+            }
+        }
+        assert!(decode_info(Bytes::from_static(b"\x01\x01\x00\x04")).is_err());
     }
 
     #[test]

@@ -72,8 +72,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::{Script, Value};
 
+pub(crate) use codec::{decode_info, encode_info, InfoParts};
 use conn::{Request, Shard};
 pub use pubsub::{BrokerEvents, Subscriber, Subscriptions};
+
+/// The control channel: the empty name, which is never a valid crier
+/// channel, so no user channel can share its pub/sub subject. Its messages
+/// come out of a [`Subscriber`] as publications with offset 0.
+pub const CONTROL: &str = "";
 
 /// Where and how to reach Redis.
 #[derive(Clone, Debug)]
@@ -469,6 +475,24 @@ impl RedisBroker {
             .map(stream_entry)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((publications, current))
+    }
+
+    /// Sends `payload` to every node's [`Subscriber`] that subscribed to the
+    /// control channel [`CONTROL`]: a plain PUBLISH, no offset, no history.
+    /// Returns how many Redis pub/sub connections received it.
+    pub async fn publish_control(&self, payload: &[u8]) -> Result<u64, BrokerError> {
+        let mut msg = b"0:0:".to_vec();
+        msg.extend(codec::encode(&codec::PublicationRef {
+            data: payload,
+            info: None,
+            tags: &[],
+            exclude_clients: &[],
+            exclude_users: &[],
+        }));
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.key(CONTROL, "c")).arg(msg);
+        let reply = self.shard(CONTROL).run(Request::Cmd(&cmd), false).await?;
+        as_u64(&reply)
     }
 
     /// Deletes `channel`'s history; its offset and epoch stay.

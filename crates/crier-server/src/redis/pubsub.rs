@@ -281,6 +281,11 @@ impl ShardTask {
                     match cmd {
                         Command::Subscribe(channel, reply) => {
                             let name = Subscriptions::redis_channel(&self.prefix, &channel);
+                            if self.channels.contains_key(&name) {
+                                // Confirmed on this connection already.
+                                let _ = reply.send(Ok(()));
+                                continue;
+                            }
                             match timeout(timeout_after, sink.subscribe(name.as_str())).await {
                                 Ok(Ok(())) => {
                                     self.channels.insert(name, channel);
