@@ -59,6 +59,8 @@ enum SubOp {
 enum PresenceOp {
     Add(Arc<str>, Arc<ClientInfo>),
     Remove(Arc<str>, ClientId),
+    /// Answers once every change queued before it is written.
+    Flush(oneshot::Sender<()>),
 }
 
 /// This node's presence entries, re-written to Redis before they expire.
@@ -147,6 +149,7 @@ pub struct Cluster {
     hub: Hub,
     broker: RedisBroker,
     subs: mpsc::UnboundedSender<SubOp>,
+    presence: mpsc::UnboundedSender<PresenceOp>,
     config: ClusterConfig,
     node_id: String,
     control: StdMutex<Option<ControlHandler>>,
@@ -230,13 +233,14 @@ impl Cluster {
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         let engine = Arc::new(RemoteEngine {
             subs: subs_tx.clone(),
-            presence: presence_tx,
+            presence: presence_tx.clone(),
         });
         Ok((
             engine,
             ClusterStarter {
                 broker,
                 config,
+                presence_tx,
                 subs_tx,
                 subs_rx,
                 presence_rx,
@@ -247,6 +251,16 @@ impl Cluster {
     /// The broker, for tests and tools.
     pub fn broker(&self) -> &RedisBroker {
         &self.broker
+    }
+
+    /// Waits (at most `within`) until every presence change queued so far
+    /// is written to Redis: a graceful shutdown calls it after the hub said
+    /// goodbye to every client, so their entries go now, not after the TTL.
+    pub async fn flush(&self, within: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.presence.send(PresenceOp::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(within, rx).await;
+        }
     }
 
     /// Sets what applies control messages from other nodes.
@@ -430,6 +444,11 @@ impl Cluster {
         self.broker.presence_stats(channel).await.map_err(unavailable)
     }
 
+    fn subscribe_control(&self) {
+        let (tx, _) = oneshot::channel();
+        let _ = self.subs.send(SubOp::Subscribe(broker::CONTROL.into(), tx));
+    }
+
     fn resync(&self, channel: &str) {
         let push = crate::session::unsubscribe_push(channel, &Unsubscribe::INSUFFICIENT_STATE);
         let n = self.hub.unsubscribe_all(channel, Some(push)).len();
@@ -487,6 +506,11 @@ impl Cluster {
             }
             BrokerEvent::Restored { shard } => {
                 tracing::info!(shard, "redis pub/sub restored");
+                if self.broker.shard_of(broker::CONTROL) == shard {
+                    // Resubscribed already if it ever was; if the node
+                    // started while Redis was down, this is the first time.
+                    self.subscribe_control();
+                }
             }
         }
     }
@@ -496,6 +520,7 @@ impl Cluster {
 pub struct ClusterStarter {
     broker: RedisBroker,
     config: ClusterConfig,
+    presence_tx: mpsc::UnboundedSender<PresenceOp>,
     subs_tx: mpsc::UnboundedSender<SubOp>,
     subs_rx: mpsc::UnboundedReceiver<SubOp>,
     presence_rx: mpsc::UnboundedReceiver<PresenceOp>,
@@ -510,20 +535,19 @@ impl ClusterStarter {
             hub,
             broker: self.broker.clone(),
             subs: self.subs_tx,
+            presence: self.presence_tx,
             config: self.config.clone(),
             node_id,
             control: StdMutex::new(None),
         });
         // The control channel is subscribed for the life of the node.
-        let (tx, _rx) = oneshot::channel();
-        let _ = cluster.subs.send(SubOp::Subscribe(broker::CONTROL.into(), tx));
+        cluster.subscribe_control();
         tokio::spawn(subscription_task(self.subs_rx, subscriptions, shutdown.clone()));
         tokio::spawn(event_task(Arc::downgrade(&cluster), events, shutdown.clone()));
         tokio::spawn(presence_task(
             self.broker,
             self.presence_rx,
             self.config.presence_ttl,
-            shutdown,
         ));
         cluster
     }
@@ -573,12 +597,9 @@ async fn event_task(
 /// Writes presence changes to Redis in order and refreshes this node's
 /// entries every third of the TTL. A write that fails (Redis down) is
 /// repaired by the next refresh; a removal that fails expires by itself.
-async fn presence_task(
-    broker: RedisBroker,
-    mut ops: mpsc::UnboundedReceiver<PresenceOp>,
-    ttl: Duration,
-    shutdown: CancellationToken,
-) {
+/// Runs while the hub (which holds the sending side) lives, so the
+/// removals of a graceful shutdown are still written ([`Cluster::flush`]).
+async fn presence_task(broker: RedisBroker, mut ops: mpsc::UnboundedReceiver<PresenceOp>, ttl: Duration) {
     let mut local: LocalPresence = HashMap::new();
     let mut refresh = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -607,6 +628,9 @@ async fn presence_task(
                         tracing::debug!(channel = %channel, error = %e, "presence remove failed; the entry expires");
                     }
                 }
+                Some(PresenceOp::Flush(done)) => {
+                    let _ = done.send(());
+                }
             },
             _ = refresh.tick() => {
                 for (channel, clients) in &local {
@@ -620,7 +644,6 @@ async fn presence_task(
                     }
                 }
             }
-            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -163,6 +163,11 @@ impl Server {
             clients = told,
             "shutting down: told every client to reconnect elsewhere (3001)"
         );
+        #[cfg(feature = "redis")]
+        if let Some(cluster) = &node.cluster {
+            // Their presence entries leave Redis now, not after the TTL.
+            cluster.flush(Duration::from_secs(2)).await;
+        }
         node.connections.close();
         let deadline = node.config.shutdown.timeout;
         let finished = tokio::time::timeout(deadline, async {

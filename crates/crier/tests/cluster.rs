@@ -5,6 +5,7 @@
 //! it missed; a killed node's clients vanish from presence after the TTL;
 //! Redis going away is announced to clients, never a silent gap; exclusion,
 //! disconnect and server-side unsubscribe reach clients on other nodes.
+#![cfg(feature = "redis")]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -178,6 +179,22 @@ io_timeout = "1s"
     async fn publish(&self, channel: &str, data: Value) -> Value {
         self.api("publish", json!({"channel": channel, "data": data}))
             .await
+    }
+
+    /// SIGTERM, then waits for the process to end (bounded).
+    fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -TERM");
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().expect("try_wait").is_none() {
+            assert!(Instant::now() < deadline, "crier did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no goodbye to clients, nothing removed from Redis.
@@ -553,4 +570,60 @@ async fn exclusion_disconnect_and_unsubscribe_reach_clients_on_other_nodes() {
     y.subscribe("ops").await;
     nodes[1].publish("ops", json!("still served")).await;
     assert_eq!(y.next_pub().await, (3, json!("still served")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_gracefully_takes_its_clients_out_of_presence_at_once() {
+    // A TTL far longer than the test: only the node itself can remove them.
+    let (_redis, mut nodes) = cluster(2, "600s").await;
+    let mut a = Client::connect(&nodes[0].ws()).await;
+    a.subscribe("hall").await;
+    let mut b = Client::connect(&nodes[1].ws()).await;
+    b.subscribe("hall").await;
+    let v = nodes[1].api("presence_stats", json!({"channel": "hall"})).await;
+    assert_eq!(v["result"]["num_clients"], json!(2), "{v}");
+    nodes[0].terminate();
+    let v = nodes[1].api("presence", json!({"channel": "hall"})).await;
+    let ids: Vec<&String> = v["result"]["presence"]
+        .as_object()
+        .expect("presence")
+        .keys()
+        .collect();
+    assert_eq!(ids, vec![&b.id], "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_is_down_joins_when_it_comes_up() {
+    let mut redis = Redis::start().await;
+    let up = Node::start(&redis, "60s").await;
+    redis.stop();
+    let late = Node::start(&redis, "60s").await;
+    let mut c = Client::connect(&late.ws()).await;
+    let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
+    assert_eq!(r["error"]["code"], json!(100), "no Redis, a temporary error: {r}");
+    redis.restart().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
+        if r.get("error").is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never subscribed after Redis came back: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    up.publish("news", json!("hello")).await;
+    assert_eq!(c.next_pub().await, (1, json!("hello")));
+    // Control commands reach it too (its control subscription came late).
+    let r = up.api("disconnect", json!({"client": c.id})).await;
+    assert!(r.get("error").is_none(), "{r}");
+    let code = loop {
+        match c.next().await {
+            Ok(_) => continue,
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, 3503);
 }
