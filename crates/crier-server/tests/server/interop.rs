@@ -48,13 +48,78 @@ async fn centrifuge_python_and_cent_connect_subscribe_and_recover() {
     .await;
 }
 
+/// The Redis engine on `redis`, as extra configuration.
+#[cfg(feature = "redis")]
+fn redis_engine(redis: &super::redis::RedisServer) -> String {
+    format!(
+        "[engine]\ntype = \"redis\"\n[engine.redis]\naddress = \"{}\"\nconnect_timeout = \"300ms\"\nio_timeout = \"1s\"\n",
+        redis.url()
+    )
+}
+
+/// The centrifuge-js flow of `interop.mjs` (recoverable subscribe, history,
+/// presence, forced reconnect with exact recovery) on a node whose engine
+/// is Redis.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn centrifuge_js_works_the_same_on_the_redis_engine() {
+    let redis = super::redis::RedisServer::start();
+    run_script(
+        "node",
+        "tests-interop/js/interop.mjs",
+        "js-redis-user",
+        &redis_engine(&redis),
+    )
+    .await;
+}
+
+/// centrifuge-python and cent on the Redis engine.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn centrifuge_python_and_cent_work_the_same_on_the_redis_engine() {
+    let redis = super::redis::RedisServer::start();
+    run_script(
+        "tests-interop/.venv/bin/python",
+        "tests-interop/py/interop.py",
+        "py-redis-user",
+        &redis_engine(&redis),
+    )
+    .await;
+}
+
+/// centrifuge-js on node A, publications through node B, Redis shut down
+/// and started again empty: the SDK is told 2500, retries through the
+/// outage and resubscribes (`tests-interop/js/cluster.mjs`).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn centrifuge_js_resubscribes_across_nodes_after_redis_restarts() {
+    setup().await;
+    let redis = super::redis::RedisServer::start();
+    let a = TestServer::start(config(&redis_engine(&redis))).await;
+    let b = TestServer::start(config(&redis_engine(&redis))).await;
+    let user = "js-cluster-user";
+    let port = redis.url().rsplit(':').next().expect("port").to_owned();
+    let args = vec![
+        "tests-interop/js/cluster.mjs".to_owned(),
+        a.ws_url(),
+        token(user),
+        format!("http://{}/api", b.addr),
+        API_KEY.to_owned(),
+        user.to_owned(),
+        port,
+    ];
+    run_program("node", args).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Starts a server (with `extra` config), runs `program script WS_URL TOKEN
 /// API_URL API_KEY USER` from the repository root and fails with the
 /// script's output unless it exits 0.
 async fn run_script(program: &'static str, script: &'static str, user: &str, extra: &str) {
     setup().await;
     let s = TestServer::start(config(extra)).await;
-    let args = [
+    let args = vec![
         script.to_owned(),
         s.ws_url(),
         token(user),
@@ -62,6 +127,14 @@ async fn run_script(program: &'static str, script: &'static str, user: &str, ext
         API_KEY.to_owned(),
         user.to_owned(),
     ];
+    run_program(program, args).await;
+    s.shutdown().await;
+}
+
+/// Runs `program args...` from the repository root; fails with its output
+/// unless it exits 0.
+async fn run_program(program: &'static str, args: Vec<String>) {
+    let script = args.first().cloned().unwrap_or_default();
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || {
         // A path is the repository's; a bare name is looked up on PATH.
@@ -78,7 +151,6 @@ async fn run_script(program: &'static str, script: &'static str, user: &str, ext
         Ok(out) => eprintln!("{script} passed in {:?}:\n{out}", started.elapsed()),
         Err(report) => panic!("{script} failed:\n{report}"),
     }
-    s.shutdown().await;
 }
 
 /// Runs `tests-interop/setup.sh` once per test binary; every test waits for

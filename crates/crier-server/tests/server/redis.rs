@@ -17,7 +17,7 @@ use crier_server::redis_broker::{
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A `redis-server` child on 127.0.0.1, killed on drop.
-struct RedisServer {
+pub(super) struct RedisServer {
     port: u16,
     child: Option<Child>,
 }
@@ -28,7 +28,7 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         Self::start_on(free_port())
     }
 
@@ -99,7 +99,7 @@ impl RedisServer {
         assert!(ok, "kill -{sig} {pid}");
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
