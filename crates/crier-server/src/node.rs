@@ -192,6 +192,23 @@ impl Node {
         self.hub.presence_stats(channel)
     }
 
+    /// One line saying which engine runs and, for Redis, whether every
+    /// shard answers now (a node starts anyway and keeps retrying).
+    pub async fn engine_status(&self) -> String {
+        #[cfg(feature = "redis")]
+        if let Some(c) = &self.cluster {
+            let addresses = c.broker().addresses().join(", ");
+            return match c.broker().ping().await {
+                Ok(()) => format!("redis at {addresses}"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis is not answering; publishing and subscribing fail with error 100 until it does");
+                    format!("redis at {addresses} (NOT REACHABLE yet: {e}; retrying)")
+                }
+            };
+        }
+        "memory (one node)".to_owned()
+    }
+
     /// True when other nodes share this node's channels (Redis engine).
     pub fn clustered(&self) -> bool {
         #[cfg(feature = "redis")]

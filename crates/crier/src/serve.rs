@@ -122,6 +122,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some((prefix, _)) => print_line(&format!("  HTTP API:  POST http://{connect}{prefix}/<method>"))?,
         None => print_line("  HTTP API:  disabled")?,
     }
+    print_line(&format!("  engine:    {}", server.node().engine_status().await))?;
     let default_port = bound.port() == 8000 && connect.ip().is_loopback() && connect.is_ipv4();
     let api_default = api
         .as_ref()

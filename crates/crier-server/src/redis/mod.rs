@@ -495,6 +495,20 @@ impl RedisBroker {
         as_u64(&reply)
     }
 
+    /// PINGs every shard; the first that does not answer, with why.
+    pub async fn ping(&self) -> Result<(), BrokerError> {
+        for shard in &self.inner.shards {
+            let cmd = redis::cmd("PING");
+            shard.run(Request::Cmd(&cmd), true).await?;
+        }
+        Ok(())
+    }
+
+    /// The configured addresses, one per shard.
+    pub fn addresses(&self) -> &[String] {
+        &self.inner.config.addresses
+    }
+
     /// Deletes `channel`'s history; its offset and epoch stay.
     pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         let mut cmd = redis::cmd("DEL");
