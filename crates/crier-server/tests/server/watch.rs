@@ -483,3 +483,56 @@ channels = ["lines"]
     assert_eq!(next_data(&mut lines).await, json!({"again": true}));
     s.shutdown().await;
 }
+
+/// `crier_publish_duration_seconds_count` in the node's metrics.
+fn publishes_timed(s: &TestServer) -> f64 {
+    let text = s.node.metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("crier_publish_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no publish count in:\n{text}"))
+}
+
+#[tokio::test]
+async fn file_source_publishes_are_timed_like_every_other_publish() {
+    let dir = TempDir::new("timed");
+    fs::write(dir.path("conv.jsonl"), "").unwrap();
+    let mut config = watch_config(&dir.0, TAIL_ONLY);
+    config.prometheus.enabled = true;
+    let s = TestServer::start(config).await;
+    let mut c = subscriber(&s, &["conversation:conv"]).await;
+    assert_eq!(publishes_timed(&s), 0.0);
+    append(&dir.path("conv.jsonl"), "1\n2\n");
+    assert_eq!(next_data(&mut c).await, json!(1));
+    assert_eq!(next_data(&mut c).await, json!(2));
+    assert_eq!(publishes_timed(&s), 2.0);
+    s.shutdown().await;
+}
+
+/// On the Redis engine a file source publishes through Redis (from its own
+/// thread, blocking on the runtime), and subscribers get the lines in order
+/// with Redis's offsets.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_source_publishes_through_redis_on_the_redis_engine() {
+    let redis = super::redis::RedisServer::start();
+    let dir = TempDir::new("redis");
+    fs::write(dir.path("conv.jsonl"), "").unwrap();
+    let mut config = watch_config(&dir.0, TAIL_ONLY);
+    config.engine.kind = crier_server::config::EngineType::Redis;
+    config.engine.redis.address = vec![redis.url()];
+    let s = TestServer::start(config).await;
+    let mut c = subscriber(&s, &["conversation:conv"]).await;
+    append(&dir.path("conv.jsonl"), "\"a\"\n\"b\"\n");
+    let p1 = c.next_pub().await;
+    let p2 = c.next_pub().await;
+    assert_eq!(
+        (p1["pub"]["data"].clone(), p2["pub"]["data"].clone()),
+        (json!("a"), json!("b"))
+    );
+    assert_eq!(
+        (p1["pub"]["offset"].clone(), p2["pub"]["offset"].clone()),
+        (json!(1), json!(2))
+    );
+    s.shutdown().await;
+}
