@@ -61,20 +61,29 @@ use report::Report;
 /// memory per connection. Talks to loopback addresses only unless
 /// --allow-remote is given.
 ///
+/// --url may be given more than once, one per node of a cluster sharing an
+/// engine (e.g. Redis): subscriber i connects to URL number i mod N
+/// (counting from 0), and publications go through the first URL's HTTP API
+/// (or --api), so the other nodes' subscribers get them only through the
+/// engine.
+///
 /// Subscribers use WebSocket, uni_sse or a plain TCP listener
 /// (--transport); --slow adds subscribers that never read, to show what a
 /// slow consumer costs the others; --plot writes the latency distribution
 /// as an SVG file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The server's WebSocket endpoint.
+    /// The server's WebSocket endpoint; repeat it for several nodes of one
+    /// cluster: subscribers go round-robin over them (subscriber i to URL
+    /// number i mod N, counting from 0), publishers to the first.
     #[arg(
         long,
         value_name = "URL",
         default_value = "ws://127.0.0.1:8000/connection/websocket"
     )]
-    url: String,
-    /// The server's HTTP API base URL [default: the host and port of --url].
+    url: Vec<String>,
+    /// The server's HTTP API base URL [default: the host and port of the
+    /// first --url].
     #[arg(long, value_name = "URL")]
     api: Option<String>,
     /// The server API key (http_api.key), sent as X-API-Key.
@@ -252,20 +261,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// What one run does, checked and resolved before any socket opens.
 pub(crate) struct Plan {
-    /// The WebSocket URL for the handshake (`ws://host:port/path`).
-    ws_url: String,
-    /// `host:port` of --url, as typed: the `Host` header of uni_sse requests.
-    ws_host: String,
-    /// The uni_sse endpoint's path on that host.
-    sse_path: String,
+    /// One per --url, in order: subscriber i connects to `nodes[i % N]`,
+    /// WebSocket publishers (and probes) to `nodes[0]`.
+    nodes: Vec<Node>,
     /// How subscribers connect.
     transport: Transport,
     /// The `[[tcp]]` listener, for --transport tcp.
     tcp_addr: Option<SocketAddr>,
     /// Subscribers that never read (not in `subscribers`).
     slow: usize,
-    /// Where the WebSocket URL's host resolved to.
-    ws_addr: SocketAddr,
     /// Where the HTTP API's host resolved to.
     api_addr: SocketAddr,
     /// The HTTP API's `Host` header.
@@ -330,24 +334,33 @@ impl Plan {
                 args.channel_prefix
             );
         }
-        let ws = WsEndpoint::parse(&args.url)?;
-        let ws_addr = resolve(&ws.authority, args.allow_remote)?;
+        let nodes = args
+            .url
+            .iter()
+            .map(|url| Node::new(url, args.allow_remote))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let Some(first) = nodes.first() else {
+            bail!("--url: give at least one WebSocket URL");
+        };
+        if args.transport == Transport::Tcp && nodes.len() > 1 {
+            bail!("--transport tcp reads one [[tcp]] listener (--tcp-addr): give one --url");
+        }
         let api = match &args.api {
             Some(api) => ApiEndpoint::parse(api)?,
             None => ApiEndpoint {
-                authority: ws.authority.clone(),
+                authority: first.ws_host.clone(),
                 path: "/api/publish".into(),
             },
         };
         let api_addr = if args.publish_via == Via::Api || args.api.is_some() {
             resolve(&api.authority, args.allow_remote)?
         } else {
-            ws_addr
+            first.ws_addr
         };
         // Sources are spread over 127.0.0.x only when every connection that
         // takes one (subscribers, WebSocket publishers) goes to loopback IPv4.
         let v4_loopback = |a: SocketAddr| matches!(a.ip(), IpAddr::V4(ip) if ip.is_loopback());
-        let spread = v4_loopback(tcp_addr.unwrap_or(ws_addr)) && v4_loopback(ws_addr);
+        let spread = nodes.iter().all(|n| v4_loopback(n.ws_addr)) && tcp_addr.is_none_or(v4_loopback);
         let sources = if spread {
             (1..=args.source_ips)
                 .map(|n| Ipv4Addr::new(127, 0, 0, n))
@@ -368,18 +381,11 @@ impl Plan {
                 (args.subscribers / args.channels + usize::from(k < args.subscribers % args.channels)) as u64
             })
             .collect();
-        let sse_path = match ws.path.strip_suffix("/connection/websocket") {
-            Some(prefix) => format!("{prefix}/connection/uni_sse"),
-            None => "/connection/uni_sse".to_string(),
-        };
         Ok(Plan {
-            ws_url: ws.url(),
-            ws_host: ws.authority.clone(),
-            sse_path,
+            nodes,
             transport: args.transport,
             tcp_addr,
             slow: args.slow,
-            ws_addr,
             api_addr,
             api_host: api.authority,
             api_path: api.path,
@@ -398,6 +404,16 @@ impl Plan {
             connect_concurrency: args.connect_concurrency.max(1),
             server_pid: args.server_pid,
         })
+    }
+
+    /// The node subscriber `i` (slow ones included) connects to.
+    fn node_of_subscriber(&self, i: usize) -> &Node {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    /// The node WebSocket publishers and probes connect to: the first --url.
+    fn first_node(&self) -> &Node {
+        &self.nodes[0]
     }
 
     /// The channel subscriber `i` subscribes to.
@@ -423,6 +439,35 @@ impl Plan {
     /// File descriptors the run needs: one per connection plus spare.
     fn open_files_needed(&self) -> u64 {
         (self.subscribers + self.slow + self.publishers) as u64 + SPARE_FILES
+    }
+}
+
+/// One server (cluster node) subscribers connect to: one --url, resolved.
+pub(crate) struct Node {
+    /// The WebSocket URL for the handshake (`ws://host:port/path`).
+    ws_url: String,
+    /// `host:port` of the URL, as typed: the `Host` header of uni_sse requests.
+    ws_host: String,
+    /// The uni_sse endpoint's path on that host.
+    sse_path: String,
+    /// Where the URL's host resolved to.
+    ws_addr: SocketAddr,
+}
+
+impl Node {
+    fn new(url: &str, allow_remote: bool) -> anyhow::Result<Node> {
+        let ws = WsEndpoint::parse(url)?;
+        let ws_addr = resolve(&ws.authority, allow_remote)?;
+        let sse_path = match ws.path.strip_suffix("/connection/websocket") {
+            Some(prefix) => format!("{prefix}/connection/uni_sse"),
+            None => "/connection/uni_sse".to_string(),
+        };
+        Ok(Node {
+            ws_url: ws.url(),
+            ws_host: ws.authority,
+            sse_path,
+            ws_addr,
+        })
     }
 }
 
@@ -749,7 +794,7 @@ mod tests {
     #[test]
     fn subscribers_spread_evenly_over_channels() {
         let args = |subscribers, channels| Args {
-            url: "127.0.0.1:1".into(),
+            url: vec!["127.0.0.1:1".into()],
             api: None,
             api_key: None,
             token: None,
@@ -779,9 +824,37 @@ mod tests {
         assert_eq!(plan.channel_of_subscriber(4), 1);
         assert_eq!(plan.source(9), Some(Ipv4Addr::new(127, 0, 0, 2)));
         assert_eq!(plan.api_path, "/api/publish");
-        assert_eq!(plan.ws_url, "ws://127.0.0.1:1/connection/websocket");
+        assert_eq!(plan.nodes.len(), 1);
+        assert_eq!(
+            plan.node_of_subscriber(7).ws_url,
+            "ws://127.0.0.1:1/connection/websocket"
+        );
         assert!(Plan::new(args(0, 1)).is_err());
-        assert_eq!(plan.sse_path, "/connection/uni_sse");
+        assert_eq!(plan.first_node().sse_path, "/connection/uni_sse");
+
+        // Several --url: subscribers round-robin, publishers and the API on the first.
+        let plan = Plan::new(Args {
+            url: vec![
+                "ws://127.0.0.1:1/connection/websocket".into(),
+                "127.0.0.1:2".into(),
+                "ws://127.0.0.1:3/prefix/connection/websocket".into(),
+            ],
+            ..args(10, 1)
+        })
+        .unwrap();
+        let ports: Vec<u16> = (0..6)
+            .map(|i| plan.node_of_subscriber(i).ws_addr.port())
+            .collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
+        assert_eq!(plan.first_node().ws_addr.port(), 1);
+        assert_eq!(plan.api_addr.port(), 1);
+        assert_eq!(plan.api_host, "127.0.0.1:1");
+        assert_eq!(plan.nodes[2].sse_path, "/prefix/connection/uni_sse");
+        assert!(Plan::new(Args {
+            url: Vec::new(),
+            ..args(1, 1)
+        })
+        .is_err());
 
         let tcp = |channels| Args {
             transport: Transport::Tcp,

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::Plan;
+use super::{Node, Plan};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -71,23 +71,24 @@ pub async fn tcp_with(
     Ok(stream)
 }
 
-/// Opens a WebSocket connection and sends the connect command; returns once
-/// the server accepted it.
-pub async fn connect(plan: &Plan, source: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
-    connect_with(plan, source, None).await
+/// Opens a WebSocket connection to `node` and sends the connect command;
+/// returns once the server accepted it.
+pub async fn connect(plan: &Plan, node: &Node, source: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
+    connect_with(plan, node, source, None).await
 }
 
 /// As [`connect`], with a receive buffer of `recv_buffer` bytes.
 pub async fn connect_with(
     plan: &Plan,
+    node: &Node,
     source: Option<Ipv4Addr>,
     recv_buffer: Option<u32>,
 ) -> anyhow::Result<Ws> {
-    let stream = tcp_with(plan.ws_addr, source, recv_buffer).await?;
+    let stream = tcp_with(node.ws_addr, source, recv_buffer).await?;
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(plan.ws_url.as_str(), stream, Some(websocket_config()))
+        tokio_tungstenite::client_async_with_config(node.ws_url.as_str(), stream, Some(websocket_config()))
             .await
-            .with_context(|| format!("WebSocket handshake with {} failed", plan.ws_url))?;
+            .with_context(|| format!("WebSocket handshake with {} failed", node.ws_url))?;
     let connect = match &plan.token {
         Some(token) => json!({ "id": CONNECT_ID, "connect": { "token": token, "name": "crier-bench" } }),
         None => json!({ "id": CONNECT_ID, "connect": { "name": "crier-bench" } }),

@@ -67,7 +67,7 @@ pub async fn run(plan: Arc<Plan>, mut stop: oneshot::Receiver<()>) -> anyhow::Re
             }
         }
         Via::Ws => {
-            let mut ws = client::connect(&plan, None)
+            let mut ws = client::connect(&plan, plan.first_node(), None)
                 .await
                 .context("probe publisher connection failed")?;
             let mut id = client::CONNECT_ID;

@@ -455,7 +455,7 @@ async fn websocket(
     deadline: Instant,
 ) -> Outcome {
     // Publishers come after the subscribers in the source-address rotation.
-    let ws = match client::connect(&plan, plan.source(plan.subscribers + index)).await {
+    let ws = match client::connect(&plan, plan.first_node(), plan.source(plan.subscribers + index)).await {
         Ok(ws) => ws,
         Err(e) => {
             let mut outcome = Outcome::new(plan.channels.len());

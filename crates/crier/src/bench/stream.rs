@@ -114,16 +114,18 @@ fn url_encode(s: &str) -> String {
     out
 }
 
-/// Opens `GET /connection/uni_sse?cf_connect=…` subscribed to `channel` (a
-/// JSON-quoted name) and returns once the `connect` push arrived (the
-/// server subscribes before it sends it).
+/// Opens `GET /connection/uni_sse?cf_connect=…` on subscriber `i`'s node,
+/// subscribed to `channel` (a JSON-quoted name), and returns once the
+/// `connect` push arrived (the server subscribes before it sends it).
 pub async fn sse(
     plan: &Plan,
+    i: usize,
     source: Option<Ipv4Addr>,
     recv_buffer: Option<u32>,
     channel: &str,
 ) -> anyhow::Result<StreamConn> {
-    let stream = client::tcp_with(plan.ws_addr, source, recv_buffer).await?;
+    let node = plan.node_of_subscriber(i);
+    let stream = client::tcp_with(node.ws_addr, source, recv_buffer).await?;
     let mut conn = StreamConn::new(stream, plan.size + MAX_LINE_SLACK);
     let token = plan
         .token
@@ -133,9 +135,9 @@ pub async fn sse(
     let connect = format!("{{\"name\":\"crier-bench\",\"subs\":{{{channel}:{{}}}}{token}}}");
     let request = format!(
         "GET {}?cf_connect={} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-        plan.sse_path,
+        node.sse_path,
         url_encode(&connect),
-        plan.ws_host
+        node.ws_host
     );
     conn.write(request.as_bytes()).await?;
     // The response head.
@@ -162,7 +164,7 @@ pub async fn sse(
         let body = String::from_utf8_lossy(&conn.lines[head_len + 4..]);
         bail!(
             "{} answered {status_line:?}{hint}: {}",
-            plan.sse_path,
+            node.sse_path,
             body.trim()
         );
     }

@@ -252,11 +252,11 @@ async fn setup(
     let source = plan.source(i);
     let conn = match plan.transport {
         Transport::Ws => {
-            let mut ws = client::connect_with(plan, source, recv_buffer).await?;
+            let mut ws = client::connect_with(plan, plan.node_of_subscriber(i), source, recv_buffer).await?;
             client::subscribe(&mut ws, channel).await?;
             Conn::Ws(Box::new(ws))
         }
-        Transport::Sse => Conn::Stream(stream::sse(plan, source, recv_buffer, channel).await?),
+        Transport::Sse => Conn::Stream(stream::sse(plan, i, source, recv_buffer, channel).await?),
         Transport::Tcp => {
             let mut conn = stream::tcp(plan, source, recv_buffer).await?;
             // Subscribed on accept; the first probe proves it. Others may
