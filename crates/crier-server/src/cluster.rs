@@ -464,10 +464,7 @@ impl Cluster {
     fn on_event(&self, event: BrokerEvent) {
         match event {
             BrokerEvent::Publication {
-                channel,
-                epoch,
-                publication,
-                ..
+                channel, publication, ..
             } if &*channel == broker::CONTROL => {
                 let msg = &publication.data;
                 let Some(split) = msg.iter().position(|&b| b == b'\n') else {
@@ -476,7 +473,6 @@ impl Cluster {
                 if &msg[..split] == self.node_id.as_bytes() {
                     return; // applied already where it was made
                 }
-                let _ = epoch;
                 if let Some(handler) = self.control.lock().expect("control handler lock").as_ref() {
                     handler(&msg[split + 1..]);
                 }
