@@ -42,6 +42,9 @@ async fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
 struct Redis {
     port: u16,
     child: Option<Child>,
+    /// With an append-only file here (fsync on every write), a restart
+    /// keeps every channel's stream; without, it loses everything.
+    dir: Option<PathBuf>,
 }
 
 impl Redis {
@@ -49,16 +52,38 @@ impl Redis {
         let mut r = Redis {
             port: free_port(),
             child: None,
+            dir: None,
         };
         r.restart().await;
         r
     }
 
-    /// Starts (again) on the same port, with no data: a Redis that lost
-    /// everything, as one without persistence does on restart.
+    async fn start_persistent() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("crier-cluster-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let mut r = Redis {
+            port,
+            child: None,
+            dir: Some(dir),
+        };
+        r.restart().await;
+        r
+    }
+
+    /// Starts (again) on the same port: with no data, as a Redis without
+    /// persistence comes back, or from its append-only file.
     async fn restart(&mut self) {
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        let dir = self.dir.as_ref().map(|d| d.display().to_string());
+        match &dir {
+            Some(d) => args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", d]),
+            None => args.extend(["--appendonly", "no"]),
+        }
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -81,6 +106,9 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -224,7 +252,10 @@ fn post(url: &str, body: &Value) -> Value {
 }
 
 async fn cluster(n: usize, presence_ttl: &str) -> (Redis, Vec<Node>) {
-    let redis = Redis::start().await;
+    cluster_on(Redis::start().await, n, presence_ttl).await
+}
+
+async fn cluster_on(redis: Redis, n: usize, presence_ttl: &str) -> (Redis, Vec<Node>) {
     let mut nodes = Vec::new();
     for _ in 0..n {
         nodes.push(Node::start(&redis, presence_ttl).await);
@@ -626,4 +657,54 @@ async fn a_node_started_while_redis_is_down_joins_when_it_comes_up() {
         }
     };
     assert_eq!(code, 3503);
+}
+
+/// With a Redis that keeps its data (append-only file), a Redis crash and
+/// restart costs nothing: subscribers are told 2500, resubscribe with their
+/// last offset and recover exactly what was published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_redis_restart_is_recovered_exactly() {
+    let (mut redis, nodes) = cluster_on(Redis::start_persistent().await, 2, "60s").await;
+    let mut c = Client::connect(&nodes[0].ws()).await;
+    let epoch = c.subscribe("log").await["epoch"].as_str().unwrap().to_owned();
+    for k in 1..=3 {
+        nodes[1].publish("log", json!(k)).await;
+    }
+    assert_eq!(offsets(&c.pubs(3).await), vec![1, 2, 3]);
+
+    redis.stop(); // SIGKILL: a crash, not a clean shutdown
+    let msg = c.next().await.expect("still connected");
+    assert_eq!(msg["push"]["unsubscribe"]["code"], json!(2500), "{msg}");
+    redis.restart().await;
+    // Published on the other node after Redis came back, before the client
+    // resubscribes: it must come back through recovery.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = nodes[1].publish("log", json!(4)).await;
+        if r["result"]["offset"] == json!(4) {
+            break;
+        }
+        assert_eq!(r["error"]["code"], json!(100), "{r}");
+        assert!(Instant::now() < deadline, "publishing never worked again: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // As the SDKs do: retry while this node's pub/sub is still reconnecting.
+    let r = loop {
+        let r = c
+            .request(json!({"subscribe": {"channel": "log", "recover": true, "offset": 3, "epoch": epoch}}))
+            .await;
+        if r.get("error").is_none() {
+            break r;
+        }
+        assert_eq!(r["error"]["code"], json!(100), "{r}");
+        assert!(Instant::now() < deadline, "never resubscribed: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sub = &r["subscribe"];
+    assert_eq!(sub["recovered"], json!(true), "{r}");
+    assert_eq!(sub["epoch"], json!(epoch), "the same stream: {r}");
+    assert_eq!(sub["publications"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(sub["publications"][0]["offset"], json!(4), "{r}");
+    nodes[0].publish("log", json!(5)).await;
+    assert_eq!(c.next_pub().await, (5, json!(5)), "then live");
 }
