@@ -617,6 +617,15 @@ impl Hub {
         Ok(subscribed)
     }
 
+    /// The stream position remote deliveries and finished subscribes of
+    /// `channel` have shown this node (its epoch and highest offset), if it
+    /// has local subscribers.
+    pub fn stream_mark(&self, channel: &str) -> Option<StreamPosition> {
+        let slot = self.inner.channels.shard(channel).read().get(channel).cloned()?;
+        let st = slot.state.lock();
+        st.mark.clone()
+    }
+
     /// Abandons a subscribe begun with [`Hub::begin_subscribe`] (its history
     /// read failed, or the client went away meanwhile).
     pub fn abort_subscribe(&self, id: ClientId, channel: &str) {

@@ -192,6 +192,18 @@ fn client_info(b: Bytes) -> Result<Arc<ClientInfo>, BrokerError> {
     }))
 }
 
+/// A history read from Redis as the hub holds it.
+fn page(pubs: Vec<RemotePublication>, top: broker::StreamPosition) -> Result<HistoryPage, HubError> {
+    Ok(HistoryPage {
+        publications: pubs
+            .into_iter()
+            .map(local)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?,
+        position: position(top),
+    })
+}
+
 /// A publication from Redis as the hub holds it.
 fn local(p: RemotePublication) -> Result<Publication, BrokerError> {
     let exclusion = if p.exclude_clients.is_empty() && p.exclude_users.is_empty() {
@@ -345,7 +357,6 @@ impl Cluster {
         opts: SubscribeOptions,
         notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
     ) -> Result<Subscribed, HubError> {
-        self.hub.begin_subscribe(id, channel)?;
         // Aborts the pending subscribe if this future fails or is dropped
         // (the connection closed while Redis was answering).
         struct Pending<'a> {
@@ -361,43 +372,58 @@ impl Cluster {
                 }
             }
         }
-        let mut pending = Pending {
-            hub: &self.hub,
-            id,
-            channel,
-            armed: true,
-        };
-        self.ensure_subscribed(channel).await?;
+        let mut retried = false;
+        loop {
+            self.hub.begin_subscribe(id, channel)?;
+            let mut pending = Pending {
+                hub: &self.hub,
+                id,
+                channel,
+                armed: true,
+            };
+            self.ensure_subscribed(channel).await?;
+            let (page, recovered) = self.catch_up(channel, &opts.catchup).await?;
+            let stale = self
+                .hub
+                .stream_mark(channel)
+                .is_some_and(|m| m.epoch != page.position.epoch);
+            if stale && !retried {
+                // The local subscribers follow an epoch Redis no longer has
+                // (the channel's meta key expired while nobody published):
+                // tell them (2500), then join the new stream.
+                retried = true;
+                drop(pending);
+                self.resync(channel);
+                continue;
+            }
+            pending.armed = false;
+            return self
+                .hub
+                .finish_subscribe(id, channel, opts, page, recovered, notice);
+        }
+    }
+
+    /// Reads the catch-up `catchup` asks for from Redis, settled.
+    async fn catch_up(&self, channel: &str, catchup: &Catchup) -> Result<(HistoryPage, bool), HubError> {
         let max = self.hub.channel_config().recovery_max_publications;
-        let query = self.query(&opts.catchup.query(max));
-        let read = self.broker.history(channel, &query).await;
-        let (page, recovered) = match read {
+        let query = self.query(&catchup.query(max));
+        match self.broker.history(channel, &query).await {
             Ok((pubs, top)) => {
-                let page = HistoryPage {
-                    publications: pubs
-                        .into_iter()
-                        .map(local)
-                        .collect::<Result<_, _>>()
-                        .map_err(unavailable)?,
-                    position: position(top),
-                };
-                match &opts.catchup {
+                let page = page(pubs, top)?;
+                Ok(match catchup {
                     Catchup::Recover(since) => settle_recovery(since, page, max),
                     _ => (page, false),
-                }
+                })
             }
-            Err(BrokerError::UnrecoverablePosition { current }) => (
+            Err(BrokerError::UnrecoverablePosition { current }) => Ok((
                 HistoryPage {
                     publications: Vec::new(),
                     position: position(current),
                 },
                 false,
-            ),
-            Err(e) => return Err(unavailable(e)),
-        };
-        pending.armed = false;
-        self.hub
-            .finish_subscribe(id, channel, opts, page, recovered, notice)
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     /// Reads `channel`'s history from Redis.
@@ -408,14 +434,7 @@ impl Cluster {
             .history(channel, &self.query(query))
             .await
             .map_err(unavailable)?;
-        Ok(HistoryPage {
-            publications: pubs
-                .into_iter()
-                .map(local)
-                .collect::<Result<_, _>>()
-                .map_err(unavailable)?,
-            position: position(top),
-        })
+        page(pubs, top)
     }
 
     /// Drops `channel`'s history in Redis (its position stays).

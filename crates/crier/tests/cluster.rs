@@ -130,6 +130,11 @@ struct Node {
 
 impl Node {
     async fn start(redis: &Redis, presence_ttl: &str) -> Self {
+        Self::start_with(redis, presence_ttl, "").await
+    }
+
+    /// `redis_keys`: more lines for `[engine.redis]`.
+    async fn start_with(redis: &Redis, presence_ttl: &str, redis_keys: &str) -> Self {
         let port = free_port();
         let config = std::env::temp_dir().join(format!("crier-cluster-{}-{port}.toml", std::process::id()));
         std::fs::write(
@@ -161,6 +166,7 @@ address = "127.0.0.1:{redis}"
 presence_ttl = "{presence_ttl}"
 connect_timeout = "300ms"
 io_timeout = "1s"
+{redis_keys}
 "#,
                 redis = redis.port
             ),
@@ -707,4 +713,33 @@ async fn a_persistent_redis_restart_is_recovered_exactly() {
     assert_eq!(sub["publications"][0]["offset"], json!(4), "{r}");
     nodes[0].publish("log", json!(5)).await;
     assert_eq!(c.next_pub().await, (5, json!(5)), "then live");
+}
+
+/// A channel whose offset and epoch expired in Redis (`history_meta_ttl`)
+/// while its subscribers waited and nobody published: the next subscriber
+/// joins the new stream at once, and the old subscribers are told 2500
+/// rather than being left on a stream that no longer exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_expired_while_idle_is_renewed_for_everyone() {
+    let redis = Redis::start().await;
+    let node = Node::start_with(&redis, "60s", "history_meta_ttl = \"1s\"").await;
+    let mut a = Client::connect(&node.ws()).await;
+    let old = a.subscribe("quiet").await["epoch"].as_str().unwrap().to_owned();
+    // Waiting for Redis to expire the meta key (a TTL, not our own step).
+    let port = redis.port;
+    eventually("the channel's meta key to expire", || {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "exists", "crier:{quiet}:m"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim() == "0"
+    })
+    .await;
+    let mut b = Client::connect(&node.ws()).await;
+    let sub = b.subscribe("quiet").await;
+    assert_ne!(sub["epoch"].as_str(), Some(old.as_str()), "{sub}");
+    let msg = a.next().await.expect("a stays connected");
+    assert_eq!(msg["push"]["unsubscribe"]["code"], json!(2500), "{msg}");
+    node.publish("quiet", json!("new")).await;
+    assert_eq!(b.next_pub().await, (1, json!("new")));
 }
