@@ -237,8 +237,8 @@ fn local(p: RemotePublication) -> Result<Publication, BrokerError> {
 
 impl Cluster {
     /// Connects (lazily) to Redis and returns the engine for the hub and a
-    /// function that, given the hub, starts the cluster. Split in two because
-    /// the hub needs its engine before the cluster can hold the hub.
+    /// [`ClusterStarter`] that, given the hub, starts the cluster. Split in
+    /// two because the hub needs its engine before the cluster can hold it.
     pub fn engine(config: ClusterConfig) -> Result<(Arc<RemoteEngine>, ClusterStarter), BrokerError> {
         let broker = RedisBroker::connect(config.redis.clone())?;
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
