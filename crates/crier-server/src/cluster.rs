@@ -40,6 +40,7 @@ use crier_core::{
     Subscribed,
 };
 use crier_proto::codes::Unsubscribe;
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +63,9 @@ enum PresenceOp {
     /// Answers once every change queued before it is written.
     Flush(oneshot::Sender<()>),
 }
+
+/// Presence refreshes in flight at once.
+const REFRESH_IN_FLIGHT: usize = 64;
 
 /// This node's presence entries, re-written to Redis before they expire.
 type LocalPresence = HashMap<Arc<str>, HashMap<ClientId, Arc<ClientInfo>>>;
@@ -648,16 +652,24 @@ async fn presence_task(broker: RedisBroker, mut ops: mpsc::UnboundedReceiver<Pre
                 }
             },
             _ = refresh.tick() => {
-                for (channel, clients) in &local {
-                    for info in clients.values() {
-                        let r = broker
-                            .refresh_presence(channel, &info.client.to_string(), &info.user, info_bytes(info), ttl)
-                            .await;
-                        if r.is_err() {
-                            break; // Redis down: try again next tick
+                // Up to REFRESH_IN_FLIGHT scripts at once on the multiplexed
+                // connection (pipelined), not one round trip per entry. A
+                // failure (Redis down) is retried at the next tick.
+                let entries: Vec<(Arc<str>, Arc<ClientInfo>)> = local
+                    .iter()
+                    .flat_map(|(channel, clients)| clients.values().map(|info| (channel.clone(), info.clone())))
+                    .collect();
+                futures_util::stream::iter(entries)
+                    .for_each_concurrent(REFRESH_IN_FLIGHT, |(channel, info)| {
+                        let broker = broker.clone();
+                        async move {
+                            let client = info.client.to_string();
+                            let _ = broker
+                                .refresh_presence(&channel, &client, &info.user, info_bytes(&info), ttl)
+                                .await;
                         }
-                    }
-                }
+                    })
+                    .await;
             }
         }
     }

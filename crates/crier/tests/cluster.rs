@@ -743,3 +743,49 @@ async fn a_stream_that_expired_while_idle_is_renewed_for_everyone() {
     node.publish("quiet", json!("new")).await;
     assert_eq!(b.next_pub().await, (1, json!("new")));
 }
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A live node keeps its clients in presence past the TTL by refreshing
+/// their entries: the expiry Redis holds moves forward, and once the first
+/// expiry has passed the client is still present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_node_refreshes_its_clients_presence_before_the_ttl() {
+    let (redis, nodes) = cluster(1, "1s").await;
+    let mut c = Client::connect(&nodes[0].ws()).await;
+    c.subscribe("stay").await;
+    let port = redis.port;
+    let key = "crier:{stay}:pz";
+    let expiry = |port| redis_cli(port, &["zscore", key, &c.id]).parse::<u64>().ok();
+    let mut first = None;
+    eventually("the presence entry to be written", || {
+        first = expiry(port);
+        first.is_some()
+    })
+    .await;
+    let first = first.unwrap();
+    eventually("the expiry to move forward (a refresh)", || {
+        expiry(port).is_some_and(|e| e > first)
+    })
+    .await;
+    // Redis's clock past the first expiry: without refreshes it would be gone.
+    eventually("Redis's clock to pass the first expiry", || {
+        let now = redis_cli(port, &["time"]);
+        let secs: u64 = now.lines().next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        secs * 1000 > first + 100
+    })
+    .await;
+    let v = nodes[0].api("presence", json!({"channel": "stay"})).await;
+    assert!(
+        v["result"]["presence"].get(&c.id).is_some(),
+        "refreshed client gone: {v}"
+    );
+}
