@@ -204,14 +204,9 @@ impl Metrics {
     /// `crier_publish_duration_seconds` (failed calls included) and counting
     /// an engine failure.
     pub fn timed_publish<T>(&self, publish: impl FnOnce() -> Result<T, HubError>) -> Result<T, HubError> {
-        let started = self.enabled.then(Instant::now);
+        let started = Instant::now();
         let result = publish();
-        if let Some(started) = started {
-            self.publish_duration.observe(started.elapsed().as_secs_f64());
-        }
-        if let Err(e) = &result {
-            self.engine_error(e);
-        }
+        self.observe_publish(started, &result);
         result
     }
 
