@@ -355,6 +355,33 @@ impl Client {
         }
     }
 
+    /// Sends `command` until it is not refused with the temporary error
+    /// 100, as the SDKs retry (bounded by [`WAIT`]); the reply.
+    async fn request_until_served(&mut self, command: Value) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = self.request(command.clone()).await;
+            if r.get("error").is_none() {
+                return r;
+            }
+            assert_eq!(r["error"]["code"], json!(100), "{r}");
+            assert!(
+                Instant::now() < deadline,
+                "never served after Redis came back: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Skips messages until the connection closes; its close code.
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            if let Err(code) = self.next().await {
+                return code;
+            }
+        }
+    }
+
     async fn subscribe(&mut self, channel: &str) -> Value {
         let reply = self.request(json!({"subscribe": {"channel": channel}})).await;
         assert!(reply.get("error").is_none(), "subscribe to {channel}: {reply}");
@@ -531,23 +558,12 @@ async fn redis_going_away_is_announced_and_nodes_recover_when_it_returns() {
     // The SDKs retry the resubscribe with backoff; so do we. Redis lost its
     // data, so recovery cannot be complete, and the reply says so.
     for c in &mut clients {
-        let deadline = Instant::now() + WAIT;
-        let sub = loop {
-            let r = c
-                .request(
-                    json!({"subscribe": {"channel": "feed", "recover": true, "offset": 1, "epoch": epoch}}),
-                )
-                .await;
-            if r.get("error").is_none() {
-                break r["subscribe"].clone();
-            }
-            assert_eq!(r["error"]["code"], json!(100), "{r}");
-            assert!(
-                Instant::now() < deadline,
-                "nodes did not recover after Redis came back: {r}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let r = c
+            .request_until_served(
+                json!({"subscribe": {"channel": "feed", "recover": true, "offset": 1, "epoch": epoch}}),
+            )
+            .await;
+        let sub = r["subscribe"].clone();
         // `recovered` is omitted when false, as in Centrifugo.
         assert_eq!(sub["was_recovering"], json!(true), "{sub}");
         assert!(
@@ -596,13 +612,7 @@ async fn exclusion_disconnect_and_unsubscribe_reach_clients_on_other_nodes() {
     // Disconnect through node C reaches x on node B.
     let r = nodes[2].api("disconnect", json!({"client": x.id})).await;
     assert!(r.get("error").is_none(), "{r}");
-    let code = loop {
-        match x.next().await {
-            Ok(_) => continue,
-            Err(code) => break code,
-        }
-    };
-    assert_eq!(code, 3503, "force disconnect");
+    assert_eq!(x.close_code().await, 3503, "force disconnect");
     // y, unsubscribed, is still connected and can subscribe again.
     y.subscribe("ops").await;
     nodes[1].publish("ops", json!("still served")).await;
@@ -639,30 +649,14 @@ async fn a_node_started_while_redis_is_down_joins_when_it_comes_up() {
     let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
     assert_eq!(r["error"]["code"], json!(100), "no Redis, a temporary error: {r}");
     redis.restart().await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
-        if r.get("error").is_none() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never subscribed after Redis came back: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.request_until_served(json!({"subscribe": {"channel": "news"}}))
+        .await;
     up.publish("news", json!("hello")).await;
     assert_eq!(c.next_pub().await, (1, json!("hello")));
     // Control commands reach it too (its control subscription came late).
     let r = up.api("disconnect", json!({"client": c.id})).await;
     assert!(r.get("error").is_none(), "{r}");
-    let code = loop {
-        match c.next().await {
-            Ok(_) => continue,
-            Err(code) => break code,
-        }
-    };
-    assert_eq!(code, 3503);
+    assert_eq!(c.close_code().await, 3503);
 }
 
 /// With a Redis that keeps its data (append-only file), a Redis crash and
@@ -695,17 +689,11 @@ async fn a_persistent_redis_restart_is_recovered_exactly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // As the SDKs do: retry while this node's pub/sub is still reconnecting.
-    let r = loop {
-        let r = c
-            .request(json!({"subscribe": {"channel": "log", "recover": true, "offset": 3, "epoch": epoch}}))
-            .await;
-        if r.get("error").is_none() {
-            break r;
-        }
-        assert_eq!(r["error"]["code"], json!(100), "{r}");
-        assert!(Instant::now() < deadline, "never resubscribed: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let r = c
+        .request_until_served(
+            json!({"subscribe": {"channel": "log", "recover": true, "offset": 3, "epoch": epoch}}),
+        )
+        .await;
     let sub = &r["subscribe"];
     assert_eq!(sub["recovered"], json!(true), "{r}");
     assert_eq!(sub["epoch"], json!(epoch), "the same stream: {r}");
@@ -728,11 +716,7 @@ async fn a_stream_that_expired_while_idle_is_renewed_for_everyone() {
     // Waiting for Redis to expire the meta key (a TTL, not our own step).
     let port = redis.port;
     eventually("the channel's meta key to expire", || {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "exists", "crier:{quiet}:m"])
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim() == "0"
+        redis_cli(port, &["exists", "crier:{quiet}:m"]) == "0"
     })
     .await;
     let mut b = Client::connect(&node.ws()).await;
