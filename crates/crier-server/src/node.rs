@@ -118,13 +118,26 @@ impl Node {
         data: Bytes,
         opts: PublishOptions,
     ) -> Result<StreamPosition, HubError> {
-        let started = Instant::now();
         #[cfg(feature = "redis")]
-        let result = match &self.cluster {
-            Some(c) => c.publish(channel, data, opts).await,
-            None => self.hub.publish(channel, data, opts),
-        };
-        #[cfg(not(feature = "redis"))]
+        if let Some(c) = &self.cluster {
+            let started = Instant::now();
+            let result = c.publish(channel, data, opts).await;
+            self.metrics.observe_publish(started, &result);
+            return result;
+        }
+        self.publish_in_hub(channel, data, opts)
+    }
+
+    /// [`Node::publish`] on the memory engine, which never waits: the hub
+    /// assigns the offset and enqueues to local subscribers. Timed and
+    /// counted the same way.
+    pub fn publish_in_hub(
+        &self,
+        channel: &str,
+        data: Bytes,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, HubError> {
+        let started = Instant::now();
         let result = self.hub.publish(channel, data, opts);
         self.metrics.observe_publish(started, &result);
         result

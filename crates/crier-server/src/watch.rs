@@ -968,12 +968,7 @@ impl Sink {
                     Some(rt) if node.clustered() => {
                         rt.block_on(node.publish(channel, data, options)).map(|_| ())
                     }
-                    _ => {
-                        let started = Instant::now();
-                        let result = node.hub.publish(channel, data, options);
-                        node.metrics.observe_publish(started, &result);
-                        result.map(|_| ())
-                    }
+                    _ => node.publish_in_hub(channel, data, options).map(|_| ()),
                 }
             }),
         }
