@@ -513,20 +513,17 @@ impl Hub {
     /// published meanwhile is lost.
     pub fn begin_subscribe(&self, id: ClientId, channel: &str) -> Result<(), HubError> {
         let options = self.resolve(channel)?.clone();
-        let client = self.entry(id).ok_or(HubError::UnknownClient(id))?;
+        self.entry(id).ok_or(HubError::UnknownClient(id))?;
         let mut map = self.inner.channels.shard(channel).write();
         let slot = self.slot_in(&mut map, channel, &options);
         let mut st = slot.state.lock();
         if st.subscribers.contains_key(&id) || st.pending.contains_key(&id) {
-            drop(st);
             return Err(HubError::AlreadySubscribed);
         }
         if st.is_empty() {
             self.inner.engine.retain(channel);
         }
         st.pending.insert(id, Pending::default());
-        drop(st);
-        drop(client);
         Ok(())
     }
 
