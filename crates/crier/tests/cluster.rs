@@ -1,11 +1,17 @@
-//! Three crier nodes (child processes of the `crier` binary) sharing one
-//! `redis-server` (also a child, on a free loopback port): what a user of
-//! a cluster would notice. Publications through any node reach every node's
-//! clients in one order; a client that moves to another node recovers what
-//! it missed; a killed node's clients vanish from presence after the TTL;
-//! Redis going away is announced to clients, never a silent gap; exclusion,
-//! disconnect and server-side unsubscribe reach clients on other nodes.
-#![cfg(feature = "redis")]
+//! Several crier nodes (child processes of the `crier` binary) sharing one
+//! broker (also a child, on a free loopback port): `redis-server` for the
+//! Redis engine, `nats-server` with JetStream for the NATS engine. What a
+//! user of a cluster would notice: publications through any node reach
+//! every node's clients in one order; a client that moves to another node
+//! recovers what it missed; a killed node's clients vanish from presence
+//! after the TTL; the broker going away is announced to clients, never a
+//! silent gap; exclusion, disconnect and server-side unsubscribe reach
+//! clients on other nodes.
+//!
+//! Each scenario is one `async fn` taking the [`Engine`]; `on_every_engine!`
+//! runs it as `redis::<scenario>` and `nats::<scenario>`, one test per
+//! engine built in. Tests that look inside Redis are Redis-only.
+#![cfg(any(feature = "redis", feature = "nats"))]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -29,81 +35,264 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A path under the temp dir that no other test of this run uses.
+fn scratch(what: &str, port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("crier-cluster-{what}-{}-{port}", std::process::id()))
+}
+
 /// Polls `ready` until it holds, for at most [`WAIT`]; this is waiting for
 /// an outside process or a TTL, not ordering our own steps.
-async fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
+async fn eventually(what: &str, mut ready: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
-    while !ready() {
+    while !ready().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-struct Redis {
+/// Repeats `attempt` while it is refused with the temporary error 100, as
+/// the SDKs retry (bounded by [`WAIT`]); the first answer that is not.
+async fn until_served(mut attempt: impl AsyncFnMut() -> Value) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = attempt().await;
+        if r.get("error").is_none() {
+            return r;
+        }
+        assert_eq!(r["error"]["code"], json!(100), "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "never served after the broker came back: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM, then waits for the process to end (bounded).
+fn terminate(mut child: Child, what: &str) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -TERM {what}");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "{what} did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL, if running: no goodbye to anyone.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Which engine the nodes run, and so which broker they share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    #[cfg(feature = "redis")]
+    Redis,
+    #[cfg(feature = "nats")]
+    Nats,
+}
+
+impl Engine {
+    /// `engine.type` in the node config, and the name of its section.
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "redis")]
+            Engine::Redis => "redis",
+            #[cfg(feature = "nats")]
+            Engine::Nats => "nats",
+        }
+    }
+
+    /// The broker's server program (and its Debian package).
+    fn program(self) -> &'static str {
+        match self {
+            #[cfg(feature = "redis")]
+            Engine::Redis => "redis-server",
+            #[cfg(feature = "nats")]
+            Engine::Nats => "nats-server",
+        }
+    }
+}
+
+/// How the broker goes away and what it has when it comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// Killed, and back with nothing: a Redis without persistence, a NATS
+    /// whose JetStream store was lost.
+    DataLost,
+    /// Back with every stream it had: a Redis with an append-only file
+    /// (killed), a NATS stopped with SIGTERM on the same store.
+    DataKept,
+}
+
+/// The broker every node of a cluster talks to: a child process on a free
+/// loopback port, restartable on the same port.
+struct Broker {
+    engine: Engine,
     port: u16,
     child: Option<Child>,
-    /// With an append-only file here (fsync on every write), a restart
-    /// keeps every channel's stream; without, it loses everything.
+    /// What survives a restart: Redis's append-only file (fsync on every
+    /// write) when persistent, none otherwise; NATS's JetStream file store,
+    /// always (without one it would share a default dir with other tests).
     dir: Option<PathBuf>,
 }
 
-impl Redis {
-    async fn start() -> Self {
-        let mut r = Redis {
-            port: free_port(),
-            child: None,
-            dir: None,
-        };
-        r.restart().await;
-        r
+impl Broker {
+    /// A broker that comes back from [`Broker::stop`] empty unless it
+    /// keeps a store anyway (NATS's JetStream always does).
+    async fn start(engine: Engine) -> Self {
+        Self::launch(engine, false).await
     }
 
-    async fn start_persistent() -> Self {
+    /// A broker that comes back from [`Broker::stop`] with its data.
+    async fn start_persistent(engine: Engine) -> Self {
+        Self::launch(engine, true).await
+    }
+
+    async fn launch(engine: Engine, persistent: bool) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("crier-cluster-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("redis data dir");
-        let mut r = Redis {
+        #[cfg(feature = "nats")]
+        let persistent = persistent || engine == Engine::Nats;
+        let mut b = Broker {
+            engine,
             port,
             child: None,
-            dir: Some(dir),
+            dir: persistent.then(|| scratch(engine.name(), port)),
         };
-        r.restart().await;
-        r
+        b.wipe();
+        b.restart().await;
+        b
     }
 
-    /// Starts (again) on the same port: with no data, as a Redis without
-    /// persistence comes back, or from its append-only file.
+    /// Starts (again) on the same port, from what its data dir holds.
     async fn restart(&mut self) {
         let port = self.port.to_string();
-        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
         let dir = self.dir.as_ref().map(|d| d.display().to_string());
-        match &dir {
-            Some(d) => args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", d]),
-            None => args.extend(["--appendonly", "no"]),
+        let mut args: Vec<&str> = Vec::new();
+        match self.engine {
+            #[cfg(feature = "redis")]
+            Engine::Redis => {
+                args.extend(["--port", &port, "--bind", "127.0.0.1", "--save", ""]);
+                match &dir {
+                    Some(d) => args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", d]),
+                    None => args.extend(["--appendonly", "no"]),
+                }
+            }
+            #[cfg(feature = "nats")]
+            Engine::Nats => {
+                let d = dir.as_deref().expect("NATS always has a store dir");
+                args.extend(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", d]);
+            }
         }
-        let child = Command::new("redis-server")
+        let program = self.engine.program();
+        let child = Command::new(program)
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("redis-server is needed for the cluster tests: apt-get install redis-server (.ci/run does): {e}")
+                panic!("{program} is needed for the cluster tests: apt-get install {program} (.ci/run does): {e}")
             });
         self.child = Some(child);
-        let port = self.port;
-        eventually("redis-server to answer", || ping(port)).await;
+        eventually(&format!("{program} to answer"), async || self.answers()).await;
     }
 
+    /// Whether it speaks its protocol on its port: Redis answers `PING`,
+    /// NATS greets every connection with `INFO {...}`.
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let (hello, expect): (&[u8], &[u8]) = match self.engine {
+            #[cfg(feature = "redis")]
+            Engine::Redis => (b"PING\r\n", b"+PONG"),
+            #[cfg(feature = "nats")]
+            Engine::Nats => (b"", b"INFO "),
+        };
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 8];
+        s.write_all(hello).is_ok() && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(expect))
+    }
+
+    /// SIGKILL: a crash.
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        kill(&mut self.child);
+    }
+
+    /// Empties the data dir (while stopped): the next start has nothing.
+    fn wipe(&self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d).expect("broker data dir");
         }
+    }
+
+    /// Goes away as in `outage`.
+    fn go_away(&mut self, outage: Outage) {
+        match (self.engine, outage) {
+            #[cfg(feature = "nats")]
+            (Engine::Nats, Outage::DataKept) => {
+                // A clean shutdown: JetStream flushes its store.
+                terminate(self.child.take().expect("running"), "nats-server");
+            }
+            _ => self.stop(),
+        }
+    }
+
+    /// Comes back as in `outage`.
+    async fn come_back(&mut self, outage: Outage) {
+        if outage == Outage::DataLost {
+            self.wipe();
+        }
+        self.restart().await;
+    }
+
+    /// Where the broker lets us see presence expiries (Redis does), waits
+    /// until `client`'s in `channel` is seen refreshed past the first.
+    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
+    async fn watch_presence_refresh(&self, channel: &str, client: &str) {
+        match self.engine {
+            #[cfg(feature = "redis")]
+            Engine::Redis => redis_presence_expiry_moves_past_the_first(self.port, channel, client).await,
+            #[cfg(feature = "nats")]
+            Engine::Nats => {} // the node alone shows it, by keeping the client present
+        }
+    }
+
+    /// The node config's `[engine]` and `[engine.<type>]` sections;
+    /// `more` adds lines to the latter.
+    fn config_section(&self, presence_ttl: &str, more: &str) -> String {
+        let name = self.engine.name();
+        let address = match self.engine {
+            #[cfg(feature = "redis")]
+            Engine::Redis => format!("127.0.0.1:{}", self.port),
+            #[cfg(feature = "nats")]
+            Engine::Nats => format!("nats://127.0.0.1:{}", self.port),
+        };
+        format!(
+            r#"[engine]
+type = "{name}"
+[engine.{name}]
+address = "{address}"
+presence_ttl = "{presence_ttl}"
+connect_timeout = "300ms"
+io_timeout = "1s"
+{more}
+"#
+        )
     }
 }
 
-impl Drop for Redis {
+impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
         if let Some(d) = &self.dir {
@@ -112,31 +301,23 @@ impl Drop for Redis {
     }
 }
 
-fn ping(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut buf = [0u8; 8];
-    s.write_all(b"PING\r\n").is_ok() && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-}
-
 struct Node {
     port: u16,
     child: Option<Child>,
-    _config: PathBuf,
+    config: PathBuf,
+    /// Its stderr (logs at `info`), shown if it exits on its own.
+    log: PathBuf,
 }
 
 impl Node {
-    async fn start(redis: &Redis, presence_ttl: &str) -> Self {
-        Self::start_with(redis, presence_ttl, "").await
+    async fn start(broker: &Broker, presence_ttl: &str) -> Self {
+        Self::start_with(broker, presence_ttl, "").await
     }
 
-    /// `redis_keys`: more lines for `[engine.redis]`.
-    async fn start_with(redis: &Redis, presence_ttl: &str, redis_keys: &str) -> Self {
+    /// `engine_keys`: more lines for `[engine.<type>]`.
+    async fn start_with(broker: &Broker, presence_ttl: &str, engine_keys: &str) -> Self {
         let port = free_port();
-        let config = std::env::temp_dir().join(format!("crier-cluster-{}-{port}.toml", std::process::id()));
+        let config = scratch("node", port).with_extension("toml");
         std::fs::write(
             &config,
             format!(
@@ -159,39 +340,34 @@ presence = true
 history_size = 100
 history_ttl = "300s"
 force_recovery = true
-[engine]
-type = "redis"
-[engine.redis]
-address = "127.0.0.1:{redis}"
-presence_ttl = "{presence_ttl}"
-connect_timeout = "300ms"
-io_timeout = "1s"
-{redis_keys}
-"#,
-                redis = redis.port
+{engine}"#,
+                engine = broker.config_section(presence_ttl, engine_keys)
             ),
         )
         .expect("write node config");
+        let log = config.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_crier"))
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("node log file"))
             .spawn()
             .expect("start crier serve");
         let mut node = Node {
             port,
             child: Some(child),
-            _config: config,
+            config,
+            log,
         };
-        eventually("a crier node to serve /health", || node.healthy()).await;
+        eventually("a crier node to serve /health", async || node.healthy()).await;
         node
     }
 
     fn healthy(&mut self) -> bool {
         if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-            panic!("crier node on port {} exited: {status}", self.port);
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("crier node on port {} exited: {status}\n{log}", self.port);
         }
         ureq::get(format!("http://127.0.0.1:{}/health", self.port))
             .call()
@@ -215,35 +391,38 @@ io_timeout = "1s"
             .await
     }
 
-    /// SIGTERM, then waits for the process to end (bounded).
-    fn terminate(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -TERM");
-        let deadline = Instant::now() + WAIT;
-        while child.try_wait().expect("try_wait").is_none() {
-            assert!(Instant::now() < deadline, "crier did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// The ids of the clients in `channel`'s presence.
+    async fn presence(&self, channel: &str) -> Vec<String> {
+        let v = self.api("presence", json!({"channel": channel})).await;
+        v["result"]["presence"]
+            .as_object()
+            .unwrap_or_else(|| panic!("presence of {channel}: {v}"))
+            .keys()
+            .cloned()
+            .collect()
     }
 
-    /// SIGKILL: no goodbye to clients, nothing removed from Redis.
+    async fn num_present(&self, channel: &str) -> Value {
+        let v = self.api("presence_stats", json!({"channel": channel})).await;
+        v["result"]["num_clients"].clone()
+    }
+
+    /// SIGTERM, then waits for the process to end (bounded).
+    fn terminate(&mut self) {
+        terminate(self.child.take().expect("running"), "crier");
+    }
+
+    /// SIGKILL: no goodbye to clients, nothing removed from the broker.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_file(&self._config);
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -257,16 +436,16 @@ fn post(url: &str, body: &Value) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("api answered {text:?}: {e}"))
 }
 
-async fn cluster(n: usize, presence_ttl: &str) -> (Redis, Vec<Node>) {
-    cluster_on(Redis::start().await, n, presence_ttl).await
+async fn cluster(engine: Engine, n: usize, presence_ttl: &str) -> (Broker, Vec<Node>) {
+    cluster_on(Broker::start(engine).await, n, presence_ttl).await
 }
 
-async fn cluster_on(redis: Redis, n: usize, presence_ttl: &str) -> (Redis, Vec<Node>) {
+async fn cluster_on(broker: Broker, n: usize, presence_ttl: &str) -> (Broker, Vec<Node>) {
     let mut nodes = Vec::new();
     for _ in 0..n {
-        nodes.push(Node::start(&redis, presence_ttl).await);
+        nodes.push(Node::start(&broker, presence_ttl).await);
     }
-    (redis, nodes)
+    (broker, nodes)
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -355,22 +534,10 @@ impl Client {
         }
     }
 
-    /// Sends `command` until it is not refused with the temporary error
-    /// 100, as the SDKs retry (bounded by [`WAIT`]); the reply.
+    /// [`Client::request`] until it is not refused with the temporary
+    /// error 100; the reply.
     async fn request_until_served(&mut self, command: Value) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let r = self.request(command.clone()).await;
-            if r.get("error").is_none() {
-                return r;
-            }
-            assert_eq!(r["error"]["code"], json!(100), "{r}");
-            assert!(
-                Instant::now() < deadline,
-                "never served after Redis came back: {r}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until_served(async || self.request(command.clone()).await).await
     }
 
     /// Skips messages until the connection closes; its close code.
@@ -382,10 +549,25 @@ impl Client {
         }
     }
 
+    /// The next message, which must be a push unsubscribing with `code`.
+    async fn expect_unsubscribe(&mut self, code: u16) {
+        let msg = self.next().await.expect("still connected");
+        assert_eq!(msg["push"]["unsubscribe"]["code"], json!(code), "{msg}");
+    }
+
     async fn subscribe(&mut self, channel: &str) -> Value {
         let reply = self.request(json!({"subscribe": {"channel": channel}})).await;
         assert!(reply.get("error").is_none(), "subscribe to {channel}: {reply}");
         reply["subscribe"].clone()
+    }
+
+    /// Subscribes and answers the stream's epoch.
+    async fn subscribe_epoch(&mut self, channel: &str) -> String {
+        let sub = self.subscribe(channel).await;
+        sub["epoch"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no epoch: {sub}"))
+            .to_owned()
     }
 
     /// The next publication push: `(offset, data)`.
@@ -415,9 +597,53 @@ fn offsets(pubs: &[(u64, Value)]) -> Vec<u64> {
     pubs.iter().map(|p| p.0).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publications_through_any_node_reach_every_client_in_one_order() {
-    let (_redis, nodes) = cluster(3, "60s").await;
+/// A subscribe command recovering `channel` from `offset` in `epoch`.
+fn recover(channel: &str, offset: u64, epoch: &str) -> Value {
+    json!({"subscribe": {"channel": channel, "recover": true, "offset": offset, "epoch": epoch}})
+}
+
+/// The offsets of a subscribe reply's recovered publications.
+fn recovered_offsets(sub: &Value) -> Vec<u64> {
+    sub["publications"]
+        .as_array()
+        .map(|ps| ps.iter().map(|p| p["offset"].as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default()
+}
+
+/// Each scenario once per engine built in: `redis::<scenario>` and
+/// `nats::<scenario>`, each a test that calls `<scenario>(Engine::…)`.
+macro_rules! on_every_engine {
+    ($($scenario:ident),+ $(,)?) => {
+        on_every_engine!(@ "redis", redis, Redis: $($scenario),+);
+        on_every_engine!(@ "nats", nats, Nats: $($scenario),+);
+    };
+    (@ $feature:literal, $module:ident, $engine:ident: $($scenario:ident),+) => {
+        #[cfg(feature = $feature)]
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Engine::$engine).await;
+                }
+            )+
+        }
+    };
+}
+
+on_every_engine!(
+    publications_through_any_node_reach_every_client_in_one_order,
+    a_client_moving_to_another_node_recovers_exactly_what_it_missed,
+    a_killed_node_leaves_presence_after_the_ttl_and_its_clients_recover_elsewhere,
+    a_broker_that_lost_its_data_is_announced_and_streams_start_anew,
+    a_broker_that_kept_its_data_is_announced_and_recovered_exactly,
+    exclusion_disconnect_and_unsubscribe_reach_clients_on_other_nodes,
+    a_node_stopped_gracefully_takes_its_clients_out_of_presence_at_once,
+    a_node_started_while_the_broker_is_down_joins_when_it_comes_up,
+    a_live_node_keeps_its_clients_in_presence_past_the_ttl,
+);
+
+async fn publications_through_any_node_reach_every_client_in_one_order(engine: Engine) {
+    let (_broker, nodes) = cluster(engine, 3, "60s").await;
     let mut clients = Vec::new();
     for node in &nodes {
         let mut c = Client::connect(&node.ws()).await;
@@ -445,12 +671,10 @@ async fn publications_through_any_node_reach_every_client_in_one_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_moving_to_another_node_recovers_exactly_what_it_missed() {
-    let (_redis, nodes) = cluster(3, "60s").await;
+async fn a_client_moving_to_another_node_recovers_exactly_what_it_missed(engine: Engine) {
+    let (_broker, nodes) = cluster(engine, 3, "60s").await;
     let mut a = Client::connect(&nodes[0].ws()).await;
-    let sub = a.subscribe("room").await;
-    let epoch = sub["epoch"].as_str().expect("epoch").to_owned();
+    let epoch = a.subscribe_epoch("room").await;
     for k in 1..=3 {
         nodes[2].publish("room", json!({"k": k})).await;
     }
@@ -460,31 +684,21 @@ async fn a_client_moving_to_another_node_recovers_exactly_what_it_missed() {
         nodes[1].publish("room", json!({"k": k})).await;
     }
     let mut c = Client::connect(&nodes[2].ws()).await;
-    let reply = c
-        .request(json!({"subscribe": {"channel": "room", "recover": true, "offset": 3, "epoch": epoch}}))
-        .await;
+    let reply = c.request(recover("room", 3, &epoch)).await;
     let sub = &reply["subscribe"];
     assert_eq!(sub["recovered"], json!(true), "{reply}");
-    let recovered: Vec<u64> = sub["publications"]
-        .as_array()
-        .expect("publications")
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
-    assert_eq!(recovered, vec![4, 5, 6, 7, 8]);
+    assert_eq!(recovered_offsets(sub), vec![4, 5, 6, 7, 8], "{reply}");
     nodes[0].publish("room", json!({"k": 9})).await;
     assert_eq!(c.next_pub().await.0, 9, "then live, with nothing repeated");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_leaves_presence_after_the_ttl_and_its_clients_recover_elsewhere() {
-    let (_redis, mut nodes) = cluster(3, "2s").await;
+async fn a_killed_node_leaves_presence_after_the_ttl_and_its_clients_recover_elsewhere(engine: Engine) {
+    let (_broker, mut nodes) = cluster(engine, 3, "2s").await;
     let mut a = Client::connect(&nodes[0].ws()).await;
-    let epoch = a.subscribe("lobby").await["epoch"].as_str().unwrap().to_owned();
+    let epoch = a.subscribe_epoch("lobby").await;
     let mut b = Client::connect(&nodes[1].ws()).await;
     b.subscribe("lobby").await;
-    let present = nodes[2].api("presence_stats", json!({"channel": "lobby"})).await;
-    assert_eq!(present["result"]["num_clients"], json!(2), "{present}");
+    assert_eq!(nodes[2].num_present("lobby").await, json!(2));
     nodes[2].publish("lobby", json!("before")).await;
     assert_eq!(a.next_pub().await.0, 1);
 
@@ -496,92 +710,118 @@ async fn a_killed_node_leaves_presence_after_the_ttl_and_its_clients_recover_els
     nodes[2].publish("lobby", json!("while moving")).await;
     // It reconnects to another node and recovers from where it was.
     let mut a2 = Client::connect(&nodes[1].ws()).await;
-    let reply = a2
-        .request(json!({"subscribe": {"channel": "lobby", "recover": true, "offset": 1, "epoch": epoch}}))
-        .await;
+    let reply = a2.request(recover("lobby", 1, &epoch)).await;
     assert_eq!(reply["subscribe"]["recovered"], json!(true), "{reply}");
-    assert_eq!(reply["subscribe"]["publications"][0]["offset"], json!(2));
+    assert_eq!(recovered_offsets(&reply["subscribe"]), vec![2], "{reply}");
     // The dead node never removed its client: the TTL does.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = nodes[2].api("presence_stats", json!({"channel": "lobby"})).await;
-        if v["result"]["num_clients"] == json!(2) {
-            break; // b and a2; the dead node's entry is gone
-        }
-        assert!(
-            Instant::now() < deadline,
-            "presence still holds the dead node's client: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let v = nodes[1].api("presence", json!({"channel": "lobby"})).await;
-    let ids: Vec<&String> = v["result"]["presence"]
-        .as_object()
-        .expect("presence")
-        .keys()
-        .collect();
-    assert!(!ids.contains(&&a.id), "dead client {} still present: {v}", a.id);
-    assert!(ids.contains(&&b.id) && ids.contains(&&a2.id), "{v}");
+    eventually("the dead node's client to leave presence", async || {
+        nodes[2].num_present("lobby").await == json!(2) // b and a2
+    })
+    .await;
+    let ids = nodes[1].presence("lobby").await;
+    assert!(
+        !ids.contains(&a.id),
+        "dead client {} still present: {ids:?}",
+        a.id
+    );
+    assert!(ids.contains(&b.id) && ids.contains(&a2.id), "{ids:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_going_away_is_announced_and_nodes_recover_when_it_returns() {
-    let (mut redis, nodes) = cluster(3, "60s").await;
+async fn a_broker_that_lost_its_data_is_announced_and_streams_start_anew(engine: Engine) {
+    the_broker_going_away_is_announced_and_nodes_recover(engine, Outage::DataLost).await;
+}
+
+async fn a_broker_that_kept_its_data_is_announced_and_recovered_exactly(engine: Engine) {
+    the_broker_going_away_is_announced_and_nodes_recover(engine, Outage::DataKept).await;
+}
+
+/// The broker goes away: every subscriber is told its stream may have a
+/// gap (2500) and stays connected, and the nodes refuse with the temporary
+/// error 100 until it is back. Then the resubscribes (retried, as the SDKs
+/// do) recover exactly what was missed when the broker kept its data, or
+/// say that they could not, on a new stream, when it lost it.
+async fn the_broker_going_away_is_announced_and_nodes_recover(engine: Engine, outage: Outage) {
+    let broker = match outage {
+        Outage::DataLost => Broker::start(engine).await,
+        Outage::DataKept => Broker::start_persistent(engine).await,
+    };
+    let (mut broker, nodes) = cluster_on(broker, 3, "60s").await;
     let mut clients = Vec::new();
     let mut epoch = String::new();
     for node in &nodes {
         let mut c = Client::connect(&node.ws()).await;
-        epoch = c.subscribe("feed").await["epoch"].as_str().unwrap().to_owned();
+        epoch = c.subscribe_epoch("feed").await;
         clients.push(c);
     }
     nodes[0].publish("feed", json!(1)).await;
     for c in &mut clients {
-        assert_eq!(c.next_pub().await.0, 1);
+        assert_eq!(c.next_pub().await, (1, json!(1)));
     }
 
-    redis.stop();
-    // Every subscriber is told its stream may have a gap (2500) and stays
-    // connected; publishing fails with the temporary error 100.
+    broker.go_away(outage);
     for c in &mut clients {
-        let msg = c.next().await.expect("still connected");
-        assert_eq!(msg["push"]["unsubscribe"]["code"], json!(2500), "{msg}");
+        c.expect_unsubscribe(2500).await;
     }
-    let failed = nodes[1].publish("feed", json!(2)).await;
+    let failed = nodes[1].publish("feed", json!("lost")).await;
     assert_eq!(failed["error"]["code"], json!(100), "{failed}");
-    let refused = clients[0]
-        .request(json!({"subscribe": {"channel": "feed", "recover": true, "offset": 1, "epoch": epoch}}))
-        .await;
+    let refused = clients[0].request(recover("feed", 1, &epoch)).await;
     assert_eq!(refused["error"]["code"], json!(100), "{refused}");
     assert_eq!(refused["error"]["temporary"], json!(true), "{refused}");
 
-    redis.restart().await;
-    // The SDKs retry the resubscribe with backoff; so do we. Redis lost its
-    // data, so recovery cannot be complete, and the reply says so.
-    for c in &mut clients {
-        let r = c
-            .request_until_served(
-                json!({"subscribe": {"channel": "feed", "recover": true, "offset": 1, "epoch": epoch}}),
-            )
-            .await;
-        let sub = r["subscribe"].clone();
-        // `recovered` is omitted when false, as in Centrifugo.
-        assert_eq!(sub["was_recovering"], json!(true), "{sub}");
-        assert!(
-            sub.get("recovered").is_none_or(|r| r == false),
-            "a gap is reported, not hidden: {sub}"
-        );
-        assert_ne!(sub["epoch"].as_str(), Some(epoch.as_str()), "a new stream: {sub}");
-    }
-    let ok = nodes[2].publish("feed", json!("after")).await;
-    assert_eq!(ok["result"]["offset"], json!(1), "{ok}");
-    for c in &mut clients {
-        assert_eq!(c.next_pub().await, (1, json!("after")));
+    broker.come_back(outage).await;
+    match outage {
+        Outage::DataLost => {
+            let mut renewed = None;
+            for c in &mut clients {
+                let r = c.request_until_served(recover("feed", 1, &epoch)).await;
+                let sub = &r["subscribe"];
+                // `recovered` is omitted when false, as in Centrifugo.
+                assert_eq!(sub["was_recovering"], json!(true), "{r}");
+                assert!(
+                    sub.get("recovered").is_none_or(|r| r == false),
+                    "a gap is reported, not hidden: {r}"
+                );
+                assert_ne!(sub["epoch"].as_str(), Some(epoch.as_str()), "a new stream: {r}");
+                let renewed = renewed.get_or_insert_with(|| sub["epoch"].clone());
+                assert_eq!(&sub["epoch"], renewed, "one new stream for everyone: {r}");
+            }
+            let ok = nodes[2].publish("feed", json!("after")).await;
+            assert_eq!(ok["result"]["offset"], json!(1), "{ok}");
+            for c in &mut clients {
+                assert_eq!(c.next_pub().await, (1, json!("after")));
+            }
+        }
+        Outage::DataKept => {
+            // The first back has missed nothing.
+            let r = clients[0].request_until_served(recover("feed", 1, &epoch)).await;
+            assert_eq!(r["subscribe"]["recovered"], json!(true), "{r}");
+            assert_eq!(r["subscribe"]["epoch"], json!(epoch), "the same stream: {r}");
+            assert_eq!(recovered_offsets(&r["subscribe"]), Vec::<u64>::new(), "{r}");
+            // Published through another node, maybe still reconnecting,
+            // while the others have not resubscribed yet.
+            let ok = until_served(async || nodes[1].publish("feed", json!(2)).await).await;
+            assert_eq!(ok["result"]["offset"], json!(2), "{ok}");
+            assert_eq!(clients[0].next_pub().await, (2, json!(2)), "live");
+            for c in &mut clients[1..] {
+                let r = c.request_until_served(recover("feed", 1, &epoch)).await;
+                assert_eq!(r["subscribe"]["recovered"], json!(true), "{r}");
+                assert_eq!(r["subscribe"]["epoch"], json!(epoch), "the same stream: {r}");
+                assert_eq!(
+                    recovered_offsets(&r["subscribe"]),
+                    vec![2],
+                    "exactly the missed: {r}"
+                );
+            }
+            nodes[2].publish("feed", json!(3)).await;
+            for c in &mut clients {
+                assert_eq!(c.next_pub().await, (3, json!(3)), "then live");
+            }
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exclusion_disconnect_and_unsubscribe_reach_clients_on_other_nodes() {
-    let (_redis, nodes) = cluster(3, "60s").await;
+async fn exclusion_disconnect_and_unsubscribe_reach_clients_on_other_nodes(engine: Engine) {
+    let (_broker, nodes) = cluster(engine, 3, "60s").await;
     let mut x = Client::connect(&nodes[1].ws()).await;
     x.subscribe("ops").await;
     let mut y = Client::connect(&nodes[2].ws()).await;
@@ -606,8 +846,7 @@ async fn exclusion_disconnect_and_unsubscribe_reach_clients_on_other_nodes() {
         .api("unsubscribe", json!({"channel": "ops", "client": y.id}))
         .await;
     assert!(r.get("error").is_none(), "{r}");
-    let msg = y.next().await.expect("y stays connected");
-    assert_eq!(msg["push"]["unsubscribe"]["code"], json!(2000), "{msg}");
+    y.expect_unsubscribe(2000).await;
 
     // Disconnect through node C reaches x on node B.
     let r = nodes[2].api("disconnect", json!({"client": x.id})).await;
@@ -619,36 +858,31 @@ async fn exclusion_disconnect_and_unsubscribe_reach_clients_on_other_nodes() {
     assert_eq!(y.next_pub().await, (3, json!("still served")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_stopped_gracefully_takes_its_clients_out_of_presence_at_once() {
+async fn a_node_stopped_gracefully_takes_its_clients_out_of_presence_at_once(engine: Engine) {
     // A TTL far longer than the test: only the node itself can remove them.
-    let (_redis, mut nodes) = cluster(2, "600s").await;
+    let (_broker, mut nodes) = cluster(engine, 2, "600s").await;
     let mut a = Client::connect(&nodes[0].ws()).await;
     a.subscribe("hall").await;
     let mut b = Client::connect(&nodes[1].ws()).await;
     b.subscribe("hall").await;
-    let v = nodes[1].api("presence_stats", json!({"channel": "hall"})).await;
-    assert_eq!(v["result"]["num_clients"], json!(2), "{v}");
+    assert_eq!(nodes[1].num_present("hall").await, json!(2));
     nodes[0].terminate();
-    let v = nodes[1].api("presence", json!({"channel": "hall"})).await;
-    let ids: Vec<&String> = v["result"]["presence"]
-        .as_object()
-        .expect("presence")
-        .keys()
-        .collect();
-    assert_eq!(ids, vec![&b.id], "{v}");
+    assert_eq!(nodes[1].presence("hall").await, vec![b.id.clone()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_started_while_redis_is_down_joins_when_it_comes_up() {
-    let mut redis = Redis::start().await;
-    let up = Node::start(&redis, "60s").await;
-    redis.stop();
-    let late = Node::start(&redis, "60s").await;
+async fn a_node_started_while_the_broker_is_down_joins_when_it_comes_up(engine: Engine) {
+    let mut broker = Broker::start(engine).await;
+    let up = Node::start(&broker, "60s").await;
+    broker.stop();
+    let late = Node::start(&broker, "60s").await;
     let mut c = Client::connect(&late.ws()).await;
     let r = c.request(json!({"subscribe": {"channel": "news"}})).await;
-    assert_eq!(r["error"]["code"], json!(100), "no Redis, a temporary error: {r}");
-    redis.restart().await;
+    assert_eq!(
+        r["error"]["code"],
+        json!(100),
+        "no broker, a temporary error: {r}"
+    );
+    broker.restart().await;
     c.request_until_served(json!({"subscribe": {"channel": "news"}}))
         .await;
     up.publish("news", json!("hello")).await;
@@ -659,75 +893,51 @@ async fn a_node_started_while_redis_is_down_joins_when_it_comes_up() {
     assert_eq!(c.close_code().await, 3503);
 }
 
-/// With a Redis that keeps its data (append-only file), a Redis crash and
-/// restart costs nothing: subscribers are told 2500, resubscribe with their
-/// last offset and recover exactly what was published meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_redis_restart_is_recovered_exactly() {
-    let (mut redis, nodes) = cluster_on(Redis::start_persistent().await, 2, "60s").await;
+/// A live node keeps its clients in presence past the TTL by refreshing
+/// their entries: three TTLs of wall time later the client is still there
+/// (and, in Redis, the expiry it holds is seen moving forward).
+async fn a_live_node_keeps_its_clients_in_presence_past_the_ttl(engine: Engine) {
+    const TTL: Duration = Duration::from_secs(2);
+    let (broker, nodes) = cluster(engine, 1, "2s").await;
     let mut c = Client::connect(&nodes[0].ws()).await;
-    let epoch = c.subscribe("log").await["epoch"].as_str().unwrap().to_owned();
-    for k in 1..=3 {
-        nodes[1].publish("log", json!(k)).await;
-    }
-    assert_eq!(offsets(&c.pubs(3).await), vec![1, 2, 3]);
-
-    redis.stop(); // SIGKILL: a crash, not a clean shutdown
-    let msg = c.next().await.expect("still connected");
-    assert_eq!(msg["push"]["unsubscribe"]["code"], json!(2500), "{msg}");
-    redis.restart().await;
-    // Published on the other node after Redis came back, before the client
-    // resubscribes: it must come back through recovery.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = nodes[1].publish("log", json!(4)).await;
-        if r["result"]["offset"] == json!(4) {
-            break;
-        }
-        assert_eq!(r["error"]["code"], json!(100), "{r}");
-        assert!(Instant::now() < deadline, "publishing never worked again: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // As the SDKs do: retry while this node's pub/sub is still reconnecting.
-    let r = c
-        .request_until_served(
-            json!({"subscribe": {"channel": "log", "recover": true, "offset": 3, "epoch": epoch}}),
-        )
-        .await;
-    let sub = &r["subscribe"];
-    assert_eq!(sub["recovered"], json!(true), "{r}");
-    assert_eq!(sub["epoch"], json!(epoch), "the same stream: {r}");
-    assert_eq!(sub["publications"].as_array().map(Vec::len), Some(1), "{r}");
-    assert_eq!(sub["publications"][0]["offset"], json!(4), "{r}");
-    nodes[0].publish("log", json!(5)).await;
-    assert_eq!(c.next_pub().await, (5, json!(5)), "then live");
-}
-
-/// A channel whose offset and epoch expired in Redis (`history_meta_ttl`)
-/// while its subscribers waited and nobody published: the next subscriber
-/// joins the new stream at once, and the old subscribers are told 2500
-/// rather than being left on a stream that no longer exists.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_that_expired_while_idle_is_renewed_for_everyone() {
-    let redis = Redis::start().await;
-    let node = Node::start_with(&redis, "60s", "history_meta_ttl = \"1s\"").await;
-    let mut a = Client::connect(&node.ws()).await;
-    let old = a.subscribe("quiet").await["epoch"].as_str().unwrap().to_owned();
-    // Waiting for Redis to expire the meta key (a TTL, not our own step).
-    let port = redis.port;
-    eventually("the channel's meta key to expire", || {
-        redis_cli(port, &["exists", "crier:{quiet}:m"]) == "0"
+    c.subscribe("stay").await;
+    let since = Instant::now();
+    broker.watch_presence_refresh("stay", &c.id).await;
+    eventually("three TTLs of wall time with the client present", async || {
+        let ids = nodes[0].presence("stay").await;
+        assert!(ids.contains(&c.id), "refreshed client {} gone: {ids:?}", c.id);
+        since.elapsed() >= 3 * TTL
     })
     .await;
-    let mut b = Client::connect(&node.ws()).await;
-    let sub = b.subscribe("quiet").await;
-    assert_ne!(sub["epoch"].as_str(), Some(old.as_str()), "{sub}");
-    let msg = a.next().await.expect("a stays connected");
-    assert_eq!(msg["push"]["unsubscribe"]["code"], json!(2500), "{msg}");
-    node.publish("quiet", json!("new")).await;
-    assert_eq!(b.next_pub().await, (1, json!("new")));
 }
 
+/// The expiry Redis holds for `client`'s presence in `channel` moves
+/// forward (a refresh), and Redis's clock passes the first one.
+#[cfg(feature = "redis")]
+async fn redis_presence_expiry_moves_past_the_first(port: u16, channel: &str, client: &str) {
+    let key = format!("crier:{{{channel}}}:pz");
+    let expiry = || redis_cli(port, &["zscore", &key, client]).parse::<u64>().ok();
+    let mut first = None;
+    eventually("the presence entry to be written", async || {
+        first = expiry();
+        first.is_some()
+    })
+    .await;
+    let first = first.expect("written");
+    eventually("the expiry to move forward (a refresh)", async || {
+        expiry().is_some_and(|e| e > first)
+    })
+    .await;
+    // Redis's clock past the first expiry: without refreshes it would be gone.
+    eventually("Redis's clock to pass the first expiry", async || {
+        let now = redis_cli(port, &["time"]);
+        let secs: u64 = now.lines().next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        secs * 1000 > first + 100
+    })
+    .await;
+}
+
+#[cfg(feature = "redis")]
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .arg("-p")
@@ -738,38 +948,27 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A live node keeps its clients in presence past the TTL by refreshing
-/// their entries: the expiry Redis holds moves forward, and once the first
-/// expiry has passed the client is still present.
+/// A channel whose offset and epoch expired in Redis (`history_meta_ttl`)
+/// while its subscribers waited and nobody published: the next subscriber
+/// joins the new stream at once, and the old subscribers are told 2500
+/// rather than being left on a stream that no longer exists.
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_node_refreshes_its_clients_presence_before_the_ttl() {
-    let (redis, nodes) = cluster(1, "1s").await;
-    let mut c = Client::connect(&nodes[0].ws()).await;
-    c.subscribe("stay").await;
+async fn redis_a_stream_that_expired_while_idle_is_renewed_for_everyone() {
+    let redis = Broker::start(Engine::Redis).await;
+    let node = Node::start_with(&redis, "60s", "history_meta_ttl = \"1s\"").await;
+    let mut a = Client::connect(&node.ws()).await;
+    let old = a.subscribe_epoch("quiet").await;
+    // Waiting for Redis to expire the meta key (a TTL, not our own step).
     let port = redis.port;
-    let key = "crier:{stay}:pz";
-    let expiry = |port| redis_cli(port, &["zscore", key, &c.id]).parse::<u64>().ok();
-    let mut first = None;
-    eventually("the presence entry to be written", || {
-        first = expiry(port);
-        first.is_some()
+    eventually("the channel's meta key to expire", async || {
+        redis_cli(port, &["exists", "crier:{quiet}:m"]) == "0"
     })
     .await;
-    let first = first.unwrap();
-    eventually("the expiry to move forward (a refresh)", || {
-        expiry(port).is_some_and(|e| e > first)
-    })
-    .await;
-    // Redis's clock past the first expiry: without refreshes it would be gone.
-    eventually("Redis's clock to pass the first expiry", || {
-        let now = redis_cli(port, &["time"]);
-        let secs: u64 = now.lines().next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        secs * 1000 > first + 100
-    })
-    .await;
-    let v = nodes[0].api("presence", json!({"channel": "stay"})).await;
-    assert!(
-        v["result"]["presence"].get(&c.id).is_some(),
-        "refreshed client gone: {v}"
-    );
+    let mut b = Client::connect(&node.ws()).await;
+    let sub = b.subscribe("quiet").await;
+    assert_ne!(sub["epoch"].as_str(), Some(old.as_str()), "{sub}");
+    a.expect_unsubscribe(2500).await;
+    node.publish("quiet", json!("new")).await;
+    assert_eq!(b.next_pub().await, (1, json!("new")));
 }
