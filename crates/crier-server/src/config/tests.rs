@@ -570,6 +570,18 @@ fn the_nats_engine_is_configured_and_checked() {
         .expect("parses");
         assert_eq!(invalid_key(c.validate()).0, key, "{toml}");
     }
+    let loaded = Config::load_with_env(
+        None,
+        env(&[
+            ("CRIER_ENGINE_TYPE", "nats"),
+            ("CRIER_ENGINE_NATS_ADDRESS", "nats://x:1 nats://y:2"),
+            ("CRIER_ENGINE_NATS_PRESENCE_TTL", "9s"),
+        ]),
+    )
+    .expect("env config");
+    assert_eq!(loaded.config.engine.kind, EngineType::Nats);
+    assert_eq!(loaded.config.engine.nats.address, vec!["nats://x:1", "nats://y:2"]);
+    assert_eq!(loaded.config.engine.nats.presence_ttl, Duration::from_secs(9));
 }
 
 #[cfg(not(feature = "nats"))]
