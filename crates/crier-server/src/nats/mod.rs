@@ -52,7 +52,7 @@
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
@@ -205,6 +205,16 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
+/// What [`NatsBroker::write`] appends.
+enum Write {
+    /// A publication at the next offset, of this kind.
+    Next(Option<&'static str>, Bytes),
+    /// A marker at the current position.
+    Mark,
+    /// A marker starting a new epoch, only if the channel has no message.
+    Epoch,
+}
+
 /// A stored message as this broker reads it.
 struct Stored {
     payload: Bytes,
@@ -246,7 +256,9 @@ impl NatsBroker {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
-        let streams_reset: Arc<StdMutex<Option<Arc<Inner>>>> = Arc::new(StdMutex::new(None));
+        // Weak: the client's event task holds this, and the broker holds
+        // the client.
+        let streams_reset: Arc<StdMutex<Weak<Inner>>> = Arc::new(StdMutex::new(Weak::new()));
         let on_event = {
             let tx = events_tx.clone();
             let reset = streams_reset.clone();
@@ -256,7 +268,7 @@ impl NatsBroker {
                 async move {
                     let out = match event {
                         async_nats::Event::Connected => {
-                            if let Some(inner) = reset.lock().expect("nats reset lock").as_ref() {
+                            if let Some(inner) = reset.lock().expect("nats reset lock").upgrade() {
                                 *inner.streams.lock().expect("nats streams lock") = None;
                             }
                             BrokerEvent::Restored { shard: 0 }
@@ -306,7 +318,7 @@ impl NatsBroker {
             events_tx,
             events_rx: StdMutex::new(Some(events_rx)),
         });
-        *streams_reset.lock().expect("nats reset lock") = Some(inner.clone());
+        *streams_reset.lock().expect("nats reset lock") = Arc::downgrade(&inner);
         Ok(NatsBroker { inner })
     }
 
@@ -484,7 +496,7 @@ impl NatsBroker {
             exclude_users: &opts.exclude_users,
         }));
         let kind = (opts.history_size == 0).then_some(KIND_SKIP);
-        let landed = self.write(channel, kind, payload, false).await?;
+        let landed = self.write(channel, Write::Next(kind, payload)).await?;
         Ok(StreamPosition {
             offset: landed.offset,
             epoch: landed.epoch,
@@ -492,30 +504,38 @@ impl NatsBroker {
     }
 
     /// Writes one message after the channel's last, retrying against
-    /// other nodes' publications; `mark` writes a position marker at the
-    /// current offset instead of the next one.
-    async fn write(
-        &self,
-        channel: &str,
-        kind: Option<&str>,
-        payload: Bytes,
-        mark: bool,
-    ) -> Result<Last, BrokerError> {
+    /// other nodes' publications (see [`Write`]); the message now last.
+    async fn write(&self, channel: &str, what: Write) -> Result<Last, BrokerError> {
         self.connected()?;
         let streams = self.streams().await?;
         let subject = self.history_subject(channel);
         let shard = &self.inner.publish[publish_shard(channel)];
         let mut cache = shard.lock().await;
-        let mut last = match cache.get(channel) {
-            Some(l) => Some(l.clone()),
+        // The cache is the last message as this node saw it; a new epoch
+        // is only started on what the stream says now.
+        let cached = match what {
+            Write::Epoch => None,
+            _ => cache.get(channel).cloned(),
+        };
+        let mut last = match cached {
+            Some(l) => Some(l),
             None => self.last(&streams.history, &subject).await?,
         };
         for _ in 0..PUBLISH_ATTEMPTS {
-            let at = mark.then(|| last.as_ref().map_or(0, |l| l.offset));
-            match self
-                .append(&subject, last.as_ref(), kind, payload.clone(), at)
-                .await
-            {
+            let (kind, payload, at) = match &what {
+                Write::Next(kind, payload) => (*kind, payload.clone(), None),
+                Write::Mark => (
+                    Some(KIND_MARK),
+                    Bytes::new(),
+                    Some(last.as_ref().map_or(0, |l| l.offset)),
+                ),
+                Write::Epoch => match &last {
+                    // Someone else started the stream meanwhile.
+                    Some(l) => return Ok(l.clone()),
+                    None => (Some(KIND_MARK), Bytes::new(), Some(0)),
+                },
+            };
+            match self.append(&subject, last.as_ref(), kind, payload, at).await {
                 Ok(Some(landed)) => {
                     if cache.len() >= CACHE_LIMIT {
                         cache.clear();
@@ -540,7 +560,7 @@ impl NatsBroker {
     async fn position(&self, history: &stream::Stream, channel: &str) -> Result<Last, BrokerError> {
         match self.last(history, &self.history_subject(channel)).await? {
             Some(l) => Ok(l),
-            None => self.write(channel, Some(KIND_MARK), Bytes::new(), true).await,
+            None => self.write(channel, Write::Epoch).await,
         }
     }
 
@@ -681,7 +701,7 @@ impl NatsBroker {
     pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
         self.connected()?;
         let streams = self.streams().await?;
-        let mark = self.write(channel, Some(KIND_MARK), Bytes::new(), true).await?;
+        let mark = self.write(channel, Write::Mark).await?;
         bounded(
             self.inner.config.request_timeout,
             "purging history",

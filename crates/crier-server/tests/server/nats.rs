@@ -518,3 +518,29 @@ async fn nats_down_then_back_unavailable_lost_restored() {
     assert_eq!(fresh.offset, 1);
     assert_ne!(fresh.epoch, first.epoch);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reading_a_new_channel_at_once_agree_on_its_epoch() {
+    let nats = NatsServer::start();
+    let (a, b) = (broker(&nats), broker(&nats));
+    connected(&a).await;
+    connected(&b).await;
+    for i in 0..10 {
+        let channel = format!("fresh{i}");
+        let q = query(10);
+        let (ra, rb) = tokio::join!(a.history(&channel, &q), b.history(&channel, &q));
+        let (pa, pb) = (ra.unwrap().1, rb.unwrap().1);
+        assert_eq!(pa, pb, "{channel}: one epoch for both nodes");
+        let p = b
+            .publish(&channel, Bytes::from_static(b"1"), &history_opts(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            p,
+            StreamPosition {
+                offset: 1,
+                epoch: pa.epoch
+            }
+        );
+    }
+}
