@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs one fan-out workload twice: against 1 crier node with the memory
-# engine, and against 3 crier nodes sharing one Redis (redis engine), on
-# this machine's loopback, and writes the table.
+# Runs one fan-out workload against 1 crier node with the memory engine,
+# 3 crier nodes sharing one Redis (redis engine) and 3 crier nodes sharing
+# one NATS with JetStream (nats engine), on this machine's loopback, and
+# writes the table.
 #
 #   scripts/bench-cluster.sh [--subscribers "300 3000"] [--rates "0 100"]
+#                            [--setups "memory redis nats"]
 #                            [--duration 10] [--size 64] [--out target/cluster]
 #
 # Workload (the same for both setups): S subscribers, each on its own
@@ -16,8 +18,10 @@
 #     redis engine on one redis-server this script starts; subscriber i goes
 #     to node i mod 3, publications go through node 1's HTTP API, so two
 #     thirds of the deliveries cross Redis pub/sub to another node.
-# Every run gets fresh crier processes (the redis-server lives for the whole
-# script, with persistence off). Everything listens on 127.0.0.1 only, every
+#   C "3 nodes + NATS": the same with the nats engine on one
+#     `nats-server -js` this script starts (file store under --out).
+# Every run gets fresh crier processes (the redis-server and nats-server
+# live for the whole script; Redis with persistence off). Everything listens on 127.0.0.1 only, every
 # wait is bounded, and only the processes this script started are stopped,
 # by PID. Configs, logs and results.jsonl go to --out.
 set -euo pipefail
@@ -25,6 +29,7 @@ cd "$(dirname "$0")/.."
 
 subscribers="300 3000"
 rates="0 100"
+setups="memory redis nats"
 duration=10
 size=64
 out=target/cluster
@@ -32,18 +37,27 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --subscribers) subscribers=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
+    --setups) setups=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
-command -v redis-server >/dev/null 2>&1 || {
-  echo "redis-server is not installed (apt-get install redis-server)" >&2
-  exit 1
-}
+case " $setups " in *" redis "*)
+  command -v redis-server >/dev/null 2>&1 || {
+    echo "redis-server is not installed (apt-get install redis-server)" >&2
+    exit 1
+  } ;;
+esac
+case " $setups " in *" nats "*)
+  command -v nats-server >/dev/null 2>&1 || {
+    echo "nats-server is not installed (apt-get install nats-server)" >&2
+    exit 1
+  } ;;
+esac
 cargo build --release -p crier
 
 mkdir -p "$out"
@@ -51,6 +65,7 @@ results="$out/results.jsonl"
 : > "$results"
 api_key=bench-cluster-key
 redis_pid=""
+nats_pid=""
 crier_pids=()
 # stop PID...: SIGTERM, up to 10 s to exit, then SIGKILL.
 stop() {
@@ -69,7 +84,9 @@ stop_crier() {
 cleanup() {
   stop_crier
   [ -z "$redis_pid" ] || stop "$redis_pid"
+  [ -z "$nats_pid" ] || stop "$nats_pid"
   redis_pid=""
+  nats_pid=""
 }
 trap cleanup EXIT
 
@@ -79,6 +96,8 @@ free_port() {
 }
 
 redis_port=$(free_port)
+nats_port=$(free_port)
+if [ "${setups#*redis}" != "$setups" ]; then
 redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
   --daemonize no --logfile "$PWD/$out/redis.log" &
 redis_pid=$!
@@ -92,6 +111,23 @@ redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG || {
   cat "$out/redis.log" >&2
   exit 1
 }
+fi
+
+if [ "${setups#*nats}" != "$setups" ]; then
+  rm -rf "$out/nats-store"
+  nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$PWD/$out/nats-store" >"$out/nats.log" 2>&1 &
+  nats_pid=$!
+  for _ in $(seq 50); do
+    python3 -c 'import socket,sys; s=socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1); sys.exit(0 if b"jetstream\":true" in s.recv(4096) else 1)' "$nats_port" 2>/dev/null && break
+    kill -0 "$nats_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$nats_pid" 2>/dev/null || {
+    echo "nats-server did not start; its log:" >&2
+    cat "$out/nats.log" >&2
+    exit 1
+  }
+fi
 
 # write_config FILE PORT ENGINE: a node on 127.0.0.1:PORT that lets
 # anonymous clients connect and subscribe, with an API key.
@@ -118,6 +154,9 @@ type = "$engine"
 EOF
   if [ "$engine" = redis ]; then
     printf '\n[engine.redis]\naddress = "127.0.0.1:%s"\n' "$redis_port" >> "$file"
+  fi
+  if [ "$engine" = nats ]; then
+    printf '\n[engine.nats]\naddress = "127.0.0.1:%s"\n' "$nats_port" >> "$file"
   fi
 }
 
@@ -155,10 +194,12 @@ start_nodes() {
 
 for s in $subscribers; do
   for rate in $rates; do
-    for setup in memory redis; do
+    for setup in $setups; do
       case "$setup" in
         memory) start_nodes "memory-$s-$rate" 1 memory; label="1 node, memory" ;;
         redis) start_nodes "redis-$s-$rate" 3 redis; label="3 nodes + Redis" ;;
+        nats) start_nodes "nats-$s-$rate" 3 nats; label="3 nodes + NATS" ;;
+        *) echo "unknown setup: $setup (memory, redis, nats)" >&2; exit 2 ;;
       esac
       printf '%-16s S=%-5s rate=%-4s ' "$label" "$s" "$rate" >&2
       # crier bench ends by itself (connect phase, duration, 2 s for

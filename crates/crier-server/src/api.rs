@@ -117,14 +117,14 @@ fn respond(node: &Node, outcome: Outcome) -> Response {
 pub async fn call(node: &Node, request: Request) -> Outcome {
     let control = node.clustered().then(|| control_message(&request)).flatten();
     let outcome = call_local(node, request).await;
-    #[cfg(feature = "redis")]
+    #[cfg(feature = "cluster")]
     if let (Ok(_), Some(msg), Some(cluster)) = (&outcome, control, &node.cluster) {
         cluster.broadcast_control(&msg).await.map_err(|e| {
             node.metrics.engine_error(&e);
             err(hub_error_code(&e))
         })?;
     }
-    #[cfg(not(feature = "redis"))]
+    #[cfg(not(feature = "cluster"))]
     let _ = control;
     outcome
 }

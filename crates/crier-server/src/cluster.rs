@@ -1,29 +1,32 @@
-//! The Redis engine: several crier nodes share channels through Redis.
+//! The cluster engines: several crier nodes share channels through a
+//! broker, Redis (`crate::redis_broker`) or NATS JetStream
+//! (`crate::nats_broker`), behind [`Broker`].
 //!
-//! The hub stays the local fan-out; Redis decides order. On a node with
-//! this engine:
+//! The hub stays the local fan-out; the broker decides order. On a node
+//! with a cluster engine:
 //!
-//! - a publication (API, client, TCP, file source) goes to Redis only: one
-//!   script assigns its offset, keeps it in history and PUBLISHes it. Every
-//!   node, the publishing one included, fans it out to its own subscribers
-//!   when it comes back from Redis pub/sub ([`Hub::deliver_at`]), so every
-//!   node delivers one channel's publications in the same offset order;
+//! - a publication (API, client, TCP, file source) goes to the broker
+//!   only, which assigns its offset, keeps it in history and sends it to
+//!   every subscribed node. Every node, the publishing one included, fans
+//!   it out to its own subscribers when it comes back from the broker
+//!   ([`Hub::deliver_at`]), so every node delivers one channel's
+//!   publications in the same offset order;
 //! - a subscribe is two-phase ([`Hub::begin_subscribe`]): the node makes
-//!   sure its pub/sub connection is subscribed to the channel (first local
-//!   subscriber only), reads the position or the recovery from Redis, then
-//!   joins the client; publications that arrived meanwhile are queued after
-//!   the reply, none twice;
+//!   sure the broker sends it the channel (first local subscriber only),
+//!   reads the position or the recovery from the broker, then joins the
+//!   client; publications that arrived meanwhile are queued after the
+//!   reply, none twice;
 //! - when the last local subscriber of a channel leaves, the node
-//!   unsubscribes from it in Redis (the hub's `release`);
-//! - presence entries are written to Redis with `engine.redis.presence_ttl`
-//!   and refreshed by their node every third of it, so a dead node's
-//!   clients vanish within the TTL;
-//! - a pub/sub connection that drops ([`BrokerEvent::Lost`]), or a delivery
+//!   unsubscribes from it in the broker (the hub's `release`);
+//! - presence entries are written to the broker with the engine's
+//!   `presence_ttl` and refreshed by their node every third of it, so a
+//!   dead node's clients vanish within the TTL;
+//! - a broker connection that drops ([`BrokerEvent::Lost`]), or a delivery
 //!   that skips an offset or changes epoch, may have left a gap: every
 //!   local subscriber of the channels concerned gets an unsubscribe push
 //!   with code 2500 ("insufficient state"), so the SDKs resubscribe with
 //!   recovery from their last offset (which fails with a temporary error
-//!   100 while Redis is down, and they retry with backoff);
+//!   100 while the broker is down, and they retry with backoff);
 //! - the server API's `disconnect`, `unsubscribe`, `subscribe` and
 //!   `refresh` act on the clients of every node: the receiving node applies
 //!   them and broadcasts them on the control channel; the others apply
@@ -44,9 +47,9 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_broker::{
-    self as broker, decode_info, encode_info, BrokerError, BrokerEvent, BrokerEvents, InfoParts, RedisBroker,
-    RedisConfig, RemotePublication, Subscriptions,
+use crate::broker::{
+    self, decode_info, encode_info, Broker, BrokerError, BrokerEvent, BrokerEvents, InfoParts,
+    RemotePublication, Subscriptions,
 };
 
 /// What the hub's engine hooks ask of the background tasks, in order.
@@ -67,15 +70,15 @@ enum PresenceOp {
 /// Presence refreshes in flight at once.
 const REFRESH_IN_FLIGHT: usize = 64;
 
-/// This node's presence entries, re-written to Redis before they expire.
+/// This node's presence entries, re-written to the broker before they expire.
 type LocalPresence = HashMap<Arc<str>, HashMap<ClientId, Arc<ClientInfo>>>;
 
-/// The hub's engine on a Redis node. The hub calls it for the local side
+/// The hub's engine on a cluster node. The hub calls it for the local side
 /// of things (a channel gained or lost its last local subscriber, presence
 /// changed) and those calls only queue work for the background tasks: they
-/// never wait on Redis under the hub's locks. Publishing, history and
+/// never wait on the broker under the hub's locks. Publishing, history and
 /// presence reads are asynchronous and go through [`Cluster`] instead; the
-/// synchronous calls answer a temporary error, so nothing bypasses Redis's
+/// synchronous calls answer a temporary error, so nothing bypasses the broker's
 /// order by accident.
 pub struct RemoteEngine {
     subs: mpsc::UnboundedSender<SubOp>,
@@ -83,7 +86,7 @@ pub struct RemoteEngine {
 }
 
 fn asynchronous() -> EngineError {
-    EngineError::Unavailable("the redis engine publishes and reads through the node, asynchronously".into())
+    EngineError::Unavailable("the cluster engine publishes and reads through the node, asynchronously".into())
 }
 
 impl Engine for RemoteEngine {
@@ -111,7 +114,7 @@ impl Engine for RemoteEngine {
     }
 
     fn retain(&self, _channel: &str) {
-        // The subscribe that made the channel asks for the Redis
+        // The subscribe that made the channel asks for the broker's
         // subscription itself, through the same ordered queue as release.
     }
 
@@ -136,22 +139,20 @@ impl Engine for RemoteEngine {
     fn sweep(&self) {}
 }
 
-/// Settings of the Redis engine, from `engine.redis`.
+/// Settings of the cluster engine, from `engine.redis` or `engine.nats`.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    /// How to reach Redis.
-    pub redis: RedisConfig,
     /// How long a presence entry lives without a refresh.
     pub presence_ttl: Duration,
     /// How long a channel's offset and epoch live after its last use.
     pub history_meta_ttl: Duration,
 }
 
-/// A node's side of the Redis engine: publishing, two-phase subscribing,
-/// history and presence against Redis, and the tasks that feed the hub.
+/// A node's side of the cluster engine: publishing, two-phase subscribing,
+/// history and presence against the broker, and the tasks that feed the hub.
 pub struct Cluster {
     hub: Hub,
-    broker: RedisBroker,
+    broker: Broker,
     subs: mpsc::UnboundedSender<SubOp>,
     presence: mpsc::UnboundedSender<PresenceOp>,
     config: ClusterConfig,
@@ -196,7 +197,7 @@ fn client_info(b: Bytes) -> Result<Arc<ClientInfo>, BrokerError> {
     }))
 }
 
-/// A history read from Redis as the hub holds it.
+/// A history read from the broker as the hub holds it.
 fn page(pubs: Vec<RemotePublication>, top: broker::StreamPosition) -> Result<HistoryPage, HubError> {
     Ok(HistoryPage {
         publications: pubs
@@ -208,7 +209,7 @@ fn page(pubs: Vec<RemotePublication>, top: broker::StreamPosition) -> Result<His
     })
 }
 
-/// A publication from Redis as the hub holds it.
+/// A publication from the broker as the hub holds it.
 fn local(p: RemotePublication) -> Result<Publication, BrokerError> {
     let exclusion = if p.exclude_clients.is_empty() && p.exclude_users.is_empty() {
         None
@@ -240,18 +241,17 @@ fn local(p: RemotePublication) -> Result<Publication, BrokerError> {
 }
 
 impl Cluster {
-    /// Connects (lazily) to Redis and returns the engine for the hub and a
+    /// The engine for the hub over `broker` (which connects lazily), and a
     /// [`ClusterStarter`] that, given the hub, starts the cluster. Split in
     /// two because the hub needs its engine before the cluster can hold it.
-    pub fn engine(config: ClusterConfig) -> Result<(Arc<RemoteEngine>, ClusterStarter), BrokerError> {
-        let broker = RedisBroker::connect(config.redis.clone())?;
+    pub fn engine(broker: Broker, config: ClusterConfig) -> (Arc<RemoteEngine>, ClusterStarter) {
         let (subs_tx, subs_rx) = mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         let engine = Arc::new(RemoteEngine {
             subs: subs_tx.clone(),
             presence: presence_tx.clone(),
         });
-        Ok((
+        (
             engine,
             ClusterStarter {
                 broker,
@@ -261,16 +261,16 @@ impl Cluster {
                 subs_rx,
                 presence_rx,
             },
-        ))
+        )
     }
 
     /// The broker, for tests and tools.
-    pub fn broker(&self) -> &RedisBroker {
+    pub fn broker(&self) -> &Broker {
         &self.broker
     }
 
     /// Waits (at most `within`) until every presence change queued so far
-    /// is written to Redis: a graceful shutdown calls it after the hub said
+    /// is written to the broker: a graceful shutdown calls it after the hub said
     /// goodbye to every client, so their entries go now, not after the TTL.
     pub async fn flush(&self, within: Duration) {
         let (tx, rx) = oneshot::channel();
@@ -295,8 +295,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Publishes to `channel` through Redis; local subscribers get it when
-    /// Redis pub/sub delivers it back to this node.
+    /// Publishes to `channel` through the broker; local subscribers get it
+    /// when the broker delivers it back to this node.
     pub async fn publish(
         &self,
         channel: &str,
@@ -333,15 +333,17 @@ impl Cluster {
 
     async fn ensure_subscribed(&self, channel: &str) -> Result<(), HubError> {
         let (tx, rx) = oneshot::channel();
-        let gone = || HubError::Engine(EngineError::Unavailable("redis engine stopped".into()));
+        let gone = || HubError::Engine(EngineError::Unavailable("cluster engine stopped".into()));
         self.subs
             .send(SubOp::Subscribe(channel.into(), tx))
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?.map_err(unavailable)
     }
 
-    fn query(&self, q: &HistoryQuery) -> broker::HistoryQuery {
+    fn query(&self, options: &ChannelOptions, q: &HistoryQuery) -> broker::HistoryQuery {
         broker::HistoryQuery {
+            history_size: options.history_size,
+            history_ttl: options.history_ttl.unwrap_or_default(),
             since: q.since.as_ref().map(|s| broker::StreamPosition {
                 offset: s.offset,
                 epoch: s.epoch.to_string(),
@@ -352,7 +354,7 @@ impl Cluster {
         }
     }
 
-    /// Subscribes client `id` to `channel` with catch-up from Redis; see
+    /// Subscribes client `id` to `channel` with catch-up from the broker; see
     /// [`Hub::subscribe_with`] for `notice`.
     pub async fn subscribe(
         &self,
@@ -362,7 +364,7 @@ impl Cluster {
         notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
     ) -> Result<Subscribed, HubError> {
         // Aborts the pending subscribe if this future fails or is dropped
-        // (the connection closed while Redis was answering).
+        // (the connection closed while the broker was answering).
         struct Pending<'a> {
             hub: &'a Hub,
             id: ClientId,
@@ -392,7 +394,7 @@ impl Cluster {
                 .stream_mark(channel)
                 .is_some_and(|m| m.epoch != page.position.epoch);
             if stale && !retried {
-                // The local subscribers follow an epoch Redis no longer has
+                // The local subscribers follow an epoch the broker no longer has
                 // (the channel's meta key expired while nobody published):
                 // tell them (2500), then join the new stream.
                 retried = true;
@@ -407,10 +409,11 @@ impl Cluster {
         }
     }
 
-    /// Reads the catch-up `catchup` asks for from Redis, settled.
+    /// Reads the catch-up `catchup` asks for from the broker, settled.
     async fn catch_up(&self, channel: &str, catchup: &Catchup) -> Result<(HistoryPage, bool), HubError> {
         let max = self.hub.channel_config().recovery_max_publications;
-        let query = self.query(&catchup.query(max));
+        let options = self.hub.channel_options(channel)?;
+        let query = self.query(&options, &catchup.query(max));
         match self.broker.history(channel, &query).await {
             Ok((pubs, top)) => {
                 let page = page(pubs, top)?;
@@ -430,18 +433,18 @@ impl Cluster {
         }
     }
 
-    /// Reads `channel`'s history from Redis.
+    /// Reads `channel`'s history from the broker.
     pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<HistoryPage, HubError> {
-        self.hub.channel_options(channel)?;
+        let options = self.hub.channel_options(channel)?;
         let (pubs, top) = self
             .broker
-            .history(channel, &self.query(query))
+            .history(channel, &self.query(&options, query))
             .await
             .map_err(unavailable)?;
         page(pubs, top)
     }
 
-    /// Drops `channel`'s history in Redis (its position stays).
+    /// Drops `channel`'s history in the broker (its position stays).
     pub async fn remove_history(&self, channel: &str) -> Result<(), HubError> {
         self.hub.channel_options(channel)?;
         self.broker.remove_history(channel).await.map_err(unavailable)
@@ -512,7 +515,7 @@ impl Cluster {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(channel = %channel, error = %e, "malformed publication from redis");
+                    tracing::warn!(channel = %channel, error = %e, "malformed publication from the broker");
                     self.resync(&channel);
                 }
             },
@@ -524,10 +527,10 @@ impl Cluster {
                 }
             }
             BrokerEvent::Restored { shard } => {
-                tracing::info!(shard, "redis pub/sub restored");
+                tracing::info!(shard, "broker connection restored");
                 if self.broker.shard_of(broker::CONTROL) == shard {
                     // Resubscribed already if it ever was; if the node
-                    // started while Redis was down, this is the first time.
+                    // started while the broker was down, this is the first time.
                     self.subscribe_control();
                 }
             }
@@ -537,7 +540,7 @@ impl Cluster {
 
 /// The second half of [`Cluster::engine`].
 pub struct ClusterStarter {
-    broker: RedisBroker,
+    broker: Broker,
     config: ClusterConfig,
     presence_tx: mpsc::UnboundedSender<PresenceOp>,
     subs_tx: mpsc::UnboundedSender<SubOp>,
@@ -549,7 +552,7 @@ impl ClusterStarter {
     /// Starts the pub/sub connections and the background tasks (they stop
     /// when `shutdown` is cancelled). Must run inside a tokio runtime.
     pub fn start(self, hub: Hub, node_id: String, shutdown: CancellationToken) -> Arc<Cluster> {
-        let (subscriptions, events) = self.broker.subscriptions().split();
+        let (subscriptions, events) = self.broker.subscriptions();
         let cluster = Arc::new(Cluster {
             hub,
             broker: self.broker.clone(),
@@ -589,7 +592,7 @@ async fn subscription_task(
             }
             Some(SubOp::Release(channel)) => {
                 if let Err(e) = subscriptions.unsubscribe(&channel).await {
-                    tracing::debug!(channel = %channel, error = %e, "redis unsubscribe failed");
+                    tracing::debug!(channel = %channel, error = %e, "broker unsubscribe failed");
                 }
             }
         }
@@ -613,12 +616,12 @@ async fn event_task(
     }
 }
 
-/// Writes presence changes to Redis in order and refreshes this node's
-/// entries every third of the TTL. A write that fails (Redis down) is
+/// Writes presence changes to the broker in order and refreshes this node's
+/// entries every third of the TTL. A write that fails (broker down) is
 /// repaired by the next refresh; a removal that fails expires by itself.
 /// Runs while the hub (which holds the sending side) lives, so the
 /// removals of a graceful shutdown are still written ([`Cluster::flush`]).
-async fn presence_task(broker: RedisBroker, mut ops: mpsc::UnboundedReceiver<PresenceOp>, ttl: Duration) {
+async fn presence_task(broker: Broker, mut ops: mpsc::UnboundedReceiver<PresenceOp>, ttl: Duration) {
     let mut local: LocalPresence = HashMap::new();
     let mut refresh = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -652,9 +655,9 @@ async fn presence_task(broker: RedisBroker, mut ops: mpsc::UnboundedReceiver<Pre
                 }
             },
             _ = refresh.tick() => {
-                // Up to REFRESH_IN_FLIGHT scripts at once on the multiplexed
+                // Up to REFRESH_IN_FLIGHT writes at once on the multiplexed
                 // connection (pipelined), not one round trip per entry. A
-                // failure (Redis down) is retried at the next tick.
+                // failure (broker down) is retried at the next tick.
                 let entries: Vec<(Arc<str>, Arc<ClientInfo>)> = local
                     .iter()
                     .flat_map(|(channel, clients)| clients.values().map(|info| (channel.clone(), info.clone())))
@@ -665,7 +668,7 @@ async fn presence_task(broker: RedisBroker, mut ops: mpsc::UnboundedReceiver<Pre
                         async move {
                             let client = info.client.to_string();
                             let _ = broker
-                                .refresh_presence(&channel, &client, &info.user, info_bytes(&info), ttl)
+                                .add_presence(&channel, &client, &info.user, info_bytes(&info), ttl)
                                 .await;
                         }
                     })

@@ -14,21 +14,30 @@
 //! - [`tcp`] plain TCP listeners; [`watch`] file sources.
 //! - [`metrics`] counts for Prometheus and serves `GET /metrics`.
 //! - [`server`] binds, routes and shuts down gracefully.
-//! - `redis_broker` (feature `redis`): offsets, history, presence and
-//!   pub/sub between nodes in Redis; [`cluster`] puts it behind the hub
-//!   when `engine.type = "redis"`.
+//! - `redis_broker` (feature `redis`) and `nats_broker` (feature `nats`):
+//!   offsets, history, presence and pub/sub between nodes, in Redis or in
+//!   NATS JetStream; `broker` is what they share, and `cluster` puts
+//!   either behind the hub when `engine.type` is `"redis"` or `"nats"`.
 //!
 //! This crate must never be imported by `crier-core` or `crier-proto`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
-/// The Redis engine: nodes sharing channels through Redis (feature `redis`).
-#[cfg(feature = "redis")]
+/// What the Redis and NATS brokers share (feature `redis` or `nats`).
+#[cfg(feature = "cluster")]
+pub mod broker;
+/// The cluster engines: nodes sharing channels through Redis or NATS.
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod config;
 pub mod frames;
 pub mod metrics;
+/// NATS broker: shared offsets and history in JetStream, presence in a
+/// JetStream stream, fan-out over core NATS (feature `nats`).
+#[cfg(feature = "nats")]
+#[path = "nats/mod.rs"] // named nats_broker so it does not shadow the `async_nats` crate's users
+pub mod nats_broker;
 pub mod node;
 /// Redis broker: shared offsets, history, presence and pub/sub (feature `redis`).
 #[cfg(feature = "redis")]

@@ -43,8 +43,8 @@ pub struct Node {
     pub connections: TaskTracker,
     /// What the node counts for Prometheus (`GET /metrics`).
     pub metrics: Metrics,
-    /// The Redis engine, when `engine.type = "redis"`.
-    #[cfg(feature = "redis")]
+    /// The cluster engine, when `engine.type` is `"redis"` or `"nats"`.
+    #[cfg(feature = "cluster")]
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
@@ -71,15 +71,15 @@ impl Node {
         };
         let id = format!("{:x}-{:x}", nanos, std::process::id());
         let shutdown = CancellationToken::new();
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         let (hub, cluster) = match config.engine.kind {
-            crate::config::EngineType::Redis => {
-                let (hub, cluster) = redis_hub(&config, hub_config, id.clone(), shutdown.clone())?;
+            crate::config::EngineType::Memory => (Hub::new(hub_config), None),
+            _ => {
+                let (hub, cluster) = cluster_hub(&config, hub_config, id.clone(), shutdown.clone())?;
                 (hub, Some(cluster))
             }
-            _ => (Hub::new(hub_config), None),
         };
-        #[cfg(not(feature = "redis"))]
+        #[cfg(not(feature = "cluster"))]
         let hub = Hub::new(hub_config);
         let metrics = Metrics::new(hub.clone(), config.prometheus.enabled);
         let node = Arc::new(Self {
@@ -92,11 +92,11 @@ impl Node {
             shutdown,
             connections: TaskTracker::new(),
             metrics,
-            #[cfg(feature = "redis")]
+            #[cfg(feature = "cluster")]
             cluster,
             config,
         });
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(cluster) = &node.cluster {
             // Weak: the node owns the cluster, which owns this handler.
             let weak = Arc::downgrade(&node);
@@ -118,7 +118,7 @@ impl Node {
         data: Bytes,
         opts: PublishOptions,
     ) -> Result<StreamPosition, HubError> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             let started = Instant::now();
             let result = c.publish(channel, data, opts).await;
@@ -152,12 +152,12 @@ impl Node {
         opts: SubscribeOptions,
         notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
     ) -> Result<Subscribed, HubError> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         let result = match &self.cluster {
             Some(c) => c.subscribe(id, channel, opts, notice).await,
             None => self.hub.subscribe_with(id, channel, opts, notice),
         };
-        #[cfg(not(feature = "redis"))]
+        #[cfg(not(feature = "cluster"))]
         let result = self.hub.subscribe_with(id, channel, opts, notice);
         if let Err(e) = &result {
             self.metrics.engine_error(e);
@@ -167,7 +167,7 @@ impl Node {
 
     /// Reads `channel`'s history.
     pub async fn history(&self, channel: &str, query: &HistoryQuery) -> Result<HistoryPage, HubError> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             return c.history(channel, query).await;
         }
@@ -176,7 +176,7 @@ impl Node {
 
     /// Drops `channel`'s history (its position stays).
     pub async fn remove_history(&self, channel: &str) -> Result<(), HubError> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             return c.remove_history(channel).await;
         }
@@ -185,7 +185,7 @@ impl Node {
 
     /// Who is present in `channel` (on every node, with Redis).
     pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, HubError> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             return c.presence(channel).await;
         }
@@ -194,7 +194,7 @@ impl Node {
 
     /// Presence counts of `channel` (on every node, with Redis).
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, HubError> {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
             let (clients, users) = c.presence_stats(channel).await?;
             return Ok(PresenceStats {
@@ -205,28 +205,28 @@ impl Node {
         self.hub.presence_stats(channel)
     }
 
-    /// One line saying which engine runs and, for Redis, whether every
-    /// shard answers now (a node starts anyway and keeps retrying).
+    /// One line saying which engine runs and, for Redis or NATS, whether
+    /// it answers now (a node starts anyway and keeps retrying).
     pub async fn engine_status(&self) -> String {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
-            let addresses = c.broker().addresses().join(", ");
+            let broker = c.broker().describe();
             return match c.broker().ping().await {
-                Ok(()) => format!("redis at {addresses}"),
+                Ok(()) => broker,
                 Err(e) => {
-                    tracing::warn!(error = %e, "redis is not answering; publishing and subscribing fail with error 100 until it does");
-                    format!("redis at {addresses} (NOT REACHABLE yet: {e}; retrying)")
+                    tracing::warn!(error = %e, "the engine's broker is not answering; publishing and subscribing fail with error 100 until it does");
+                    format!("{broker} (NOT REACHABLE yet: {e}; retrying)")
                 }
             };
         }
         "memory (one node)".to_owned()
     }
 
-    /// True when other nodes share this node's channels (Redis engine).
+    /// True when other nodes share this node's channels (Redis or NATS).
     pub fn clustered(&self) -> bool {
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         return self.cluster.is_some();
-        #[cfg(not(feature = "redis"))]
+        #[cfg(not(feature = "cluster"))]
         false
     }
 
@@ -274,37 +274,86 @@ fn hub_config(config: &Config) -> HubConfig {
     }
 }
 
-/// The hub on the Redis engine, and the cluster feeding it. Needs a tokio
-/// runtime (the pub/sub connections start now, in the background).
-#[cfg(feature = "redis")]
-fn redis_hub(
+/// The most publications any namespace keeps in history.
+#[cfg(feature = "nats")]
+fn largest_history_size(config: &Config) -> usize {
+    let c = &config.channel;
+    std::iter::once(&c.without_namespace)
+        .chain(c.namespaces.iter().map(|ns| &ns.options))
+        .map(|o| hub_options(o).history_size)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The hub on the Redis or NATS engine, and the cluster feeding it. Needs
+/// a tokio runtime (the broker's connections start now, in the background).
+#[cfg(feature = "cluster")]
+fn cluster_hub(
     config: &Config,
     hub_config: HubConfig,
     node_id: String,
     shutdown: CancellationToken,
 ) -> Result<(Hub, Arc<crate::cluster::Cluster>), ConfigError> {
+    use crate::broker::Broker;
     use crate::cluster::{Cluster, ClusterConfig};
-    use crate::redis_broker::RedisConfig;
-    let r = &config.engine.redis;
+    use crate::config::EngineType;
+    let kind = config.engine.kind;
     let invalid = |message: String| ConfigError::Invalid {
-        key: "engine.redis".into(),
+        key: format!("engine.{}", kind.as_str()),
         message,
     };
     if tokio::runtime::Handle::try_current().is_err() {
-        return Err(invalid("the redis engine needs a tokio runtime".into()));
+        return Err(invalid(format!(
+            "the {} engine needs a tokio runtime",
+            kind.as_str()
+        )));
     }
-    let (engine, starter) = Cluster::engine(ClusterConfig {
-        redis: RedisConfig {
-            addresses: r.address.clone(),
-            prefix: r.prefix.clone(),
-            connect_timeout: r.connect_timeout,
-            command_timeout: r.io_timeout,
-            ..RedisConfig::default()
+    let (broker, presence_ttl, history_meta_ttl) = match kind {
+        #[cfg(feature = "redis")]
+        EngineType::Redis => {
+            use crate::redis_broker::{RedisBroker, RedisConfig};
+            let r = &config.engine.redis;
+            let broker = RedisBroker::connect(RedisConfig {
+                addresses: r.address.clone(),
+                prefix: r.prefix.clone(),
+                connect_timeout: r.connect_timeout,
+                command_timeout: r.io_timeout,
+                ..RedisConfig::default()
+            })
+            .map_err(|e| invalid(e.to_string()))?;
+            (Broker::Redis(broker), r.presence_ttl, r.history_meta_ttl)
+        }
+        #[cfg(feature = "nats")]
+        EngineType::Nats => {
+            use crate::nats_broker::{NatsBroker, NatsConfig};
+            let n = &config.engine.nats;
+            let broker = NatsBroker::connect(NatsConfig {
+                addresses: n.address.clone(),
+                prefix: n.prefix.clone(),
+                connect_timeout: n.connect_timeout,
+                request_timeout: n.io_timeout,
+                replicas: n.replicas,
+                presence_ttl: n.presence_ttl,
+                history_meta_ttl: n.history_meta_ttl,
+                history_cap: largest_history_size(config),
+            })
+            .map_err(|e| invalid(e.to_string()))?;
+            (Broker::Nats(broker), n.presence_ttl, n.history_meta_ttl)
+        }
+        other => {
+            return Err(invalid(format!(
+                "this crier was built without the {:?} cargo feature",
+                other.as_str()
+            )))
+        }
+    };
+    let (engine, starter) = Cluster::engine(
+        broker,
+        ClusterConfig {
+            presence_ttl,
+            history_meta_ttl,
         },
-        presence_ttl: r.presence_ttl,
-        history_meta_ttl: r.history_meta_ttl,
-    })
-    .map_err(|e| invalid(e.to_string()))?;
+    );
     let hub = Hub::with_engine(hub_config, engine);
     let cluster = starter.start(hub.clone(), node_id, shutdown);
     Ok((hub, cluster))

@@ -163,7 +163,7 @@ impl Server {
             clients = told,
             "shutting down: told every client to reconnect elsewhere (3001)"
         );
-        #[cfg(feature = "redis")]
+        #[cfg(feature = "cluster")]
         if let Some(cluster) = &node.cluster {
             // Their presence entries leave Redis now, not after the TTL.
             cluster.flush(Duration::from_secs(2)).await;

@@ -644,12 +644,14 @@ pub enum EngineType {
     /// Redis (feature `redis`): several nodes share channels, offsets,
     /// history and presence through `engine.redis`.
     Redis,
-    /// Accepted by the parser; validation reports it as not built yet.
+    /// NATS with JetStream (feature `nats`): several nodes share channels,
+    /// offsets, history and presence through `engine.nats`.
     Nats,
 }
 
 impl EngineType {
-    fn as_str(self) -> &'static str {
+    /// The name as written in `engine.type`.
+    pub fn as_str(self) -> &'static str {
         match self {
             EngineType::Memory => "memory",
             EngineType::Redis => "redis",
@@ -667,6 +669,56 @@ pub struct EngineConfig {
     pub kind: EngineType,
     /// `engine.redis.*`, used when `type = "redis"`.
     pub redis: RedisEngineConfig,
+    /// `engine.nats.*`, used when `type = "nats"`.
+    pub nats: NatsEngineConfig,
+}
+
+/// `engine.nats.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsEngineConfig {
+    /// Servers of one NATS system (`nats://[user:password@]host:port` or
+    /// `host:port`); one string, a comma list or a list. The client
+    /// connects to one and fails over to the others; JetStream must be
+    /// enabled on them.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
+    /// Prefix of every subject, stream and consumer crier uses (letters,
+    /// digits, `-` and `_`).
+    pub prefix: String,
+    /// How long a client stays in presence after its node last refreshed
+    /// it: a crashed node's clients vanish from presence within this.
+    #[serde(with = "duration::serde_go")]
+    pub presence_ttl: Duration,
+    /// How long a channel's offset and epoch live after its last
+    /// publication (the history stream's `max_age`; then its stream starts
+    /// a new epoch).
+    #[serde(with = "duration::serde_go")]
+    pub history_meta_ttl: Duration,
+    /// Bound on opening a connection to NATS.
+    #[serde(with = "duration::serde_go")]
+    pub connect_timeout: Duration,
+    /// Bound on one request's round trip: past it the request fails with a
+    /// temporary error (API code 100).
+    #[serde(with = "duration::serde_go")]
+    pub io_timeout: Duration,
+    /// Replicas of crier's JetStream streams (1 on a single server; 3 on a
+    /// JetStream cluster to survive a server's loss).
+    pub replicas: usize,
+}
+
+impl Default for NatsEngineConfig {
+    fn default() -> Self {
+        Self {
+            address: vec!["nats://127.0.0.1:4222".into()],
+            prefix: "crier".into(),
+            presence_ttl: Duration::from_secs(60),
+            history_meta_ttl: Duration::from_secs(90 * 24 * 3600),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(4),
+            replicas: 1,
+        }
+    }
 }
 
 /// `engine.redis.*`
@@ -979,11 +1031,43 @@ impl Config {
                     return Err(invalid("engine.redis.io_timeout", "timeouts must be above zero"));
                 }
             }
-            EngineType::Nats => {
+            EngineType::Nats if !cfg!(feature = "nats") => {
                 return Err(invalid(
                     "engine.type",
-                    "the \"nats\" engine is not built yet; use \"memory\" or \"redis\"",
+                    "this crier was built without the \"nats\" cargo feature",
                 ))
+            }
+            EngineType::Nats => {
+                let n = &self.engine.nats;
+                if n.address.is_empty() || n.address.iter().any(|a| a.trim().is_empty()) {
+                    return Err(invalid(
+                        "engine.nats.address",
+                        "must name at least one NATS server",
+                    ));
+                }
+                if n.prefix.is_empty()
+                    || !n
+                        .prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(invalid(
+                        "engine.nats.prefix",
+                        "must be non-empty: letters, digits, '-' and '_' only",
+                    ));
+                }
+                if n.presence_ttl < Duration::from_secs(1) {
+                    return Err(invalid("engine.nats.presence_ttl", "must be at least 1s"));
+                }
+                if n.history_meta_ttl < Duration::from_secs(1) {
+                    return Err(invalid("engine.nats.history_meta_ttl", "must be at least 1s"));
+                }
+                if n.connect_timeout.is_zero() || n.io_timeout.is_zero() {
+                    return Err(invalid("engine.nats.io_timeout", "timeouts must be above zero"));
+                }
+                if !(1..=5).contains(&n.replicas) {
+                    return Err(invalid("engine.nats.replicas", "must be between 1 and 5"));
+                }
             }
         }
 

@@ -541,12 +541,59 @@ fn the_redis_engine_is_configured_and_checked() {
     }
 }
 
+#[cfg(feature = "nats")]
 #[test]
-fn the_nats_engine_is_parsed_but_not_built_yet() {
+fn the_nats_engine_is_configured_and_checked() {
+    let (c, _) = parse(
+        "engine:\n  type: nats\n  nats:\n    address: nats://a:4222, nats://b:4222\n    presence_ttl: 5s\n    replicas: 3\n",
+        Format::Yaml,
+    )
+    .expect("parses");
+    assert_eq!(c.engine.kind, EngineType::Nats);
+    assert_eq!(c.engine.nats.address, vec!["nats://a:4222", "nats://b:4222"]);
+    assert_eq!(c.engine.nats.presence_ttl, Duration::from_secs(5));
+    assert_eq!(c.engine.nats.replicas, 3);
+    assert_eq!(c.engine.nats.prefix, "crier");
+    assert!(c.validate().is_ok());
+    for (toml, key) in [
+        ("address = []", "engine.nats.address"),
+        ("prefix = \"a.b\"", "engine.nats.prefix"),
+        ("prefix = \"\"", "engine.nats.prefix"),
+        ("presence_ttl = \"100ms\"", "engine.nats.presence_ttl"),
+        ("io_timeout = \"0s\"", "engine.nats.io_timeout"),
+        ("replicas = 0", "engine.nats.replicas"),
+    ] {
+        let (c, _) = parse(
+            &format!("[engine]\ntype = \"nats\"\n[engine.nats]\n{toml}\n"),
+            Format::Toml,
+        )
+        .expect("parses");
+        assert_eq!(invalid_key(c.validate()).0, key, "{toml}");
+    }
+    let loaded = Config::load_with_env(
+        None,
+        env(&[
+            ("CRIER_ENGINE_TYPE", "nats"),
+            ("CRIER_ENGINE_NATS_ADDRESS", "nats://x:1 nats://y:2"),
+            ("CRIER_ENGINE_NATS_PRESENCE_TTL", "9s"),
+        ]),
+    )
+    .expect("env config");
+    assert_eq!(loaded.config.engine.kind, EngineType::Nats);
+    assert_eq!(loaded.config.engine.nats.address, vec!["nats://x:1", "nats://y:2"]);
+    assert_eq!(loaded.config.engine.nats.presence_ttl, Duration::from_secs(9));
+}
+
+#[cfg(not(feature = "nats"))]
+#[test]
+fn the_nats_engine_needs_its_feature() {
     let (c, _) = parse("engine:\n  type: nats\n", Format::Yaml).expect("parses");
     let (key, message) = invalid_key(c.validate());
     assert_eq!(key, "engine.type");
-    assert!(message.contains("not built yet"), "{message}");
+    assert!(
+        message.contains("without the \"nats\" cargo feature"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -57,29 +57,24 @@
 //! excluded user count, users…]. Data is opaque and round-trips byte-exact.
 //! A pub/sub message is `<offset>:<epoch length>:<epoch><publication>`.
 
-mod codec;
 mod conn;
 mod hash;
 mod pubsub;
 mod scripts;
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::{Script, Value};
 
-pub(crate) use codec::{decode_info, encode_info, InfoParts};
+use crate::broker::{codec, Epochs};
+pub use crate::broker::{
+    BrokerError, BrokerEvent, BrokerEvents, HistoryQuery, PresenceEntry, PublishOptions, RemotePublication,
+    StreamPosition, CONTROL,
+};
 use conn::{Request, Shard};
-pub use pubsub::{BrokerEvents, Subscriber, Subscriptions};
-
-/// The control channel: the empty name, which is never a valid crier
-/// channel, so no user channel can share its pub/sub subject. Its messages
-/// come out of a [`Subscriber`] as publications with offset 0.
-pub const CONTROL: &str = "";
+pub use pubsub::{Subscriber, Subscriptions};
 
 /// Where and how to reach Redis.
 #[derive(Clone, Debug)]
@@ -115,129 +110,6 @@ impl Default for RedisConfig {
     }
 }
 
-/// What can go wrong talking to Redis.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BrokerError {
-    /// Redis refused the connection, did not answer in time, or is not
-    /// serving (loading, read-only…). Temporary: API error 100.
-    #[error("redis unavailable: {0}")]
-    Unavailable(String),
-    /// The `since` position is of another epoch or beyond the top of the
-    /// stream (protocol error 112); `current` is the stream's position now.
-    #[error("unrecoverable position")]
-    UnrecoverablePosition {
-        /// The stream's current position.
-        current: StreamPosition,
-    },
-    /// Redis answered something this broker did not expect (a script
-    /// error, a reply of the wrong shape, a malformed stored publication).
-    #[error("redis protocol error: {0}")]
-    Protocol(String),
-    /// The configuration cannot work (no address, a bad URL or prefix).
-    #[error("invalid redis configuration: {0}")]
-    InvalidConfig(String),
-}
-
-/// A place in a channel's stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct StreamPosition {
-    /// Offset of the latest publication (0 before the first).
-    pub offset: u64,
-    /// The stream's incarnation.
-    pub epoch: String,
-}
-
-/// How to publish.
-#[derive(Clone, Debug, Default)]
-pub struct PublishOptions {
-    /// Publications kept in history; 0 keeps none (the offset still grows).
-    pub history_size: usize,
-    /// How long history lives after the last publication; zero = forever.
-    pub history_ttl: Duration,
-    /// How long the channel's offset and epoch live after its last
-    /// publication or history read; zero = forever.
-    pub meta_ttl: Duration,
-    /// Opaque publisher info (the hub's encoding of a client).
-    pub info: Option<Bytes>,
-    /// Key/value tags.
-    pub tags: Vec<(String, String)>,
-    /// Connections that must not receive it.
-    pub exclude_clients: Vec<String>,
-    /// Users none of whose connections may receive it.
-    pub exclude_users: Vec<String>,
-}
-
-/// Which part of a channel's history to read.
-#[derive(Clone, Debug, Default)]
-pub struct HistoryQuery {
-    /// After this position (before it when `reverse`); its epoch must match
-    /// the stream's, unless empty (any epoch, as Centrifugo accepts).
-    pub since: Option<StreamPosition>,
-    /// At most this many; `None` = all, `Some(0)` = only the position.
-    pub limit: Option<usize>,
-    /// Newest first.
-    pub reverse: bool,
-    /// Refreshes the meta key's TTL (zero = leave it).
-    pub meta_ttl: Duration,
-}
-
-/// A publication as stored in, or received from, Redis.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemotePublication {
-    /// Its offset in the channel's stream.
-    pub offset: u64,
-    /// The payload, byte-exact as published.
-    pub data: Bytes,
-    /// Publisher info, as published.
-    pub info: Option<Bytes>,
-    /// Tags.
-    pub tags: Vec<(String, String)>,
-    /// Connections that must not receive it.
-    pub exclude_clients: Vec<String>,
-    /// Users none of whose connections may receive it.
-    pub exclude_users: Vec<String>,
-}
-
-/// One client in a channel's presence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PresenceEntry {
-    /// The client id (node-unique, given by the caller).
-    pub client: String,
-    /// Its user; empty for anonymous.
-    pub user: String,
-    /// Opaque info, as added.
-    pub info: Bytes,
-}
-
-/// What a [`Subscriber`] hears.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BrokerEvent {
-    /// A publication in a subscribed channel, from any node.
-    Publication {
-        /// The channel.
-        channel: Arc<str>,
-        /// Its offset.
-        offset: u64,
-        /// The stream's epoch when it was published.
-        epoch: String,
-        /// The publication.
-        publication: RemotePublication,
-    },
-    /// The pub/sub connection to shard `shard` is down (or its first
-    /// connection attempt failed): publications of its channels may be
-    /// missed from now until [`BrokerEvent::Restored`].
-    Lost {
-        /// Index of the shard in [`RedisConfig::addresses`].
-        shard: usize,
-    },
-    /// Shard `shard` is back and every channel subscribed on it is
-    /// subscribed again.
-    Restored {
-        /// Index of the shard in [`RedisConfig::addresses`].
-        shard: usize,
-    },
-}
-
 struct Scripts {
     publish: Script,
     history: Script,
@@ -251,8 +123,7 @@ pub(crate) struct Inner {
     pub(crate) config: RedisConfig,
     pub(crate) shards: Vec<Arc<Shard>>,
     scripts: Scripts,
-    epoch_seed: RandomState,
-    epoch_counter: AtomicU64,
+    epochs: Epochs,
 }
 
 /// A connection to Redis for one node; cheap to clone.
@@ -386,8 +257,7 @@ impl RedisBroker {
                     presence_get: Script::new(&scripts::presence_get()),
                     presence_stats: Script::new(&scripts::presence_stats()),
                 },
-                epoch_seed: RandomState::new(),
-                epoch_counter: AtomicU64::new(0),
+                epochs: Epochs::default(),
             }),
         })
     }
@@ -405,17 +275,8 @@ impl RedisBroker {
         key(&self.inner.config.prefix, channel, suffix)
     }
 
-    /// A fresh epoch: 16 hex digits, random per process, never repeated in it.
     fn new_epoch(&self) -> String {
-        let mut h = self.inner.epoch_seed.build_hasher();
-        h.write_u64(self.inner.epoch_counter.fetch_add(1, Ordering::Relaxed));
-        h.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.write_u32(std::process::id());
-        format!("{:016x}", h.finish())
+        self.inner.epochs.next()
     }
 
     /// Publishes `data` to `channel` (see the module documentation).

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::conn::{map_error, Shard};
-use super::{codec, hash, key, BrokerError, BrokerEvent, Inner};
+use super::{codec, hash, key, BrokerError, BrokerEvent, BrokerEvents, Inner};
 
 /// Channels per SUBSCRIBE when resubscribing after a reconnect.
 const SUBSCRIBE_BATCH: usize = 512;
@@ -34,11 +34,6 @@ struct Control {
 #[derive(Clone)]
 pub struct Subscriptions {
     control: Arc<Control>,
-}
-
-/// The event half of a [`Subscriber`].
-pub struct BrokerEvents {
-    rx: mpsc::Receiver<BrokerEvent>,
 }
 
 /// A node's pub/sub presence in Redis: subscribe to channels, receive their
@@ -107,13 +102,6 @@ impl Subscriptions {
     }
 }
 
-impl BrokerEvents {
-    /// The next event; `None` once every shard task stopped.
-    pub async fn recv(&mut self) -> Option<BrokerEvent> {
-        self.rx.recv().await
-    }
-}
-
 pub(crate) fn start(inner: Arc<Inner>) -> Subscriber {
     let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
     let mut senders = Vec::with_capacity(inner.shards.len());
@@ -136,7 +124,7 @@ pub(crate) fn start(inner: Arc<Inner>) -> Subscriber {
         subscriptions: Subscriptions {
             control: Arc::new(Control { shards: senders }),
         },
-        events: BrokerEvents { rx: events_rx },
+        events: BrokerEvents::new(events_rx),
     }
 }
 

@@ -87,6 +87,44 @@ async fn centrifuge_python_and_cent_work_the_same_on_the_redis_engine() {
     .await;
 }
 
+/// The NATS engine on `nats`, as extra configuration.
+#[cfg(feature = "nats")]
+fn nats_engine(nats: &super::nats::NatsServer) -> String {
+    format!(
+        "[engine]\ntype = \"nats\"\n[engine.nats]\naddress = \"{}\"\nconnect_timeout = \"300ms\"\nio_timeout = \"1s\"\n",
+        nats.url()
+    )
+}
+
+/// The centrifuge-js flow of `interop.mjs` on a node whose engine is NATS
+/// with JetStream.
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn centrifuge_js_works_the_same_on_the_nats_engine() {
+    let nats = super::nats::NatsServer::start();
+    run_script(
+        "node",
+        "tests-interop/js/interop.mjs",
+        "js-nats-user",
+        &nats_engine(&nats),
+    )
+    .await;
+}
+
+/// centrifuge-python and cent on the NATS engine.
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn centrifuge_python_and_cent_work_the_same_on_the_nats_engine() {
+    let nats = super::nats::NatsServer::start();
+    run_script(
+        "tests-interop/.venv/bin/python",
+        "tests-interop/py/interop.py",
+        "py-nats-user",
+        &nats_engine(&nats),
+    )
+    .await;
+}
+
 /// centrifuge-js on node A, publications through node B, Redis shut down
 /// and started again empty: the SDK is told 2500, retries through the
 /// outage and resubscribes (`tests-interop/js/cluster.mjs`).

@@ -1,6 +1,8 @@
 mod api;
 mod interop;
 mod metrics;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 mod support;

@@ -1,6 +1,7 @@
-//! The bytes crier keeps in Redis for a publication, and the pub/sub message
-//! that carries one. See the module documentation of
-//! [`crate::redis_broker`] for the layout.
+//! The bytes crier keeps in the broker for a publication (a Redis stream
+//! entry, a NATS message's payload) and for a client's info, and Redis's
+//! pub/sub message that carries a publication. See the module
+//! documentation of `crate::redis_broker` for the layout.
 
 use bytes::Bytes;
 
@@ -171,6 +172,7 @@ pub(crate) fn decode(src: Bytes, offset: u64) -> Result<RemotePublication, Broke
 
 /// Splits a pub/sub message `<offset>:<epoch length>:<epoch><publication>`
 /// (written by the publish script) into its parts.
+#[cfg(feature = "redis")]
 pub(crate) fn decode_message(msg: &[u8]) -> Result<(u64, String, RemotePublication), BrokerError> {
     let bad = |what: &str| BrokerError::Protocol(format!("malformed pub/sub message: {what}"));
     let number = |s: &[u8]| -> Option<u64> {
@@ -204,7 +206,7 @@ pub(crate) fn decode_message(msg: &[u8]) -> Result<(u64, String, RemotePublicati
 /// A client's identity as kept in a publication's info and in presence:
 /// its id, user, connection info and subscription info.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct InfoParts {
+pub struct InfoParts {
     pub client: u64,
     pub user: String,
     pub conn_info: Option<Bytes>,
@@ -213,7 +215,7 @@ pub(crate) struct InfoParts {
 
 /// `0x01`, client id, user, flags (`1` conn info, `2` chan info), [conn
 /// info], [chan info].
-pub(crate) fn encode_info(i: &InfoParts) -> Vec<u8> {
+pub fn encode_info(i: &InfoParts) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + i.user.len());
     out.push(VERSION);
     put_varint(&mut out, i.client);
@@ -226,7 +228,7 @@ pub(crate) fn encode_info(i: &InfoParts) -> Vec<u8> {
 }
 
 /// Decodes what [`encode_info`] wrote.
-pub(crate) fn decode_info(src: Bytes) -> Result<InfoParts, BrokerError> {
+pub fn decode_info(src: Bytes) -> Result<InfoParts, BrokerError> {
     let mut r = Reader { src: &src, pos: 0 };
     if r.byte()? != VERSION {
         return Err(malformed("unknown client info version"));
@@ -340,6 +342,7 @@ mod tests {
             1
         )
         .is_err());
+        #[cfg(feature = "redis")]
         for bad in [
             &b""[..],
             b"x",
@@ -378,6 +381,7 @@ mod tests {
         assert!(decode_info(Bytes::from_static(b"\x01\x01\x00\x04")).is_err());
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn pubsub_message_carries_offset_and_epoch() {
         let body = encode(&PublicationRef {
