@@ -580,7 +580,10 @@ fn the_nats_engine_is_configured_and_checked() {
     )
     .expect("env config");
     assert_eq!(loaded.config.engine.kind, EngineType::Nats);
-    assert_eq!(loaded.config.engine.nats.address, vec!["nats://x:1", "nats://y:2"]);
+    assert_eq!(
+        loaded.config.engine.nats.address,
+        vec!["nats://x:1", "nats://y:2"]
+    );
     assert_eq!(loaded.config.engine.nats.presence_ttl, Duration::from_secs(9));
 }
 

@@ -21,9 +21,13 @@
 //!   subscribers of the channel. Only stored messages are republished, in
 //!   stream order, so what nodes hear is exactly the stream.
 //! - Stream `<prefix>_presence` (memory), subjects
-//!   `<prefix>.p.<token>.<client>`: one message per present client, its
-//!   encoded info, `max_msgs_per_subject` 1 and `max_age` = `presence_ttl`;
-//!   the node rewrites it before it ages out, and purges it on leave.
+//!   `<prefix>.p.<token>.<client>.u<user token>`: one message per present
+//!   client, its encoded info, `max_msgs_per_subject` 1 and `max_age` =
+//!   `presence_ttl`; the node rewrites it before it ages out, and purges
+//!   it on leave. Reads list the subjects (stream info with a subject
+//!   filter) and get each one's last message: a consumer over a stream
+//!   being rewritten can deliver one client several times and miss
+//!   others.
 //! - Core subject `<prefix>.control`: control messages between nodes.
 //!
 //! # Guarantees
@@ -84,6 +88,10 @@ const PUBLISH_ATTEMPTS: usize = 32;
 const PUBLISH_SHARDS: usize = 64;
 /// Cached last messages per shard before the cache is dropped.
 const CACHE_LIMIT: usize = 4096;
+/// Presence entries read at once.
+const PRESENCE_READS_IN_FLIGHT: usize = 64;
+/// Bound on one fetch of a read that finds nothing more.
+const FETCH_WAIT: Duration = Duration::from_millis(200);
 /// Messages per fetch when reading a subject.
 const FETCH_BATCH: usize = 512;
 /// Events buffered for the consumer before the forwarders wait for it.
@@ -335,8 +343,38 @@ impl NatsBroker {
         format!("{}.h.{}", self.prefix(), token(channel))
     }
 
-    fn presence_subject(&self, channel: &str, client: &str) -> String {
-        format!("{}.p.{}.{client}", self.prefix(), token(channel))
+    /// `<prefix>.p.<channel>.<client>.u<user>`: the user is in the subject
+    /// so that counting users needs no payload (`u` keeps an anonymous
+    /// user's token non-empty).
+    fn presence_subject(&self, channel: &str, client: &str, user: &str) -> String {
+        format!("{}.p.{}.{client}.u{}", self.prefix(), token(channel), token(user))
+    }
+
+    /// Every present client's subject in `channel`, with its user token.
+    async fn presence_subjects(
+        &self,
+        presence: &stream::Stream,
+        channel: &str,
+    ) -> Result<Vec<String>, BrokerError> {
+        let filter = format!("{}.p.{}.*.*", self.prefix(), token(channel));
+        let within = self.inner.config.request_timeout;
+        let list = async {
+            let mut pages = presence
+                .info_with_subjects(filter)
+                .await
+                .map_err(|e| unavailable(format_args!("listing presence: {e}")))?;
+            let mut out = Vec::new();
+            while let Some(item) = pages.next().await {
+                let (subject, _count) =
+                    item.map_err(|e| unavailable(format_args!("listing presence: {e}")))?;
+                out.push(subject);
+            }
+            Ok::<_, BrokerError>(out)
+        };
+        match timeout(within, list).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable("JetStream did not list presence in time")),
+        }
     }
 
     fn connected(&self) -> Result<(), BrokerError> {
@@ -590,11 +628,7 @@ impl NatsBroker {
             return Ok((Vec::new(), current));
         }
         let stored = self
-            .read_subject(
-                &streams.history,
-                self.history_subject(channel),
-                consumer::DeliverPolicy::All,
-            )
+            .read_subject(&streams.history, self.history_subject(channel), top.sequence)
             .await?;
         let mut kept: Vec<(RemotePublication, i128)> = Vec::new();
         for m in stored {
@@ -629,13 +663,13 @@ impl NatsBroker {
         Ok((pubs, current))
     }
 
-    /// Every message of `filter` (the last per subject with
-    /// `LastPerSubject`), through a consumer made for this read.
+    /// The messages of `filter` up to stream sequence `until` (the top the
+    /// caller read), through a consumer made for this read.
     async fn read_subject(
         &self,
         on: &stream::Stream,
         filter: String,
-        deliver_policy: consumer::DeliverPolicy,
+        until: u64,
     ) -> Result<Vec<Stored>, BrokerError> {
         let within = self.inner.config.request_timeout;
         let reader = bounded(
@@ -643,7 +677,7 @@ impl NatsBroker {
             "creating a reader",
             on.create_consumer(consumer::pull::Config {
                 filter_subject: filter,
-                deliver_policy,
+                deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 memory_storage: true,
@@ -652,14 +686,20 @@ impl NatsBroker {
         )
         .await?;
         let name = reader.cached_info().name.clone();
-        let mut pending = reader.cached_info().num_pending;
+        // What matched when the reader was made is the snapshot this read
+        // returns. Messages stored after it are not waited for: a no-wait
+        // fetch that has delivered the snapshot may not come back until
+        // the next write (a presence refresh, a publication), so the read
+        // counts instead of trusting each message's `pending`.
+        let mut remaining = reader.cached_info().num_pending;
         let read = async {
             let mut out = Vec::new();
-            while pending > 0 {
-                let batch = usize::try_from(pending).unwrap_or(usize::MAX).min(FETCH_BATCH);
+            while remaining > 0 {
+                let batch = usize::try_from(remaining).unwrap_or(usize::MAX).min(FETCH_BATCH);
                 let mut messages = reader
                     .fetch()
                     .max_messages(batch)
+                    .expires(FETCH_WAIT)
                     .messages()
                     .await
                     .map_err(|e| unavailable(format_args!("reading: {e}")))?;
@@ -667,20 +707,23 @@ impl NatsBroker {
                 while let Some(m) = messages.next().await {
                     let m = m.map_err(|e| unavailable(format_args!("reading: {e}")))?;
                     let info = m.info().map_err(|e| unavailable(format_args!("reading: {e}")))?;
-                    pending = info.pending;
                     let time_nanos = info.published.unix_timestamp_nanos();
                     got += 1;
+                    remaining -= 1;
                     out.push(Stored {
                         payload: m.message.payload.clone(),
                         headers: m.message.headers.clone(),
                         time_nanos,
                     });
-                    if pending == 0 {
+                    if info.stream_sequence >= until {
+                        remaining = 0;
+                    }
+                    if remaining == 0 || got == batch {
                         break;
                     }
                 }
                 if got == 0 {
-                    break; // what was pending aged out meanwhile
+                    break; // what was pending aged out or was purged meanwhile
                 }
             }
             Ok::<_, BrokerError>(out)
@@ -722,13 +765,13 @@ impl NatsBroker {
         &self,
         channel: &str,
         client: &str,
-        _user: &str,
+        user: &str,
         info: Bytes,
         _ttl: Duration,
     ) -> Result<(), BrokerError> {
         self.connected()?;
         self.streams().await?;
-        let subject = self.presence_subject(channel, client);
+        let subject = self.presence_subject(channel, client, user);
         bounded(self.inner.config.request_timeout, "writing presence", async {
             self.inner.js.publish(subject, info).await?.await
         })
@@ -740,51 +783,74 @@ impl NatsBroker {
     pub async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
         self.connected()?;
         let streams = self.streams().await?;
+        let filter = format!("{}.p.{}.{client}.*", self.prefix(), token(channel));
         bounded(
             self.inner.config.request_timeout,
             "removing presence",
-            streams
-                .presence
-                .purge()
-                .filter(self.presence_subject(channel, client))
-                .into_future(),
+            streams.presence.purge().filter(filter).into_future(),
         )
         .await?;
         Ok(())
     }
 
-    /// Everyone present in `channel` whose entry has not aged out.
+    /// Everyone present in `channel` whose entry has not aged out: the
+    /// subjects listed, then each one's last message (up to
+    /// [`PRESENCE_READS_IN_FLIGHT`] reads at once). A client's entry is
+    /// one subject whatever its refreshes, so a read that overlaps
+    /// refreshes still lists every client once.
     pub async fn presence(&self, channel: &str) -> Result<Vec<PresenceEntry>, BrokerError> {
         self.connected()?;
         let streams = self.streams().await?;
-        let filter = format!("{}.p.{}.*", self.prefix(), token(channel));
-        let stored = self
-            .read_subject(&streams.presence, filter, consumer::DeliverPolicy::LastPerSubject)
-            .await?;
+        let subjects = self.presence_subjects(&streams.presence, channel).await?;
+        let within = self.inner.config.request_timeout;
         // JetStream ages messages out in passes; do not show one it has
         // not got to yet.
         let ttl = self.inner.config.presence_ttl.as_nanos() as i128;
         let now = now_nanos();
-        let mut out = Vec::with_capacity(stored.len());
-        for m in stored {
-            if now - m.time_nanos > ttl {
+        let reads = futures_util::stream::iter(subjects)
+            .map(|subject| {
+                let presence = streams.presence.clone();
+                async move {
+                    use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
+                    match timeout(within, presence.get_last_raw_message_by_subject(&subject)).await {
+                        Err(_) => Err(unavailable("JetStream did not answer a presence read")),
+                        Ok(Ok(m)) => Ok(Some((m.payload, m.time.unix_timestamp_nanos()))),
+                        // Left or aged out since it was listed.
+                        Ok(Err(e)) if e.kind() == K::NoMessageFound => Ok(None),
+                        Ok(Err(e)) => Err(unavailable(format_args!("reading presence: {e}"))),
+                    }
+                }
+            })
+            .buffer_unordered(PRESENCE_READS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        let mut out = Vec::with_capacity(reads.len());
+        for read in reads {
+            let Some((payload, time_nanos)) = read? else {
+                continue;
+            };
+            if now - time_nanos > ttl {
                 continue;
             }
-            let parts = decode_info(m.payload.clone())?;
+            let parts = decode_info(payload.clone())?;
             out.push(PresenceEntry {
                 client: parts.client.to_string(),
                 user: parts.user,
-                info: m.payload,
+                info: payload,
             });
         }
         Ok(out)
     }
 
-    /// `(clients, distinct users)` present in `channel`.
+    /// `(clients, distinct users)` present in `channel`, from the subjects
+    /// alone.
     pub async fn presence_stats(&self, channel: &str) -> Result<(u64, u64), BrokerError> {
-        let entries = self.presence(channel).await?;
-        let users: std::collections::HashSet<&str> = entries.iter().map(|e| e.user.as_str()).collect();
-        Ok((entries.len() as u64, users.len() as u64))
+        self.connected()?;
+        let streams = self.streams().await?;
+        let subjects = self.presence_subjects(&streams.presence, channel).await?;
+        let users: std::collections::HashSet<&str> =
+            subjects.iter().filter_map(|s| s.rsplit('.').next()).collect();
+        Ok((subjects.len() as u64, users.len() as u64))
     }
 
     /// Sends `payload` to every node subscribed to [`CONTROL`].
