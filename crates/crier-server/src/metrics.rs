@@ -106,6 +106,9 @@ impl Drop for ConnectionGauge {
     }
 }
 
+/// How often an engine error is logged at most.
+pub const ENGINE_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The metrics of one node.
 ///
 /// How a transport reports (this is what `ws.rs` and `uni.rs` do, and what
@@ -131,6 +134,10 @@ pub struct Metrics {
     publish_duration: Histogram,
     // `crier_engine_errors_total`.
     engine_errors: Counter,
+    // When an engine error was last logged (ms since `created`), so a
+    // broker outage logs its reason every few seconds, not per request.
+    engine_error_logged: std::sync::atomic::AtomicU64,
+    created: Instant,
     // `prometheus.enabled`: when off, publishes are not timed (two clock
     // reads and a histogram lock saved per publish, as nobody would see it).
     enabled: bool,
@@ -183,6 +190,8 @@ impl Metrics {
             disconnects,
             publish_duration,
             engine_errors,
+            engine_error_logged: std::sync::atomic::AtomicU64::new(u64::MAX),
+            created: Instant::now(),
             enabled,
         }
     }
@@ -223,9 +232,25 @@ impl Metrics {
 
     /// Counts `e` in `crier_engine_errors_total` if the engine failed.
     /// `UnrecoverablePosition` is the client's stale position, not a failure.
+    /// Also logs the reason (clients only see code 100), at most once per
+    /// [`ENGINE_ERROR_LOG_EVERY`].
     pub fn engine_error(&self, e: &HubError) {
-        if matches!(e, HubError::Engine(err) if !matches!(err, EngineError::UnrecoverablePosition)) {
-            self.engine_errors.inc();
+        use std::sync::atomic::Ordering;
+        let HubError::Engine(err) = e else { return };
+        if matches!(err, EngineError::UnrecoverablePosition) {
+            return;
+        }
+        self.engine_errors.inc();
+        let now = self.created.elapsed().as_millis() as u64;
+        let every = ENGINE_ERROR_LOG_EVERY.as_millis() as u64;
+        let last = self.engine_error_logged.load(Ordering::Relaxed);
+        if (last == u64::MAX || now.saturating_sub(last) >= every)
+            && self
+                .engine_error_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %err, "engine error: clients get code 100 (logged at most every 5 s; crier_engine_errors_total counts all)");
         }
     }
 
