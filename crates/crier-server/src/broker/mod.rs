@@ -128,7 +128,7 @@ pub struct PresenceEntry {
     pub info: Bytes,
 }
 
-/// What a [`Subscriber`] hears.
+/// What a node hears from its broker subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerEvent {
     /// A publication in a subscribed channel, from any node.
@@ -146,13 +146,13 @@ pub enum BrokerEvent {
     /// connection attempt failed): publications of its channels may be
     /// missed from now until [`BrokerEvent::Restored`].
     Lost {
-        /// Index of the shard in [`RedisConfig::addresses`].
+        /// Index of the Redis shard in `engine.redis.address` (0 for NATS).
         shard: usize,
     },
     /// Shard `shard` is back and every channel subscribed on it is
     /// subscribed again.
     Restored {
-        /// Index of the shard in [`RedisConfig::addresses`].
+        /// Index of the Redis shard in `engine.redis.address` (0 for NATS).
         shard: usize,
     },
 }
