@@ -4,11 +4,11 @@
 //! with expiry, and NATS going away and coming back with or without its
 //! JetStream data.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::support::{eventually_within, free_port};
 use bytes::Bytes;
 use crier_server::broker::{
     encode_info, BrokerError, BrokerEvent, BrokerEvents, HistoryQuery, InfoParts, PublishOptions,
@@ -18,11 +18,6 @@ use crier_server::nats_broker::{NatsBroker, NatsConfig, Subscriptions};
 
 /// Waits for events and restarts; never for synchronisation.
 const WAIT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    l.local_addr().expect("local addr").port()
-}
 
 /// A `nats-server` child with JetStream on 127.0.0.1, killed on drop.
 pub(super) struct NatsServer {
@@ -160,24 +155,10 @@ fn since(p: &StreamPosition) -> HistoryQuery {
     }
 }
 
-/// Polls `check` until true: for a connection being made or a TTL, which
-/// only time makes pass.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The broker connects in the background; until it has, calls answer
 /// `Unavailable`.
 async fn connected(b: &NatsBroker) {
-    eventually("the broker to connect", || async { b.ping().await.is_ok() }).await;
+    eventually_within("the broker to connect", WAIT, || async { b.ping().await.is_ok() }).await;
 }
 
 async fn next_event(events: &mut BrokerEvents) -> BrokerEvent {
@@ -431,7 +412,7 @@ async fn presence_add_remove_expire_and_stats() {
     assert_eq!(clients, vec!["1", "3"]);
     // Not refreshed: gone after the TTL. Refreshed: still there.
     let started = Instant::now();
-    eventually("unrefreshed entries to age out", || async {
+    eventually_within("unrefreshed entries to age out", WAIT, || async {
         a.add_presence("room", "3", "bob", info(3, "bob"), ttl)
             .await
             .unwrap();

@@ -3,10 +3,10 @@
 //! two brokers ("nodes"), sharding over two servers, presence, and Redis
 //! going away and coming back.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::support::{eventually_within, free_port};
 use bytes::Bytes;
 use crier_server::redis_broker::{
     BrokerError, BrokerEvent, HistoryQuery, PublishOptions, RedisBroker, RedisConfig, StreamPosition,
@@ -20,11 +20,6 @@ const WAIT: Duration = Duration::from_secs(10);
 pub(super) struct RedisServer {
     port: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    l.local_addr().expect("local addr").port()
 }
 
 impl RedisServer {
@@ -160,19 +155,6 @@ async fn next_event(sub: &mut Subscriber) -> BrokerEvent {
         .await
         .expect("an event within the wait")
         .expect("the event stream is open")
-}
-
-/// Polls `check` until true (for TTLs, which only time makes pass).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} did not happen in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -380,7 +362,7 @@ async fn trimming_and_ttl_make_old_positions_unrecoverable() {
     let p2 = b.publish("ttl", Bytes::from_static(b"b"), &short).await.unwrap();
     let (pubs, _) = b.history("ttl", &since(&p1)).await.unwrap();
     assert_eq!(pubs.len(), 1);
-    eventually("the history stream expires", || async {
+    eventually_within("the history stream expires", WAIT, || async {
         b.history("ttl", &since(&p1))
             .await
             .is_ok_and(|(pubs, top)| pubs.is_empty() && top == p2)
@@ -431,7 +413,7 @@ async fn a_new_epoch_is_detected() {
         ..history_opts(10)
     };
     let before = b.publish("m", Bytes::from_static(b"x"), &brief).await.unwrap();
-    eventually("the meta key expires", || async {
+    eventually_within("the meta key expires", WAIT, || async {
         let mut raw = redis.raw().await;
         let n: i64 = redis::cmd("EXISTS")
             .arg("crier:{m}:m")
@@ -617,7 +599,7 @@ async fn presence_add_remove_expire_and_stats() {
     .await
     .unwrap();
     assert_eq!(b.presence_stats("p").await.unwrap(), (3, 3));
-    eventually("a/3 expires", || async {
+    eventually_within("a/3 expires", WAIT, || async {
         b.presence_stats("p").await.unwrap() == (2, 2)
     })
     .await;

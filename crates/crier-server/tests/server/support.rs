@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crier_server::config::{Config, Format};
 use crier_server::{Node, Server};
@@ -480,4 +480,25 @@ pub async fn assert_still_served(s: &TestServer, watcher: &mut Client) {
     let (status, body) = s.api("publish", json!({"channel": "news", "data": marker})).await;
     assert_eq!(status, 200, "{body}");
     while watcher.next_pub().await["pub"]["data"] != marker {}
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a child server.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` until true, for at most `within`: for what only time or
+/// another process makes happen (a TTL, a connection), never to order the
+/// test's own steps.
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} did not happen in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
