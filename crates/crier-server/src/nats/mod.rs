@@ -154,7 +154,7 @@ struct Inner {
     js: jetstream::Context,
     /// The streams once created or checked; cleared on reconnect (the
     /// server may have come back without them).
-    streams: StdMutex<Option<Streams>>,
+    streams: StdMutex<Option<Arc<Streams>>>,
     ensuring: Mutex<()>,
     publish: Vec<Mutex<HashMap<Arc<str>, Last>>>,
     epochs: Epochs,
@@ -221,6 +221,18 @@ enum Write {
     Mark,
     /// A marker starting a new epoch, only if the channel has no message.
     Epoch,
+}
+
+/// Runs `f` (already answering broker errors) within `within`; a timeout
+/// is `Unavailable(late)`.
+async fn within_or<T>(
+    within: Duration,
+    late: &str,
+    f: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    timeout(within, f)
+        .await
+        .unwrap_or_else(|_| Err(unavailable(late)))
 }
 
 /// A stored message as this broker reads it.
@@ -371,10 +383,7 @@ impl NatsBroker {
             }
             Ok::<_, BrokerError>(out)
         };
-        match timeout(within, list).await {
-            Ok(r) => r,
-            Err(_) => Err(unavailable("JetStream did not list presence in time")),
-        }
+        within_or(within, "JetStream did not list presence in time", list).await
     }
 
     fn connected(&self) -> Result<(), BrokerError> {
@@ -385,7 +394,7 @@ impl NatsBroker {
     }
 
     /// Creates crier's two streams, or brings their settings up to date.
-    async fn streams(&self) -> Result<Streams, BrokerError> {
+    async fn streams(&self) -> Result<Arc<Streams>, BrokerError> {
         if let Some(s) = self.inner.streams.lock().expect("nats streams lock").clone() {
             return Ok(s);
         }
@@ -425,7 +434,7 @@ impl NatsBroker {
                 ..Default::default()
             })
             .await?;
-        let s = Streams { history, presence };
+        let s = Arc::new(Streams { history, presence });
         *self.inner.streams.lock().expect("nats streams lock") = Some(s.clone());
         Ok(s)
     }
@@ -447,26 +456,36 @@ impl NatsBroker {
         *self.inner.streams.lock().expect("nats streams lock") = None;
     }
 
-    /// The subject's last message, if any.
-    async fn last(&self, history: &stream::Stream, subject: &str) -> Result<Option<Last>, BrokerError> {
+    /// The last message of `subject` in `on`, if it has one.
+    async fn last_message(
+        &self,
+        on: &stream::Stream,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>, BrokerError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
         let within = self.inner.config.request_timeout;
-        match timeout(within, history.get_last_raw_message_by_subject(subject)).await {
+        match timeout(within, on.get_last_raw_message_by_subject(subject)).await {
             Err(_) => Err(unavailable("JetStream did not answer a last-message read")),
-            Ok(Ok(m)) => {
-                let (offset, epoch, _) = stamp(Some(&m.headers))?;
-                Ok(Some(Last {
-                    sequence: m.sequence,
-                    offset,
-                    epoch,
-                }))
-            }
+            Ok(Ok(m)) => Ok(Some(m)),
             Ok(Err(e)) if e.kind() == K::NoMessageFound => Ok(None),
             Ok(Err(e)) => {
                 self.forget_streams();
                 Err(unavailable(format_args!("reading the last message: {e}")))
             }
         }
+    }
+
+    /// The channel subject's last message, as a position, if any.
+    async fn last(&self, history: &stream::Stream, subject: &str) -> Result<Option<Last>, BrokerError> {
+        let Some(m) = self.last_message(history, subject).await? else {
+            return Ok(None);
+        };
+        let (offset, epoch, _) = stamp(Some(&m.headers))?;
+        Ok(Some(Last {
+            sequence: m.sequence,
+            offset,
+            epoch,
+        }))
     }
 
     /// Appends to `subject` after `last` (a new epoch when `None`), or
@@ -728,10 +747,7 @@ impl NatsBroker {
             }
             Ok::<_, BrokerError>(out)
         };
-        let result = match timeout(within, read).await {
-            Ok(r) => r,
-            Err(_) => Err(unavailable("JetStream did not deliver a read in time")),
-        };
+        let result = within_or(within, "JetStream did not deliver a read in time", read).await;
         let on = on.clone();
         tokio::spawn(async move {
             let _ = timeout(within, on.delete_consumer(&name)).await;
@@ -802,33 +818,25 @@ impl NatsBroker {
         self.connected()?;
         let streams = self.streams().await?;
         let subjects = self.presence_subjects(&streams.presence, channel).await?;
-        let within = self.inner.config.request_timeout;
         // JetStream ages messages out in passes; do not show one it has
         // not got to yet.
         let ttl = self.inner.config.presence_ttl.as_nanos() as i128;
         let now = now_nanos();
         let reads = futures_util::stream::iter(subjects)
             .map(|subject| {
-                let presence = streams.presence.clone();
-                async move {
-                    use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
-                    match timeout(within, presence.get_last_raw_message_by_subject(&subject)).await {
-                        Err(_) => Err(unavailable("JetStream did not answer a presence read")),
-                        Ok(Ok(m)) => Ok(Some((m.payload, m.time.unix_timestamp_nanos()))),
-                        // Left or aged out since it was listed.
-                        Ok(Err(e)) if e.kind() == K::NoMessageFound => Ok(None),
-                        Ok(Err(e)) => Err(unavailable(format_args!("reading presence: {e}"))),
-                    }
-                }
+                let presence = &streams.presence;
+                // None: left or aged out since it was listed.
+                async move { self.last_message(presence, &subject).await }
             })
             .buffer_unordered(PRESENCE_READS_IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
         let mut out = Vec::with_capacity(reads.len());
         for read in reads {
-            let Some((payload, time_nanos)) = read? else {
+            let Some(m) = read? else {
                 continue;
             };
+            let (payload, time_nanos) = (m.payload, m.time.unix_timestamp_nanos());
             if now - time_nanos > ttl {
                 continue;
             }
