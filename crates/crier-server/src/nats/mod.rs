@@ -46,7 +46,7 @@
 //!   subject through a short-lived ordered consumer. A `since` of another
 //!   epoch, or beyond the top, is [`BrokerError::UnrecoverablePosition`].
 //! - [`Subscriptions::subscribe`] resolves after NATS processed the SUB
-//!   (a flush round trip): every publication stored after that is
+//!   (a request round trip after the SUB): every publication stored after that is
 //!   republished to this node, in stream order, while the connection
 //!   lives. A disconnect, or messages dropped because this node read too
 //!   slowly, is [`BrokerEvent::Lost`]; async-nats reconnects with backoff
@@ -888,13 +888,24 @@ impl NatsBroker {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.connected()?;
-        bounded(
-            self.inner.config.request_timeout,
-            "flushing",
-            self.inner.client.flush(),
-        )
-        .await?;
+        self.round_trip().await?;
         self.streams().await.map(drop)
+    }
+
+    /// One request the server answers at once ("no responders" on a fresh
+    /// inbox): when it returns, the server has processed everything this
+    /// connection sent before it. `Client::flush` only writes the socket,
+    /// so it confirms nothing.
+    async fn round_trip(&self) -> Result<(), BrokerError> {
+        use async_nats::RequestErrorKind as K;
+        let client = &self.inner.client;
+        let probe = client.request(client.new_inbox(), Bytes::new());
+        match timeout(self.inner.config.request_timeout, probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == K::NoResponders => Ok(()),
+            Ok(Err(e)) => Err(unavailable(format_args!("round trip: {e}"))),
+            Err(_) => Err(unavailable("no answer to a round trip")),
+        }
     }
 
     /// The subscriber of this node. Must be called within a tokio runtime,
@@ -973,7 +984,7 @@ impl Subscriptions {
                 tasks.insert(channel, task);
             }
         }
-        bounded(within, "confirming a subscription", broker.inner.client.flush()).await
+        broker.round_trip().await
     }
 
     /// Stops `channel`'s publications reaching this node.
