@@ -55,7 +55,7 @@ pub use hub::{
     settle_recovery, Catchup, ClientSnapshot, Delivery, Hub, HubConfig, PresenceStats, PublishOptions,
     Publisher, SubscribeOptions, Subscribed,
 };
-pub use memory::MemoryEngine;
+pub use memory::{HistoryLimit, HistoryUsage, MemoryEngine};
 pub use options::{ChannelConfig, ChannelOptions};
 pub use queue::{ClientReceiver, DisconnectReason, QueueLimits};
 pub use stats::HubStats;

@@ -1,9 +1,15 @@
 //! The in-memory engine: offsets, epochs, history (size and TTL) and
 //! presence for a single node. State lives as long as it is needed: a
 //! stream with no retained history and no local subscribers is freed.
+//!
+//! History is bounded node-wide as well as per channel: with a
+//! [`HistoryLimit`], once the bytes held by all streams pass the limit the
+//! streams published to least recently lose their history (their position
+//! stays while this node has subscribers there), so a client publishing to
+//! ever new channels cannot grow the process without bound.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -22,7 +28,45 @@ pub struct MemoryEngine {
     presence: MutexShards<Box<str>, FxHashMap<ClientId, Arc<ClientInfo>>>,
     // Mixed into epochs so two streams created in the same instant differ.
     epoch_seq: AtomicU64,
+    // The node-wide budget for history and what it holds now.
+    budget: Budget,
 }
+
+/// A node-wide bound on the memory held by channel history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimit {
+    /// Bytes all streams may hold together (payloads, publisher info and a
+    /// fixed per-entry and per-stream overhead); 0 for no limit.
+    pub max_bytes: usize,
+}
+
+/// What the engine's history holds, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryUsage {
+    /// Bytes held by all streams (as counted against [`HistoryLimit`]).
+    pub bytes: usize,
+    /// Streams whose history was dropped to stay within the limit, since
+    /// start.
+    pub evicted_streams: u64,
+}
+
+#[derive(Default)]
+struct Budget {
+    max_bytes: usize,
+    bytes: AtomicUsize,
+    evicted: AtomicU64,
+    // Orders streams by their latest publish, for eviction.
+    tick: AtomicU64,
+    // One eviction pass at a time; publishers that find it taken go on.
+    evicting: parking_lot::Mutex<()>,
+}
+
+// What a retained publication costs beyond its payload and publisher info
+// (the entry, its slot in the deque, the shared pointers), and what a
+// stream costs beyond its name: estimates that keep the count honest for
+// small payloads, where the overhead dominates.
+const ENTRY_OVERHEAD: usize = 96;
+const STREAM_OVERHEAD: usize = 160;
 
 struct Stream {
     epoch: Arc<str>,
@@ -32,6 +76,10 @@ struct Stream {
     entries: VecDeque<Entry>,
     // Whether this node has subscribers (keep the position even if empty).
     live: bool,
+    // Bytes its entries hold (counted against the budget).
+    bytes: usize,
+    // The budget's tick at its latest publish (least recent goes first).
+    used: u64,
 }
 
 struct Entry {
@@ -40,15 +88,49 @@ struct Entry {
     expires_at: Option<u64>,
 }
 
+/// Bytes one retained publication is counted for.
+fn entry_cost(p: &Publication) -> usize {
+    let info = p.info.as_ref().map_or(0, |i| {
+        i.user.len()
+            + i.conn_info.as_ref().map_or(0, |b| b.len())
+            + i.chan_info.as_ref().map_or(0, |b| b.len())
+    });
+    let tags = p
+        .tags
+        .as_ref()
+        .map_or(0, |t| t.iter().map(|(k, v)| k.len() + v.len() + 16).sum());
+    ENTRY_OVERHEAD + p.data.len() + info + tags
+}
+
 impl Stream {
     fn trim_expired(&mut self, now: u64) {
         while let Some(front) = self.entries.front() {
             match front.expires_at {
                 Some(t) if t <= now => {
-                    self.entries.pop_front();
+                    self.pop_front();
                 }
                 _ => break,
             }
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= entry_cost(&e.publication);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    // What it holds against the budget, its name included.
+    fn held(&self, name: &str) -> usize {
+        if self.entries.is_empty() {
+            0
+        } else {
+            self.bytes + STREAM_OVERHEAD + name.len()
         }
     }
 
@@ -69,11 +151,83 @@ impl Default for MemoryEngine {
 impl MemoryEngine {
     /// An engine whose TTLs follow `clock`.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self::with_limit(clock, HistoryLimit { max_bytes: 0 })
+    }
+
+    /// An engine whose TTLs follow `clock` and whose history stays within
+    /// `limit`.
+    pub fn with_limit(clock: Arc<dyn Clock>, limit: HistoryLimit) -> Self {
         Self {
             clock,
             streams: MutexShards::new(),
             presence: MutexShards::new(),
             epoch_seq: AtomicU64::new(0),
+            budget: Budget {
+                max_bytes: limit.max_bytes,
+                ..Budget::default()
+            },
+        }
+    }
+
+    /// What history holds now, and how often the limit evicted it.
+    pub fn history_usage(&self) -> HistoryUsage {
+        HistoryUsage {
+            bytes: self.budget.bytes.load(Ordering::Relaxed),
+            evicted_streams: self.budget.evicted.load(Ordering::Relaxed),
+        }
+    }
+
+    // Moves the node-wide count by what a stream's holding changed.
+    fn account(&self, before: usize, after: usize) {
+        if after > before {
+            self.budget.bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.budget.bytes.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops the history of the streams published to least recently until
+    /// the engine holds at most 90 % of the limit (so a pass runs once per
+    /// tenth of the budget, not once per publish). Called with no stream
+    /// lock held; takes one shard lock at a time.
+    fn evict(&self) {
+        let budget = &self.budget;
+        let Some(_pass) = budget.evicting.try_lock() else {
+            return; // another publisher is already evicting
+        };
+        let target = budget.max_bytes - budget.max_bytes / 10;
+        let held = budget.bytes.load(Ordering::Relaxed);
+        if held <= budget.max_bytes {
+            return;
+        }
+        let mut candidates: Vec<(u64, Box<str>, usize)> = Vec::new();
+        for shard in self.streams.all() {
+            for (name, s) in shard.lock().iter() {
+                let h = s.held(name);
+                if h > 0 {
+                    candidates.push((s.used, name.clone(), h));
+                }
+            }
+        }
+        candidates.sort_unstable_by_key(|c| c.0);
+        let mut to_free = held.saturating_sub(target);
+        for (used, name, h) in candidates {
+            if to_free == 0 {
+                break;
+            }
+            let mut shard = self.streams.shard(&*name).lock();
+            let Some(s) = shard.get_mut(&*name) else { continue };
+            if s.used != used {
+                continue; // published to since the scan: no longer the oldest
+            }
+            let before = s.held(&name);
+            s.clear();
+            if !s.live {
+                shard.remove(&*name);
+            }
+            self.account(before, 0);
+            budget.evicted.fetch_add(1, Ordering::Relaxed);
+            to_free = to_free.saturating_sub(h);
         }
     }
 
@@ -89,6 +243,8 @@ impl MemoryEngine {
             top: 0,
             entries: VecDeque::new(),
             live: false,
+            bytes: 0,
+            used: 0,
         }
     }
 
@@ -119,22 +275,31 @@ impl Engine for MemoryEngine {
             Some(s) => s,
             None => shard.entry(channel.into()).or_insert(self.new_stream()),
         };
+        let before = stream.held(channel);
         stream.top += 1;
         publication.offset = stream.top;
         stream.trim_expired(now);
         if options.history_size > 0 && !skip_history {
+            stream.bytes += entry_cost(&publication);
             stream.entries.push_back(Entry {
                 publication: publication.clone(),
                 expires_at: options.history_ttl.map(|ttl| now + ttl.as_millis() as u64),
             });
             while stream.entries.len() > options.history_size {
-                stream.entries.pop_front();
+                stream.pop_front();
             }
+            stream.used = self.budget.tick.fetch_add(1, Ordering::Relaxed) + 1;
         }
+        let after = stream.held(channel);
         let position = stream.position();
         if !stream.live && stream.entries.is_empty() {
             // Nobody here needs this position and nothing is kept: free it.
             shard.remove(channel);
+        }
+        drop(shard);
+        self.account(before, after);
+        if self.budget.max_bytes > 0 && self.budget.bytes.load(Ordering::Relaxed) > self.budget.max_bytes {
+            self.evict();
         }
         Ok((publication, position))
     }
@@ -153,7 +318,9 @@ impl Engine for MemoryEngine {
             }
             return Ok(HistoryPage::default());
         };
+        let before = stream.held(channel);
         stream.trim_expired(now);
+        self.account(before, stream.held(channel));
         if let Some(since) = &query.since {
             if since.epoch != stream.epoch || since.offset > stream.top {
                 return Err(EngineError::UnrecoverablePosition);
@@ -194,7 +361,8 @@ impl Engine for MemoryEngine {
         if let Some(stream) = shard.get_mut(channel) {
             // The position stays, so subscribers are not told their state is
             // lost; recovery from before it will say "not recovered".
-            stream.entries.clear();
+            self.account(stream.held(channel), 0);
+            stream.clear();
             if !stream.live {
                 shard.remove(channel);
             }
@@ -261,8 +429,10 @@ impl Engine for MemoryEngine {
     fn sweep(&self) {
         let now = self.clock.now_ms();
         for shard in self.streams.all() {
-            shard.lock().retain(|_, s| {
+            shard.lock().retain(|name, s| {
+                let before = s.held(name);
                 s.trim_expired(now);
+                self.account(before, s.held(name));
                 s.live || !s.entries.is_empty()
             });
         }
@@ -392,6 +562,54 @@ mod tests {
         let (_, fresh) = e.publish("c", &o, Publication::new("c"), false).unwrap();
         assert_eq!(fresh.offset, 1);
         assert_ne!(fresh.epoch, before.epoch);
+    }
+
+    #[test]
+    fn churn_over_fresh_channels_stays_within_the_history_limit() {
+        let limit = 64 * 1024;
+        let e = MemoryEngine::with_limit(Arc::new(ManualClock::new(0)), HistoryLimit { max_bytes: limit });
+        let o = opts(100, Some(300_000));
+        e.retain("kept");
+        e.publish("kept", &o, Publication::new("first"), false).unwrap();
+        for i in 0..20_000 {
+            e.publish(
+                &format!("fresh:{i}"),
+                &o,
+                Publication::new(vec![b'x'; 200]),
+                false,
+            )
+            .unwrap();
+            assert!(e.history_usage().bytes <= limit + 1024, "over the limit at {i}");
+        }
+        let usage = e.history_usage();
+        assert!(usage.evicted_streams > 10_000, "{usage:?}");
+        assert!(e.stream_count() < 400, "{} streams held", e.stream_count());
+        // The oldest history went; a live stream keeps its position.
+        let page = e.history("kept", &o, &HistoryQuery::default()).unwrap();
+        assert!(page.publications.is_empty());
+        assert_eq!(page.position.offset, 1);
+        // The latest channels still have theirs.
+        let page = e.history("fresh:19999", &o, &HistoryQuery::default()).unwrap();
+        assert_eq!(page.publications.len(), 1);
+    }
+
+    #[test]
+    fn the_history_count_returns_to_zero_when_everything_is_gone() {
+        let clock = Arc::new(ManualClock::new(0));
+        let e = MemoryEngine::with_limit(clock.clone(), HistoryLimit { max_bytes: 1 << 20 });
+        let o = opts(2, Some(1_000));
+        for i in 0..50 {
+            for _ in 0..5 {
+                e.publish(&format!("c{i}"), &o, Publication::new("abc"), false)
+                    .unwrap();
+            }
+        }
+        assert!(e.history_usage().bytes > 0);
+        e.remove_history("c0").unwrap();
+        clock.advance(2_000);
+        e.sweep();
+        assert_eq!(e.history_usage().bytes, 0);
+        assert_eq!(e.stream_count(), 0);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use crier_core::{EngineError, Hub, HubError};
+use crier_core::{EngineError, Hub, HubError, MemoryEngine};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -144,8 +144,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics for a node serving `hub`; `enabled` is `prometheus.enabled`.
-    pub fn new(hub: Hub, enabled: bool) -> Self {
+    /// Metrics for a node serving `hub` (whose memory engine, if it has
+    /// one, is `history`); `enabled` is `prometheus.enabled`.
+    pub fn new(hub: Hub, history: Option<Arc<MemoryEngine>>, enabled: bool) -> Self {
         let mut registry = Registry::default();
         // Help texts end without a full stop: `register` appends one.
 
@@ -181,7 +182,7 @@ impl Metrics {
             engine_errors.clone(),
         );
 
-        registry.register_collector(Box::new(HubCollector { hub }));
+        registry.register_collector(Box::new(HubCollector { hub, history }));
         registry.register_collector(Box::new(ProcessCollector));
 
         Self {
@@ -306,6 +307,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: Cancellatio
 /// The hub's own counters and every client's queue depth.
 struct HubCollector {
     hub: Hub,
+    // The memory engine, whose history budget is shown.
+    history: Option<Arc<MemoryEngine>>,
 }
 
 impl fmt::Debug for HubCollector {
@@ -326,6 +329,21 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> f
 impl Collector for HubCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let s = self.hub.stats();
+        if let Some(engine) = &self.history {
+            let usage = engine.history_usage();
+            gauge(
+                &mut enc,
+                "crier_history_bytes",
+                "Bytes held by channel history on this node (memory engine), counted against engine.memory.history_max_bytes.",
+                usage.bytes as u64,
+            )?;
+            counter(
+                &mut enc,
+                "crier_history_evicted_streams",
+                "Channels whose history was dropped to stay within engine.memory.history_max_bytes.",
+                usage.evicted_streams,
+            )?;
+        }
         gauge(
             &mut enc,
             "crier_clients",
@@ -520,7 +538,7 @@ mod tests {
 
     #[test]
     fn engine_failures_count_but_a_stale_position_does_not() {
-        let m = Metrics::new(Hub::default(), true);
+        let m = Metrics::new(Hub::default(), None, true);
         let down = HubError::Engine(EngineError::Unavailable("backend down".into()));
         assert!(m.timed_publish(|| Err::<(), _>(down.clone())).is_err());
         m.engine_error(&HubError::Engine(EngineError::UnrecoverablePosition));
@@ -533,7 +551,7 @@ mod tests {
 
     #[test]
     fn disabled_metrics_do_not_time_publishes() {
-        let m = Metrics::new(Hub::default(), false);
+        let m = Metrics::new(Hub::default(), None, false);
         assert!(m.timed_publish(|| Ok::<_, HubError>(())).is_ok());
         assert_eq!(
             sample(&m.render(), "crier_publish_duration_seconds_count", &[]),
@@ -543,7 +561,7 @@ mod tests {
 
     #[test]
     fn a_connection_counts_while_its_guard_lives() {
-        let m = Metrics::new(Hub::default(), true);
+        let m = Metrics::new(Hub::default(), None, true);
         let tcp = [("transport", "tcp")];
         let a = m.connection(Transport::Tcp);
         let b = m.connection(Transport::Tcp);
@@ -560,7 +578,7 @@ mod tests {
     #[test]
     fn traffic_and_scrapes_add_no_series() {
         let hub = Hub::default();
-        let m = Metrics::new(hub.clone(), true);
+        let m = Metrics::new(hub.clone(), None, true);
         m.disconnect(3008);
         let series = |text: &str| parse(text).samples.len();
         let before = series(&m.render());

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crier_core::{
-    ChannelConfig, ChannelOptions as HubChannelOptions, ClientId, ClientInfo, HistoryPage, HistoryQuery, Hub,
-    HubConfig, HubError, PresenceStats, PublishOptions, QueueLimits, StreamPosition, SubscribeOptions,
-    Subscribed,
+    ChannelConfig, ChannelOptions as HubChannelOptions, ClientId, ClientInfo, HistoryLimit, HistoryPage,
+    HistoryQuery, Hub, HubConfig, HubError, MemoryEngine, PresenceStats, PublishOptions, QueueLimits,
+    StreamPosition, SubscribeOptions, Subscribed, SystemClock,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,17 +71,31 @@ impl Node {
         };
         let id = format!("{:x}-{:x}", nanos, std::process::id());
         let shutdown = CancellationToken::new();
+        let memory = || {
+            Arc::new(MemoryEngine::with_limit(
+                Arc::new(SystemClock),
+                HistoryLimit {
+                    max_bytes: config.engine.memory.history_max_bytes,
+                },
+            ))
+        };
         #[cfg(feature = "cluster")]
-        let (hub, cluster) = match config.engine.kind {
-            crate::config::EngineType::Memory => (Hub::new(hub_config), None),
+        let (hub, cluster, history) = match config.engine.kind {
+            crate::config::EngineType::Memory => {
+                let engine = memory();
+                (Hub::with_engine(hub_config, engine.clone()), None, Some(engine))
+            }
             _ => {
                 let (hub, cluster) = cluster_hub(&config, hub_config, id.clone(), shutdown.clone())?;
-                (hub, Some(cluster))
+                (hub, Some(cluster), None)
             }
         };
         #[cfg(not(feature = "cluster"))]
-        let hub = Hub::new(hub_config);
-        let metrics = Metrics::new(hub.clone(), config.prometheus.enabled);
+        let (hub, history) = {
+            let engine = memory();
+            (Hub::with_engine(hub_config, engine.clone()), Some(engine))
+        };
+        let metrics = Metrics::new(hub.clone(), history, config.prometheus.enabled);
         let node = Arc::new(Self {
             hub,
             tokens,

@@ -10,9 +10,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -82,7 +87,47 @@ pub fn router(node: Arc<Node>) -> Router {
     if prometheus.enabled && prometheus.listen.trim().is_empty() {
         app = app.route("/metrics", get(metrics::scrape));
     }
-    app.with_state(node)
+    let http = &node.config.http_server;
+    let body = BodyLimits {
+        timeout: http.body_read_timeout,
+        max: http.max_request_body_size,
+    };
+    app.layer(axum::middleware::from_fn_with_state(body, read_body))
+        .layer(DefaultBodyLimit::max(http.max_request_body_size))
+        .with_state(node)
+}
+
+/// How a request body must arrive: `http_server.body_read_timeout` and
+/// `http_server.max_request_body_size`.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    timeout: Duration,
+    max: usize,
+}
+
+/// Reads a request's whole body within the deadline before any handler
+/// runs, so a client that trickles a body (or announces more than it
+/// sends) holds its connection for `body_read_timeout` at most (408), and
+/// one that sends too much is refused (413). Every route that takes a body
+/// reads all of it anyway.
+async fn read_body(State(limits): State<BodyLimits>, request: Request, next: Next) -> Response {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limits.max)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(_)) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than http_server.max_request_body_size\n",
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received within http_server.body_read_timeout\n",
+        )
+            .into_response(),
+    }
 }
 
 impl Server {
@@ -133,8 +178,12 @@ impl Server {
         let node = self.node;
         let token = node.shutdown.clone();
         let app = router(node.clone());
-        let write_timeout = node.config.http_server.write_timeout;
-        let server = tokio::spawn(serve_http(self.listener, app, write_timeout, token.clone()));
+        let server = tokio::spawn(serve_http(
+            self.listener,
+            app,
+            HttpLimits::of(&node.config),
+            token.clone(),
+        ));
         let tcp = tokio::spawn(self.tcp.run(token.clone()));
         let watchers = tokio::spawn(self.watchers.run(token.clone()));
         let metrics = self
@@ -188,16 +237,37 @@ impl Server {
     }
 }
 
+/// What an HTTP connection may do (`http_server.*`).
+#[derive(Clone, Copy)]
+struct HttpLimits {
+    write_timeout: Duration,
+    header_read_timeout: Duration,
+    max_header_size: usize,
+}
+
+impl HttpLimits {
+    fn of(config: &Config) -> Self {
+        let http = &config.http_server;
+        HttpLimits {
+            write_timeout: http.write_timeout,
+            header_read_timeout: http.header_read_timeout,
+            max_header_size: http.max_header_size,
+        }
+    }
+}
+
 /// Accepts HTTP/1.1 connections and serves `app` on each, with upgrades,
 /// until `shutdown`; then each connection finishes its request in flight.
 /// A plain hyper connection (not axum::serve, which wraps the socket to
 /// sniff for HTTP/2) lets an upgraded WebSocket get its `TcpStream` back.
-async fn serve_http(
-    listener: TcpListener,
-    app: Router,
-    write_timeout: Duration,
-    shutdown: CancellationToken,
-) {
+async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, shutdown: CancellationToken) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper applies the header deadline only with a timer; it runs from
+    // when the connection waits for a request head, so an idle keep-alive
+    // connection is closed by it too.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_size);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -220,10 +290,13 @@ async fn serve_http(
         }
         let service = TowerToHyperService::new(app.clone());
         let shutdown = shutdown.clone();
+        let conn = http
+            .serve_connection(
+                TokioIo::new(WriteDeadline::new(stream, limits.write_timeout)),
+                service,
+            )
+            .with_upgrades();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(WriteDeadline::new(stream, write_timeout)), service)
-                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

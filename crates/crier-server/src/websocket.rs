@@ -331,6 +331,9 @@ pub enum Control {
 
 /// Control frames waiting for a connection's writer task. A mutex around a
 /// short list and a `Notify`; touched only when the client pings or closes.
+/// Bounded: at most one pong (the latest ping's, which RFC 6455 §5.5.3
+/// allows answering alone) and one close wait, however many pings a client
+/// that never reads sends.
 #[derive(Default)]
 pub struct Controls {
     pending: std::sync::Mutex<Vec<Control>>,
@@ -343,9 +346,22 @@ impl Controls {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `control` for the writer task.
+    /// Queues `control` for the writer task: a pong replaces a pong still
+    /// waiting, and nothing is queued after a close.
     pub fn send(&self, control: Control) {
-        self.lock().push(control);
+        {
+            let mut pending = self.lock();
+            if pending.iter().any(|c| matches!(c, Control::Close(..))) {
+                return;
+            }
+            match (
+                pending.iter_mut().find(|c| matches!(c, Control::Pong(_))),
+                control,
+            ) {
+                (Some(waiting), pong @ Control::Pong(_)) => *waiting = pong,
+                (_, control) => pending.push(control),
+            }
+        }
         // A stored permit if the writer is not waiting yet: never lost.
         self.ready.notify_one();
     }
@@ -491,6 +507,29 @@ mod tests {
         f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         f
+    }
+
+    #[tokio::test]
+    async fn a_ping_flood_keeps_one_pong_and_a_close_ends_the_list() {
+        let controls = Controls::default();
+        for i in 0..100_000u32 {
+            controls.send(Control::Pong(Bytes::from(i.to_be_bytes().to_vec())));
+        }
+        let mut out = Vec::new();
+        controls.take(&mut out).await;
+        assert_eq!(
+            out,
+            vec![Control::Pong(Bytes::from(99_999u32.to_be_bytes().to_vec()))]
+        );
+        out.clear();
+        controls.send(Control::Pong(Bytes::from_static(b"a")));
+        controls.send(Control::Close(1000, ""));
+        controls.send(Control::Pong(Bytes::from_static(b"b")));
+        controls.take(&mut out).await;
+        assert_eq!(
+            out,
+            vec![Control::Pong(Bytes::from_static(b"a")), Control::Close(1000, "")]
+        );
     }
 
     #[test]

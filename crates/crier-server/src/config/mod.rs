@@ -205,6 +205,22 @@ pub struct HttpServerConfig {
     /// pin it for ever. WebSockets have `websocket.write_timeout`.
     #[serde(with = "duration::serde_go")]
     pub write_timeout: Duration,
+    /// crier's own: longest a client may take to send a request's line and
+    /// headers, counted from when the connection starts waiting for them
+    /// (so it also ends an idle keep-alive connection). A client trickling
+    /// headers a byte at a time is cut off after it.
+    #[serde(with = "duration::serde_go")]
+    pub header_read_timeout: Duration,
+    /// crier's own: longest a client may take to send a request body (API
+    /// calls, uni_sse and uni_http_stream POSTs); answered 408 after it.
+    #[serde(with = "duration::serde_go")]
+    pub body_read_timeout: Duration,
+    /// crier's own: largest request line plus headers, in bytes; a larger
+    /// one is answered 431.
+    pub max_header_size: usize,
+    /// crier's own: largest request body, in bytes (the server API, uni
+    /// POSTs); a larger one is answered 413.
+    pub max_request_body_size: usize,
 }
 
 impl Default for HttpServerConfig {
@@ -213,6 +229,10 @@ impl Default for HttpServerConfig {
             address: "127.0.0.1".to_string(),
             port: 8000,
             write_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_header_size: 32 * 1024,
+            max_request_body_size: 2 * 1024 * 1024,
         }
     }
 }
@@ -667,10 +687,31 @@ pub struct EngineConfig {
     /// See [`EngineType`].
     #[serde(rename = "type")]
     pub kind: EngineType,
+    /// `engine.memory.*`, used when `type = "memory"`.
+    pub memory: MemoryEngineConfig,
     /// `engine.redis.*`, used when `type = "redis"`.
     pub redis: RedisEngineConfig,
     /// `engine.nats.*`, used when `type = "nats"`.
     pub nats: NatsEngineConfig,
+}
+
+/// `engine.memory.*` (crier's own: Centrifugo's memory engine has no bound)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemoryEngineConfig {
+    /// Bytes all channels' history may hold together on this node
+    /// (payloads plus a fixed overhead per publication and per channel);
+    /// past it, the channels published to least recently lose their
+    /// history (`crier_history_evicted_streams_total`). 0 = no limit.
+    pub history_max_bytes: usize,
+}
+
+impl Default for MemoryEngineConfig {
+    fn default() -> Self {
+        Self {
+            history_max_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// `engine.nats.*`
@@ -1098,6 +1139,27 @@ impl Config {
         }
         if self.http_server.write_timeout.is_zero() {
             return Err(invalid("http_server.write_timeout", "must be greater than 0"));
+        }
+        if self.http_server.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "http_server.header_read_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.http_server.body_read_timeout.is_zero() {
+            return Err(invalid("http_server.body_read_timeout", "must be greater than 0"));
+        }
+        if self.http_server.max_header_size < 4096 {
+            return Err(invalid(
+                "http_server.max_header_size",
+                "must be at least 4096 bytes",
+            ));
+        }
+        if self.http_server.max_request_body_size == 0 {
+            return Err(invalid(
+                "http_server.max_request_body_size",
+                "must be greater than 0",
+            ));
         }
         if self.websocket.write_timeout.is_zero() {
             return Err(invalid("websocket.write_timeout", "must be greater than 0"));

@@ -1,4 +1,5 @@
 mod api;
+mod hostile;
 mod interop;
 mod metrics;
 #[cfg(feature = "nats")]
