@@ -56,6 +56,6 @@ pub use hub::{
     Publisher, SubscribeOptions, Subscribed,
 };
 pub use memory::{HistoryLimit, HistoryUsage, MemoryEngine};
-pub use options::{ChannelConfig, ChannelOptions};
+pub use options::{ChannelConfig, ChannelNames, ChannelOptions};
 pub use queue::{ClientReceiver, DisconnectReason, QueueLimits};
 pub use stats::HubStats;

@@ -22,12 +22,86 @@ pub struct ChannelOptions {
     pub join_leave: bool,
 }
 
-/// The boundary between namespace and the rest of a channel name.
-pub const NAMESPACE_BOUNDARY: char = ':';
+/// The default boundary between namespace and the rest of a channel name.
+pub const NAMESPACE_BOUNDARY: &str = ":";
 
-/// The prefix that marks a private channel (it needs a subscription token);
-/// it is not part of the namespace.
-pub const PRIVATE_PREFIX: char = '$';
+/// The default prefix that marks a private channel (it needs a
+/// subscription token); it is not part of the namespace.
+pub const PRIVATE_PREFIX: &str = "$";
+
+/// How a channel name splits into its namespace: the one resolver every
+/// layer asks (the hub for options, the server for permissions, sources
+/// for validation), so they can never disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelNames {
+    // Separates the namespace from the rest (Centrifugo's
+    // `channel.namespace_boundary`); never empty.
+    boundary: Box<str>,
+    // Marks a private channel (`channel.private_prefix`); empty: none.
+    private_prefix: Box<str>,
+}
+
+impl Default for ChannelNames {
+    fn default() -> Self {
+        Self::new(NAMESPACE_BOUNDARY, PRIVATE_PREFIX)
+    }
+}
+
+impl ChannelNames {
+    /// Names split at `boundary` (an empty one means the default `:`), with
+    /// `private_prefix` (empty: no private channels) stripped first.
+    pub fn new(boundary: &str, private_prefix: &str) -> Self {
+        let boundary = if boundary.is_empty() {
+            NAMESPACE_BOUNDARY
+        } else {
+            boundary
+        };
+        Self {
+            boundary: boundary.into(),
+            private_prefix: private_prefix.into(),
+        }
+    }
+
+    /// The namespace of `channel`, if it has one: the text before the first
+    /// boundary, after the private prefix (`$chat:1` is in `chat`). An empty
+    /// namespace (`:x`) is no namespace.
+    pub fn namespace_of<'c>(&self, channel: &'c str) -> Option<&'c str> {
+        Self::split(channel, &self.boundary, &self.private_prefix)
+    }
+
+    /// Whether `channel` is private (starts with the private prefix).
+    pub fn is_private(&self, channel: &str) -> bool {
+        Self::private(channel, &self.private_prefix)
+    }
+
+    /// [`Self::namespace_of`] for rules held elsewhere as plain strings
+    /// (a configuration file's), without building a `ChannelNames`.
+    pub fn split<'c>(channel: &'c str, boundary: &str, private_prefix: &str) -> Option<&'c str> {
+        let boundary = if boundary.is_empty() {
+            NAMESPACE_BOUNDARY
+        } else {
+            boundary
+        };
+        let name = match private_prefix {
+            "" => channel,
+            prefix => channel.strip_prefix(prefix).unwrap_or(channel),
+        };
+        match name.find(boundary) {
+            Some(end) if end > 0 => Some(&name[..end]),
+            _ => None,
+        }
+    }
+
+    /// [`Self::is_private`] for a prefix held elsewhere.
+    pub fn private(channel: &str, private_prefix: &str) -> bool {
+        !private_prefix.is_empty() && channel.starts_with(private_prefix)
+    }
+
+    /// The boundary.
+    pub fn boundary(&self) -> &str {
+        &self.boundary
+    }
+}
 
 /// Channel options for channels without a namespace and for each namespace.
 #[derive(Clone, Debug)]
@@ -40,6 +114,8 @@ pub struct ChannelConfig {
     pub recovery_max_publications: usize,
     /// Longest channel name accepted (Centrifugo: 255).
     pub max_channel_length: usize,
+    /// How names split into namespaces.
+    pub names: ChannelNames,
 }
 
 impl Default for ChannelConfig {
@@ -58,6 +134,7 @@ impl ChannelConfig {
             namespaces: FxHashMap::default(),
             recovery_max_publications: 300,
             max_channel_length: 255,
+            names: ChannelNames::default(),
         }
     }
 
@@ -67,19 +144,9 @@ impl ChannelConfig {
         self
     }
 
-    /// The namespace of `channel`, if it has one. A leading `$` (private
-    /// channel) is not part of the namespace, and an empty namespace
-    /// (`:x`) is no namespace.
-    pub fn namespace_of(channel: &str) -> Option<&str> {
-        let name = channel.strip_prefix(PRIVATE_PREFIX).unwrap_or(channel);
-        name.split_once(NAMESPACE_BOUNDARY)
-            .map(|(ns, _)| ns)
-            .filter(|ns| !ns.is_empty())
-    }
-
     /// The options of `channel`, or `None` when its namespace is unknown.
     pub fn resolve(&self, channel: &str) -> Option<&Arc<ChannelOptions>> {
-        match Self::namespace_of(channel) {
+        match self.names.namespace_of(channel) {
             None => Some(&self.without_namespace),
             Some(ns) => self.namespaces.get(ns),
         }
@@ -115,5 +182,22 @@ mod tests {
             ChannelOptions::default(),
             "empty namespace is none"
         );
+    }
+
+    #[test]
+    fn resolves_with_another_boundary_and_prefix() {
+        let chat = ChannelOptions {
+            history_size: 10,
+            ..Default::default()
+        };
+        let mut cfg = ChannelConfig::new(ChannelOptions::default()).namespace("chat", chat.clone());
+        cfg.names = ChannelNames::new("/", "#");
+        assert_eq!(**cfg.resolve("chat/1").unwrap(), chat);
+        assert_eq!(**cfg.resolve("#chat/1").unwrap(), chat);
+        assert_eq!(**cfg.resolve("chat:1").unwrap(), ChannelOptions::default());
+        assert!(cfg.names.is_private("#chat/1"));
+        assert!(!cfg.names.is_private("$chat/1"));
+        let none = ChannelNames::new("::", "");
+        assert_eq!(none.namespace_of("$a::b"), Some("$a"));
     }
 }

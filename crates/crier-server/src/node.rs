@@ -274,6 +274,7 @@ fn hub_config(config: &Config) -> HubConfig {
     }
     channels.recovery_max_publications = config.client.recovery_max_publication_limit;
     channels.max_channel_length = config.channel.max_length;
+    channels.names = config.channel.names();
     HubConfig {
         channels,
         queue_limits: QueueLimits {

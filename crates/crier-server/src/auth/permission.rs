@@ -112,7 +112,7 @@ impl AccessPolicy {
         };
         match action {
             ChannelAction::Subscribe => {
-                if !self.private_prefix.is_empty() && channel.starts_with(&self.private_prefix) {
+                if crier_core::ChannelNames::private(channel, &self.private_prefix) {
                     Permission::PermissionDenied
                 } else if options.allow_subscribe_for_client
                     && (authenticated || options.allow_subscribe_for_anonymous)

@@ -628,15 +628,14 @@ impl ChannelConfig {
     /// The namespace part of `channel`: the text before the first boundary,
     /// after stripping the private prefix (so `$chat:room` is in `chat`).
     /// `None` for channels without a namespace.
+    /// Asks crier-core's resolver, which the hub uses too.
     pub fn namespace_of<'c>(&self, channel: &'c str) -> Option<&'c str> {
-        let name = match self.private_prefix.as_str() {
-            "" => channel,
-            prefix => channel.strip_prefix(prefix).unwrap_or(channel),
-        };
-        match name.find(self.namespace_boundary.as_str()) {
-            Some(end) if end > 0 => Some(&name[..end]),
-            _ => None,
-        }
+        crier_core::ChannelNames::split(channel, &self.namespace_boundary, &self.private_prefix)
+    }
+
+    /// The resolver with these rules, for the hub.
+    pub fn names(&self) -> crier_core::ChannelNames {
+        crier_core::ChannelNames::new(&self.namespace_boundary, &self.private_prefix)
     }
 
     /// The options that apply to `channel`, or `None` when it names a
@@ -650,7 +649,7 @@ impl ChannelConfig {
 
     /// Whether `channel` is private (starts with `channel.private_prefix`).
     pub fn is_private(&self, channel: &str) -> bool {
-        !self.private_prefix.is_empty() && channel.starts_with(&self.private_prefix)
+        crier_core::ChannelNames::private(channel, &self.private_prefix)
     }
 }
 

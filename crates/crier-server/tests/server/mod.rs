@@ -2,6 +2,7 @@ mod api;
 mod hostile;
 mod interop;
 mod metrics;
+mod namespaces;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "redis")]
