@@ -22,16 +22,18 @@
 //! This crate must never be imported by `crier-core` or `crier-proto`.
 #![forbid(unsafe_code)]
 
-pub mod api;
+mod admission;
+pub(crate) mod api;
 pub mod auth;
 /// What the Redis and NATS brokers share (feature `redis` or `nats`).
 #[cfg(feature = "cluster")]
 pub mod broker;
+mod clock;
 /// The cluster engines: nodes sharing channels through Redis or NATS.
 #[cfg(feature = "cluster")]
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
-pub mod frames;
+pub(crate) mod frames;
 pub mod metrics;
 /// NATS broker: shared offsets and history in JetStream, presence in a
 /// JetStream stream, fan-out over core NATS (feature `nats`).
@@ -44,12 +46,12 @@ pub mod node;
 #[path = "redis/mod.rs"] // named redis_broker so it does not shadow the `redis` crate
 pub mod redis_broker;
 pub mod server;
-pub mod session;
-pub mod tcp;
-pub mod uni;
-pub mod watch;
-pub mod websocket;
-pub mod ws;
+pub(crate) mod session;
+pub(crate) mod tcp;
+pub(crate) mod uni;
+pub(crate) mod watch;
+pub(crate) mod websocket;
+pub(crate) mod ws;
 
 pub use node::Node;
 pub use server::{Server, ServerError};

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use crier_core::{
@@ -17,7 +17,10 @@ use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
 use crier_proto::encode;
 use serde_json::value::RawValue;
 
+pub(crate) use crate::admission::Refused;
+use crate::admission::{self, Admitted, Credentials, Identity};
 use crate::auth::{ChannelAction, Permission, Rejection, Requester, SubscriptionOptions};
+use crate::clock::{after, unix_now};
 use crate::config::ChannelOptions;
 use crate::node::{Node, VERSION};
 
@@ -30,13 +33,14 @@ pub enum Refusal {
     Disconnect(Disconnect),
 }
 
-/// Why a connect failed, independent of how the transport says it.
-#[derive(Debug)]
-pub enum ConnectRefusal {
-    /// An error the client may recover from (e.g. 109 token expired).
-    Error(ErrorCode),
-    /// The connection must close with this disconnect.
-    Disconnect(Disconnect),
+/// A session that has just connected.
+pub struct Opened {
+    /// The connect result to send.
+    pub result: wire::ConnectResult,
+    /// The client's queue.
+    pub rx: ClientReceiver,
+    /// The client's hub id.
+    pub id: ClientId,
 }
 
 /// A connected client's identity.
@@ -56,18 +60,6 @@ struct Connected {
 pub struct Session {
     node: Arc<Node>,
     connected: Option<Connected>,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// The moment `grace` after the Unix second `at`.
-fn after(at: i64, grace: Duration) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(at.max(0) as u64) + grace
 }
 
 /// Encodes a reply as one line.
@@ -201,11 +193,6 @@ impl Session {
         self.connected.as_ref().map(|c| c.id)
     }
 
-    /// When the connection's credentials expire (Unix seconds).
-    pub fn expires_at(&self) -> Option<i64> {
-        self.connected.as_ref().and_then(|c| c.expires_at)
-    }
-
     /// The next moment a credential of this connection lapses, if any: the
     /// connection token's expiry plus `client.expired_close_delay`, or a
     /// subscription token's plus `client.expired_sub_close_delay`. The
@@ -213,7 +200,7 @@ impl Session {
     pub fn deadline(&self) -> Option<SystemTime> {
         let c = self.connected.as_ref()?;
         let cfg = &self.node.config.client;
-        let connection = c.expires_at.map(|t| after(t, cfg.expired_close_delay));
+        let connection = admission::deadline(&self.node, c.expires_at);
         let subscriptions = c
             .sub_expires_at
             .values()
@@ -273,7 +260,7 @@ impl Session {
         req: wire::ConnectRequest,
     ) -> Result<(Bytes, ClientReceiver), Refusal> {
         match self.open(req, false).await {
-            Ok((result, rx)) => {
+            Ok(Opened { result, rx, .. }) => {
                 let reply = Reply {
                     id,
                     connect: Some(result),
@@ -281,8 +268,8 @@ impl Session {
                 };
                 Ok((reply_bytes(&reply), rx))
             }
-            Err(ConnectRefusal::Error(code)) => Err(Refusal::Reply(error_reply(id, code))),
-            Err(ConnectRefusal::Disconnect(d)) => Err(Refusal::Disconnect(d)),
+            Err(Refused::Error(code)) => Err(Refusal::Reply(error_reply(id, code))),
+            Err(Refused::Disconnect(d)) => Err(Refusal::Disconnect(d)),
         }
     }
 
@@ -290,58 +277,23 @@ impl Session {
     /// and the client's queue. Unidirectional transports (`uni`) also
     /// subscribe the channels named in the request's `subs` that the client
     /// may subscribe to, since their clients cannot send subscribe commands.
-    pub async fn open(
-        &mut self,
-        req: wire::ConnectRequest,
-        uni: bool,
-    ) -> Result<(wire::ConnectResult, ClientReceiver), ConnectRefusal> {
+    pub async fn open(&mut self, req: wire::ConnectRequest, uni: bool) -> Result<Opened, Refused> {
         if self.connected.is_some() {
-            return Err(ConnectRefusal::Disconnect(Disconnect::BAD_REQUEST));
+            return Err(Refused::Disconnect(Disconnect::BAD_REQUEST));
         }
         let node = self.node.clone();
         let client_cfg = &node.config.client;
-        let (user, conn_info, expires_at, server_subs) = if !req.token.is_empty() {
-            match node.tokens.verify_connect(&req.token) {
-                Ok(claims) => {
-                    let expires_at = claims.expires_at();
-                    (claims.user.clone(), claims.info.clone(), expires_at, claims.subs)
-                }
-                Err(e) => {
-                    return Err(match e.on_connect() {
-                        Rejection::Error(code) => ConnectRefusal::Error(code_of(code)),
-                        Rejection::Disconnect(_) => ConnectRefusal::Disconnect(Disconnect::INVALID_TOKEN),
-                    })
-                }
-            }
-        } else if client_cfg.insecure
-            || client_cfg.allow_anonymous_connect_without_token
-            || node.config.crier.dev
-        {
-            (String::new(), None, None, BTreeMap::new())
-        } else {
-            return Err(ConnectRefusal::Disconnect(Disconnect::INVALID_TOKEN));
-        };
-        // A valid token whose `expire_at` has passed: 110, as in Centrifugo
-        // (an expired `exp` already failed verification with 109).
-        if expires_at.is_some_and(|t| t <= unix_now()) {
-            return Err(ConnectRefusal::Error(ErrorCode::Expired));
-        }
-        // Server-side subscriptions above the limit refuse the connection;
-        // client-side ones get error 106 in `subscribe`.
-        if server_subs.len() > client_cfg.channel_limit {
-            return Err(ConnectRefusal::Disconnect(Disconnect::CHANNEL_LIMIT));
-        }
-        if client_cfg.connection_limit > 0 && node.hub.client_count() >= client_cfg.connection_limit {
-            return Err(ConnectRefusal::Disconnect(Disconnect::CONNECTION_LIMIT));
-        }
-        // Anonymous connections share the empty user and are not counted.
-        if client_cfg.user_connection_limit > 0
-            && !user.is_empty()
-            && node.hub.clients_of_user(&user).len() >= client_cfg.user_connection_limit
-        {
-            return Err(ConnectRefusal::Disconnect(Disconnect::CONNECTION_LIMIT));
-        }
-        let (cid, rx) = node.hub.connect(user.as_str(), conn_info.clone());
+        let Admitted {
+            identity,
+            id: cid,
+            rx,
+        } = admission::admit(&node, Credentials::Token(&req.token))?;
+        let Identity {
+            user,
+            conn_info,
+            expires_at,
+            subs: server_subs,
+        } = identity;
         self.connected = Some(Connected {
             id: cid,
             user: user.as_str().into(),
@@ -396,7 +348,7 @@ impl Session {
             node: node.id.clone(),
             ..Default::default()
         };
-        Ok((result, rx))
+        Ok(Opened { result, rx, id: cid })
     }
 
     async fn subscribe_server_side(

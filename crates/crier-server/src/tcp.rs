@@ -26,10 +26,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::TokenError;
+use crate::admission::{self, Admitted, Credentials, Identity, Refused};
 use crate::config::{Config, ConfigError, TcpEncoding, TcpFraming, TcpListenerConfig};
 use crate::node::Node;
 use crate::server::ServerError;
+use crier_proto::codes::{Disconnect, ErrorCode};
 
 /// Encoding-cache slots for TCP wires. Slots 0 and 1 belong to the JSON
 /// formats in [`crate::frames`]. Each distinct wire (markers + encoding)
@@ -530,45 +531,49 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
     let mut input = Deframer::new();
     let client_cfg = &node.config.client;
 
-    // Phase 1: who is this? With `token`, the first frame says.
-    let (user, conn_info, expires_at) = if ep.token {
+    // Phase 1: who is this? With `token`, the first frame says; without,
+    // the listener's configuration admits anyone it lets in. Either way the
+    // one admission path decides (anonymous rules, limits, expiry).
+    let token = if ep.token {
         let first = tokio::select! {
             r = next_text(&mut input, &reader, &ep) => r,
             _ = tokio::time::sleep(client_cfg.stale_close_delay) => Err("no token received in time"),
             _ = node.shutdown.cancelled() => return,
         };
-        let verified = first.and_then(|token| {
-            node.tokens.verify_connect(token.trim()).map_err(|e| {
-                tracing::debug!(listener = %ep.key, %peer, error = %e, "tcp token refused");
-                match e {
-                    TokenError::Expired => "token expired",
-                    _ => "invalid token",
-                }
-            })
-        });
-        let verified = verified.and_then(|claims| {
-            if claims.user.is_empty() && client_cfg.disallow_anonymous_connection_tokens {
-                Err("anonymous tokens are not allowed")
-            } else {
-                Ok(claims)
-            }
-        });
-        match verified {
-            Ok(claims) => {
-                let expires_at = claims.expires_at();
-                (claims.user, claims.info, expires_at)
-            }
+        match first {
+            Ok(token) => Some(token),
             Err(why) => return refuse(&mut writer, &ep, why).await,
         }
     } else {
-        (String::new(), None, None)
+        None
     };
-    if client_cfg.connection_limit > 0 && node.hub.client_count() >= client_cfg.connection_limit {
-        return refuse(&mut writer, &ep, "connection limit reached").await;
-    }
+    let credentials = match &token {
+        Some(token) => Credentials::Token(token),
+        None => Credentials::ListenerAnonymous,
+    };
+    let Admitted { identity, id, rx } = match admission::admit(&node, credentials) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            tracing::debug!(listener = %ep.key, %peer, ?refused, "tcp client refused");
+            let why = match refused {
+                Refused::Error(ErrorCode::TokenExpired | ErrorCode::Expired) => "token expired",
+                Refused::Disconnect(d) if d == Disconnect::CONNECTION_LIMIT => "connection limit reached",
+                Refused::Disconnect(d) if d == Disconnect::PERMISSION_DENIED => {
+                    "anonymous tokens are not allowed"
+                }
+                _ => "invalid token",
+            };
+            return refuse(&mut writer, &ep, why).await;
+        }
+    };
+    let Identity {
+        user,
+        conn_info,
+        expires_at,
+        ..
+    } = identity;
 
     // Phase 2: a hub client like any other.
-    let (id, rx) = node.hub.connect(user.as_str(), conn_info.clone());
     let _connection = node.metrics.connection(crate::metrics::Transport::Tcp);
     if node.shutdown.is_cancelled() {
         // Registered after the hub told everyone to go: nobody else will.
@@ -595,12 +600,10 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
     let stall = client_cfg.ping_interval + client_cfg.pong_timeout;
     let write_task = tokio::spawn(write(writer, rx, ep.clone(), stall));
     tokio::pin!(write_task);
+    let deadline = admission::deadline(&node, expires_at);
     let expiry = async {
-        match expires_at {
-            Some(at) => {
-                let left = at.saturating_sub(unix_now()).max(0) as u64;
-                tokio::time::sleep(Duration::from_secs(left)).await
-            }
+        match deadline {
+            Some(at) => tokio::time::sleep(crate::clock::until(at)).await,
             None => std::future::pending().await,
         }
     };
@@ -756,13 +759,6 @@ async fn write(mut socket: OwnedWriteHalf, mut rx: ClientReceiver, ep: Arc<Endpo
             batch = Vec::new();
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

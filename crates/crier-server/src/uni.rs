@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
@@ -25,7 +24,7 @@ use crate::config::UniTransportConfig;
 use crate::frames::{encode_event_into, UNI_JSON};
 use crate::metrics::Transport;
 use crate::node::Node;
-use crate::session::{disconnect_of, ConnectRefusal, Session};
+use crate::session::{disconnect_of, Opened, Refused, Session};
 use crate::websocket::{self, Incoming, Reader, Writer};
 use crate::ws::close;
 
@@ -74,13 +73,13 @@ fn disconnect_push(d: &Disconnect) -> Bytes {
 }
 
 /// A refused connect as the disconnect a uni client is told.
-fn refusal(r: ConnectRefusal) -> Disconnect {
+fn refusal(r: Refused) -> Disconnect {
     match r {
         // A uni client cannot retry within the connection: an expired
         // token means "reconnect with a fresh one".
-        ConnectRefusal::Error(ErrorCode::TokenExpired | ErrorCode::Expired) => Disconnect::EXPIRED,
-        ConnectRefusal::Error(_) => Disconnect::BAD_REQUEST,
-        ConnectRefusal::Disconnect(d) => d,
+        Refused::Error(ErrorCode::TokenExpired | ErrorCode::Expired) => Disconnect::EXPIRED,
+        Refused::Error(_) => Disconnect::BAD_REQUEST,
+        Refused::Disconnect(d) => d,
     }
 }
 
@@ -115,20 +114,14 @@ impl Drop for Registration {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Everything one uni connection's writer needs.
 struct Outgoing {
     node: Arc<Node>,
     rx: ClientReceiver,
     id: ClientId,
-    // Unix seconds after which the connection is closed as expired.
-    expires_at: Option<i64>,
+    // When the connection is closed as expired (its credentials plus
+    // `client.expired_close_delay`, as on every transport).
+    deadline: Option<std::time::SystemTime>,
     items: Vec<crier_core::Outbound>,
 }
 
@@ -141,9 +134,7 @@ enum Step {
 impl Outgoing {
     /// Waits for the next thing to send.
     async fn next(&mut self, ping: &mut tokio::time::Interval) -> Step {
-        let expiry = self
-            .expires_at
-            .map(|t| Duration::from_secs((t - unix_now()).max(0) as u64));
+        let expiry = self.deadline.map(crate::clock::until);
         let expired = async {
             match expiry {
                 Some(d) => tokio::time::sleep(d).await,
@@ -181,16 +172,15 @@ impl Outgoing {
 /// Opens a session for a uni client; the connect push comes first.
 async fn open(node: &Arc<Node>, req: ConnectRequest) -> Result<(Bytes, Outgoing), Disconnect> {
     let mut session = Session::new(node.clone());
-    let (result, rx) = session.open(req, true).await.map_err(refusal)?;
-    let id = session.client_id().expect("open succeeded");
-    let expires_at = session.expires_at();
+    let Opened { result, rx, id } = session.open(req, true).await.map_err(refusal)?;
+    let deadline = session.deadline();
     Ok((
         connect_push(result),
         Outgoing {
             node: node.clone(),
             rx,
             id,
-            expires_at,
+            deadline,
             items: Vec::new(),
         },
     ))

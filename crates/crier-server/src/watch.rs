@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use crier_core::{Hub, HubError, PublishOptions};
+use crier_core::{HubError, PublishOptions};
 use globset::{GlobBuilder, GlobMatcher};
 use notify::event::{ModifyKind, RemoveKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -948,7 +948,8 @@ pub struct Sink {
 
 impl Sink {
     /// Straight into `hub` (memory engine), untimed.
-    pub fn hub(hub: Hub) -> Self {
+    #[cfg(test)]
+    pub fn hub(hub: crier_core::Hub) -> Self {
         Self {
             publish: Arc::new(move |channel, data| {
                 hub.publish(channel, data, PublishOptions::default()).map(|_| ())

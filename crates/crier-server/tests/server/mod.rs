@@ -1,3 +1,4 @@
+mod admission;
 mod api;
 mod hostile;
 mod interop;

@@ -241,7 +241,7 @@ impl Client {
         }
     }
 
-    async fn next_raw(&mut self) -> Result<Value, Closed> {
+    pub async fn next_raw(&mut self) -> Result<Value, Closed> {
         loop {
             if let Some(v) = self.pending.pop_front() {
                 return Ok(v);

@@ -1,0 +1,153 @@
+//! The one admission path for every transport that accepts clients
+//! (WebSocket, the uni transports, plain TCP, and the ones to come): who a
+//! client is (its connection token, or the anonymous rules), whether the
+//! node's limits let it in, and when its credentials lapse. A transport
+//! only says which credentials it received; it never decides.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use crier_core::{ClientId, ClientReceiver};
+use crier_proto::codes::{Disconnect, ErrorCode};
+
+use crate::auth::{Rejection, SubscriptionOptions};
+use crate::clock::{after, unix_now};
+use crate::node::Node;
+
+/// What a client presented to connect.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Credentials<'a> {
+    /// A connection token (JWT); empty means none was sent.
+    Token(&'a str),
+    /// Nothing, on a listener that its configuration makes anonymous (a
+    /// `[[tcp]]` listener without `token`): the anonymous rules of
+    /// `client.*` do not apply, the limits do.
+    ListenerAnonymous,
+}
+
+/// Why a client was not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// An error the client may recover from within the connection (109
+    /// token expired, 110 expired).
+    Error(ErrorCode),
+    /// The connection must close with this.
+    Disconnect(Disconnect),
+}
+
+/// Who an admitted client is.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    /// The user; empty for anonymous.
+    pub user: String,
+    /// Connection info from the token.
+    pub conn_info: Option<Bytes>,
+    /// Unix seconds when the credentials lapse.
+    pub expires_at: Option<i64>,
+    /// Server-side subscriptions from the token.
+    pub subs: BTreeMap<String, SubscriptionOptions>,
+}
+
+/// A client the hub has registered.
+pub(crate) struct Admitted {
+    /// Who it is.
+    pub identity: Identity,
+    /// Its hub id.
+    pub id: ClientId,
+    /// Its outbound queue.
+    pub rx: ClientReceiver,
+}
+
+/// Decides who presents `credentials`: token verification, then
+/// `client.insecure`, `allow_anonymous_connect_without_token` and
+/// `disallow_anonymous_connection_tokens`, then an `expire_at` already past.
+pub(crate) fn identify(node: &Node, credentials: Credentials<'_>) -> Result<Identity, Refused> {
+    let cfg = &node.config.client;
+    let identity = match credentials {
+        Credentials::Token(token) if !token.trim().is_empty() => {
+            let claims = node
+                .tokens
+                .verify_connect(token.trim())
+                .map_err(|e| match e.on_connect() {
+                    Rejection::Error(code) => {
+                        Refused::Error(ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal))
+                    }
+                    Rejection::Disconnect(_) => Refused::Disconnect(Disconnect::INVALID_TOKEN),
+                })?;
+            // Centrifugo: a token with an empty `sub` is refused when
+            // anonymous connection tokens are disallowed.
+            if claims.user.is_empty() && cfg.disallow_anonymous_connection_tokens && !cfg.insecure {
+                return Err(Refused::Disconnect(Disconnect::PERMISSION_DENIED));
+            }
+            let expires_at = claims.expires_at();
+            Identity {
+                user: claims.user,
+                conn_info: claims.info,
+                expires_at,
+                subs: claims.subs,
+            }
+        }
+        Credentials::Token(_) => {
+            if !(cfg.insecure || cfg.allow_anonymous_connect_without_token || node.config.crier.dev) {
+                return Err(Refused::Disconnect(Disconnect::INVALID_TOKEN));
+            }
+            Identity::anonymous()
+        }
+        Credentials::ListenerAnonymous => Identity::anonymous(),
+    };
+    // A valid token whose `expire_at` has passed: 110, as in Centrifugo
+    // (an expired `exp` already failed verification with 109).
+    if identity.expires_at.is_some_and(|t| t <= unix_now()) {
+        return Err(Refused::Error(ErrorCode::Expired));
+    }
+    // Server-side subscriptions above the limit refuse the connection;
+    // client-side ones get error 106 in `subscribe`.
+    if identity.subs.len() > cfg.channel_limit {
+        return Err(Refused::Disconnect(Disconnect::CHANNEL_LIMIT));
+    }
+    Ok(identity)
+}
+
+/// Registers `identity` with the hub if `client.connection_limit` and
+/// `client.user_connection_limit` let it in.
+pub(crate) fn register(node: &Node, identity: Identity) -> Result<Admitted, Refused> {
+    let cfg = &node.config.client;
+    if cfg.connection_limit > 0 && node.hub.client_count() >= cfg.connection_limit {
+        return Err(Refused::Disconnect(Disconnect::CONNECTION_LIMIT));
+    }
+    // Anonymous connections share the empty user and are not counted.
+    if cfg.user_connection_limit > 0
+        && !identity.user.is_empty()
+        && node.hub.clients_of_user(&identity.user).len() >= cfg.user_connection_limit
+    {
+        return Err(Refused::Disconnect(Disconnect::CONNECTION_LIMIT));
+    }
+    let (id, rx) = node
+        .hub
+        .connect(identity.user.as_str(), identity.conn_info.clone());
+    Ok(Admitted { identity, id, rx })
+}
+
+/// [`identify`] then [`register`].
+pub(crate) fn admit(node: &Node, credentials: Credentials<'_>) -> Result<Admitted, Refused> {
+    register(node, identify(node, credentials)?)
+}
+
+/// When a connection whose credentials lapse at `expires_at` must close
+/// (3005) unless refreshed: `client.expired_close_delay` later, on every
+/// transport.
+pub(crate) fn deadline(node: &Node, expires_at: Option<i64>) -> Option<SystemTime> {
+    expires_at.map(|t| after(t, node.config.client.expired_close_delay))
+}
+
+impl Identity {
+    fn anonymous() -> Self {
+        Identity {
+            user: String::new(),
+            conn_info: None,
+            expires_at: None,
+            subs: BTreeMap::new(),
+        }
+    }
+}
