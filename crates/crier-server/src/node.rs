@@ -112,13 +112,23 @@ impl Node {
         });
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &node.cluster {
-            // Weak: the node owns the cluster, which owns this handler.
+            // Control messages are applied one after another, in the order
+            // the broker delivered them (which keeps each sending node's
+            // order): a task per message let an `unsubscribe` overtake the
+            // `subscribe` before it. Unbounded: only API callers (holding
+            // the API key) on some node produce them, and each is small.
+            let (queue, mut applied) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+            // Weak: the node owns the cluster, which owns this handler and
+            // so the queue's sender; the task ends when the node goes.
             let weak = Arc::downgrade(&node);
-            cluster.on_control(Box::new(move |msg| {
-                if let Some(node) = weak.upgrade() {
-                    let msg = msg.to_vec();
-                    tokio::spawn(async move { crate::api::apply_control(&node, &msg).await });
+            tokio::spawn(async move {
+                while let Some(msg) = applied.recv().await {
+                    let Some(node) = weak.upgrade() else { break };
+                    crate::api::apply_control(&node, &msg).await;
                 }
+            });
+            cluster.on_control(Box::new(move |msg| {
+                let _ = queue.send(msg.to_vec());
             }));
         }
         Ok(node)

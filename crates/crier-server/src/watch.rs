@@ -1326,7 +1326,7 @@ mod tests {
         /// running on its thread, and a subscriber of `channels`.
         fn start(root: &Path, channels: &[&str]) -> Self {
             let opts = HubOptions::default();
-            let hub = Hub::new(HubConfig {
+            let hub = crier_core::Hub::new(HubConfig {
                 channels: crier_core::ChannelConfig::new(opts.clone()).namespace("conversation", opts),
                 ..HubConfig::default()
             });

@@ -651,7 +651,62 @@ on_every_engine!(
     a_node_stopped_gracefully_takes_its_clients_out_of_presence_at_once,
     a_node_started_while_the_broker_is_down_joins_when_it_comes_up,
     a_live_node_keeps_its_clients_in_presence_past_the_ttl,
+    control_requests_through_one_node_apply_in_order_on_the_others,
 );
+
+/// The `(channel, kind)` of a subscribe or unsubscribe push, if `msg` is one.
+fn subscription_push(msg: &Value) -> Option<(String, &'static str)> {
+    let push = msg.get("push")?;
+    let channel = push["channel"].as_str()?.to_owned();
+    if push.get("subscribe").is_some() {
+        Some((channel, "subscribe"))
+    } else if push.get("unsubscribe").is_some() {
+        Some((channel, "unsubscribe"))
+    } else {
+        None
+    }
+}
+
+async fn control_requests_through_one_node_apply_in_order_on_the_others(engine: Engine) {
+    const ROUNDS: usize = 25;
+    let (_broker, nodes) = cluster(engine, 3, "60s").await;
+    let mut b = Client::connect(&nodes[1].ws()).await;
+    let mut c = Client::connect(&nodes[2].ws()).await;
+    let ids = [b.id.clone(), c.id.clone()];
+    for _ in 0..ROUNDS {
+        for id in &ids {
+            for method in ["subscribe", "unsubscribe"] {
+                let r = nodes[0]
+                    .api(method, json!({"channel": "ops", "client": id}))
+                    .await;
+                assert!(r.get("error").is_none(), "{method}: {r}");
+            }
+        }
+    }
+    // Applied after everything before it, so its push ends the sequence.
+    for id in &ids {
+        let r = nodes[0]
+            .api("subscribe", json!({"channel": "done", "client": id}))
+            .await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    for (name, client) in [("B", &mut b), ("C", &mut c)] {
+        let mut seen = Vec::new();
+        loop {
+            let msg = client
+                .next()
+                .await
+                .unwrap_or_else(|code| panic!("{name} closed ({code})"));
+            match subscription_push(&msg) {
+                Some((channel, _)) if channel == "done" => break,
+                Some((_, kind)) => seen.push(kind),
+                None => {}
+            }
+        }
+        let want: Vec<&str> = ["subscribe", "unsubscribe"].repeat(ROUNDS);
+        assert_eq!(seen, want, "node {name} applied the pairs out of order");
+    }
+}
 
 async fn publications_through_any_node_reach_every_client_in_one_order(engine: Engine) {
     let (_broker, nodes) = cluster(engine, 3, "60s").await;
