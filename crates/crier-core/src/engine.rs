@@ -62,7 +62,8 @@ pub enum EngineError {
 /// it; it calls `history` for a subscriber's catch-up inside the same
 /// section. So an engine only needs each call to be atomic on its own.
 /// Engines backed by another process implement the same calls against it
-/// and feed publications made on other nodes to [`crate::Hub::deliver`].
+/// and feed publications made on other nodes to [`crate::Hub::deliver_at`],
+/// which checks each against the stream the local subscribers follow.
 pub trait Engine: Send + Sync + 'static {
     /// Assigns `publication` the next offset of `channel`, keeps it in
     /// history as `options` say (unless `skip_history`), and returns it with

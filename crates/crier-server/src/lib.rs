@@ -1,57 +1,74 @@
-//! crier-server: everything between the network and `crier-core`.
+//! crier-server: everything between the network and `crier-core`, in
+//! layers whose imports go one way only (down). `ARCHITECTURE.md` has the
+//! table; `tests/server/architecture.rs` enforces it.
 //!
-//! - [`config`] reads the server configuration (Centrifugo v6 key names,
-//!   TOML / JSON / YAML, `CRIER_*` environment overrides) and validates it.
-//! - [`auth`] verifies connection and subscription JWTs, checks server API
-//!   keys, and decides channel permissions from namespace options.
-//! - [`node`] is one running node: hub, config, verifier, shutdown signal.
-//! - [`session`] is the client protocol state machine of one connection,
-//!   transport-agnostic; [`ws`] is the bidirectional WebSocket transport,
-//!   over [`websocket`] (handshake, client frame reader, vectored writer);
-//!   [`uni`] the unidirectional ones (uni WebSocket, SSE, HTTP streaming);
-//!   [`frames`] encodes queued events into JSON frames.
-//! - [`api`] is the server HTTP API (`POST /api/<method>`).
-//! - [`tcp`] plain TCP listeners; [`watch`] file sources.
-//! - [`metrics`] counts for Prometheus and serves `GET /metrics`.
-//! - [`server`] binds, routes and shuts down gracefully.
-//! - `redis_broker` (feature `redis`) and `nats_broker` (feature `nats`):
-//!   offsets, history, presence and pub/sub between nodes, in Redis or in
-//!   NATS JetStream; `broker` is what they share, and `cluster` puts
-//!   either behind the hub when `engine.type` is `"redis"` or `"nats"`.
+//! 0. Foundations, importing nothing of the crate: [`config`] (data and
+//!    all its validation), `clock` (Unix time), `net` (HTTP write
+//!    deadlines, RFC 6455 framing: no protocol knowledge).
+//! 1. Vocabulary: `wire` (core ↔ client protocol types, encoded frames,
+//!    codes), [`auth`] (tokens, API keys, permissions), [`metrics`] (what a
+//!    node counts), `error` ([`ServerError`]).
+//! 2. The engine seam: [`broker`] (what Redis and NATS share), then
+//!    `redis_broker` / `nats_broker`, then `cluster` (either one behind the
+//!    hub, control messages between nodes).
+//! 3. [`node`]: shared context only (hub, config, auth, metrics, cluster).
+//! 4. Services: `admission` (who may connect), `control` (typed
+//!    operations on connections every node applies), then `session` (the
+//!    client protocol state machine, format-free) and `api` (server API
+//!    operations).
+//! 5. Edges, which never import each other: `transport::{websocket, uni,
+//!    tcp}`, the file source `watch`, and the HTTP handlers `http`.
+//! 6. [`server`]: binds, routes, wires control messages, shuts down; the
+//!    only module that knows every transport.
 //!
 //! This crate must never be imported by `crier-core` or `crier-proto`.
 #![forbid(unsafe_code)]
 
-mod admission;
-pub(crate) mod api;
+// 0. foundations
+mod clock;
+pub mod config;
+mod net;
+
+// 1. vocabulary
 pub mod auth;
+mod error;
+pub mod metrics;
+mod wire;
+
+// 2. the engine seam
 /// What the Redis and NATS brokers share (feature `redis` or `nats`).
 #[cfg(feature = "cluster")]
 pub mod broker;
-mod clock;
 /// The cluster engines: nodes sharing channels through Redis or NATS.
 #[cfg(feature = "cluster")]
-pub(crate) mod cluster;
-pub mod config;
-pub(crate) mod frames;
-pub mod metrics;
+mod cluster;
 /// NATS broker: shared offsets and history in JetStream, presence in a
 /// JetStream stream, fan-out over core NATS (feature `nats`).
 #[cfg(feature = "nats")]
-#[path = "nats/mod.rs"] // named nats_broker so it does not shadow the `async_nats` crate's users
+#[path = "nats/mod.rs"] // named like redis_broker (which must not shadow the `redis` crate)
 pub mod nats_broker;
-pub mod node;
 /// Redis broker: shared offsets, history, presence and pub/sub (feature `redis`).
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"] // named redis_broker so it does not shadow the `redis` crate
 pub mod redis_broker;
-pub mod server;
-pub(crate) mod session;
-pub(crate) mod tcp;
-pub(crate) mod uni;
-pub(crate) mod watch;
-pub(crate) mod websocket;
-pub(crate) mod ws;
 
+// 3. the node
+pub mod node;
+
+// 4. services
+mod admission;
+mod api;
+mod control;
+mod session;
+
+// 5. edges
+mod http;
+mod transport;
+mod watch;
+
+// 6. the server
+pub mod server;
+
+pub use error::ServerError;
 pub use node::Node;
-pub use server::{Server, ServerError};
+pub use server::{check_config, Server};

@@ -1,10 +1,10 @@
-//! Prometheus metrics: what a node counts, and `GET /metrics`, which shows
-//! it in the OpenMetrics text format.
+//! Prometheus metrics: what a node counts, rendered in the OpenMetrics text
+//! format (`http::metrics` serves it as `GET /metrics`).
 //!
-//! [`Metrics`] lives in the [`Node`]. The transports and the API report into
+//! [`Metrics`] lives in the node. The transports and the API report into
 //! it with small calls: [`Metrics::connection`] (a guard per live
 //! connection), [`Metrics::disconnect`] (a close with a code),
-//! [`Metrics::timed_publish`] and [`Metrics::engine_error`]. Everything the
+//! [`Metrics::observe_publish`] and [`Metrics::engine_error`]. Everything the
 //! hub already counts (`HubStats`), the queue depths of all clients and the
 //! process figures are read only when scraped, so they cost nothing between
 //! scrapes.
@@ -19,11 +19,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use crier_core::{EngineError, Hub, HubError, MemoryEngine};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -33,11 +28,6 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-use crate::node::Node;
-use crate::server::ServerError;
 
 /// The `Content-Type` of a scrape: OpenMetrics text (counters are exposed
 /// as `<name>_total` under `# TYPE <name> counter`, which only this format
@@ -212,7 +202,10 @@ impl Metrics {
 
     /// Runs `publish` (a call to `Hub::publish`), timing it into
     /// `crier_publish_duration_seconds` (failed calls included) and counting
-    /// an engine failure.
+    /// an engine failure. The node times its (async) publishes with
+    /// [`Metrics::observe_publish`]; this is the synchronous form the tests
+    /// use.
+    #[cfg(test)]
     pub fn timed_publish<T>(&self, publish: impl FnOnce() -> Result<T, HubError>) -> Result<T, HubError> {
         let started = Instant::now();
         let result = publish();
@@ -220,8 +213,8 @@ impl Metrics {
         result
     }
 
-    /// Records a publish that started at `started` and ended with `result`,
-    /// as [`Metrics::timed_publish`] does for a synchronous one.
+    /// Records a publish that started at `started` and ended with `result`:
+    /// its duration, and an engine failure if it was one.
     pub fn observe_publish<T>(&self, started: Instant, result: &Result<T, HubError>) {
         if self.enabled {
             self.publish_duration.observe(started.elapsed().as_secs_f64());
@@ -263,42 +256,6 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
-    }
-}
-
-/// `GET /metrics`.
-pub async fn scrape(State(node): State<Arc<Node>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], node.metrics.render()).into_response()
-}
-
-/// Binds the separate metrics listener when `prometheus.enabled` and
-/// `prometheus.listen` ask for one (`HOST:PORT`, or `:PORT` for every
-/// interface); `None` when metrics are off or served by the main router.
-pub async fn bind(node: &Node) -> Result<Option<TcpListener>, ServerError> {
-    let cfg = &node.config.prometheus;
-    let listen = cfg.listen.trim();
-    if !cfg.enabled || listen.is_empty() {
-        return Ok(None);
-    }
-    let addr = match listen.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => listen.to_owned(),
-    };
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })?;
-    tracing::info!(addr = %listener.local_addr()?, "metrics listener bound");
-    Ok(Some(listener))
-}
-
-/// Serves `GET /metrics` on its own listener until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
-    let app = Router::new().route("/metrics", get(scrape)).with_state(node);
-    let served = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(error) = served {
-        tracing::warn!(%error, "metrics listener failed");
     }
 }
 

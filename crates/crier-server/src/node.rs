@@ -17,6 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AccessPolicy, TokenVerifier};
 use crate::config::{ChannelOptions, Config, ConfigError, OriginPolicy};
 use crate::metrics::Metrics;
+use crate::wire;
+use crier_proto::codes::ErrorCode;
 
 /// crier's version, reported in connect replies and `info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -110,31 +112,11 @@ impl Node {
             cluster,
             config,
         });
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = &node.cluster {
-            // Control messages are applied one after another, in the order
-            // the broker delivered them (which keeps each sending node's
-            // order): a task per message let an `unsubscribe` overtake the
-            // `subscribe` before it. Unbounded: only API callers (holding
-            // the API key) on some node produce them, and each is small.
-            let (queue, mut applied) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-            // Weak: the node owns the cluster, which owns this handler and
-            // so the queue's sender; the task ends when the node goes.
-            let weak = Arc::downgrade(&node);
-            tokio::spawn(async move {
-                while let Some(msg) = applied.recv().await {
-                    let Some(node) = weak.upgrade() else { break };
-                    crate::api::apply_control(&node, &msg).await;
-                }
-            });
-            cluster.on_control(Box::new(move |msg| {
-                let _ = queue.send(msg.to_vec());
-            }));
-        }
         Ok(node)
     }
 
-    /// Publishes to `channel`: in the hub (memory engine) or through Redis.
+    /// Publishes to `channel`: in the hub (memory engine) or through the
+    /// cluster's broker (Redis or NATS).
     /// Timed in `crier_publish_duration_seconds`; engine errors counted.
     pub async fn publish(
         &self,
@@ -198,6 +180,26 @@ impl Node {
         self.hub.history(channel, query)
     }
 
+    /// [`Node::history`] as the client protocol and the server API ask for
+    /// it and answer it; an engine failure is counted.
+    pub(crate) async fn history_reply(
+        &self,
+        channel: &str,
+        limit: i32,
+        since: Option<&crier_proto::client::StreamPosition>,
+        reverse: bool,
+    ) -> Result<crier_proto::client::HistoryResult, ErrorCode> {
+        let max = self.config.client.history_max_publication_limit;
+        let query = wire::history_query(max, limit, since, reverse);
+        match self.history(channel, &query).await {
+            Ok(page) => Ok(wire::history_result(&page)),
+            Err(e) => {
+                self.metrics.engine_error(&e);
+                Err(wire::hub_error_code(&e))
+            }
+        }
+    }
+
     /// Drops `channel`'s history (its position stays).
     pub async fn remove_history(&self, channel: &str) -> Result<(), HubError> {
         #[cfg(feature = "cluster")]
@@ -207,7 +209,7 @@ impl Node {
         self.hub.remove_history(channel)
     }
 
-    /// Who is present in `channel` (on every node, with Redis).
+    /// Who is present in `channel` (on every node, on a cluster engine).
     pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, HubError> {
         #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
@@ -216,7 +218,7 @@ impl Node {
         self.hub.presence(channel)
     }
 
-    /// Presence counts of `channel` (on every node, with Redis).
+    /// Presence counts of `channel` (on every node, on a cluster engine).
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, HubError> {
         #[cfg(feature = "cluster")]
         if let Some(c) = &self.cluster {
@@ -319,7 +321,7 @@ fn cluster_hub(
     node_id: String,
     shutdown: CancellationToken,
 ) -> Result<(Hub, Arc<crate::cluster::Cluster>), ConfigError> {
-    use crate::broker::Broker;
+    use crate::cluster::Broker;
     use crate::cluster::{Cluster, ClusterConfig};
     use crate::config::EngineType;
     let kind = config.engine.kind;

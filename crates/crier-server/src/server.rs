@@ -3,11 +3,9 @@
 //! gracefully (stop accepting, tell every client 3001, wait a bounded time).
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::path::Path;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,42 +17,17 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::auth::TokenVerifier;
+use crate::config::{Config, ConfigError, Report};
+use crate::error::ServerError;
+use crate::http;
+use crate::net::WriteDeadline;
 use crate::node::Node;
-use crate::{api, metrics, tcp, uni, watch, ws};
-
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The configuration cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The server failed while running.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    /// A `[[watch]]` path could not be watched (e.g. the inotify watch limit).
-    #[error("{key}: cannot watch {path}: {source}")]
-    Watch {
-        /// The config key, `watch[i].path`.
-        key: String,
-        /// The path asked for.
-        path: String,
-        /// What the OS (through notify) said.
-        source: notify::Error,
-    },
-}
+use crate::transport::{self, tcp, uni, websocket};
+use crate::watch;
 
 /// A bound, not yet running, crier server.
 pub struct Server {
@@ -69,7 +42,7 @@ pub struct Server {
 /// The HTTP routes of a node.
 pub fn router(node: Arc<Node>) -> Router {
     let mut app = Router::new()
-        .route("/connection/websocket", get(ws::upgrade))
+        .route("/connection/websocket", get(websocket::upgrade))
         .route("/connection/uni_websocket", get(uni::websocket))
         .route("/connection/uni_sse", get(uni::sse_get).post(uni::sse_post))
         .route("/connection/uni_http_stream", post(uni::http_stream))
@@ -81,11 +54,11 @@ pub fn router(node: Arc<Node>) -> Router {
             .handler_prefix
             .trim_end_matches('/')
             .to_owned();
-        app = app.route(&format!("{prefix}/{{method}}"), post(api::handle));
+        app = app.route(&format!("{prefix}/{{method}}"), post(http::api::handle));
     }
     let prometheus = &node.config.prometheus;
     if prometheus.enabled && prometheus.listen.trim().is_empty() {
-        app = app.route("/metrics", get(metrics::scrape));
+        app = app.route("/metrics", get(http::metrics::scrape));
     }
     let http = &node.config.http_server;
     let body = BodyLimits {
@@ -135,12 +108,14 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let addr = config.http_server.listen_addr();
         let node = Node::new(config)?;
+        // Operations other nodes broadcast reach this node's clients.
+        crate::control::listen(&node);
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
         let tcp = tcp::bind(&node).await?;
         let watchers = watch::start(&node)?;
-        let metrics = metrics::bind(&node).await?;
+        let metrics = http::metrics::bind(&node).await?;
         Ok(Self {
             node,
             listener,
@@ -188,7 +163,7 @@ impl Server {
         let watchers = tokio::spawn(self.watchers.run(token.clone()));
         let metrics = self
             .metrics
-            .map(|l| tokio::spawn(metrics::serve(l, node.clone(), token.clone())));
+            .map(|l| tokio::spawn(http::metrics::serve(l, node.clone(), token.clone())));
         let housekeeping = {
             let hub = node.hub.clone();
             let token = token.clone();
@@ -309,115 +284,106 @@ async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, shut
     }
 }
 
-/// A TCP stream whose writes fail with `TimedOut` once the peer has taken
-/// no bytes for `timeout`: hyper has no write timeout, and a client that
-/// stops reading an SSE stream would otherwise keep its connection (and
-/// the kernel's buffers) for ever. An upgraded WebSocket unwraps it
-/// ([`WriteDeadline::into_inner`]) and keeps its own per-frame timeout.
-pub(crate) struct WriteDeadline {
-    inner: TcpStream,
-    timeout: Duration,
-    // Armed when a write first finds the socket full; gone once it drains.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+/// Checks a configuration file on its own (the environment is not applied,
+/// so the result does not depend on the shell it runs in): parses it,
+/// validates it, checks the `[[tcp]]` listeners and `[[watch]]` sources as
+/// `crier serve` would before binding and watching, and loads the token
+/// keys it names.
+pub fn check_config(path: &Path) -> Result<Report, ConfigError> {
+    let (config, warnings) = Config::check_file(path)?;
+    transport::tcp::validate(&config)?;
+    watch::validate(&config)?;
+    // Building the verifier proves the PEM keys load; its key list feeds the
+    // summary.
+    let verifier = TokenVerifier::from_config(&config)?;
+    let summary = summarize(path, &config, &verifier, warnings.len());
+    Ok(Report { warnings, summary })
 }
 
-impl WriteDeadline {
-    fn new(inner: TcpStream, timeout: Duration) -> Self {
-        WriteDeadline {
-            inner,
-            timeout,
-            stalled: None,
+fn summarize(path: &Path, config: &Config, verifier: &TokenVerifier, warning_count: usize) -> String {
+    let names: Vec<&str> = config
+        .channel
+        .namespaces
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    let namespaces = if names.is_empty() {
+        "no namespaces".to_string()
+    } else {
+        format!("{} namespace(s): {}", names.len(), names.join(", "))
+    };
+    let algorithms = |list: Vec<&'static str>| {
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
         }
-    }
-
-    /// The stream itself.
-    pub(crate) fn into_inner(self) -> TcpStream {
-        self.inner
-    }
-
-    fn check<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        match polled {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let stalled = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match stalled.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client took no bytes within http_server.write_timeout",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
-impl AsyncRead for WriteDeadline {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for WriteDeadline {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.check(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.check(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    };
+    let api = if config.http_api.disabled {
+        "disabled"
+    } else if config.http_api.insecure {
+        "insecure (no key needed)"
+    } else if config.http_api.key.is_empty() {
+        "no key set"
+    } else {
+        "key set"
+    };
+    format!(
+        "{}: OK\n\
+         listen: {}\n\
+         engine: {}\n\
+         channels: {namespaces}\n\
+         connection tokens: {}\n\
+         subscription tokens: {}\n\
+         client insecure: {}\n\
+         http api: {api}\n\
+         warnings: {warning_count}",
+        path.display(),
+        config.http_server.listen_addr(),
+        config.engine.kind.as_str(),
+        algorithms(verifier.connect_algorithms()),
+        algorithms(verifier.subscribe_algorithms()),
+        config.client.insecure,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
-    #[tokio::test]
-    async fn a_peer_that_stops_reading_fails_the_write_after_the_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut stream = WriteDeadline::new(stream, Duration::from_millis(200));
-        let chunk = vec![b'z'; 64 * 1024];
-        // 64 MiB never fits in loopback buffers: some write must stall.
-        let mut outcome = Ok(());
-        for _ in 0..1024 {
-            outcome = stream.write_all(&chunk).await;
-            if outcome.is_err() {
-                break;
-            }
+    // A file of this test's own, removed when the process ends is not
+    // needed: names are unique per test and live in the temp dir.
+    fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("crier-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("temp file");
+        path
+    }
+
+    #[test]
+    fn check_config_summarizes_and_warns() {
+        let file = temp_file(
+            "centrifugo.json",
+            r#"{"client": {"token": {"hmac_secret_key": "s"}, "proxy": {}},
+                "http_api": {"key": "k"},
+                "channel": {"namespaces": [{"name": "chat"}]}}"#,
+        );
+        let report = check_config(&file).expect("valid");
+        assert!(report.summary.contains("OK"), "{}", report.summary);
+        assert!(report.summary.contains("chat"), "{}", report.summary);
+        assert!(report.summary.contains("HS256"), "{}", report.summary);
+        assert_eq!(report.warnings.len(), 1);
+        assert_eq!(report.warnings[0].key, "client.proxy");
+        assert!(report.to_string().contains("warning: client.proxy"));
+
+        let bad = temp_file(
+            "bad.toml",
+            "[client.token]\nrsa_public_key = \"/no/such/key.pem\"\n",
+        );
+        match check_config(&bad) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "client.token.rsa_public_key"),
+            other => panic!("expected a key error, got {other:?}"),
         }
-        let err = outcome.expect_err("a stalled write fails");
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
-        drop(peer);
     }
 }

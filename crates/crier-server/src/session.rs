@@ -7,15 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crier_core::{
-    Catchup, ClientId, ClientInfo, ClientReceiver, DisconnectReason, EngineError, Exclusion, HistoryQuery,
-    HubError, PublishOptions, StreamPosition, SubscribeOptions, Subscribed,
+    Catchup, ClientId, ClientInfo, ClientReceiver, Exclusion, PublishOptions, SubscribeOptions,
 };
 use crier_proto::client::{self as wire, Command, Reply, Request};
 use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
-use crier_proto::encode;
-use serde_json::value::RawValue;
 
 pub(crate) use crate::admission::Refused;
 use crate::admission::{self, Admitted, Credentials, Identity};
@@ -23,6 +20,9 @@ use crate::auth::{ChannelAction, Permission, Rejection, Requester, SubscriptionO
 use crate::clock::{after, unix_now};
 use crate::config::ChannelOptions;
 use crate::node::{Node, VERSION};
+use crate::wire::{
+    code_of, hub_error_code, reason_of, subscribe_result, wire_client_info, Codec, SubscriptionMode,
+};
 
 /// Why a connect attempt did not produce a connection.
 #[derive(Debug)]
@@ -59,131 +59,18 @@ struct Connected {
 /// The protocol state of one connection.
 pub struct Session {
     node: Arc<Node>,
+    // How this connection's replies and pushes are encoded; the session
+    // never encodes on its own.
+    codec: Codec,
     connected: Option<Connected>,
-}
-
-/// Encodes a reply as one line.
-pub fn reply_bytes(reply: &Reply) -> Bytes {
-    let mut buf = BytesMut::new();
-    encode::reply(&mut buf, reply);
-    buf.freeze()
-}
-
-fn error_reply(id: u32, code: ErrorCode) -> Bytes {
-    reply_bytes(&Reply::error(id, code))
-}
-
-fn code_of(code: u32) -> ErrorCode {
-    ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal)
-}
-
-fn raw(bytes: &[u8]) -> Option<Box<RawValue>> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    RawValue::from_string(text.to_owned()).ok()
-}
-
-/// The protocol error a hub error becomes.
-pub fn hub_error_code(e: &HubError) -> ErrorCode {
-    match e {
-        HubError::UnknownChannel(_) => ErrorCode::UnknownChannel,
-        HubError::InvalidChannel => ErrorCode::BadRequest,
-        HubError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
-        HubError::Engine(EngineError::UnrecoverablePosition) => ErrorCode::UnrecoverablePosition,
-        HubError::UnknownClient(_) | HubError::SlowClient(_) | HubError::Engine(_) => ErrorCode::Internal,
-    }
-}
-
-/// A core publication in wire form (for catch-up and history replies).
-pub fn wire_publication(p: &crier_core::Publication) -> wire::Publication {
-    wire::Publication {
-        data: raw(&p.data),
-        info: p.info.as_deref().map(wire_client_info),
-        offset: p.offset,
-        tags: p
-            .tags
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-/// A core client info in wire form.
-pub fn wire_client_info(i: &ClientInfo) -> wire::ClientInfo {
-    wire::ClientInfo {
-        user: i.user.to_string(),
-        client: i.client.to_string(),
-        conn_info: i.conn_info.as_deref().and_then(raw),
-        chan_info: i.chan_info.as_deref().and_then(raw),
-    }
-}
-
-/// The subscribe result for a hub subscription.
-pub fn subscribe_result(
-    s: &Subscribed,
-    recoverable: bool,
-    positioned: bool,
-    recover: bool,
-) -> wire::SubscribeResult {
-    wire::SubscribeResult {
-        recoverable,
-        positioned: positioned || recoverable,
-        epoch: if positioned || recoverable {
-            s.position.epoch.to_string()
-        } else {
-            String::new()
-        },
-        offset: if positioned || recoverable {
-            s.position.offset
-        } else {
-            0
-        },
-        publications: s.publications.iter().map(wire_publication).collect(),
-        recovered: recover && s.recovered,
-        was_recovering: recover,
-        ..Default::default()
-    }
-}
-
-/// How a subscription behaves, from the channel's options and the request.
-pub struct SubscriptionMode {
-    /// Subscriber gets offsets/epoch and can recover later.
-    pub recoverable: bool,
-    /// Subscriber gets its stream position.
-    pub positioned: bool,
-    /// Where the stream starts.
-    pub catchup: Catchup,
-}
-
-impl SubscriptionMode {
-    /// Decides the mode of a subscription to a channel with `options`.
-    pub fn new(options: &ChannelOptions, req: &wire::SubscribeRequest) -> Self {
-        let history = options.history_enabled();
-        let recoverable = history && (options.force_recovery || (options.allow_recovery && req.recoverable));
-        let positioned = history
-            && (recoverable || options.force_positioning || (options.allow_positioning && req.positioned));
-        let catchup = if recoverable && req.recover {
-            Catchup::Recover(StreamPosition {
-                offset: req.offset,
-                epoch: req.epoch.as_str().into(),
-            })
-        } else {
-            Catchup::None
-        };
-        Self {
-            recoverable,
-            positioned,
-            catchup,
-        }
-    }
 }
 
 impl Session {
     /// A session that has not connected yet.
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, codec: Codec) -> Self {
         Self {
             node,
+            codec,
             connected: None,
         }
     }
@@ -231,14 +118,14 @@ impl Session {
             .filter(|(_, &t)| after(t, cfg.expired_sub_close_delay) <= now)
             .map(|(channel, _)| channel.clone())
             .collect();
-        let cid = c.id;
+        let (cid, codec) = (c.id, self.codec);
         for channel in lapsed {
             c.sub_expires_at.remove(&channel);
             // `false`: already unsubscribed (e.g. by the server API).
             if let Ok(true) = node.hub.unsubscribe(cid, &channel) {
                 let _ = node
                     .hub
-                    .send_raw(cid, unsubscribe_push(&channel, &Unsubscribe::EXPIRED));
+                    .send_raw(cid, codec.unsubscribe(&channel, &Unsubscribe::EXPIRED));
             }
         }
         Ok(())
@@ -266,9 +153,9 @@ impl Session {
                     connect: Some(result),
                     ..Default::default()
                 };
-                Ok((reply_bytes(&reply), rx))
+                Ok((self.codec.reply(&reply), rx))
             }
-            Err(Refused::Error(code)) => Err(Refusal::Reply(error_reply(id, code))),
+            Err(Refused::Error(code)) => Err(Refusal::Reply(self.codec.error(id, code))),
             Err(Refused::Disconnect(d)) => Err(Refusal::Disconnect(d)),
         }
     }
@@ -425,7 +312,7 @@ impl Session {
             Request::Refresh(req) => self.refresh(id, &req.token)?,
             Request::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token)?,
         };
-        self.send(reply_bytes(&reply));
+        self.send(self.codec.reply(&reply));
         Ok(())
     }
 
@@ -468,16 +355,16 @@ impl Session {
         let c = self.connected.as_ref().expect("checked by handle");
         let (cid, user) = (c.id, c.user.clone());
         if req.channel.is_empty() || req.channel.len() > node.config.channel.max_length {
-            self.send(error_reply(id, ErrorCode::BadRequest));
+            self.send(self.codec.error(id, ErrorCode::BadRequest));
             return Ok(());
         }
         let Some(base) = node.channel_options(&req.channel) else {
-            self.send(error_reply(id, ErrorCode::UnknownChannel));
+            self.send(self.codec.error(id, ErrorCode::UnknownChannel));
             return Ok(());
         };
         let limit = node.config.client.channel_limit;
         if limit > 0 && node.hub.client(cid).is_some_and(|s| s.channels.len() >= limit) {
-            self.send(error_reply(id, ErrorCode::LimitExceeded));
+            self.send(self.codec.error(id, ErrorCode::LimitExceeded));
             return Ok(());
         }
         let mut options = base.clone();
@@ -494,25 +381,26 @@ impl Session {
                     expires_at = claims.expires_at();
                     // `expire_at` already passed (an expired `exp` is 109).
                     if expires_at.is_some_and(|t| t <= unix_now()) {
-                        self.send(error_reply(id, ErrorCode::Expired));
+                        self.send(self.codec.error(id, ErrorCode::Expired));
                         return Ok(());
                     }
                 }
                 Err(e) => match e.on_subscribe() {
                     Rejection::Error(code) => {
-                        self.send(error_reply(id, code_of(code)));
+                        self.send(self.codec.error(id, code_of(code)));
                         return Ok(());
                     }
                     Rejection::Disconnect(_) => return Err(Disconnect::INVALID_TOKEN),
                 },
             }
         } else if let Err(code) = self.check(ChannelAction::Subscribe, &req.channel, base) {
-            self.send(error_reply(id, code));
+            self.send(self.codec.error(id, code));
             return Ok(());
         }
         let mode = SubscriptionMode::new(&options, &req);
         let recover = matches!(mode.catchup, Catchup::Recover(_));
         let now = unix_now();
+        let codec = self.codec;
         let outcome = node
             .subscribe(
                 cid,
@@ -527,7 +415,7 @@ impl Session {
                     let mut result = subscribe_result(s, mode.recoverable, mode.positioned, recover);
                     result.expires = expires_at.is_some();
                     result.ttl = expires_at.map_or(0, |t| (t - now).max(0) as u32);
-                    Some(reply_bytes(&Reply {
+                    Some(codec.reply(&Reply {
                         id,
                         subscribe: Some(result),
                         ..Default::default()
@@ -545,7 +433,7 @@ impl Session {
                     };
                 }
             }
-            Err(e) => self.send(error_reply(id, hub_error_code(&e))),
+            Err(e) => self.send(self.codec.error(id, hub_error_code(&e))),
         }
         Ok(())
     }
@@ -647,14 +535,10 @@ impl Session {
         if let Err(code) = self.check(ChannelAction::History, &req.channel, options) {
             return Reply::error(id, code);
         }
-        match history_query(
-            &self.node,
-            &req.channel,
-            req.limit,
-            req.since.as_ref(),
-            req.reverse,
-        )
-        .await
+        match self
+            .node
+            .history_reply(&req.channel, req.limit, req.since.as_ref(), req.reverse)
+            .await
         {
             Ok(result) => Reply {
                 id,
@@ -731,71 +615,4 @@ impl Session {
             },
         }
     }
-}
-
-/// Reads history for the client protocol and the server API alike.
-pub async fn history_query(
-    node: &Node,
-    channel: &str,
-    limit: i32,
-    since: Option<&wire::StreamPosition>,
-    reverse: bool,
-) -> Result<wire::HistoryResult, ErrorCode> {
-    let max = node.config.client.history_max_publication_limit;
-    let limit = match limit {
-        0 => Some(0),
-        n if n < 0 => (max > 0).then_some(max),
-        n => Some(if max > 0 {
-            (n as usize).min(max)
-        } else {
-            n as usize
-        }),
-    };
-    let query = HistoryQuery {
-        since: since.map(|s| StreamPosition {
-            offset: s.offset,
-            epoch: s.epoch.as_str().into(),
-        }),
-        limit,
-        reverse,
-    };
-    match node.history(channel, &query).await {
-        Ok(page) => Ok(wire::HistoryResult {
-            publications: page.publications.iter().map(wire_publication).collect(),
-            epoch: page.position.epoch.to_string(),
-            offset: page.position.offset,
-        }),
-        Err(e) => {
-            node.metrics.engine_error(&e);
-            Err(hub_error_code(&e))
-        }
-    }
-}
-
-/// The hub disconnect reason for a protocol disconnect.
-pub fn reason_of(d: &Disconnect) -> DisconnectReason {
-    DisconnectReason::Custom {
-        code: d.code as u16,
-        reason: d.reason.as_ref().into(),
-        reconnect: d.reconnect(),
-    }
-}
-
-/// The protocol disconnect a hub reason becomes on the wire.
-pub fn disconnect_of(reason: &DisconnectReason) -> Disconnect {
-    match reason {
-        DisconnectReason::Slow => Disconnect::SLOW,
-        DisconnectReason::Shutdown => Disconnect::SHUTDOWN,
-        DisconnectReason::Removed => Disconnect::CONNECTION_CLOSED,
-        DisconnectReason::Custom { code, reason, .. } => {
-            Disconnect::new(u32::from(*code), reason.to_string())
-        }
-    }
-}
-
-/// An unsubscribe push for `channel`, as queued by server-side unsubscribe.
-pub fn unsubscribe_push(channel: &str, u: &Unsubscribe) -> Bytes {
-    let mut buf = BytesMut::new();
-    encode::unsubscribe_push(&mut buf, encode::Envelope::Reply, channel, u);
-    buf.freeze()
 }

@@ -8,7 +8,7 @@
 //! never polling) hands raw events through a bounded channel to one worker
 //! thread per source. The worker reads files with plain blocking I/O and
 //! publishes through a [`Sink`]: the hub's `publish` (memory engine), which
-//! is synchronous and never waits on a client, or the node's Redis publish
+//! is synchronous and never waits on a client, or the node's broker publish
 //! run to completion on the runtime from the worker's own thread. When the worker falls behind, the bounded channel holds notify's
 //! thread back, the kernel's queue overflows, notify says "rescan", and the
 //! worker rescans the files it follows: memory stays bounded, nothing
@@ -38,8 +38,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ChannelConfig, Config, ConfigError, WatchConfig};
+use crate::error::ServerError;
 use crate::node::Node;
-use crate::server::ServerError;
 
 /// Longest partial line kept while waiting for its newline. A longer line is
 /// dropped, with a warning, up to and including its newline.
@@ -957,8 +957,8 @@ impl Sink {
         }
     }
 
-    /// Through `node`: timed in the publish metrics, and through Redis on
-    /// the Redis engine (blocking the worker thread, never a runtime one).
+    /// Through `node`: timed in the publish metrics, and through the broker
+    /// on a cluster engine (blocking the worker thread, never a runtime one).
     pub fn of(node: &Arc<Node>) -> Self {
         let node = node.clone();
         let runtime = tokio::runtime::Handle::try_current().ok();

@@ -1,7 +1,7 @@
 //! The `crier` command: argument parsing and wiring only.
 //!
 //! - [`serve`] runs a node (`crier serve`);
-//! - `check-config` prints [`crier_server::config::check_config`]'s report;
+//! - `check-config` prints [`crier_server::check_config`]'s report;
 //! - [`token`] signs HS256 connection and subscription tokens;
 //! - [`publish`] calls the server HTTP API's `publish` method;
 //! - [`subscribe`] is a minimal client protocol v2 (JSON) WebSocket client
@@ -114,7 +114,7 @@ fn init_logging() -> anyhow::Result<()> {
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
     // The error already names file:line:col and the key.
-    let report = crier_server::config::check_config(file)?;
+    let report = crier_server::check_config(file)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{report}")?;
     out.flush()?;

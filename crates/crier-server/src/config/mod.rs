@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use origins::glob_match;
 pub use origins::OriginPolicy;
 pub use source::Format;
 
@@ -249,6 +250,18 @@ impl HttpServerConfig {
         } else {
             format!("{address}:{}", self.port)
         }
+    }
+}
+
+/// A `listen` value (`[[tcp]].listen`, `prometheus.listen`) ready for a
+/// bind call: Go-style `:PORT` means every interface, as in Centrifugo's
+/// configurations; anything else is taken as written (`IP:PORT`,
+/// `[::1]:PORT`, `host:PORT`).
+pub fn listen_addr(listen: &str) -> String {
+    let listen = listen.trim();
+    match listen.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => listen.to_owned(),
     }
 }
 
@@ -1008,6 +1021,14 @@ impl Config {
         Self::load_with_env(path, std::env::vars())
     }
 
+    /// Reads and validates the file at `path` on its own: no environment,
+    /// so the result does not depend on the shell (`crier check-config`).
+    pub fn check_file(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
+        let (config, mut warnings) = source::read_file(path)?;
+        warnings.extend(config.validate()?);
+        Ok((config, warnings))
+    }
+
     /// As [`Config::load`], with the environment given explicitly so callers
     /// (and tests) decide what it contains.
     pub fn load_with_env(
@@ -1273,75 +1294,6 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
-}
-
-/// Checks a configuration file on its own (the environment is not applied,
-/// so the result does not depend on the shell it runs in): parses it,
-/// validates it, checks the `[[tcp]]` listeners and `[[watch]]` sources as
-/// `crier serve` would before binding and watching, and loads the token
-/// keys it names.
-pub fn check_config(path: &Path) -> Result<Report, ConfigError> {
-    let (config, mut warnings) = source::read_file(path)?;
-    warnings.extend(config.validate()?);
-    crate::tcp::validate(&config)?;
-    crate::watch::validate(&config)?;
-    // Building the verifier proves the PEM keys load; its key list feeds the
-    // summary.
-    let verifier = crate::auth::TokenVerifier::from_config(&config)?;
-    let summary = summarize(path, &config, &verifier, warnings.len());
-    Ok(Report { warnings, summary })
-}
-
-fn summarize(
-    path: &Path,
-    config: &Config,
-    verifier: &crate::auth::TokenVerifier,
-    warning_count: usize,
-) -> String {
-    let names: Vec<&str> = config
-        .channel
-        .namespaces
-        .iter()
-        .map(|n| n.name.as_str())
-        .collect();
-    let namespaces = if names.is_empty() {
-        "no namespaces".to_string()
-    } else {
-        format!("{} namespace(s): {}", names.len(), names.join(", "))
-    };
-    let algorithms = |list: Vec<&'static str>| {
-        if list.is_empty() {
-            "none".to_string()
-        } else {
-            list.join(", ")
-        }
-    };
-    let api = if config.http_api.disabled {
-        "disabled"
-    } else if config.http_api.insecure {
-        "insecure (no key needed)"
-    } else if config.http_api.key.is_empty() {
-        "no key set"
-    } else {
-        "key set"
-    };
-    format!(
-        "{}: OK\n\
-         listen: {}\n\
-         engine: {}\n\
-         channels: {namespaces}\n\
-         connection tokens: {}\n\
-         subscription tokens: {}\n\
-         client insecure: {}\n\
-         http api: {api}\n\
-         warnings: {warning_count}",
-        path.display(),
-        config.http_server.listen_addr(),
-        config.engine.kind.as_str(),
-        algorithms(verifier.connect_algorithms()),
-        algorithms(verifier.subscribe_algorithms()),
-        config.client.insecure,
-    )
 }
 
 #[cfg(test)]

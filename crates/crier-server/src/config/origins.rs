@@ -56,7 +56,7 @@ fn origin_host(origin: &str) -> Option<&str> {
 /// Matches `text` against `pattern` where `*` is any run of bytes and `?` is
 /// one byte. Iterative with single-star backtracking: linear in practice and
 /// never exponential, so a hostile `Origin` header cannot stall a handshake.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

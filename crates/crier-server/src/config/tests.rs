@@ -650,32 +650,6 @@ fn the_file_extension_picks_the_format() {
 }
 
 #[test]
-fn check_config_summarizes_and_warns() {
-    let file = TempFile::new(
-        "centrifugo.json",
-        r#"{"client": {"token": {"hmac_secret_key": "s"}, "proxy": {}},
-            "http_api": {"key": "k"},
-            "channel": {"namespaces": [{"name": "chat"}]}}"#,
-    );
-    let report = check_config(&file.path).expect("valid");
-    assert!(report.summary.contains("OK"), "{}", report.summary);
-    assert!(report.summary.contains("chat"), "{}", report.summary);
-    assert!(report.summary.contains("HS256"), "{}", report.summary);
-    assert_eq!(report.warnings.len(), 1);
-    assert_eq!(report.warnings[0].key, "client.proxy");
-    assert!(report.to_string().contains("warning: client.proxy"));
-
-    let bad = TempFile::new(
-        "bad.toml",
-        "[client.token]\nrsa_public_key = \"/no/such/key.pem\"\n",
-    );
-    match check_config(&bad.path) {
-        Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "client.token.rsa_public_key"),
-        other => panic!("expected a key error, got {other:?}"),
-    }
-}
-
-#[test]
 fn listen_addr_handles_all_interfaces_and_ipv6() {
     let mut s = HttpServerConfig {
         address: String::new(),

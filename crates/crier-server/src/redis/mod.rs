@@ -403,19 +403,6 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// The same as [`RedisBroker::add_presence`]: what a node's periodic
-    /// refresh of its clients calls.
-    pub async fn refresh_presence(
-        &self,
-        channel: &str,
-        client: &str,
-        user: &str,
-        info: Bytes,
-        ttl: Duration,
-    ) -> Result<(), BrokerError> {
-        self.add_presence(channel, client, user, info, ttl).await
-    }
-
     /// Removes `client` from `channel`'s presence.
     pub async fn remove_presence(&self, channel: &str, client: &str) -> Result<(), BrokerError> {
         let mut inv = self.presence_keys(&self.inner.scripts.presence_remove, channel);

@@ -222,11 +222,12 @@ fn signed(user: &str, exp: i64) -> String {
 
 #[tokio::test]
 async fn every_admission_rule_decides_alike_on_every_transport() {
-    // (what the rule is, config change, token, expected outcome)
+    // (what the rule is, config change, token for a user, expected outcome)
     type Edit = fn(&mut crier_server::config::Config);
+    type Case = (&'static str, Edit, fn(&str) -> String, Outcome);
     // Each token is made for one user per transport, so one transport's
     // connections never count for another's.
-    let cases: [(&str, Edit, fn(&str) -> String, Outcome); 6] = [
+    let cases: [Case; 6] = [
         ("a valid token", |_| {}, token, Outcome::Admitted),
         (
             "a bad token",

@@ -1,5 +1,6 @@
 mod admission;
 mod api;
+mod architecture;
 mod hostile;
 mod interop;
 mod metrics;

@@ -586,7 +586,7 @@ async fn presence_add_remove_expire_and_stats() {
     a.remove_presence("p", "a/2").await.unwrap();
     assert_eq!(b.presence_stats("p").await.unwrap(), (2, 2));
     // Refresh keeps an entry; a crashed node's entries expire.
-    b.refresh_presence("p", "b/1", "bob", Bytes::from_static(b"{}"), long)
+    b.add_presence("p", "b/1", "bob", Bytes::from_static(b"{}"), long)
         .await
         .unwrap();
     a.add_presence(

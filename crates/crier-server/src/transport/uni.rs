@@ -21,12 +21,12 @@ use crier_proto::codes::{Disconnect, ErrorCode};
 use crier_proto::encode::{self, Envelope, PING};
 
 use crate::config::UniTransportConfig;
-use crate::frames::{encode_event_into, UNI_JSON};
 use crate::metrics::Transport;
+use crate::net::websocket::{self, Incoming, Reader, Writer};
 use crate::node::Node;
-use crate::session::{disconnect_of, Opened, Refused, Session};
-use crate::websocket::{self, Incoming, Reader, Writer};
-use crate::ws::close;
+use crate::session::{Opened, Refused, Session};
+use crate::wire::frames::{encode_event_into, UNI_JSON};
+use crate::wire::{disconnect_of, Codec};
 
 /// How each message is framed on an HTTP stream.
 #[derive(Clone, Copy)]
@@ -171,7 +171,7 @@ impl Outgoing {
 
 /// Opens a session for a uni client; the connect push comes first.
 async fn open(node: &Arc<Node>, req: ConnectRequest) -> Result<(Bytes, Outgoing), Disconnect> {
-    let mut session = Session::new(node.clone());
+    let mut session = Session::new(node.clone(), Codec::Json);
     let Opened { result, rx, id } = session.open(req, true).await.map_err(refusal)?;
     let deadline = session.deadline();
     Ok((
@@ -400,4 +400,9 @@ async fn serve_websocket(node: Arc<Node>, mut reader: Reader, mut writer: Writer
             return;
         }
     }
+}
+
+/// Sends `d` as a close frame.
+async fn close(writer: &mut Writer, d: &Disconnect) {
+    let _ = writer.close(d.code as u16, &d.reason).await;
 }

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::task::TaskTracker;
 
-use crate::server::WriteDeadline;
+use crate::net::WriteDeadline;
 
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admitted, Credentials, Identity, Refused};
 use crate::config::{Config, ConfigError, TcpEncoding, TcpFraming, TcpListenerConfig};
+use crate::error::ServerError;
 use crate::node::Node;
-use crate::server::ServerError;
 use crier_proto::codes::{Disconnect, ErrorCode};
 
 /// Encoding-cache slots for TCP wires. Slots 0 and 1 belong to the JSON
@@ -150,11 +150,7 @@ impl Endpoint {
                 "must be set, e.g. \"127.0.0.1:10001\"",
             ));
         }
-        // Go-style ":PORT" means every interface, as in Centrifugo's configs.
-        let full = match listen.strip_prefix(':') {
-            Some(port) => format!("0.0.0.0:{port}"),
-            None => listen.to_owned(),
-        };
+        let full = crate::config::listen_addr(listen);
         let addr: SocketAddr = full.parse().map_err(|_| {
             invalid(
                 format!("{key}.listen"),

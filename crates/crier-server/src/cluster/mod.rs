@@ -48,9 +48,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    self, decode_info, encode_info, Broker, BrokerError, BrokerEvent, BrokerEvents, InfoParts,
-    RemotePublication, Subscriptions,
+    self, decode_info, encode_info, BrokerError, BrokerEvent, BrokerEvents, InfoParts, RemotePublication,
 };
+pub(crate) use dispatch::{Broker, Subscriptions};
+
+mod dispatch;
 
 /// What the hub's engine hooks ask of the background tasks, in order.
 enum SubOp {
@@ -476,7 +478,7 @@ impl Cluster {
     }
 
     fn resync(&self, channel: &str) {
-        let push = crate::session::unsubscribe_push(channel, &Unsubscribe::INSUFFICIENT_STATE);
+        let push = crate::wire::unsubscribe_push(channel, &Unsubscribe::INSUFFICIENT_STATE);
         let n = self.hub.unsubscribe_all(channel, Some(push)).len();
         if n > 0 {
             tracing::info!(

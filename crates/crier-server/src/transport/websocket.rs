@@ -11,15 +11,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use crier_core::ClientReceiver;
-use crier_proto::client::{parse_frame, Request as Command};
+use crier_proto::client::Request as Command;
 use crier_proto::codes::Disconnect;
 use crier_proto::encode::{Envelope, PING};
 
-use crate::frames::{encoded, BIDI_JSON};
 use crate::metrics::Transport;
+use crate::net::websocket::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
 use crate::node::Node;
-use crate::session::{disconnect_of, Refusal, Session};
-use crate::websocket::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
+use crate::session::{Refusal, Session};
+use crate::wire::frames::encoded;
+use crate::wire::{disconnect_of, Codec};
 
 /// Upgrades a request to a WebSocket client connection.
 pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Response {
@@ -34,19 +35,22 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
         write_timeout: node.config.websocket.write_timeout,
     };
     let tracker = node.connections.clone();
+    // The only format for now; the protobuf one will be chosen here from
+    // the subprotocol or the query.
+    let codec = Codec::Json;
     websocket::accept(request, limits, &tracker, move |reader, writer| {
-        serve(node, reader, writer)
+        serve(node, codec, reader, writer)
     })
 }
 
 /// Sends `d` as a close frame.
-pub(crate) async fn close(writer: &mut Writer, d: &Disconnect) {
+async fn close(writer: &mut Writer, d: &Disconnect) {
     let _ = writer.close(d.code as u16, &d.reason).await;
 }
 
 /// Serves one WebSocket connection until it closes.
-async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
-    let mut session = Session::new(node.clone());
+async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Writer) {
+    let mut session = Session::new(node.clone(), codec);
     let cfg = &node.config.client;
     // A client that sends nothing for a ping interval plus the pong timeout
     // is gone (it must answer every server ping).
@@ -78,7 +82,7 @@ async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
             Read::Gone => return,
             Read::Fail(d) => return close(&mut writer, &d).await,
         };
-        let mut commands = parse_frame(&text);
+        let mut commands = codec.decode(&text);
         let Some(first) = commands.next() else { continue };
         let outcome = match first {
             Ok(cmd) => {
@@ -126,6 +130,7 @@ async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
     let controls = Arc::new(Controls::default());
     let writing = tokio::spawn(write(
         node.clone(),
+        codec,
         writer,
         rx,
         cfg.ping_interval,
@@ -160,7 +165,7 @@ async fn serve(node: Arc<Node>, mut reader: Reader, mut writer: Writer) {
         };
         match read(msg) {
             Read::Frame(text) => {
-                for cmd in parse_frame(&text) {
+                for cmd in codec.decode(&text) {
                     let result = match cmd {
                         Ok(c) => session.handle(c).await,
                         Err(e) => Err(e.disconnect().unwrap_or(Disconnect::BAD_REQUEST)),
@@ -226,6 +231,7 @@ fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -
 /// interval, and closes with the hub's reason when the queue closes.
 async fn write(
     node: Arc<Node>,
+    codec: Codec,
     mut writer: Writer,
     mut rx: ClientReceiver,
     ping_every: Duration,
@@ -267,7 +273,7 @@ async fn write(
                 batch.extend(
                     items
                         .drain(..)
-                        .map(|item| encoded(&item, BIDI_JSON, Envelope::Reply)),
+                        .map(|item| encoded(&item, codec.events(), Envelope::Reply)),
                 );
                 if writer.text(&mut batch).await.is_err() {
                     return;

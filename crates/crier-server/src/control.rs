@@ -1,0 +1,307 @@
+//! Operations on connections that every node of a cluster applies: a
+//! server-side subscribe, an unsubscribe, a disconnect, an expiry. The
+//! server API turns a request into a [`Control`], applies it here and, on
+//! a cluster engine, broadcasts it; every other node decodes it and
+//! applies it too, one message after another in the order the broker
+//! delivered them (so an `unsubscribe` never overtakes the `subscribe`
+//! sent before it). Typed (`{"subscribe": {...}}`, one key per operation,
+//! which a node that does not know it drops): never a re-serialised API
+//! request.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use crier_core::{ClientId, SubscribeOptions};
+use crier_proto::client::{self as wire, Push};
+use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
+use crier_proto::encode::{self, Envelope};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::node::Node;
+use crate::wire::{hub_error_code, reason_of, subscribe_result, unsubscribe_push, SubscriptionMode};
+
+/// Whose connections an operation acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Target {
+    /// Every connection of this user (or, with `client`, only one of its).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// Only this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<u64>,
+}
+
+impl Target {
+    /// The target of an API request naming a `user`, a `client`, or both;
+    /// 107 when it names neither or the client id is not one.
+    pub(crate) fn new(user: &str, client: &str) -> Result<Self, ErrorCode> {
+        let client = match client {
+            "" => None,
+            id => Some(id.parse::<u64>().map_err(|_| ErrorCode::BadRequest)?),
+        };
+        if user.is_empty() && client.is_none() {
+            return Err(ErrorCode::BadRequest);
+        }
+        Ok(Target {
+            user: user.to_owned(),
+            client,
+        })
+    }
+
+    /// The matching connections on this node.
+    fn local(&self, node: &Node) -> Vec<ClientId> {
+        match self.client {
+            Some(id) => {
+                let id = ClientId(id);
+                match node.hub.client(id) {
+                    Some(c) if self.user.is_empty() || *c.user == *self.user => vec![id],
+                    _ => vec![],
+                }
+            }
+            None => node.hub.clients_of_user(&self.user),
+        }
+    }
+}
+
+/// One operation on connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Control {
+    /// Subscribe the target's connections to `channel` (server-side).
+    Subscribe {
+        /// Whose connections.
+        target: Target,
+        /// The channel.
+        channel: String,
+        /// Channel info for presence and join/leave (raw JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<Box<RawValue>>,
+        /// Data for the client's `subscribe` push (raw JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Box<RawValue>>,
+        /// Recover from this position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover_since: Option<(u64, String)>,
+    },
+    /// Unsubscribe the target's connections from `channel` (push 2000).
+    Unsubscribe {
+        /// Whose connections.
+        target: Target,
+        /// The channel.
+        channel: String,
+    },
+    /// Close the target's connections, except the ones in `keep`.
+    Disconnect {
+        /// Whose connections.
+        target: Target,
+        /// The code and reason they get.
+        disconnect: Disconnect,
+        /// Client ids left connected.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keep: Vec<String>,
+    },
+    /// End the target's connections as expired (3005), so their clients
+    /// reconnect with fresh credentials.
+    Expire {
+        /// Whose connections.
+        target: Target,
+    },
+}
+
+#[cfg(any(feature = "cluster", test))]
+impl Control {
+    /// The bytes other nodes decode with [`Control::decode`].
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // A struct of strings, numbers and raw JSON always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A control message from another node; `None` when it is not one
+    /// this version knows.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// Applies `control` to this node's connections.
+pub(crate) async fn apply(node: &Node, control: &Control) -> Result<(), ErrorCode> {
+    match control {
+        Control::Subscribe {
+            target,
+            channel,
+            info,
+            data,
+            recover_since,
+        } => {
+            subscribe(
+                node,
+                target,
+                channel,
+                info.as_deref(),
+                data.as_deref(),
+                recover_since.as_ref(),
+            )
+            .await
+        }
+        Control::Unsubscribe { target, channel } => {
+            node.channel_options(channel).ok_or(ErrorCode::UnknownChannel)?;
+            let notice = unsubscribe_push(channel, &Unsubscribe::SERVER);
+            for id in target.local(node) {
+                node.hub
+                    .unsubscribe_with(id, channel, Some(notice.clone()))
+                    .map_err(|e| hub_error_code(&e))?;
+            }
+            Ok(())
+        }
+        Control::Disconnect {
+            target,
+            disconnect,
+            keep,
+        } => {
+            let reason = reason_of(disconnect);
+            for id in target.local(node) {
+                if !keep.iter().any(|k| *k == id.to_string()) {
+                    node.hub.disconnect(id, reason.clone());
+                }
+            }
+            Ok(())
+        }
+        Control::Expire { target } => {
+            let reason = reason_of(&Disconnect::EXPIRED);
+            for id in target.local(node) {
+                node.hub.disconnect(id, reason.clone());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn subscribe(
+    node: &Node,
+    target: &Target,
+    channel: &str,
+    info: Option<&RawValue>,
+    data: Option<&RawValue>,
+    recover_since: Option<&(u64, String)>,
+) -> Result<(), ErrorCode> {
+    let options = node
+        .channel_options(channel)
+        .ok_or(ErrorCode::UnknownChannel)?
+        .clone();
+    let request = wire::SubscribeRequest {
+        channel: channel.to_owned(),
+        recover: recover_since.is_some(),
+        recoverable: true,
+        positioned: true,
+        offset: recover_since.map_or(0, |s| s.0),
+        epoch: recover_since.map_or(String::new(), |s| s.1.clone()),
+        ..Default::default()
+    };
+    let data: Option<Box<RawValue>> = data.map(RawValue::to_owned);
+    for id in target.local(node) {
+        let mode = SubscriptionMode::new(&options, &request);
+        let opts = SubscribeOptions {
+            catchup: mode.catchup,
+            chan_info: info.map(|r| Bytes::copy_from_slice(r.get().as_bytes())),
+        };
+        let (recoverable, positioned) = (mode.recoverable, mode.positioned);
+        let result = node
+            .subscribe(id, channel, opts, |s| {
+                let r = subscribe_result(s, recoverable, positioned, false);
+                let push = Push {
+                    channel: channel.to_owned(),
+                    subscribe: Some(wire::Subscribe {
+                        recoverable: r.recoverable,
+                        epoch: r.epoch,
+                        offset: r.offset,
+                        positioned: r.positioned,
+                        data: data.clone(),
+                    }),
+                    ..Default::default()
+                };
+                let mut buf = BytesMut::new();
+                encode::push(&mut buf, Envelope::Reply, &push);
+                Some(buf.freeze())
+            })
+            .await;
+        match result {
+            Ok(_) | Err(crier_core::HubError::AlreadySubscribed) => {}
+            Err(crier_core::HubError::UnknownClient(_)) => {} // left meanwhile
+            Err(e) => return Err(hub_error_code(&e)),
+        }
+    }
+    Ok(())
+}
+
+/// Applies the control messages other nodes broadcast, one after another
+/// in the order the broker delivers them. Unbounded: only API callers
+/// (holding the API key) on some node produce them, and each is small.
+#[cfg(feature = "cluster")]
+pub(crate) fn listen(node: &Arc<Node>) {
+    let Some(cluster) = &node.cluster else { return };
+    let (queue, mut applied) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    // Weak: the node owns the cluster, which owns the handler and so the
+    // queue's sender; the task ends when the node goes.
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        while let Some(msg) = applied.recv().await {
+            let Some(node) = weak.upgrade() else { break };
+            match Control::decode(&msg) {
+                Some(control) => {
+                    if let Err(code) = apply(&node, &control).await {
+                        tracing::debug!(?code, ?control, "control message from another node failed here");
+                    }
+                }
+                None => tracing::warn!("unknown control message dropped (a node of another version?)"),
+            }
+        }
+    });
+    cluster.on_control(Box::new(move |msg| {
+        let _ = queue.send(msg.to_vec());
+    }));
+}
+
+/// Without a cluster engine no other node sends control messages.
+#[cfg(not(feature = "cluster"))]
+pub(crate) fn listen(_node: &Arc<Node>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_round_trip() {
+        let all = [
+            Control::Subscribe {
+                target: Target::new("u", "").unwrap(),
+                channel: "chat:1".into(),
+                info: RawValue::from_string(r#"{"a":1}"#.into()).ok(),
+                data: None,
+                recover_since: Some((3, "ep".into())),
+            },
+            Control::Unsubscribe {
+                target: Target::new("", "42").unwrap(),
+                channel: "c".into(),
+            },
+            Control::Disconnect {
+                target: Target::new("u", "7").unwrap(),
+                disconnect: Disconnect::FORCE_DISCONNECT,
+                keep: vec!["9".into()],
+            },
+            Control::Expire {
+                target: Target::new("u", "").unwrap(),
+            },
+        ];
+        for c in all {
+            let back = Control::decode(&c.encode()).expect("decodes");
+            assert_eq!(back.encode(), c.encode());
+        }
+        assert!(
+            Control::decode(b"subscribe\n{}").is_none(),
+            "the old format is refused"
+        );
+        assert_eq!(Target::new("", ""), Err(ErrorCode::BadRequest));
+        assert_eq!(Target::new("", "x"), Err(ErrorCode::BadRequest));
+    }
+}

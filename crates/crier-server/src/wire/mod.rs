@@ -1,0 +1,243 @@
+//! Where crier-core meets client protocol v2: core publications, client
+//! infos and positions in wire form, hub errors and disconnect reasons as
+//! protocol codes, and the encoded frames a transport writes (`frames`,
+//! with the table of encoding slots). No I/O, no decisions about who gets
+//! what.
+
+pub(crate) mod frames;
+
+use bytes::{Bytes, BytesMut};
+use crier_core::{
+    Catchup, ClientInfo, DisconnectReason, EngineError, HistoryPage, HistoryQuery, HubError, StreamPosition,
+    Subscribed,
+};
+use crier_proto::client::{self as wire, Reply};
+use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
+use crier_proto::encode;
+use serde_json::value::RawValue;
+
+use crate::config::ChannelOptions;
+
+/// A wire format of client protocol v2: how a connection's frames decode
+/// into commands, and how replies and pushes for that connection encode,
+/// with the slot its shared event encodings use. The session and the
+/// transports only go through this, so a second format (protobuf) is one
+/// more variant here: a decoder and encoders, not a second session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Codec {
+    /// JSON, messages joined with `\n` in one frame.
+    Json,
+}
+
+impl Codec {
+    /// The commands in one frame, in order; each may fail on its own.
+    pub(crate) fn decode(
+        self,
+        frame: &[u8],
+    ) -> impl Iterator<Item = Result<wire::Command, crier_proto::Error>> + '_ {
+        match self {
+            Codec::Json => wire::parse_frame(frame),
+        }
+    }
+
+    /// One reply.
+    pub(crate) fn reply(self, reply: &Reply) -> Bytes {
+        match self {
+            Codec::Json => {
+                let mut buf = BytesMut::new();
+                encode::reply(&mut buf, reply);
+                buf.freeze()
+            }
+        }
+    }
+
+    /// An error reply to command `id`.
+    pub(crate) fn error(self, id: u32, code: ErrorCode) -> Bytes {
+        self.reply(&Reply::error(id, code))
+    }
+
+    /// An unsubscribe push for `channel`.
+    pub(crate) fn unsubscribe(self, channel: &str, u: &Unsubscribe) -> Bytes {
+        match self {
+            Codec::Json => unsubscribe_push(channel, u),
+        }
+    }
+
+    /// The slot of this format's shared event encodings (bidirectional).
+    pub(crate) fn events(self) -> crier_core::Format {
+        match self {
+            Codec::Json => frames::BIDI_JSON,
+        }
+    }
+}
+
+pub(crate) fn code_of(code: u32) -> ErrorCode {
+    ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal)
+}
+
+fn raw(bytes: &[u8]) -> Option<Box<RawValue>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    RawValue::from_string(text.to_owned()).ok()
+}
+
+/// The protocol error a hub error becomes.
+pub(crate) fn hub_error_code(e: &HubError) -> ErrorCode {
+    match e {
+        HubError::UnknownChannel(_) => ErrorCode::UnknownChannel,
+        HubError::InvalidChannel => ErrorCode::BadRequest,
+        HubError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
+        HubError::Engine(EngineError::UnrecoverablePosition) => ErrorCode::UnrecoverablePosition,
+        HubError::UnknownClient(_) | HubError::SlowClient(_) | HubError::Engine(_) => ErrorCode::Internal,
+    }
+}
+
+/// A core publication in wire form (for catch-up and history replies).
+pub(crate) fn wire_publication(p: &crier_core::Publication) -> wire::Publication {
+    wire::Publication {
+        data: raw(&p.data),
+        info: p.info.as_deref().map(wire_client_info),
+        offset: p.offset,
+        tags: p
+            .tags
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// A core client info in wire form.
+pub(crate) fn wire_client_info(i: &ClientInfo) -> wire::ClientInfo {
+    wire::ClientInfo {
+        user: i.user.to_string(),
+        client: i.client.to_string(),
+        conn_info: i.conn_info.as_deref().and_then(raw),
+        chan_info: i.chan_info.as_deref().and_then(raw),
+    }
+}
+
+/// The subscribe result for a hub subscription.
+pub(crate) fn subscribe_result(
+    s: &Subscribed,
+    recoverable: bool,
+    positioned: bool,
+    recover: bool,
+) -> wire::SubscribeResult {
+    wire::SubscribeResult {
+        recoverable,
+        positioned: positioned || recoverable,
+        epoch: if positioned || recoverable {
+            s.position.epoch.to_string()
+        } else {
+            String::new()
+        },
+        offset: if positioned || recoverable {
+            s.position.offset
+        } else {
+            0
+        },
+        publications: s.publications.iter().map(wire_publication).collect(),
+        recovered: recover && s.recovered,
+        was_recovering: recover,
+        ..Default::default()
+    }
+}
+
+/// How a subscription behaves, from the channel's options and the request.
+pub(crate) struct SubscriptionMode {
+    /// Subscriber gets offsets/epoch and can recover later.
+    pub(crate) recoverable: bool,
+    /// Subscriber gets its stream position.
+    pub(crate) positioned: bool,
+    /// Where the stream starts.
+    pub(crate) catchup: Catchup,
+}
+
+impl SubscriptionMode {
+    /// Decides the mode of a subscription to a channel with `options`.
+    pub(crate) fn new(options: &ChannelOptions, req: &wire::SubscribeRequest) -> Self {
+        let history = options.history_enabled();
+        let recoverable = history && (options.force_recovery || (options.allow_recovery && req.recoverable));
+        let positioned = history
+            && (recoverable || options.force_positioning || (options.allow_positioning && req.positioned));
+        let catchup = if recoverable && req.recover {
+            Catchup::Recover(StreamPosition {
+                offset: req.offset,
+                epoch: req.epoch.as_str().into(),
+            })
+        } else {
+            Catchup::None
+        };
+        Self {
+            recoverable,
+            positioned,
+            catchup,
+        }
+    }
+}
+
+/// A history query for the client protocol and the server API alike:
+/// `limit` as the wire says it (0 = position only, negative = all), capped
+/// by `client.history_max_publication_limit` (`max`, 0 = no cap).
+pub(crate) fn history_query(
+    max: usize,
+    limit: i32,
+    since: Option<&wire::StreamPosition>,
+    reverse: bool,
+) -> HistoryQuery {
+    let limit = match limit {
+        0 => Some(0),
+        n if n < 0 => (max > 0).then_some(max),
+        n => Some(if max > 0 {
+            (n as usize).min(max)
+        } else {
+            n as usize
+        }),
+    };
+    HistoryQuery {
+        since: since.map(|s| StreamPosition {
+            offset: s.offset,
+            epoch: s.epoch.as_str().into(),
+        }),
+        limit,
+        reverse,
+    }
+}
+
+/// A history page in wire form.
+pub(crate) fn history_result(page: &HistoryPage) -> wire::HistoryResult {
+    wire::HistoryResult {
+        publications: page.publications.iter().map(wire_publication).collect(),
+        epoch: page.position.epoch.to_string(),
+        offset: page.position.offset,
+    }
+}
+
+/// The hub disconnect reason for a protocol disconnect.
+pub(crate) fn reason_of(d: &Disconnect) -> DisconnectReason {
+    DisconnectReason::Custom {
+        code: d.code as u16,
+        reason: d.reason.as_ref().into(),
+        reconnect: d.reconnect(),
+    }
+}
+
+/// The protocol disconnect a hub reason becomes on the wire.
+pub(crate) fn disconnect_of(reason: &DisconnectReason) -> Disconnect {
+    match reason {
+        DisconnectReason::Slow => Disconnect::SLOW,
+        DisconnectReason::Shutdown => Disconnect::SHUTDOWN,
+        DisconnectReason::Removed => Disconnect::CONNECTION_CLOSED,
+        DisconnectReason::Custom { code, reason, .. } => {
+            Disconnect::new(u32::from(*code), reason.to_string())
+        }
+    }
+}
+
+/// An unsubscribe push for `channel`, as queued by server-side unsubscribe.
+pub(crate) fn unsubscribe_push(channel: &str, u: &Unsubscribe) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode::unsubscribe_push(&mut buf, encode::Envelope::Reply, channel, u);
+    buf.freeze()
+}
