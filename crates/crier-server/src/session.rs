@@ -43,6 +43,16 @@ pub struct Opened {
     pub id: ClientId,
 }
 
+/// Who sent a command: what every command handler needs, taken once per
+/// command from the connected state (so a handler cannot run for a
+/// session that has not connected).
+#[derive(Clone)]
+struct Who {
+    id: ClientId,
+    user: Arc<str>,
+    conn_info: Option<Bytes>,
+}
+
 /// A connected client's identity.
 struct Connected {
     id: ClientId,
@@ -181,9 +191,14 @@ impl Session {
             expires_at,
             subs: server_subs,
         } = identity;
-        self.connected = Some(Connected {
+        let who = Who {
             id: cid,
             user: user.as_str().into(),
+            conn_info: conn_info.clone(),
+        };
+        self.connected = Some(Connected {
+            id: cid,
+            user: who.user.clone(),
             conn_info,
             expires_at,
             sub_expires_at: HashMap::new(),
@@ -194,7 +209,7 @@ impl Session {
         let mut subs = BTreeMap::new();
         for (channel, opts) in &server_subs {
             let req = req.subs.get(channel).cloned().unwrap_or_default();
-            match self.subscribe_server_side(channel, opts, &req).await {
+            match self.subscribe_server_side(&who, channel, opts, &req).await {
                 Ok(result) => {
                     subs.insert(channel.clone(), result);
                 }
@@ -211,12 +226,12 @@ impl Session {
                 let Some(base) = node.channel_options(channel) else {
                     continue;
                 };
-                if self.check(ChannelAction::Subscribe, channel, base).is_err() {
+                if self.check(&who, ChannelAction::Subscribe, channel, base).is_err() {
                     tracing::debug!(channel, "uni subscription refused: no permission");
                     continue;
                 }
                 if let Ok(result) = self
-                    .subscribe_server_side(channel, &SubscriptionOptions::default(), sub_req)
+                    .subscribe_server_side(&who, channel, &SubscriptionOptions::default(), sub_req)
                     .await
                 {
                     subs.insert(channel.clone(), result);
@@ -240,11 +255,11 @@ impl Session {
 
     async fn subscribe_server_side(
         &self,
+        who: &Who,
         channel: &str,
         opts: &SubscriptionOptions,
         req: &wire::SubscribeRequest,
     ) -> Result<wire::SubscribeResult, ErrorCode> {
-        let c = self.connected.as_ref().ok_or(ErrorCode::Internal)?;
         let base = self
             .node
             .channel_options(channel)
@@ -255,7 +270,7 @@ impl Session {
         let s = self
             .node
             .subscribe(
-                c.id,
+                who.id,
                 channel,
                 SubscribeOptions {
                     catchup: mode.catchup,
@@ -278,11 +293,16 @@ impl Session {
         let Some(c) = self.connected.as_ref() else {
             return Err(Disconnect::BAD_REQUEST);
         };
-        let cid = c.id;
+        let who = Who {
+            id: c.id,
+            user: c.user.clone(),
+            conn_info: c.conn_info.clone(),
+        };
+        let cid = who.id;
         let reply = match request {
             Request::Pong => return Ok(()),
             Request::Connect(_) => return Err(Disconnect::BAD_REQUEST),
-            Request::Subscribe(req) => return self.subscribe(id, req).await,
+            Request::Subscribe(req) => return self.subscribe(&who, id, req).await,
             Request::Unsubscribe(req) => match self.node.hub.unsubscribe(cid, &req.channel) {
                 Ok(_) => {
                     if let Some(c) = self.connected.as_mut() {
@@ -296,10 +316,10 @@ impl Session {
                 }
                 Err(e) => Reply::error(id, hub_error_code(&e)),
             },
-            Request::Publish(req) => self.publish(id, req).await,
-            Request::Presence(req) => self.presence(id, &req.channel, false).await,
-            Request::PresenceStats(req) => self.presence(id, &req.channel, true).await,
-            Request::History(req) => self.history(id, req).await,
+            Request::Publish(req) => self.publish(&who, id, req).await,
+            Request::Presence(req) => self.presence(&who, id, &req.channel, false).await,
+            Request::PresenceStats(req) => self.presence(&who, id, &req.channel, true).await,
+            Request::History(req) => self.history(&who, id, req).await,
             Request::Ping => Reply {
                 id,
                 ping: Some(Default::default()),
@@ -309,8 +329,11 @@ impl Session {
             // and dropped, as Centrifugo does without a proxy.
             Request::Send(_) => return Ok(()),
             Request::Rpc(_) => Reply::error(id, ErrorCode::MethodNotFound),
-            Request::Refresh(req) => self.refresh(id, &req.token)?,
-            Request::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token)?,
+            Request::Refresh(req) => match self.connected.as_mut() {
+                Some(c) => refresh(&self.node, c, id, &req.token)?,
+                None => return Err(Disconnect::BAD_REQUEST),
+            },
+            Request::SubRefresh(req) => self.sub_refresh(&who, id, &req.channel, &req.token)?,
         };
         self.send(self.codec.reply(&reply));
         Ok(())
@@ -323,25 +346,28 @@ impl Session {
         }
     }
 
-    fn requester(&self, channel: &str) -> (ClientId, Arc<str>, bool) {
-        let c = self.connected.as_ref().expect("checked by handle");
-        let subscribed = self
-            .node
+    /// Whether `who` is subscribed to `channel`.
+    fn subscribed(&self, who: &Who, channel: &str) -> bool {
+        self.node
             .hub
-            .client(c.id)
-            .is_some_and(|s| s.channels.iter().any(|ch| &**ch == channel));
-        (c.id, c.user.clone(), subscribed)
+            .client(who.id)
+            .is_some_and(|s| s.channels.iter().any(|ch| &**ch == channel))
     }
 
-    fn check(&self, action: ChannelAction, channel: &str, options: &ChannelOptions) -> Result<(), ErrorCode> {
-        let (_, user, subscribed) = self.requester(channel);
+    fn check(
+        &self,
+        who: &Who,
+        action: ChannelAction,
+        channel: &str,
+        options: &ChannelOptions,
+    ) -> Result<(), ErrorCode> {
         match self.node.access.check(
             action,
             channel,
             options,
             Requester {
-                user: &user,
-                subscribed,
+                user: &who.user,
+                subscribed: self.subscribed(who, channel),
             },
         ) {
             Permission::Allowed => Ok(()),
@@ -350,10 +376,9 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, id: u32, req: wire::SubscribeRequest) -> Result<(), Disconnect> {
+    async fn subscribe(&mut self, who: &Who, id: u32, req: wire::SubscribeRequest) -> Result<(), Disconnect> {
         let node = self.node.clone();
-        let c = self.connected.as_ref().expect("checked by handle");
-        let (cid, user) = (c.id, c.user.clone());
+        let (cid, user) = (who.id, who.user.clone());
         if req.channel.is_empty() || req.channel.len() > node.config.channel.max_length {
             self.send(self.codec.error(id, ErrorCode::BadRequest));
             return Ok(());
@@ -393,7 +418,7 @@ impl Session {
                     Rejection::Disconnect(_) => return Err(Disconnect::INVALID_TOKEN),
                 },
             }
-        } else if let Err(code) = self.check(ChannelAction::Subscribe, &req.channel, base) {
+        } else if let Err(code) = self.check(who, ChannelAction::Subscribe, &req.channel, base) {
             self.send(self.codec.error(id, code));
             return Ok(());
         }
@@ -438,26 +463,25 @@ impl Session {
         Ok(())
     }
 
-    async fn publish(&self, id: u32, req: wire::PublishRequest) -> Reply {
+    async fn publish(&self, who: &Who, id: u32, req: wire::PublishRequest) -> Reply {
         let Some(options) = self.node.channel_options(&req.channel) else {
             return Reply::error(id, ErrorCode::UnknownChannel);
         };
         let Some(data) = req.data else {
             return Reply::error(id, ErrorCode::BadRequest);
         };
-        if let Err(code) = self.check(ChannelAction::Publish, &req.channel, options) {
+        if let Err(code) = self.check(who, ChannelAction::Publish, &req.channel, options) {
             return Reply::error(id, code);
         }
-        let c = self.connected.as_ref().expect("checked by handle");
         let info = Arc::new(ClientInfo {
-            client: c.id,
-            user: c.user.clone(),
-            conn_info: c.conn_info.clone(),
+            client: who.id,
+            user: who.user.clone(),
+            conn_info: who.conn_info.clone(),
             chan_info: None,
         });
         let exclude = if req.exclude_self {
             Exclusion {
-                clients: vec![c.id],
+                clients: vec![who.id],
                 users: vec![],
             }
         } else {
@@ -486,14 +510,14 @@ impl Session {
         }
     }
 
-    async fn presence(&self, id: u32, channel: &str, stats: bool) -> Reply {
+    async fn presence(&self, who: &Who, id: u32, channel: &str, stats: bool) -> Reply {
         let Some(options) = self.node.channel_options(channel) else {
             return Reply::error(id, ErrorCode::UnknownChannel);
         };
         if !options.presence {
             return Reply::error(id, ErrorCode::NotAvailable);
         }
-        if let Err(code) = self.check(ChannelAction::Presence, channel, options) {
+        if let Err(code) = self.check(who, ChannelAction::Presence, channel, options) {
             return Reply::error(id, code);
         }
         if stats {
@@ -525,14 +549,14 @@ impl Session {
         }
     }
 
-    async fn history(&self, id: u32, req: wire::HistoryRequest) -> Reply {
+    async fn history(&self, who: &Who, id: u32, req: wire::HistoryRequest) -> Reply {
         let Some(options) = self.node.channel_options(&req.channel) else {
             return Reply::error(id, ErrorCode::UnknownChannel);
         };
         if !options.history_enabled() {
             return Reply::error(id, ErrorCode::NotAvailable);
         }
-        if let Err(code) = self.check(ChannelAction::History, &req.channel, options) {
+        if let Err(code) = self.check(who, ChannelAction::History, &req.channel, options) {
             return Reply::error(id, code);
         }
         match self
@@ -549,48 +573,18 @@ impl Session {
         }
     }
 
-    fn refresh(&mut self, id: u32, token: &str) -> Result<Reply, Disconnect> {
-        let node = self.node.clone();
-        let c = self.connected.as_mut().expect("checked by handle");
-        let claims = match node.tokens.verify_connect(token) {
-            Ok(claims) => claims,
-            Err(e) => {
-                return match e.on_connect() {
-                    Rejection::Error(code) => Ok(Reply::error(id, code_of(code))),
-                    Rejection::Disconnect(_) => Err(Disconnect::INVALID_TOKEN),
-                }
-            }
-        };
-        if claims.user != *c.user {
-            return Err(Disconnect::INVALID_TOKEN);
-        }
-        c.expires_at = claims.expires_at();
-        let now = unix_now();
-        Ok(Reply {
-            id,
-            refresh: Some(wire::RefreshResult {
-                client: c.id.to_string(),
-                version: VERSION.to_owned(),
-                expires: c.expires_at.is_some(),
-                ttl: c.expires_at.map_or(0, |t| (t - now).max(0) as u32),
-            }),
-            ..Default::default()
-        })
-    }
-
-    fn sub_refresh(&mut self, id: u32, channel: &str, token: &str) -> Result<Reply, Disconnect> {
+    fn sub_refresh(&mut self, who: &Who, id: u32, channel: &str, token: &str) -> Result<Reply, Disconnect> {
         if channel.is_empty() {
             return Err(Disconnect::BAD_REQUEST);
         }
         if token.is_empty() {
             return Ok(Reply::error(id, ErrorCode::BadRequest));
         }
-        let (_, user, subscribed) = self.requester(channel);
-        if !subscribed {
+        if !self.subscribed(who, channel) {
             // Only a live subscription can be refreshed, as in Centrifugo.
             return Ok(Reply::error(id, ErrorCode::PermissionDenied));
         }
-        match self.node.tokens.verify_subscribe(token, &user, channel) {
+        match self.node.tokens.verify_subscribe(token, &who.user, channel) {
             Ok(claims) => {
                 let exp = claims.expires_at();
                 let now = unix_now();
@@ -615,4 +609,32 @@ impl Session {
             },
         }
     }
+}
+
+/// `refresh`: a new connection token for the same user moves the expiry.
+fn refresh(node: &Node, c: &mut Connected, id: u32, token: &str) -> Result<Reply, Disconnect> {
+    let claims = match node.tokens.verify_connect(token) {
+        Ok(claims) => claims,
+        Err(e) => {
+            return match e.on_connect() {
+                Rejection::Error(code) => Ok(Reply::error(id, code_of(code))),
+                Rejection::Disconnect(_) => Err(Disconnect::INVALID_TOKEN),
+            }
+        }
+    };
+    if claims.user != *c.user {
+        return Err(Disconnect::INVALID_TOKEN);
+    }
+    c.expires_at = claims.expires_at();
+    let now = unix_now();
+    Ok(Reply {
+        id,
+        refresh: Some(wire::RefreshResult {
+            client: c.id.to_string(),
+            version: VERSION.to_owned(),
+            expires: c.expires_at.is_some(),
+            ttl: c.expires_at.map_or(0, |t| (t - now).max(0) as u32),
+        }),
+        ..Default::default()
+    })
 }
