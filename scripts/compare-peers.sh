@@ -6,6 +6,10 @@
 #                            [--rates "0 100"] [--servers "crier nats socket.io"]
 #                            [--out target/peers]
 #
+# CRIER_BIN=PATH serves with another crier binary (e.g. a build of an
+# earlier commit, to compare before and after a change); the load client
+# is always this checkout's target/release/crier.
+#
 # Workload (the same for every server): S subscribers, each on its own
 # connection, on one channel/subject/room; one publisher; 64-byte payloads
 # carrying their send time; --rate 0 = as fast as a window of 64
@@ -33,7 +37,7 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift 2 ;;
     --servers) servers=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -62,7 +66,7 @@ start_server() {
   local name=$1 log=$2 pattern
   case "$name" in
     crier)
-      target/release/crier serve --dev --port 0 >"$log" 2>&1 &
+      "${CRIER_BIN:-target/release/crier}" serve --dev --port 0 >"$log" 2>&1 &
       pattern='s/^crier listening on http:\/\/\([0-9.:]*\).*/\1/p' ;;
     nats)
       nats-server -a 127.0.0.1 -p -1 >"$log" 2>&1 &

@@ -1198,6 +1198,15 @@ impl Hub {
             .map_or(0, |s| s.state.lock().subscribers.len())
     }
 
+    /// Whether `id`'s outbound queue holds more than half of what its
+    /// limits allow. A transport that queues replies to a client's commands
+    /// waits for its writer while this holds, so a client that pipelines
+    /// commands faster than it reads slows down instead of overflowing its
+    /// own queue (and being dropped as slow).
+    pub fn backlogged(&self, id: ClientId) -> bool {
+        self.entry(id).is_some_and(|c| c.queue.over_half())
+    }
+
     /// Frees expired history; call from a housekeeping timer.
     pub fn sweep(&self) {
         self.inner.engine.sweep();

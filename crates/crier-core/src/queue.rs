@@ -186,6 +186,14 @@ impl QueueSender {
     pub(crate) fn len(&self) -> usize {
         self.shared.state.lock().items.len()
     }
+
+    /// Whether what waits is more than half of either limit.
+    pub(crate) fn over_half(&self) -> bool {
+        let st = self.shared.state.lock();
+        let limits = &self.shared.limits;
+        st.items.len().saturating_mul(2) > limits.max_messages
+            || st.bytes.saturating_mul(2) > limits.max_bytes
+    }
 }
 
 impl ClientReceiver {

@@ -256,6 +256,11 @@ fn required_json_data(data: &Option<RawJson>, b64data: &str) -> Result<(), Error
 }
 
 fn from_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, Error> {
+    if !crate::depth::within(body, crate::depth::MAX_DEPTH) {
+        return Err(Error::MalformedApiRequest(serde::de::Error::custom(
+            crate::depth::TOO_DEEP,
+        )));
+    }
     serde_json::from_slice(body).map_err(Error::MalformedApiRequest)
 }
 

@@ -266,6 +266,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, Error> {
     // serde would also accept a JSON array as a struct (fields by position),
     // which would turn `[]` into a pong. Centrifugo only accepts objects.
     match line.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') if !crate::depth::within(line, crate::depth::MAX_DEPTH) => Err(Error::MalformedCommand(
+            serde::de::Error::custom(crate::depth::TOO_DEEP),
+        )),
         Some(b'{') => serde_json::from_slice(line).map_err(Error::MalformedCommand),
         _ => Err(Error::MalformedCommand(serde::de::Error::custom(
             "a command must be a JSON object",

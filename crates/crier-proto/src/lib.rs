@@ -27,6 +27,7 @@
 pub mod api;
 pub mod client;
 pub mod codes;
+pub mod depth;
 pub mod encode;
 mod error;
 

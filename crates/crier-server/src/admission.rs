@@ -1,7 +1,9 @@
 //! The one admission path for every transport that accepts clients
 //! (WebSocket, the uni transports, plain TCP, and the ones to come): who a
 //! client is (its connection token, or the anonymous rules), whether the
-//! node's limits let it in, and when its credentials lapse. A transport
+//! node's limits let it in (`client.connection_limit`,
+//! `connection_rate_limit`, `user_connection_limit`, each refusal counted
+//! in `crier_limit_refusals_total`), and when its credentials lapse. A transport
 //! only says which credentials it received; it never decides.
 
 use std::collections::BTreeMap;
@@ -103,7 +105,7 @@ pub(crate) fn identify(node: &Node, credentials: Credentials<'_>) -> Result<Iden
     }
     // Server-side subscriptions above the limit refuse the connection;
     // client-side ones get error 106 in `subscribe`.
-    if identity.subs.len() > cfg.channel_limit {
+    if cfg.channel_limit > 0 && identity.subs.len() > cfg.channel_limit {
         return Err(Refused::Disconnect(Disconnect::CHANNEL_LIMIT));
     }
     Ok(identity)
@@ -114,13 +116,22 @@ pub(crate) fn identify(node: &Node, credentials: Credentials<'_>) -> Result<Iden
 pub(crate) fn register(node: &Node, identity: Identity) -> Result<Admitted, Refused> {
     let cfg = &node.config.client;
     if cfg.connection_limit > 0 && node.hub.client_count() >= cfg.connection_limit {
+        node.metrics.refused("connection_limit");
         return Err(Refused::Disconnect(Disconnect::CONNECTION_LIMIT));
+    }
+    if let Some(rate) = &node.connection_rate {
+        // Nothing panics while holding it; a poisoned bucket still counts.
+        if !rate.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            node.metrics.refused("connection_rate_limit");
+            return Err(Refused::Disconnect(Disconnect::TOO_MANY_REQUESTS));
+        }
     }
     // Anonymous connections share the empty user and are not counted.
     if cfg.user_connection_limit > 0
         && !identity.user.is_empty()
         && node.hub.clients_of_user(&identity.user).len() >= cfg.user_connection_limit
     {
+        node.metrics.refused("user_connection_limit");
         return Err(Refused::Disconnect(Disconnect::CONNECTION_LIMIT));
     }
     let (id, rx) = node

@@ -83,6 +83,7 @@ impl Transport {
 
 type TransportLabel = [(&'static str, &'static str); 1];
 type CodeLabel = [(&'static str, u32); 1];
+type LimitLabel = [(&'static str, &'static str); 1];
 
 /// One live connection counted in `crier_connections`: counts from
 /// [`Metrics::connection`] until dropped.
@@ -120,6 +121,8 @@ pub struct Metrics {
     connections: [Gauge; Transport::ALL.len()],
     // `crier_disconnects_total` by code.
     disconnects: Family<CodeLabel, Counter>,
+    // `crier_limit_refusals_total` by limit.
+    refusals: Family<LimitLabel, Counter>,
     // `crier_publish_duration_seconds`.
     publish_duration: Histogram,
     // `crier_engine_errors_total`.
@@ -156,6 +159,13 @@ impl Metrics {
             disconnects.clone(),
         );
 
+        let refusals = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "crier_limit_refusals",
+            "Requests, connections, commands and frames refused by a configured limit, by limit key",
+            refusals.clone(),
+        );
+
         let (start, factor, count) = PUBLISH_BUCKETS;
         let publish_duration = Histogram::new(exponential_buckets(start, factor, count));
         registry.register_with_unit(
@@ -179,6 +189,7 @@ impl Metrics {
             registry,
             connections,
             disconnects,
+            refusals,
             publish_duration,
             engine_errors,
             engine_error_logged: std::sync::atomic::AtomicU64::new(u64::MAX),
@@ -193,6 +204,12 @@ impl Metrics {
         let gauge = self.connections[transport as usize].clone();
         gauge.inc();
         ConnectionGauge(gauge)
+    }
+
+    /// Counts something refused by the limit `limit` (its config key's last
+    /// part: `connection_limit`, `command_rate_limit`, ...).
+    pub fn refused(&self, limit: &'static str) {
+        self.refusals.get_or_create(&[("limit", limit)]).inc();
     }
 
     /// Counts a client closed by its transport with disconnect `code`.

@@ -45,6 +45,9 @@ pub struct Node {
     pub connections: TaskTracker,
     /// What the node counts for Prometheus (`GET /metrics`).
     pub metrics: Metrics,
+    /// New connections admitted per second (`client.connection_rate_limit`),
+    /// when limited.
+    pub(crate) connection_rate: Option<std::sync::Mutex<crate::clock::TokenBucket>>,
     /// The cluster engine, when `engine.type` is `"redis"` or `"nats"`.
     #[cfg(feature = "cluster")]
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -107,6 +110,10 @@ impl Node {
             started: Instant::now(),
             shutdown,
             connections: TaskTracker::new(),
+            connection_rate: match config.client.connection_rate_limit {
+                0 => None,
+                rate => Some(std::sync::Mutex::new(crate::clock::TokenBucket::new(rate))),
+            },
             metrics,
             #[cfg(feature = "cluster")]
             cluster,

@@ -218,6 +218,7 @@ struct HttpLimits {
     write_timeout: Duration,
     header_read_timeout: Duration,
     max_header_size: usize,
+    send_buffer: usize,
 }
 
 impl HttpLimits {
@@ -227,6 +228,7 @@ impl HttpLimits {
             write_timeout: http.write_timeout,
             header_read_timeout: http.header_read_timeout,
             max_header_size: http.max_header_size,
+            send_buffer: http.send_buffer_size,
         }
     }
 }
@@ -257,12 +259,7 @@ async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, shut
             },
             _ = shutdown.cancelled() => return,
         };
-        // Nagle off: a small frame written while an earlier one is
-        // unacknowledged would otherwise wait for the peer's delayed ACK
-        // (up to 40 ms; docs/benchmarks.md).
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
+        crate::net::prepare(&stream, limits.send_buffer);
         let service = TowerToHyperService::new(app.clone());
         let shutdown = shutdown.clone();
         let conn = http

@@ -17,7 +17,7 @@ use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
 pub(crate) use crate::admission::Refused;
 use crate::admission::{self, Admitted, Credentials, Identity};
 use crate::auth::{ChannelAction, Permission, Rejection, Requester, SubscriptionOptions};
-use crate::clock::{after, unix_now};
+use crate::clock::{after, unix_now, TokenBucket};
 use crate::config::ChannelOptions;
 use crate::node::{Node, VERSION};
 use crate::wire::{
@@ -73,15 +73,22 @@ pub struct Session {
     // never encodes on its own.
     codec: Codec,
     connected: Option<Connected>,
+    // `client.command_rate_limit`, when set.
+    commands: Option<TokenBucket>,
 }
 
 impl Session {
     /// A session that has not connected yet.
     pub fn new(node: Arc<Node>, codec: Codec) -> Self {
+        let commands = match node.config.client.command_rate_limit {
+            0 => None,
+            rate => Some(TokenBucket::new(rate)),
+        };
         Self {
             node,
             codec,
             connected: None,
+            commands,
         }
     }
 
@@ -180,11 +187,27 @@ impl Session {
         }
         let node = self.node.clone();
         let client_cfg = &node.config.client;
+        let identity = admission::identify(&node, Credentials::Token(&req.token))?;
+        // A uni client names its channels in the connect request: they
+        // count against `client.channel_limit` with the token's, as a
+        // bidirectional client's subscribe commands would (3505 over it).
+        let limit = client_cfg.channel_limit;
+        if uni && limit > 0 {
+            let extra = req
+                .subs
+                .keys()
+                .filter(|c| !identity.subs.contains_key(*c))
+                .count();
+            if identity.subs.len() + extra > limit {
+                node.metrics.refused("channel_limit");
+                return Err(Refused::Disconnect(Disconnect::CHANNEL_LIMIT));
+            }
+        }
         let Admitted {
             identity,
             id: cid,
             rx,
-        } = admission::admit(&node, Credentials::Token(&req.token))?;
+        } = admission::register(&node, identity)?;
         let Identity {
             user,
             conn_info,
@@ -299,6 +322,13 @@ impl Session {
             conn_info: c.conn_info.clone(),
         };
         let cid = who.id;
+        if !matches!(request, Request::Pong) && self.commands.as_mut().is_some_and(|b| !b.take()) {
+            self.node.metrics.refused("command_rate_limit");
+            if !matches!(request, Request::Send(_)) {
+                self.send(self.codec.error(id, ErrorCode::TooManyRequests));
+            }
+            return Ok(());
+        }
         let reply = match request {
             Request::Pong => return Ok(()),
             Request::Connect(_) => return Err(Disconnect::BAD_REQUEST),
@@ -389,6 +419,7 @@ impl Session {
         };
         let limit = node.config.client.channel_limit;
         if limit > 0 && node.hub.client(cid).is_some_and(|s| s.channels.len() >= limit) {
+            node.metrics.refused("channel_limit");
             self.send(self.codec.error(id, ErrorCode::LimitExceeded));
             return Ok(());
         }

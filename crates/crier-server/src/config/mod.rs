@@ -113,6 +113,20 @@ pub enum TcpEncoding {
     Latin1,
 }
 
+/// What a `[[tcp]]` listener does with a publication whose text contains
+/// its framing (a start or end marker; a line break in line framing),
+/// which would otherwise reach its clients as more than one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpUnsafeData {
+    /// Not delivered to this listener's clients (other transports still
+    /// get it).
+    #[default]
+    Drop,
+    /// Delivered with every framing byte replaced by `?`.
+    Replace,
+}
+
 /// One `[[tcp]]` listener (crier only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -140,6 +154,8 @@ pub struct TcpListenerConfig {
     pub allow: Vec<String>,
     /// Require a connection token (JWT) as the first frame.
     pub token: bool,
+    /// `drop` or `replace`: a publication whose text contains the framing.
+    pub unsafe_data: TcpUnsafeData,
 }
 
 impl Default for TcpListenerConfig {
@@ -156,6 +172,7 @@ impl Default for TcpListenerConfig {
             max_frame_size: 4096,
             allow: Vec::new(),
             token: false,
+            unsafe_data: TcpUnsafeData::Drop,
         }
     }
 }
@@ -222,6 +239,11 @@ pub struct HttpServerConfig {
     /// crier's own: largest request body, in bytes (the server API, uni
     /// POSTs); a larger one is answered 413.
     pub max_request_body_size: usize,
+    /// crier's own: the kernel send buffer (SO_SNDBUF) of every client
+    /// socket, HTTP and `[[tcp]]`, in bytes; bounds what a client that
+    /// stops reading pins in kernel memory. 0 leaves the kernel's
+    /// autotuning (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default).
+    pub send_buffer_size: usize,
 }
 
 impl Default for HttpServerConfig {
@@ -234,6 +256,7 @@ impl Default for HttpServerConfig {
             body_read_timeout: Duration::from_secs(10),
             max_header_size: 32 * 1024,
             max_request_body_size: 2 * 1024 * 1024,
+            send_buffer_size: 256 * 1024,
         }
     }
 }
@@ -403,6 +426,17 @@ pub struct ClientConfig {
     pub connection_limit: usize,
     /// Maximum connections per user per node; 0 = unlimited.
     pub user_connection_limit: usize,
+    /// New connections admitted per second on this node (every transport;
+    /// a burst of one second's worth); past it a connect is refused with
+    /// 3013 and the client reconnects with backoff. 0 = unlimited.
+    pub connection_rate_limit: u32,
+    /// crier's own: commands one connection may send per second (a burst
+    /// of one second's worth); past it a command gets error 111 (too many
+    /// requests, temporary). 0 = unlimited.
+    pub command_rate_limit: u32,
+    /// crier's own: commands one WebSocket frame may carry; a frame with
+    /// more closes the connection with 3501. 0 = unlimited.
+    pub max_commands_per_frame: usize,
     /// Bytes queued for one slow client before it is disconnected (3008).
     pub queue_max_size: usize,
     /// Cap on `limit` in a client history request.
@@ -428,6 +462,9 @@ impl Default for ClientConfig {
             channel_limit: 128,
             connection_limit: 0,
             user_connection_limit: 0,
+            connection_rate_limit: 0,
+            command_rate_limit: 0,
+            max_commands_per_frame: 1024,
             queue_max_size: 1_048_576,
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,

@@ -93,6 +93,9 @@ fn handshake(headers: &HeaderMap) -> Result<Response, Response> {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return bad("missing Sec-WebSocket-Key\n");
     };
+    if !valid_key(key.as_bytes()) {
+        return bad("Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 §4.1)\n");
+    }
     let accept = accept_key(key.as_bytes());
     let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = r.headers_mut();
@@ -103,6 +106,23 @@ fn handshake(headers: &HeaderMap) -> Result<Response, Response> {
         HeaderValue::from_str(&accept).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?,
     );
     Ok(r)
+}
+
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 §4.1 asks for: 16 bytes,
+/// base64-encoded (24 characters).
+fn valid_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
+/// Whether a peer may send `code` in a close frame (RFC 6455 §7.4): the
+/// defined codes it may send, and the ranges for libraries and
+/// applications; 1004–1006, 1015 and anything outside are protocol errors.
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
@@ -202,7 +222,16 @@ impl Reader {
             let Frame { fin, opcode, payload } = frame;
             match opcode {
                 OP_CLOSE => {
+                    if payload.len() == 1 {
+                        return Err(ReadError::Protocol("close frame with a one-byte body"));
+                    }
                     let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    if code.is_some_and(|c| !valid_close_code(c)) {
+                        return Err(ReadError::Protocol("invalid close code"));
+                    }
+                    if std::str::from_utf8(payload.get(2..).unwrap_or_default()).is_err() {
+                        return Err(ReadError::Protocol("close reason is not UTF-8"));
+                    }
                     return Ok(Some(Incoming::Close(code)));
                 }
                 OP_PING => return Ok(Some(Incoming::Ping(payload.freeze()))),
@@ -533,6 +562,26 @@ mod tests {
     }
 
     #[test]
+    fn only_16_byte_base64_keys_are_accepted() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b"!!!"[..],
+            b"",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZXg=",
+            b"dGhlIHNhbXBsZSBub25j!Q==",
+        ] {
+            assert!(!valid_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        for ok in [1000, 1001, 1003, 1007, 1011, 3000, 4999] {
+            assert!(valid_close_code(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert!(!valid_close_code(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn accept_key_of_the_rfc_example() {
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
@@ -581,6 +630,20 @@ mod tests {
                 "inside",
             ),
             (masked(true, OP_TEXT, &[b'x'; 2000]), "too long"),
+            (
+                masked(true, OP_CLOSE, &999u16.to_be_bytes()),
+                "invalid close code",
+            ),
+            (
+                masked(true, OP_CLOSE, &1005u16.to_be_bytes()),
+                "invalid close code",
+            ),
+            (
+                masked(true, OP_CLOSE, &5000u16.to_be_bytes()),
+                "invalid close code",
+            ),
+            (masked(true, OP_CLOSE, &[3]), "one-byte"),
+            (masked(true, OP_CLOSE, &[0x03, 0xE8, 0xFF]), "UTF-8"),
             (
                 [
                     masked(false, OP_TEXT, &[b'x'; 600]),

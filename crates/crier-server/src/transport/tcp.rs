@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Admitted, Credentials, Identity, Refused};
-use crate::config::{Config, ConfigError, TcpEncoding, TcpFraming, TcpListenerConfig};
+use crate::config::{Config, ConfigError, TcpEncoding, TcpFraming, TcpListenerConfig, TcpUnsafeData};
 use crate::error::ServerError;
 use crate::node::Node;
 use crier_proto::codes::{Disconnect, ErrorCode};
@@ -220,6 +220,7 @@ impl Endpoint {
             wire: Wire {
                 markers,
                 encoding: cfg.encoding,
+                unsafe_data: cfg.unsafe_data,
             },
             slot: None,
             channels: cfg.channels.clone(),
@@ -294,6 +295,8 @@ struct Wire {
     markers: Option<(Vec<u8>, Vec<u8>)>,
     /// How text maps to bytes.
     encoding: TcpEncoding,
+    /// What happens to a text that contains the framing.
+    unsafe_data: TcpUnsafeData,
 }
 
 impl Wire {
@@ -307,7 +310,57 @@ impl Wire {
         };
         let mut out = Vec::new();
         self.frame(&data_text(data), &mut out);
-        Bytes::from(out)
+        let (head, tail) = match &self.markers {
+            Some((start, end)) => (start.len(), end.len()),
+            None => (0, 1),
+        };
+        let body = head..out.len() - tail;
+        if !self.has_framing(&out[body.clone()]) {
+            return Bytes::from(out);
+        }
+        match self.unsafe_data {
+            // A telegram split in two would reach devices that trust it.
+            TcpUnsafeData::Drop => {
+                tracing::debug!(
+                    "publication with framing bytes not sent to a tcp listener (unsafe_data = drop)"
+                );
+                Bytes::new()
+            }
+            TcpUnsafeData::Replace => {
+                let replaced = self.replace_framing(&out[body]);
+                let mut framed = Vec::with_capacity(out.len());
+                framed.extend_from_slice(&out[..head]);
+                framed.extend_from_slice(&replaced);
+                framed.extend_from_slice(&out[out.len() - tail..]);
+                Bytes::from(framed)
+            }
+        }
+    }
+
+    /// The framing sequences a payload must not contain.
+    fn framing(&self) -> Vec<&[u8]> {
+        match &self.markers {
+            Some((start, end)) => vec![start, end],
+            None => vec![b"\n", b"\r"],
+        }
+    }
+
+    fn has_framing(&self, body: &[u8]) -> bool {
+        self.framing().iter().any(|m| find(body, m).is_some())
+    }
+
+    /// `body` with every framing sequence's bytes replaced by `?`.
+    fn replace_framing(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = body.to_vec();
+        for m in self.framing() {
+            let mut from = 0;
+            while let Some(at) = find(&out[from..], m) {
+                let at = from + at;
+                out[at..at + m.len()].fill(b'?');
+                from = at + m.len();
+            }
+        }
+        out
     }
 
     /// Appends `text` framed: `start text end`, or `text\n`.
@@ -522,7 +575,7 @@ async fn accept(node: Arc<Node>, listener: TcpListener, ep: Arc<Endpoint>, shutd
 
 /// Serves one TCP connection until either side closes it.
 async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+    crate::net::prepare(&stream, node.config.http_server.send_buffer_size);
     let (reader, mut writer) = stream.into_split();
     let mut input = Deframer::new();
     let client_cfg = &node.config.client;
@@ -768,6 +821,7 @@ mod tests {
             wire: Wire {
                 markers: markers.map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec())),
                 encoding,
+                unsafe_data: TcpUnsafeData::Drop,
             },
             slot: None,
             channels: Vec::new(),
@@ -837,10 +891,42 @@ mod tests {
     }
 
     #[test]
+    fn framing_inside_published_data_never_splits_a_frame() {
+        let publication = |data: &str| {
+            crier_core::Event::new(
+                None,
+                EventKind::Publication(crier_core::Publication::new(serde_json::to_vec(data).unwrap())),
+            )
+        };
+        let mut telegrams = endpoint(Some(("<", ">")), TcpEncoding::Utf8, 4096);
+        assert_eq!(&telegrams.wire.encode_event(&publication("ok"))[..], b"<ok>");
+        assert!(
+            telegrams.wire.encode_event(&publication("X><FAKE")).is_empty(),
+            "dropped"
+        );
+        telegrams.wire.unsafe_data = TcpUnsafeData::Replace;
+        assert_eq!(
+            &telegrams.wire.encode_event(&publication("X><FAKE"))[..],
+            b"<X??FAKE>"
+        );
+        let mut lines = endpoint(None, TcpEncoding::Utf8, 4096);
+        assert!(lines.wire.encode_event(&publication("a\nb")).is_empty());
+        lines.wire.unsafe_data = TcpUnsafeData::Replace;
+        assert_eq!(&lines.wire.encode_event(&publication("a\r\nb"))[..], b"a??b\n");
+        let mut long = endpoint(Some(("<<", ">>")), TcpEncoding::Latin1, 4096);
+        long.wire.unsafe_data = TcpUnsafeData::Replace;
+        assert_eq!(
+            &long.wire.encode_event(&publication("a>b>>c<<"))[..],
+            b"<<a>b??c??>>"
+        );
+    }
+
+    #[test]
     fn latin1_is_byte_exact_both_ways() {
         let wire = Wire {
             markers: Some((b"<".to_vec(), b">".to_vec())),
             encoding: TcpEncoding::Latin1,
+            unsafe_data: TcpUnsafeData::Drop,
         };
         let all: Vec<u8> = (0..=255).collect();
         let text = wire.decode(&all).unwrap();

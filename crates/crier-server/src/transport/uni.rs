@@ -93,6 +93,9 @@ fn parse_connect(bytes: &[u8], limit: usize) -> Result<ConnectRequest, Disconnec
     if text.is_empty() {
         return Ok(ConnectRequest::default());
     }
+    if !crier_proto::depth::within(text.as_bytes(), crier_proto::depth::MAX_DEPTH) {
+        return Err(Disconnect::BAD_REQUEST);
+    }
     serde_json::from_str(text).map_err(|_| Disconnect::BAD_REQUEST)
 }
 

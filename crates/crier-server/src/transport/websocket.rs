@@ -128,13 +128,16 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
 
     // Phase 2: a writer task drains the client's queue; this task reads.
     let controls = Arc::new(Controls::default());
+    // Signalled after each frame the writer sends, for the backpressure
+    // below (a stored permit, so a signal is never lost).
+    let drained = Arc::new(tokio::sync::Notify::new());
     let writing = tokio::spawn(write(
         node.clone(),
         codec,
         writer,
         rx,
         cfg.ping_interval,
-        controls.clone(),
+        (controls.clone(), drained.clone()),
     ));
     tokio::pin!(writing);
     loop {
@@ -165,14 +168,32 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
         };
         match read(msg) {
             Read::Frame(text) => {
-                for cmd in codec.decode(&text) {
+                let max = cfg.max_commands_per_frame;
+                for (n, cmd) in codec.decode(&text).enumerate() {
                     let result = match cmd {
+                        _ if max > 0 && n >= max => {
+                            node.metrics.refused("max_commands_per_frame");
+                            Err(Disconnect::BAD_REQUEST)
+                        }
                         Ok(c) => session.handle(c).await,
                         Err(e) => Err(e.disconnect().unwrap_or(Disconnect::BAD_REQUEST)),
                     };
                     if let Err(d) = result {
                         session.close(&d);
                         break;
+                    }
+                    // Replies queue behind what the writer has not sent:
+                    // a client pipelining faster than it reads waits here
+                    // (and so does its socket) instead of overflowing its
+                    // own queue and being dropped as slow (3008).
+                    while session.client_id().is_some_and(|id| node.hub.backlogged(id)) {
+                        tokio::select! {
+                            _ = drained.notified() => {}
+                            _ = &mut writing => {
+                                session.close(&Disconnect::CONNECTION_CLOSED);
+                                return;
+                            }
+                        }
                     }
                 }
                 if session.client_id().is_none() {
@@ -182,9 +203,13 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
             Read::Skip => {}
             Read::Answer(control) => controls.send(control),
             Read::Last(control) => {
+                // The writer sends this close and ends; only then is the
+                // client removed, so its queue closing (3000) cannot race
+                // the close code the client must see (1002, or its echo).
                 controls.send(control);
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut writing).await;
                 session.close(&Disconnect::CONNECTION_CLOSED);
-                break;
+                return;
             }
             Read::Gone => {
                 session.close(&Disconnect::CONNECTION_CLOSED);
@@ -235,7 +260,7 @@ async fn write(
     mut writer: Writer,
     mut rx: ClientReceiver,
     ping_every: Duration,
-    controls: Arc<Controls>,
+    (controls, drained): (Arc<Controls>, Arc<tokio::sync::Notify>),
 ) {
     let mut items = Vec::new();
     let mut batch = Vec::new();
@@ -243,7 +268,7 @@ async fn write(
     let start = tokio::time::Instant::now() + ping_every;
     let mut ping = tokio::time::interval_at(start, ping_every);
     loop {
-        let drained = tokio::select! {
+        let outcome = tokio::select! {
             r = rx.drain(&mut items) => r,
             _ = ping.tick() => {
                 if writer.text(&mut vec![Bytes::from_static(PING)]).await.is_err() {
@@ -261,7 +286,7 @@ async fn write(
                 continue;
             }
         };
-        match drained {
+        match outcome {
             Ok(_) => {
                 // Let the publisher that woke us finish its fan-out round
                 // first: whatever it queues meanwhile joins this frame. One
@@ -276,8 +301,15 @@ async fn write(
                         .map(|item| encoded(&item, codec.events(), Envelope::Reply)),
                 );
                 if writer.text(&mut batch).await.is_err() {
+                    // A client that stopped reading: if the hub dropped it
+                    // meanwhile (its queue overflowed: 3008), count that
+                    // close even though no frame can reach it.
+                    if let Err(reason) = rx.try_drain(&mut items) {
+                        node.metrics.disconnect(disconnect_of(&reason).code);
+                    }
                     return;
                 }
+                drained.notify_one();
                 // A burst must not leave its high-water mark behind.
                 if items.capacity() > KEEP_ITEMS {
                     items = Vec::new();
