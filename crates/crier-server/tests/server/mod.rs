@@ -1,6 +1,7 @@
 mod admission;
 mod api;
 mod architecture;
+mod catalogue;
 mod hostile;
 mod interop;
 mod metrics;

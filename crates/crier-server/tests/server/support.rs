@@ -192,6 +192,21 @@ impl Client {
         self.pending.iter()
     }
 
+    /// Writes `bytes` to the socket as they are, past the WebSocket layer
+    /// (for frames a well-behaved client would never send).
+    pub async fn send_raw_bytes(&mut self, bytes: &[u8]) {
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.expect("raw send"),
+            _ => panic!("tests use plain TCP"),
+        }
+    }
+
+    /// Sends `text` and returns the next message, or how the server closed.
+    pub async fn send_and_next(&mut self, text: &str) -> Result<Value, Closed> {
+        self.send_text(text).await;
+        self.next_raw().await
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }
