@@ -27,7 +27,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -37,6 +36,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::clock::unix_now;
 use crate::config::{ChannelOptions, Config, ConfigError, TokenConfig};
 
 /// Why a token was refused. See the module docs for the protocol mapping.
@@ -503,12 +503,6 @@ impl TokenVerifier {
             jti: wire.jti,
         })
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// `exp` must be in the future and `nbf`, if any, in the past. Both failures
