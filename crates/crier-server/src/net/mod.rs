@@ -2,7 +2,7 @@
 //! connections with a write deadline, and RFC 6455 WebSocket framing.
 
 pub(crate) mod deadline;
-pub(crate) mod websocket;
+pub(crate) mod rfc6455;
 
 pub(crate) use deadline::WriteDeadline;
 

@@ -22,7 +22,7 @@ use crier_proto::encode::{self, Envelope, PING};
 
 use crate::config::UniTransportConfig;
 use crate::metrics::Transport;
-use crate::net::websocket::{self, Incoming, Reader, Writer};
+use crate::net::rfc6455::{self, Incoming, Reader, Writer};
 use crate::node::Node;
 use crate::session::{Opened, Refused, Session};
 use crate::wire::frames::{encode_event_into, UNI_JSON};
@@ -322,13 +322,13 @@ pub async fn websocket(
     if !origin_allowed(&node, request.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
-    let limits = websocket::Limits {
+    let limits = rfc6455::Limits {
         message_size: node.config.uni_websocket.max_request_body_size,
         write_timeout: node.config.websocket.write_timeout,
     };
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();
-    websocket::accept(request, limits, &tracker, move |reader, writer| {
+    rfc6455::accept(request, limits, &tracker, move |reader, writer| {
         serve_websocket(node, reader, writer, preset)
     })
 }

@@ -16,7 +16,7 @@ use crier_proto::codes::Disconnect;
 use crier_proto::encode::{Envelope, PING};
 
 use crate::metrics::Transport;
-use crate::net::websocket::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
+use crate::net::rfc6455::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
 use crate::node::Node;
 use crate::session::{Refusal, Session};
 use crate::wire::frames::encoded;
@@ -30,7 +30,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     if !node.origins.allows(origin, host) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let limits = websocket::Limits {
+    let limits = rfc6455::Limits {
         message_size: node.config.websocket.message_size_limit,
         write_timeout: node.config.websocket.write_timeout,
     };
@@ -38,7 +38,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     // The only format for now; the protobuf one will be chosen here from
     // the subprotocol or the query.
     let codec = Codec::Json;
-    websocket::accept(request, limits, &tracker, move |reader, writer| {
+    rfc6455::accept(request, limits, &tracker, move |reader, writer| {
         serve(node, codec, reader, writer)
     })
 }

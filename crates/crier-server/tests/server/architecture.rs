@@ -286,7 +286,7 @@ fn the_checker_catches_the_back_arrows_the_restructure_removed() {
             "use crate::{broker, session::unsubscribe_push};",
         ),
         file("transport/uni.rs", "use super::websocket::close;"),
-        file("net/websocket.rs", "use crate::server::WriteDeadline;"),
+        file("net/rfc6455.rs", "use crate::server::WriteDeadline;"),
         file("session.rs", "use crate::api::call;"),
         file("redis/mod.rs", "use crate::nats_broker::X;"),
         file(
