@@ -200,18 +200,17 @@ impl MemoryEngine {
         if held <= budget.max_bytes {
             return;
         }
-        let mut candidates: Vec<(u64, Box<str>, usize)> = Vec::new();
+        let mut candidates: Vec<(u64, Box<str>)> = Vec::new();
         for shard in self.streams.all() {
             for (name, s) in shard.lock().iter() {
-                let h = s.held(name);
-                if h > 0 {
-                    candidates.push((s.used, name.clone(), h));
+                if s.held(name) > 0 {
+                    candidates.push((s.used, name.clone()));
                 }
             }
         }
         candidates.sort_unstable_by_key(|c| c.0);
         let mut to_free = held.saturating_sub(target);
-        for (used, name, h) in candidates {
+        for (used, name) in candidates {
             if to_free == 0 {
                 break;
             }
@@ -227,7 +226,7 @@ impl MemoryEngine {
             }
             self.account(before, 0);
             budget.evicted.fetch_add(1, Ordering::Relaxed);
-            to_free = to_free.saturating_sub(h);
+            to_free = to_free.saturating_sub(before);
         }
     }
 
