@@ -64,7 +64,9 @@ where
         };
         let (rd, wr) = parts.io.into_inner().into_inner().into_split();
         let reader = Reader::new(rd, parts.read_buf, limits.message_size);
-        serve(reader, Writer::new(wr, limits.write_timeout)).await;
+        let fut = serve(reader, Writer::new(wr, limits.write_timeout));
+        eprintln!("FUTSIZE serve={}", std::mem::size_of_val(&fut));
+        fut.await;
     });
     response
 }

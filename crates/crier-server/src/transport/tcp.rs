@@ -630,10 +630,7 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
         return;
     }
     for channel in &ep.channels {
-        if let Err(e) = node
-            .subscribe(id, channel, SubscribeOptions::default(), |_| None)
-            .await
-        {
+        if let Err(e) = Box::pin(node.subscribe(id, channel, SubscribeOptions::default(), |_| None)).await {
             tracing::warn!(listener = %ep.key, channel, error = %e, "tcp client not subscribed");
         }
     }
@@ -680,7 +677,9 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
             continue; // blank lines (telnet, nc) carry nothing
         }
         if let Some(channel) = &ep.publish_to {
-            publish(&node, &ep, channel, &text, id, &publisher).await;
+            // Boxed: a publish's state (through a broker, several KiB) lives
+            // only while it runs, not in every idle connection's task.
+            Box::pin(publish(&node, &ep, channel, &text, id, &publisher)).await;
         }
     };
     tracing::debug!(listener = %ep.key, %peer, client = %id, why, "tcp client gone");
@@ -831,6 +830,34 @@ mod tests {
             allow: Vec::new(),
             token: false,
         }
+    }
+
+    /// A TCP connection keeps its reader and writer tasks for its whole
+    /// life; see `transport::websocket`'s budget test for why this is
+    /// checked.
+    #[tokio::test]
+    async fn tcp_connection_tasks_stay_within_their_memory_budget() {
+        let node = Node::new(crate::config::Config::default()).expect("node");
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        let ep = Arc::new(endpoint(Some(("<", ">")), TcpEncoding::Utf8, 4096));
+        let serving = serve(node.clone(), ep.clone(), server, peer);
+        let size = std::mem::size_of_val(&serving);
+        assert!(
+            size <= 1_400,
+            "the tcp reader task's future is {size} bytes (budget 1,400)"
+        );
+        let _client2 = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let (_, wr) = server.into_split();
+        let (_, rx) = node.hub.connect("u", None);
+        let writing = write(wr, rx, ep, Duration::from_secs(1));
+        let size = std::mem::size_of_val(&writing);
+        assert!(
+            size <= 512,
+            "the tcp writer task's future is {size} bytes (budget 512)"
+        );
     }
 
     /// Feeds `input` in pieces of `step` bytes; returns the frames cut, and

@@ -175,7 +175,7 @@ impl Outgoing {
 /// Opens a session for a uni client; the connect push comes first.
 async fn open(node: &Arc<Node>, req: ConnectRequest) -> Result<(Bytes, Outgoing), Disconnect> {
     let mut session = Session::new(node.clone(), Codec::Json);
-    let Opened { result, rx, id } = session.open(req, true).await.map_err(refusal)?;
+    let Opened { result, rx, id } = Box::pin(session.open(req, true)).await.map_err(refusal)?;
     let deadline = session.deadline();
     Ok((
         connect_push(result),
@@ -408,4 +408,29 @@ async fn serve_websocket(node: Arc<Node>, mut reader: Reader, mut writer: Writer
 /// Sends `d` as a close frame.
 async fn close(writer: &mut Writer, d: &Disconnect) {
     let _ = writer.close(d.code as u16, &d.reason).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A uni WebSocket connection keeps this task for its whole life; see
+    /// `transport::websocket`'s budget test for why it is checked.
+    #[tokio::test]
+    async fn the_uni_websocket_task_stays_within_its_memory_budget() {
+        let node = Node::new(crate::config::Config::default()).expect("node");
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let (rd, wr) = server.into_split();
+        let reader = Reader::new(rd, Bytes::new(), 1024);
+        let writer = Writer::new(wr, std::time::Duration::from_secs(1));
+        let serving = serve_websocket(node, reader, writer, None);
+        let size = std::mem::size_of_val(&serving);
+        assert!(
+            size <= 1_600,
+            "the uni_websocket task's future is {size} bytes (budget 1,600)"
+        );
+    }
 }

@@ -48,39 +48,50 @@ async fn close(writer: &mut Writer, d: &Disconnect) {
     let _ = writer.close(d.code as u16, &d.reason).await;
 }
 
-/// Serves one WebSocket connection until it closes.
-async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Writer) {
-    let mut session = Session::new(node.clone(), codec);
+/// Phase 1 of a connection: until connected, only a connect command is
+/// acceptable, and only within `stale_close_delay` of the upgrade (3502
+/// stale after). The client's queue once connected; `None` when the
+/// connection ended (closed with its reason) before.
+async fn connect(
+    node: &Arc<Node>,
+    codec: Codec,
+    session: &mut Session,
+    reader: &mut Reader,
+    writer: &mut Writer,
+) -> Option<ClientReceiver> {
     let cfg = &node.config.client;
-    // A client that sends nothing for a ping interval plus the pong timeout
-    // is gone (it must answer every server ping).
-    let idle = cfg.ping_interval + cfg.pong_timeout;
-
-    // Phase 1: until connected, only a connect command is acceptable, and
-    // only within `stale_close_delay` of the upgrade (3502 stale after).
     let stale = tokio::time::sleep(cfg.stale_close_delay);
     tokio::pin!(stale);
-    let rx = loop {
+    loop {
         let msg = tokio::select! {
             m = reader.next() => Ok(m),
-            _ = &mut stale => return close(&mut writer, &Disconnect::STALE).await,
-            _ = node.shutdown.cancelled() => return close(&mut writer, &Disconnect::SHUTDOWN).await,
+            _ = &mut stale => {
+                close(writer, &Disconnect::STALE).await;
+                return None;
+            }
+            _ = node.shutdown.cancelled() => {
+                close(writer, &Disconnect::SHUTDOWN).await;
+                return None;
+            }
         };
         let text = match read(msg) {
             Read::Frame(bytes) => bytes,
             Read::Skip => continue,
             Read::Answer(control) => {
                 if writer.control(control).await.is_err() {
-                    return;
+                    return None;
                 }
                 continue;
             }
             Read::Last(control) => {
                 let _ = writer.control(control).await;
-                return;
+                return None;
             }
-            Read::Gone => return,
-            Read::Fail(d) => return close(&mut writer, &d).await,
+            Read::Gone => return None,
+            Read::Fail(d) => {
+                close(writer, &d).await;
+                return None;
+            }
         };
         let mut commands = codec.decode(&text);
         let Some(first) = commands.next() else { continue };
@@ -100,7 +111,7 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
             Ok((reply, rx)) => {
                 if writer.text(&mut vec![reply]).await.is_err() {
                     session.close(&Disconnect::CONNECTION_CLOSED);
-                    return;
+                    return None;
                 }
                 // Commands that followed connect in the same frame.
                 for cmd in commands {
@@ -112,15 +123,34 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
                         session.close(&d);
                     }
                 }
-                break rx;
+                return Some(rx);
             }
             Err(Refusal::Reply(bytes)) => {
                 if writer.text(&mut vec![bytes]).await.is_err() {
-                    return;
+                    return None;
                 }
             }
-            Err(Refusal::Disconnect(d)) => return close(&mut writer, &d).await,
+            Err(Refusal::Disconnect(d)) => {
+                close(writer, &d).await;
+                return None;
+            }
         }
+    }
+}
+
+/// Serves one WebSocket connection until it closes.
+async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Writer) {
+    let mut session = Session::new(node.clone(), codec);
+    let cfg = &node.config.client;
+    // A client that sends nothing for a ping interval plus the pong timeout
+    // is gone (it must answer every server ping).
+    let idle = cfg.ping_interval + cfg.pong_timeout;
+
+    // Phase 1, boxed: its futures (connect, replies, the stale timer) are
+    // needed only until connect, and must not size every connection's
+    // task for its whole life.
+    let Some(rx) = Box::pin(connect(&node, codec, &mut session, &mut reader, &mut writer)).await else {
+        return;
     };
 
     // Counted from connect until this task ends.
@@ -131,7 +161,7 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
     // Signalled after each frame the writer sends, for the backpressure
     // below (a stored permit, so a signal is never lost).
     let drained = Arc::new(tokio::sync::Notify::new());
-    let writing = tokio::spawn(write(
+    let mut writing = tokio::spawn(write(
         node.clone(),
         codec,
         writer,
@@ -139,7 +169,6 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
         cfg.ping_interval,
         (controls.clone(), drained.clone()),
     ));
-    tokio::pin!(writing);
     loop {
         // Connection or subscription tokens lapsing (refresh and sub_refresh
         // move the deadline; it is recomputed on every pass).
@@ -167,39 +196,26 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
             }
         };
         match read(msg) {
-            Read::Frame(text) => {
-                let max = cfg.max_commands_per_frame;
-                for (n, cmd) in codec.decode(&text).enumerate() {
-                    let result = match cmd {
-                        _ if max > 0 && n >= max => {
-                            node.metrics.refused("max_commands_per_frame");
-                            Err(Disconnect::BAD_REQUEST)
-                        }
-                        Ok(c) => session.handle(c).await,
-                        Err(e) => Err(e.disconnect().unwrap_or(Disconnect::BAD_REQUEST)),
-                    };
-                    if let Err(d) = result {
-                        session.close(&d);
-                        break;
-                    }
-                    // Replies queue behind what the writer has not sent:
-                    // a client pipelining faster than it reads waits here
-                    // (and so does its socket) instead of overflowing its
-                    // own queue and being dropped as slow (3008).
-                    while session.client_id().is_some_and(|id| node.hub.backlogged(id)) {
-                        tokio::select! {
-                            _ = drained.notified() => {}
-                            _ = &mut writing => {
-                                session.close(&Disconnect::CONNECTION_CLOSED);
-                                return;
-                            }
-                        }
-                    }
+            // Boxed: the commands' state (a decoded command is over 500
+            // bytes) lives only while a frame is handled, not in every
+            // idle connection's task.
+            Read::Frame(text) => match Box::pin(commands(
+                &node,
+                codec,
+                &mut session,
+                &text,
+                &drained,
+                &mut writing,
+            ))
+            .await
+            {
+                AfterFrame::Continue => {}
+                AfterFrame::Closed => break,
+                AfterFrame::WriterGone => {
+                    session.close(&Disconnect::CONNECTION_CLOSED);
+                    return;
                 }
-                if session.client_id().is_none() {
-                    break;
-                }
-            }
+            },
             Read::Skip => {}
             Read::Answer(control) => controls.send(control),
             Read::Last(control) => {
@@ -223,6 +239,58 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
     }
     // Let the writer flush the close frame, but not forever.
     let _ = tokio::time::timeout(Duration::from_secs(5), writing).await;
+}
+
+/// What handling one frame of commands left the connection to do.
+enum AfterFrame {
+    /// Read on.
+    Continue,
+    /// The session ended (a command asked for a disconnect).
+    Closed,
+    /// The writer task ended: the hub closed the queue or the socket failed.
+    WriterGone,
+}
+
+/// Hands one frame's commands to the session, in order, waiting for the
+/// writer whenever the client's queue is over half full.
+async fn commands(
+    node: &Node,
+    codec: Codec,
+    session: &mut Session,
+    text: &[u8],
+    drained: &tokio::sync::Notify,
+    writing: &mut tokio::task::JoinHandle<()>,
+) -> AfterFrame {
+    let max = node.config.client.max_commands_per_frame;
+    for (n, cmd) in codec.decode(text).enumerate() {
+        let result = match cmd {
+            _ if max > 0 && n >= max => {
+                node.metrics.refused("max_commands_per_frame");
+                Err(Disconnect::BAD_REQUEST)
+            }
+            Ok(c) => session.handle(c).await,
+            Err(e) => Err(e.disconnect().unwrap_or(Disconnect::BAD_REQUEST)),
+        };
+        if let Err(d) = result {
+            session.close(&d);
+            return AfterFrame::Closed;
+        }
+        // Replies queue behind what the writer has not sent: a client
+        // pipelining faster than it reads waits here (and so does its
+        // socket) instead of overflowing its own queue and being dropped
+        // as slow (3008).
+        while session.client_id().is_some_and(|id| node.hub.backlogged(id)) {
+            tokio::select! {
+                _ = drained.notified() => {}
+                _ = &mut *writing => return AfterFrame::WriterGone,
+            }
+        }
+    }
+    if session.client_id().is_none() {
+        AfterFrame::Closed
+    } else {
+        AfterFrame::Continue
+    }
 }
 
 enum Read {
@@ -328,3 +396,52 @@ async fn write(
 
 /// Batch capacity a writer keeps between frames.
 const KEEP_ITEMS: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn halves() -> (Reader, Writer, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let (rd, wr) = server.into_split();
+        (
+            Reader::new(rd, Bytes::new(), 1024),
+            Writer::new(wr, Duration::from_secs(1)),
+            client,
+        )
+    }
+
+    /// Every connection keeps these two tasks for its whole life, so their
+    /// futures are what each idle connection costs beyond the hub's entry.
+    /// A command handler held inline once made `serve` 13 KiB (14 KiB per
+    /// idle connection, unnoticed until a benchmark; docs/benchmarks.md):
+    /// growing past these budgets fails here, not in production.
+    #[tokio::test]
+    async fn connection_tasks_stay_within_their_memory_budget() {
+        let node = Node::new(crate::config::Config::default()).expect("node");
+        let (reader, writer, _c1) = halves().await;
+        let serving = serve(node.clone(), Codec::Json, reader, writer);
+        let (_, writer, _c2) = halves().await;
+        let (_, rx) = node.hub.connect("u", None);
+        let writing = write(
+            node.clone(),
+            Codec::Json,
+            writer,
+            rx,
+            Duration::from_secs(25),
+            (Arc::default(), Arc::default()),
+        );
+        let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
+        assert!(
+            serve_size <= 1_200,
+            "the reader task's future is {serve_size} bytes (budget 1,200)"
+        );
+        assert!(
+            write_size <= 1_024,
+            "the writer task's future is {write_size} bytes (budget 1,024)"
+        );
+    }
+}
