@@ -116,6 +116,10 @@ pub struct ChannelConfig {
     pub max_channel_length: usize,
     /// How names split into namespaces.
     pub names: ChannelNames,
+    /// A channel in a namespace that is not configured gets the options of
+    /// channels without a namespace, instead of being unknown (for a
+    /// development server, where any channel should just work).
+    pub unknown_namespaces_as_top_level: bool,
 }
 
 impl Default for ChannelConfig {
@@ -135,6 +139,7 @@ impl ChannelConfig {
             recovery_max_publications: 300,
             max_channel_length: 255,
             names: ChannelNames::default(),
+            unknown_namespaces_as_top_level: false,
         }
     }
 
@@ -148,7 +153,9 @@ impl ChannelConfig {
     pub fn resolve(&self, channel: &str) -> Option<&Arc<ChannelOptions>> {
         match self.names.namespace_of(channel) {
             None => Some(&self.without_namespace),
-            Some(ns) => self.namespaces.get(ns),
+            Some(ns) => self.namespaces.get(ns).or(self
+                .unknown_namespaces_as_top_level
+                .then_some(&self.without_namespace)),
         }
     }
 }

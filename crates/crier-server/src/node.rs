@@ -266,7 +266,12 @@ impl Node {
     /// Options of `channel` as configured, or `None` if its namespace is
     /// unknown.
     pub fn channel_options(&self, channel: &str) -> Option<&ChannelOptions> {
-        self.config.channel.options_for(channel)
+        let channels = &self.config.channel;
+        // Under `--dev` any namespace works, with the top level's options
+        // (the hub resolves the same way: `unknown_namespaces_as_top_level`).
+        channels
+            .options_for(channel)
+            .or(self.config.crier.dev.then_some(&channels.without_namespace))
     }
 
     /// Seconds since the node started.
@@ -294,6 +299,7 @@ fn hub_config(config: &Config) -> HubConfig {
     channels.recovery_max_publications = config.client.recovery_max_publication_limit;
     channels.max_channel_length = config.channel.max_length;
     channels.names = config.channel.names();
+    channels.unknown_namespaces_as_top_level = config.crier.dev;
     HubConfig {
         channels,
         queue_limits: QueueLimits {

@@ -43,6 +43,8 @@ enum Command {
     Publish(publish::Args),
     Subscribe(subscribe::Args),
     Bench(bench::Args),
+    /// Print crier's version.
+    Version,
 }
 
 /// Check a configuration file and print what the server would run with.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Subscribe(args) => subscribe::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Version => print_line(&format!("crier {}", env!("CARGO_PKG_VERSION"))).map_err(Into::into),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

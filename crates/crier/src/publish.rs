@@ -15,9 +15,12 @@ use crate::print_line;
 /// Publish DATA into CHANNEL through the server HTTP API.
 ///
 /// DATA is sent as is when it is valid JSON: '{"text":"hi"}', 42, true,
-/// '"hi"'. Anything else is published as a JSON string, so
-/// `crier publish news hello` sends "hello". Prints the result
-/// ({"offset":N,"epoch":"..."}) on success; exits 1 on an API error.
+/// '"hi"'. Other text is published as a JSON string, so
+/// `crier publish news hello` sends "hello"; but text that starts like JSON
+/// (`{`, `[` or `"`) and is not valid JSON is refused, since it is most
+/// likely a typo: --string sends any DATA as a JSON string. Prints the
+/// result ({"offset":N,"epoch":"..."}; `{}` for a channel without history)
+/// on success; exits 1 on an API error.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The channel to publish into.
@@ -27,13 +30,16 @@ pub struct Args {
     /// The server's base URL; the request goes to <URL>/api/publish.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8000")]
     url: String,
+    /// Send DATA as a JSON string whatever it looks like.
+    #[arg(long)]
+    string: bool,
     /// The server API key (http_api.key), sent as X-API-Key.
     #[arg(long, value_name = "K", env = "CRIER_HTTP_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let body = request_body(&args.channel, &args.data)?;
+    let body = request_body(&args.channel, &args.data, args.string)?;
     let endpoint = format!("{}/api/publish", base_url(&args.url)?);
 
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -97,12 +103,20 @@ fn base_url(url: &str) -> anyhow::Result<String> {
 }
 
 /// `{"channel":C,"data":D}` with D verbatim when it is JSON, else D as a
-/// JSON string.
-fn request_body(channel: &str, data: &str) -> anyhow::Result<String> {
+/// JSON string (always, with `as_string`); text that starts like JSON but
+/// is not is refused.
+fn request_body(channel: &str, data: &str, as_string: bool) -> anyhow::Result<String> {
     let channel = serde_json::to_string(channel).context("cannot encode the channel name")?;
+    let string = || serde_json::to_string(data).context("cannot encode DATA as a JSON string");
     let data = match serde_json::from_str::<&RawValue>(data) {
+        _ if as_string => string()?,
         Ok(raw) => raw.get().to_owned(),
-        Err(_) => serde_json::to_string(data).context("cannot encode DATA as a JSON string")?,
+        Err(e) if data.trim_start().starts_with(['{', '[', '"']) => {
+            bail!(
+                "DATA looks like JSON but is not ({e}); fix it, or pass --string to send it as a JSON string"
+            )
+        }
+        Err(_) => string()?,
     };
     Ok(format!("{{\"channel\":{channel},\"data\":{data}}}"))
 }
@@ -137,20 +151,40 @@ mod tests {
     #[test]
     fn json_data_travels_verbatim() {
         assert_eq!(
-            request_body("news", r#"{"z":1,"a":12345678901234567890123}"#).unwrap(),
+            request_body("news", r#"{"z":1,"a":12345678901234567890123}"#, false).unwrap(),
             r#"{"channel":"news","data":{"z":1,"a":12345678901234567890123}}"#
         );
-        assert_eq!(request_body("n", "42").unwrap(), r#"{"channel":"n","data":42}"#);
+        assert_eq!(
+            request_body("n", "42", false).unwrap(),
+            r#"{"channel":"n","data":42}"#
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_refused_unless_sent_as_a_string() {
+        let err = request_body("news", r#"{"text":"hi""#, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--string"), "{err}");
+        assert!(request_body("news", "[1,", false).is_err());
+        assert_eq!(
+            request_body("news", r#"{"text":"hi""#, true).unwrap(),
+            r#"{"channel":"news","data":"{\"text\":\"hi\""}"#
+        );
+        assert_eq!(
+            request_body("n", "42", true).unwrap(),
+            r#"{"channel":"n","data":"42"}"#
+        );
     }
 
     #[test]
     fn other_text_becomes_a_json_string() {
         assert_eq!(
-            request_body("news", "hello").unwrap(),
+            request_body("news", "hello", false).unwrap(),
             r#"{"channel":"news","data":"hello"}"#
         );
         assert_eq!(
-            request_body("a\"b", "say \"hi\"").unwrap(),
+            request_body("a\"b", "say \"hi\"", false).unwrap(),
             r#"{"channel":"a\"b","data":"say \"hi\""}"#
         );
     }

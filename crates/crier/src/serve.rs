@@ -46,6 +46,18 @@ const DEV_WARNING: &str = "\
 !!!  Use it for local trials only. Never expose it to a network.     !!!
 !!! ================================================================ !!!";
 
+/// The options every channel gets under `--dev` without a config file
+/// (docs/configuration.md, "Development mode").
+fn dev_channels(o: &mut crier_server::config::ChannelOptions) {
+    o.presence = true;
+    o.join_leave = true;
+    o.force_push_join_leave = true;
+    o.history_size = 100;
+    o.history_ttl = std::time::Duration::from_secs(300);
+    o.force_recovery = true;
+    o.force_positioning = true;
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = Config::load(args.config.as_deref()).context("cannot load the configuration")?;
     let mut config = loaded.config;
@@ -57,6 +69,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.uni_sse.enabled = true;
         config.uni_http_stream.enabled = true;
         config.uni_websocket.enabled = true;
+        if args.config.is_none() {
+            // With no file to say otherwise, every channel shows what crier
+            // does: history and recovery, presence, join and leave.
+            // A config file given with --dev keeps its own channel options.
+            dev_channels(&mut config.channel.without_namespace);
+        }
         eprintln!("{DEV_WARNING}");
     }
     if let Some(address) = args.address {

@@ -35,6 +35,11 @@ pub struct Args {
     /// Configuration file to read the key from.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Sign with this HMAC key instead of the configured one (for a quick
+    /// trial without a config file: the server must be given the same key,
+    /// e.g. CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY).
+    #[arg(long, value_name = "KEY", env = "CRIER_TOKEN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -48,6 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => (config.client.token.clone(), "client.token"),
     };
+    let mut keys = keys;
+    if let Some(secret) = args.secret.as_deref().filter(|s| !s.is_empty()) {
+        keys.hmac_secret_key = crier_server::config::Secret::new(secret);
+    }
     if keys.hmac_secret_key.is_empty() {
         let var = format!(
             "CRIER_{}_HMAC_SECRET_KEY",
@@ -55,7 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         bail!(
             "no {section}.hmac_secret_key is configured, so there is nothing to sign with; \
-             set it in a config file (--config FILE) or in the {var} environment variable"
+             give it with --secret KEY, set it in a config file (--config FILE), \
+             or in the {var} environment variable"
         );
     }
 

@@ -523,3 +523,99 @@ fn token_is_a_jwt_the_server_accepts() {
     let claims = verifier.verify_connect(&stdout).expect("accepted");
     assert_eq!(claims.exp, None, "--ttl 0 means no expiry");
 }
+
+/// `POST /api/<method>` with a JSON body; the reply's JSON.
+fn api(served: &Served, method: &str, body: &Value) -> Value {
+    use std::io::{Read as _, Write as _};
+    let addr = &served.http["http://".len()..];
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the API");
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    let json = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+#[test]
+fn dev_mode_gives_every_channel_history_recovery_and_presence_in_any_namespace() {
+    let served = serve(&["--dev"], &[]);
+    // A namespace no file configured works, and the publish says where it
+    // landed (history is on).
+    let (status, stdout, stderr) = run(
+        &["publish", "chat:1", r#"{"text":"hi"}"#, "--url", &served.http],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let result = json_line(&stdout);
+    assert_eq!(result["offset"], 1, "{stdout}");
+    assert!(
+        result["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+        "{stdout}"
+    );
+    let history = api(&served, "history", &json!({"channel": "chat:1", "limit": 10}));
+    assert_eq!(
+        history["result"]["publications"][0]["data"],
+        json!({"text": "hi"}),
+        "{history}"
+    );
+    let presence = api(&served, "presence_stats", &json!({"channel": "chat:1"}));
+    assert_eq!(presence["result"]["num_clients"], 0, "presence is on: {presence}");
+}
+
+#[test]
+fn publish_refuses_data_that_looks_like_json_but_is_not() {
+    let served = serve(&["--dev"], &[]);
+    let (status, stdout, stderr) = run(
+        &["publish", "news", r#"{"text":"hi""#, "--url", &served.http],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stderr.contains("--string"),
+        "says how to send it anyway: {stderr}"
+    );
+    let (status, _, stderr) = run(
+        &[
+            "publish",
+            "news",
+            r#"{"text":"hi""#,
+            "--string",
+            "--url",
+            &served.http,
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let history = api(&served, "history", &json!({"channel": "news", "limit": 10}));
+    assert_eq!(
+        history["result"]["publications"][0]["data"],
+        json!(r#"{"text":"hi""#),
+        "{history}"
+    );
+}
+
+#[test]
+fn version_and_token_with_a_secret_need_no_config() {
+    let (status, stdout, _) = run(&["version"], &[]);
+    assert!(status.success());
+    assert_eq!(stdout.trim(), format!("crier {}", env!("CARGO_PKG_VERSION")));
+
+    let (status, stdout, stderr) = run(
+        &["token", "--user", "42", "--secret", "a-secret-for-this-test"],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let mut config = Config::default();
+    config.client.token.hmac_secret_key = Secret::new("a-secret-for-this-test");
+    let claims = TokenVerifier::from_config(&config)
+        .expect("verifier")
+        .verify_connect(&stdout)
+        .expect("signed with --secret");
+    assert_eq!(claims.user, "42");
+}
