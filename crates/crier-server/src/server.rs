@@ -70,6 +70,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+fn too_large() -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body larger than http_server.max_request_body_size\n",
+    )
+        .into_response()
+}
+
 /// How a request body must arrive: `http_server.body_read_timeout` and
 /// `http_server.max_request_body_size`.
 #[derive(Clone, Copy)]
@@ -87,14 +95,18 @@ async fn read_body(State(limits): State<BodyLimits>, request: Request, next: Nex
     if request.method() == Method::GET || request.method() == Method::HEAD {
         return next.run(request).await;
     }
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.max as u64) {
+        // Refused before a byte of it is read.
+        return too_large();
+    }
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(limits.timeout, axum::body::to_bytes(body, limits.max)).await {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Ok(Err(_)) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body larger than http_server.max_request_body_size\n",
-        )
-            .into_response(),
+        Ok(Err(_)) => too_large(),
         Err(_) => (
             StatusCode::REQUEST_TIMEOUT,
             "request body not received within http_server.body_read_timeout\n",
@@ -286,8 +298,14 @@ async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, shut
 /// validates it, checks the `[[tcp]]` listeners and `[[watch]]` sources as
 /// `crier serve` would before binding and watching, and loads the token
 /// keys it names.
-pub fn check_config(path: &Path) -> Result<Report, ConfigError> {
+///
+/// Unknown keys are an error unless `allow_unknown_keys` (or the file's
+/// `crier.allow_unknown_keys`) turns them into warnings.
+pub fn check_config(path: &Path, allow_unknown_keys: bool) -> Result<Report, ConfigError> {
     let (config, warnings) = Config::check_file(path)?;
+    if !allow_unknown_keys {
+        crate::config::refuse_unknown_keys(path, &config, &warnings)?;
+    }
     transport::tcp::validate(&config)?;
     watch::validate(&config)?;
     // Building the verifier proves the PEM keys load; its key list feeds the
@@ -366,7 +384,11 @@ mod tests {
                 "http_api": {"key": "k"},
                 "channel": {"namespaces": [{"name": "chat"}]}}"#,
         );
-        let report = check_config(&file).expect("valid");
+        let refused = check_config(&file, false).expect_err("client.proxy is not implemented");
+        let text = refused.to_string();
+        assert!(text.contains("client.proxy: a Centrifugo v6 setting"), "{text}");
+        assert!(text.contains("--allow-unknown-keys"), "{text}");
+        let report = check_config(&file, true).expect("valid");
         assert!(report.summary.contains("OK"), "{}", report.summary);
         assert!(report.summary.contains("chat"), "{}", report.summary);
         assert!(report.summary.contains("HS256"), "{}", report.summary);
@@ -378,7 +400,7 @@ mod tests {
             "bad.toml",
             "[client.token]\nrsa_public_key = \"/no/such/key.pem\"\n",
         );
-        match check_config(&bad) {
+        match check_config(&bad, false) {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "client.token.rsa_public_key"),
             other => panic!("expected a key error, got {other:?}"),
         }

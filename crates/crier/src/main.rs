@@ -56,13 +56,16 @@ enum Command {
 struct CheckConfigArgs {
     /// The configuration file (.toml, .json, .yaml or .yml).
     file: PathBuf,
+    /// Report unknown keys as warnings instead of errors.
+    #[arg(long)]
+    allow_unknown_keys: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = init_logging().and_then(|()| match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::CheckConfig(args) => check_config(&args.file),
+        Command::CheckConfig(args) => check_config(&args.file, args.allow_unknown_keys),
         Command::Token(args) => token::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Subscribe(args) => subscribe::run(args),
@@ -115,9 +118,9 @@ fn init_logging() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-fn check_config(file: &Path) -> anyhow::Result<()> {
+fn check_config(file: &Path, allow_unknown_keys: bool) -> anyhow::Result<()> {
     // The error already names file:line:col and the key.
-    let report = crier_server::check_config(file)?;
+    let report = crier_server::check_config(file, allow_unknown_keys)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{report}")?;
     out.flush()?;

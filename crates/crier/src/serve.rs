@@ -35,6 +35,10 @@ pub struct Args {
     /// Port to listen on (overrides http_server.port; 0 = any free port).
     #[arg(long, value_name = "P")]
     port: Option<u16>,
+    /// Start even when the config file has keys crier does not know
+    /// (each is a warning instead of an error).
+    #[arg(long)]
+    allow_unknown_keys: bool,
 }
 
 const DEV_WARNING: &str = "\
@@ -60,6 +64,10 @@ fn dev_channels(o: &mut crier_server::config::ChannelOptions) {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = Config::load(args.config.as_deref()).context("cannot load the configuration")?;
+    if let (Some(path), false) = (&args.config, args.allow_unknown_keys) {
+        crier_server::config::refuse_unknown_keys(path, &loaded.config, &loaded.warnings)
+            .context("the configuration has keys crier does not know")?;
+    }
     let mut config = loaded.config;
     if args.dev {
         config.crier.dev = true;

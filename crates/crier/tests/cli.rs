@@ -471,15 +471,31 @@ fn check_config_checks_watch_sources_as_serve_would() {
 }
 
 #[test]
-fn check_config_reports_warnings_and_exits_0() {
+fn check_config_refuses_unknown_keys_unless_allowed() {
     let path = temp_file(
         "crier-cli-good.toml",
-        "[client]\nunknown_thing = 1\n[client.token]\nhmac_secret_key = \"k\"\n",
+        "[client]\nunknown_thing = 1\n[client.token]\nhmac_secret_keyy = \"k\"\n[http_server.tls]\nenabled = true\n",
     );
-    let (status, stdout, stderr) = run(&["check-config", path.to_str().expect("utf-8 temp path")], &[]);
+    let file = path.to_str().expect("utf-8 temp path");
+    let (status, _, stderr) = run(&["check-config", file], &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            ":4: client.token.hmac_secret_keyy: unknown key; did you mean `client.token.hmac_secret_key`?"
+        ),
+        "file, line, key and suggestion: {stderr}"
+    );
+    assert!(
+        stderr.contains(":5: http_server.tls: a Centrifugo v6 setting (`http_server.tls`)"),
+        "{stderr}"
+    );
+    let (status, stdout, stderr) = run(&["check-config", file, "--allow-unknown-keys"], &[]);
     assert!(status.success(), "{stderr}");
-    assert!(stdout.contains(": OK"), "{stdout}");
     assert!(stdout.contains("warning: client.unknown_thing"), "{stdout}");
+    // serve refuses the file too, and starts with the flag.
+    let (status, _, stderr) = run(&["serve", "--port", "0", "-c", file], &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did you mean"), "{stderr}");
 }
 
 #[test]

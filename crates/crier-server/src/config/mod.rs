@@ -12,6 +12,7 @@
 
 mod duration;
 mod env;
+mod keys;
 mod origins;
 mod source;
 
@@ -922,6 +923,9 @@ pub struct CrierConfig {
     /// Messages queued for one client before it counts as slow (3008), on
     /// top of the byte cap `client.queue_max_size`; 0 = no count cap.
     pub client_queue_max_messages: usize,
+    /// Unknown keys in the file are warnings instead of errors (as
+    /// `crier serve --allow-unknown-keys`).
+    pub allow_unknown_keys: bool,
 }
 
 impl Default for CrierConfig {
@@ -929,6 +933,7 @@ impl Default for CrierConfig {
         Self {
             dev: false,
             client_queue_max_messages: 4096,
+            allow_unknown_keys: false,
         }
     }
 }
@@ -1005,6 +1010,15 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// Keys crier does not know, refused (`--allow-unknown-keys` turns
+    /// them into warnings).
+    #[error("{}", unknown_keys(file, keys))]
+    UnknownKeys {
+        /// The file.
+        file: String,
+        /// Each key, the line it is on when found, and what it most likely is.
+        keys: Vec<(String, Option<usize>, String)>,
+    },
     /// The values parse but do not make sense together.
     #[error("{key}: {message}")]
     Invalid {
@@ -1029,6 +1043,64 @@ fn key_prefix(key: &str) -> String {
     } else {
         format!("{key}: ")
     }
+}
+
+fn unknown_keys(file: &str, keys: &[(String, Option<usize>, String)]) -> String {
+    let lines: Vec<String> = keys
+        .iter()
+        .map(|(key, line, why)| {
+            let at = line.map_or(String::new(), |l| format!(":{l}"));
+            format!("{file}{at}: {key}: {why}")
+        })
+        .collect();
+    format!(
+        "{}\n(unknown keys are errors; `crier serve --allow-unknown-keys` or `crier.allow_unknown_keys = true` ignores them with a warning)",
+        lines.join("\n")
+    )
+}
+
+/// Refuses the unknown keys among `warnings` (read from the file at
+/// `path`) unless the configuration allows them: each with its line and
+/// what it most likely is.
+pub fn refuse_unknown_keys(path: &Path, config: &Config, warnings: &[Warning]) -> Result<(), ConfigError> {
+    if config.crier.allow_unknown_keys {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let keys: Vec<(String, Option<usize>, String)> = warnings
+        .iter()
+        .filter(|w| w.kind == WarningKind::UnknownKey)
+        .map(|w| (w.key.clone(), line_of(&text, &w.key), w.message.clone()))
+        .collect();
+    if keys.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::UnknownKeys {
+            file: path.display().to_string(),
+            keys,
+        })
+    }
+}
+
+/// The first line that sets `key`'s last segment (`name =`, `name:`,
+/// `"name":`), 1-based; a best effort, as the parsers do not report where
+/// an ignored key was.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    // A TOML table of its own: `[http_server.tls]`.
+    let header = format!("[{key}]");
+    if let Some(i) = text.lines().position(|l| l.trim() == header) {
+        return Some(i + 1);
+    }
+    let last = key.rsplit('.').next()?.split('[').next()?;
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches('"').trim_start_matches('[');
+            l.strip_prefix(last).is_some_and(|rest| {
+                let rest = rest.trim_start_matches(['"', ']']).trim_start();
+                rest.is_empty() || rest.starts_with('=') || rest.starts_with(':')
+            })
+        })
+        .map(|i| i + 1)
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -67,8 +67,8 @@ pub(super) fn parse_str(
         .into_iter()
         .map(|key| Warning {
             kind: WarningKind::UnknownKey,
+            message: super::keys::explain(&key),
             key,
-            message: "unknown key, ignored (crier does not implement it, or it is misspelt)".to_string(),
         })
         .collect();
     Ok((config, warnings))
