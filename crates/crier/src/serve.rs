@@ -203,12 +203,25 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // SIGHUP (a reload, by convention) used to kill the server at once:
+    // now it is logged and the server goes on. Nothing is re-read yet, so
+    // configuration changes need a restart, and the log says so.
+    let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {
-                tracing::info!("interrupted: shutting down gracefully (Ctrl-C again to stop at once)");
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {
+                    tracing::info!("interrupted: shutting down gracefully (Ctrl-C again to stop at once)");
+                    break;
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM: shutting down gracefully");
+                    break;
+                }
+                _ = hangup.recv() => {
+                    tracing::warn!("SIGHUP: crier re-reads nothing at run time yet; restart it to apply configuration changes");
+                }
             }
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
         }
         tokio::spawn(async move {
             if interrupt.recv().await.is_some() {

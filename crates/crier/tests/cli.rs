@@ -283,6 +283,25 @@ fn dev_server_publish_reaches_subscriber_in_order() {
         json!({"channel":"news","offset":2,"data":"hello"})
     );
 
+    // SIGHUP does not stop the server (it used to exit 129): it says so,
+    // and the subscriber keeps receiving.
+    #[cfg(unix)]
+    {
+        let pid = served.process.child.id().to_string();
+        let hup = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("run kill");
+        assert!(hup.success());
+        served
+            .process
+            .wait_for(Stream::Stderr, "the SIGHUP line", |l| l.contains("SIGHUP"));
+        let (status, _, stderr) = run(&["publish", "news", "after-hup", "--url", &served.http], &[]);
+        assert!(status.success(), "still serving after SIGHUP: {stderr}");
+        let line = subscriber.wait_for(Stream::Stdout, "the publication after SIGHUP", |_| true);
+        assert_eq!(json_line(&line)["data"], json!("after-hup"));
+    }
+
     // Graceful shutdown on SIGTERM: the server exits 0, the subscriber is
     // told 3001 and exits non-zero.
     #[cfg(unix)]
