@@ -15,6 +15,7 @@ use crier_proto::codes::{Disconnect, ErrorCode};
 
 use crate::auth::{Rejection, SubscriptionOptions};
 use crate::clock::{after, unix_now};
+use crate::metrics::Transport;
 use crate::node::Node;
 
 /// What a client presented to connect.
@@ -64,7 +65,15 @@ pub(crate) struct Admitted {
 /// Decides who presents `credentials`: token verification, then
 /// `client.insecure`, `allow_anonymous_connect_without_token` and
 /// `disallow_anonymous_connection_tokens`, then an `expire_at` already past.
-pub(crate) fn identify(node: &Node, credentials: Credentials<'_>) -> Result<Identity, Refused> {
+pub(crate) fn identify(
+    node: &Node,
+    transport: Transport,
+    credentials: Credentials<'_>,
+) -> Result<Identity, Refused> {
+    identify_quietly(node, credentials).inspect_err(|refused| log_refusal(node, transport, "", refused))
+}
+
+fn identify_quietly(node: &Node, credentials: Credentials<'_>) -> Result<Identity, Refused> {
     let cfg = &node.config.client;
     let identity = match credentials {
         Credentials::Token(token) if !token.trim().is_empty() => {
@@ -113,7 +122,12 @@ pub(crate) fn identify(node: &Node, credentials: Credentials<'_>) -> Result<Iden
 
 /// Registers `identity` with the hub if `client.connection_limit` and
 /// `client.user_connection_limit` let it in.
-pub(crate) fn register(node: &Node, identity: Identity) -> Result<Admitted, Refused> {
+pub(crate) fn register(node: &Node, transport: Transport, identity: Identity) -> Result<Admitted, Refused> {
+    let user = identity.user.clone();
+    register_quietly(node, identity).inspect_err(|refused| log_refusal(node, transport, &user, refused))
+}
+
+fn register_quietly(node: &Node, identity: Identity) -> Result<Admitted, Refused> {
     let cfg = &node.config.client;
     if cfg.connection_limit > 0 && node.hub.client_count() >= cfg.connection_limit {
         node.metrics.refused("connection_limit");
@@ -141,8 +155,32 @@ pub(crate) fn register(node: &Node, identity: Identity) -> Result<Admitted, Refu
 }
 
 /// [`identify`] then [`register`].
-pub(crate) fn admit(node: &Node, credentials: Credentials<'_>) -> Result<Admitted, Refused> {
-    register(node, identify(node, credentials)?)
+pub(crate) fn admit(
+    node: &Node,
+    transport: Transport,
+    credentials: Credentials<'_>,
+) -> Result<Admitted, Refused> {
+    register(node, transport, identify(node, transport, credentials)?)
+}
+
+/// Logs a refused connection at info (rate-limited node-wide, so a flood
+/// of bad tokens cannot fill the disk): the transport, the user when
+/// known, and the code.
+pub(crate) fn log_refusal(node: &Node, transport: Transport, user: &str, refused: &Refused) {
+    let Some(left_out) = node.metrics.client_problem_line() else {
+        return;
+    };
+    let transport = transport.label();
+    match refused {
+        Refused::Error(code) => {
+            let code = code.code();
+            tracing::info!(transport, user, code, left_out, "connection refused");
+        }
+        Refused::Disconnect(d) => {
+            let (code, reason) = (d.code, &d.reason);
+            tracing::info!(transport, user, code, %reason, left_out, "connection refused");
+        }
+    }
 }
 
 /// When a connection whose credentials lapse at `expires_at` must close

@@ -97,6 +97,9 @@ impl Drop for ConnectionGauge {
     }
 }
 
+/// Client-problem log lines per second, at most (a burst of as many).
+pub const CLIENT_PROBLEM_LINES: u32 = 20;
+
 /// How often an engine error is logged at most.
 pub const ENGINE_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -134,6 +137,9 @@ pub struct Metrics {
     // `prometheus.enabled`: when off, publishes are not timed (two clock
     // reads and a histogram lock saved per publish, as nobody would see it).
     enabled: bool,
+    // Client-problem log lines allowed (a flood of bad clients must not
+    // fill the disk), and how many were left out since the last one.
+    problem_lines: std::sync::Mutex<(crate::clock::TokenBucket, u64)>,
 }
 
 impl Metrics {
@@ -195,6 +201,7 @@ impl Metrics {
             engine_error_logged: std::sync::atomic::AtomicU64::new(u64::MAX),
             created: Instant::now(),
             enabled,
+            problem_lines: std::sync::Mutex::new((crate::clock::TokenBucket::new(CLIENT_PROBLEM_LINES), 0)),
         }
     }
 
@@ -204,6 +211,21 @@ impl Metrics {
         let gauge = self.connections[transport as usize].clone();
         gauge.inc();
         ConnectionGauge(gauge)
+    }
+
+    /// Whether a client-problem line may be logged now (at most
+    /// [`CLIENT_PROBLEM_LINES`] a second): `Some(n)` with the number of
+    /// lines left out since the last one logged, or `None` to leave this
+    /// one out. Needs a tokio runtime (its clock).
+    pub fn client_problem_line(&self) -> Option<u64> {
+        // Nothing panics while holding it; a poisoned bucket still counts.
+        let mut g = self.problem_lines.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0.take() {
+            Some(std::mem::take(&mut g.1))
+        } else {
+            g.1 += 1;
+            None
+        }
     }
 
     /// Counts something refused by the limit `limit` (its config key's last

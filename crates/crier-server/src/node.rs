@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AccessPolicy, TokenVerifier};
 use crate::config::{ChannelOptions, Config, ConfigError, OriginPolicy};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::wire;
 use crier_proto::codes::ErrorCode;
 
@@ -272,6 +272,31 @@ impl Node {
         channels
             .options_for(channel)
             .or(self.config.crier.dev.then_some(&channels.without_namespace))
+    }
+
+    /// Whether a browser page from `origin` may open a `transport`
+    /// connection to `host` (`client.allowed_origins`); a refusal is logged
+    /// at info, rate-limited.
+    pub(crate) fn origin_allowed(
+        &self,
+        transport: Transport,
+        origin: Option<&str>,
+        host: Option<&str>,
+    ) -> bool {
+        let allowed = self.origins.allows(origin, host);
+        if !allowed {
+            if let Some(left_out) = self.metrics.client_problem_line() {
+                let (transport, origin, host) = (transport.label(), origin.unwrap_or(""), host.unwrap_or(""));
+                tracing::info!(
+                    transport,
+                    origin,
+                    host,
+                    left_out,
+                    "origin refused (HTTP 403): not in client.allowed_origins"
+                );
+            }
+        }
+        allowed
     }
 
     /// Seconds since the node started.

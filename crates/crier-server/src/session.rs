@@ -19,6 +19,7 @@ use crate::admission::{self, Admitted, Credentials, Identity};
 use crate::auth::{ChannelAction, Permission, Rejection, Requester, SubscriptionOptions};
 use crate::clock::{after, unix_now, TokenBucket};
 use crate::config::ChannelOptions;
+use crate::metrics::Transport;
 use crate::node::{Node, VERSION};
 use crate::wire::{
     code_of, hub_error_code, reason_of, subscribe_result, wire_client_info, Codec, SubscriptionMode,
@@ -72,6 +73,8 @@ pub struct Session {
     // How this connection's replies and pushes are encoded; the session
     // never encodes on its own.
     codec: Codec,
+    // Which transport carries it, for the logs.
+    transport: Transport,
     connected: Option<Connected>,
     // `client.command_rate_limit`, when set.
     commands: Option<TokenBucket>,
@@ -79,7 +82,7 @@ pub struct Session {
 
 impl Session {
     /// A session that has not connected yet.
-    pub fn new(node: Arc<Node>, codec: Codec) -> Self {
+    pub fn new(node: Arc<Node>, codec: Codec, transport: Transport) -> Self {
         let commands = match node.config.client.command_rate_limit {
             0 => None,
             rate => Some(TokenBucket::new(rate)),
@@ -87,6 +90,7 @@ impl Session {
         Self {
             node,
             codec,
+            transport,
             connected: None,
             commands,
         }
@@ -152,6 +156,14 @@ impl Session {
     /// the transport with `disconnect`.
     pub fn close(&mut self, disconnect: &Disconnect) {
         if let Some(c) = self.connected.take() {
+            let (transport, code, reason) = (self.transport.label(), disconnect.code, &disconnect.reason);
+            if is_problem(code) {
+                if let Some(left_out) = self.node.metrics.client_problem_line() {
+                    tracing::info!(client = %c.id, user = %c.user, transport, code, %reason, left_out, "client disconnected");
+                }
+            } else {
+                tracing::debug!(client = %c.id, user = %c.user, transport, code, %reason, "client disconnected");
+            }
             self.node.hub.disconnect(c.id, reason_of(disconnect));
         }
     }
@@ -187,7 +199,7 @@ impl Session {
         }
         let node = self.node.clone();
         let client_cfg = &node.config.client;
-        let identity = admission::identify(&node, Credentials::Token(&req.token))?;
+        let identity = admission::identify(&node, self.transport, Credentials::Token(&req.token))?;
         // A uni client names its channels in the connect request: they
         // count against `client.channel_limit` with the token's, as a
         // bidirectional client's subscribe commands would (3505 over it).
@@ -200,6 +212,12 @@ impl Session {
                 .count();
             if identity.subs.len() + extra > limit {
                 node.metrics.refused("channel_limit");
+                admission::log_refusal(
+                    &node,
+                    self.transport,
+                    &identity.user,
+                    &Refused::Disconnect(Disconnect::CHANNEL_LIMIT),
+                );
                 return Err(Refused::Disconnect(Disconnect::CHANNEL_LIMIT));
             }
         }
@@ -207,7 +225,8 @@ impl Session {
             identity,
             id: cid,
             rx,
-        } = admission::register(&node, identity)?;
+        } = admission::register(&node, self.transport, identity)?;
+        tracing::debug!(client = %cid, user = %identity.user, transport = self.transport.label(), "client connected");
         let Identity {
             user,
             conn_info,
@@ -668,4 +687,11 @@ fn refresh(node: &Node, c: &mut Connected, id: u32, token: &str) -> Result<Reply
         }),
         ..Default::default()
     })
+}
+
+/// Whether a disconnect code says something went wrong with the client
+/// (logged at info, rate-limited), rather than a normal end (debug): the
+/// terminal codes, a slow consumer, a missing pong, a stale connection.
+pub(crate) fn is_problem(code: u32) -> bool {
+    code >= 3500 || code == 3008 || code == 3012
 }

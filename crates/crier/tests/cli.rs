@@ -654,3 +654,79 @@ fn version_and_token_with_a_secret_need_no_config() {
         .expect("signed with --secret");
     assert_eq!(claims.user, "42");
 }
+
+/// Opens a WebSocket to `served` with raw bytes, sends a connect with
+/// `token`, and reads until the server closes; the close code.
+fn ws_connect_code(served: &Served, token: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let addr = &served.http["http://".len()..];
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .expect("handshake");
+    let connect = format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#);
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | connect.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(connect.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).expect("connect frame");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    // The close frame ends the stream: 0x88, length, code.
+    let at = all.windows(2).rposition(|w| w[0] == 0x88).expect("a close frame");
+    u16::from_be_bytes([all[at + 2], all[at + 3]])
+}
+
+#[test]
+fn client_problems_are_logged_once_each_and_a_flood_is_bounded() {
+    let config = temp_file(
+        "crier-cli-logs.toml",
+        "[client.token]\nhmac_secret_key = \"log-test-secret-that-is-long\"\n[client]\nallowed_origins = [\"http://good.example\"]\n",
+    );
+    let mut served = serve(&["-c", config.to_str().expect("utf-8")], &[]);
+    assert_eq!(ws_connect_code(&served, "not-a-token"), 3500);
+    let line = served.process.wait_for(Stream::Stderr, "the refusal line", |l| {
+        l.contains("connection refused")
+    });
+    assert!(
+        line.contains("transport=\"websocket\"")
+            && line.contains("code=3500")
+            && line.contains("invalid token"),
+        "{line}"
+    );
+    // A flood of bad tokens: at most the burst plus the rate's worth.
+    let started = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(ws_connect_code(&served, "not-a-token"), 3500);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // SIGHUP's line is not rate-limited: everything logged before it is in.
+    #[cfg(unix)]
+    {
+        let pid = served.process.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success());
+        served
+            .process
+            .wait_for(Stream::Stderr, "the SIGHUP line", |l| l.contains("SIGHUP"));
+        let refusals = served
+            .process
+            .output(Stream::Stderr)
+            .lines()
+            .filter(|l| l.contains("connection refused"))
+            .count();
+        let bound = 1 + 20 + (20.0 * elapsed).ceil() as usize;
+        assert!(
+            refusals <= bound,
+            "{refusals} lines for 201 refusals in {elapsed:.2} s (bound {bound})"
+        );
+        assert!(refusals >= 20, "the first ones are logged: {refusals}");
+    }
+}

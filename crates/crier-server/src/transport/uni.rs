@@ -99,10 +99,10 @@ fn parse_connect(bytes: &[u8], limit: usize) -> Result<ConnectRequest, Disconnec
     serde_json::from_str(text).map_err(|_| Disconnect::BAD_REQUEST)
 }
 
-fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
+fn origin_allowed(node: &Node, transport: Transport, headers: &HeaderMap) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    node.origins.allows(origin, host)
+    node.origin_allowed(transport, origin, host)
 }
 
 // Forgets the client when the HTTP stream is dropped (the peer went away).
@@ -173,8 +173,12 @@ impl Outgoing {
 }
 
 /// Opens a session for a uni client; the connect push comes first.
-async fn open(node: &Arc<Node>, req: ConnectRequest) -> Result<(Bytes, Outgoing), Disconnect> {
-    let mut session = Session::new(node.clone(), Codec::Json);
+async fn open(
+    node: &Arc<Node>,
+    transport: Transport,
+    req: ConnectRequest,
+) -> Result<(Bytes, Outgoing), Disconnect> {
+    let mut session = Session::new(node.clone(), Codec::Json, transport);
     let Opened { result, rx, id } = Box::pin(session.open(req, true)).await.map_err(refusal)?;
     let deadline = session.deadline();
     Ok((
@@ -226,7 +230,11 @@ async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], fr
     if let Some(r) = disabled(cfg) {
         return r;
     }
-    if !origin_allowed(&node, &headers) {
+    let transport = match framing {
+        Framing::Sse => Transport::UniSse,
+        Framing::Lines => Transport::UniHttpStream,
+    };
+    if !origin_allowed(&node, transport, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let req = match parse_connect(connect, cfg.max_request_body_size) {
@@ -238,7 +246,7 @@ async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], fr
         Framing::Lines => "application/x-ndjson",
     };
     let mut first = BytesMut::new();
-    let body = match open(&node, req).await {
+    let body = match open(&node, transport, req).await {
         Err(d) => {
             // Say why in the stream itself, then end it.
             framing.put(&mut first, &disconnect_push(&d));
@@ -249,10 +257,6 @@ async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], fr
             let registration = Registration {
                 node: node.clone(),
                 id: out.id,
-            };
-            let transport = match framing {
-                Framing::Sse => Transport::UniSse,
-                Framing::Lines => Transport::UniHttpStream,
             };
             // Both guards live in the stream's state: when the body is
             // dropped the client is forgotten and no longer counted.
@@ -319,7 +323,7 @@ pub async fn websocket(
     if let Some(r) = disabled(&node.config.uni_websocket) {
         return r;
     }
-    if !origin_allowed(&node, request.headers()) {
+    if !origin_allowed(&node, Transport::UniWebSocket, request.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let limits = rfc6455::Limits {
@@ -354,7 +358,7 @@ async fn serve_websocket(node: Arc<Node>, mut reader: Reader, mut writer: Writer
         Ok(r) => r,
         Err(d) => return close(&mut writer, &d).await,
     };
-    let (connect, mut out) = match open(&node, req).await {
+    let (connect, mut out) = match open(&node, Transport::UniWebSocket, req).await {
         Ok(x) => x,
         Err(d) => {
             let _ = writer.text(&mut vec![disconnect_push(&d)]).await;

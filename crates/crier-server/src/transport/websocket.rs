@@ -27,7 +27,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     let headers = request.headers();
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
     let host = headers.get("host").and_then(|v| v.to_str().ok());
-    if !node.origins.allows(origin, host) {
+    if !node.origin_allowed(Transport::WebSocket, origin, host) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let limits = rfc6455::Limits {
@@ -140,7 +140,7 @@ async fn connect(
 
 /// Serves one WebSocket connection until it closes.
 async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Writer) {
-    let mut session = Session::new(node.clone(), codec);
+    let mut session = Session::new(node.clone(), codec, Transport::WebSocket);
     let cfg = &node.config.client;
     // A client that sends nothing for a ping interval plus the pong timeout
     // is gone (it must answer every server ping).
@@ -167,7 +167,7 @@ async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Wr
         writer,
         rx,
         cfg.ping_interval,
-        (controls.clone(), drained.clone()),
+        (controls.clone(), drained.clone(), session.client_id()),
     ));
     loop {
         // Connection or subscription tokens lapsing (refresh and sub_refresh
@@ -328,7 +328,11 @@ async fn write(
     mut writer: Writer,
     mut rx: ClientReceiver,
     ping_every: Duration,
-    (controls, drained): (Arc<Controls>, Arc<tokio::sync::Notify>),
+    (controls, drained, id): (
+        Arc<Controls>,
+        Arc<tokio::sync::Notify>,
+        Option<crier_core::ClientId>,
+    ),
 ) {
     let mut items = Vec::new();
     let mut batch = Vec::new();
@@ -387,6 +391,13 @@ async fn write(
             Err(reason) => {
                 let d = disconnect_of(&reason);
                 node.metrics.disconnect(d.code);
+                if crate::session::is_problem(d.code) {
+                    if let Some(left_out) = node.metrics.client_problem_line() {
+                        let client = id.map(|id| id.to_string()).unwrap_or_default();
+                        let (code, reason) = (d.code, &d.reason);
+                        tracing::info!(client, transport = "websocket", code, %reason, left_out, "client disconnected by the server");
+                    }
+                }
                 close(&mut writer, &d).await;
                 return;
             }
@@ -432,7 +443,7 @@ mod tests {
             writer,
             rx,
             Duration::from_secs(25),
-            (Arc::default(), Arc::default()),
+            (Arc::default(), Arc::default(), None),
         );
         let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
         assert!(
