@@ -255,6 +255,20 @@ impl Node {
         "memory (one node)".to_owned()
     }
 
+    /// Whether the engine answers now (a broker ping within a second), or
+    /// why not.
+    pub(crate) async fn engine_ready(&self) -> Result<(), String> {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return match tokio::time::timeout(Duration::from_secs(1), c.broker().ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("engine unreachable: {e}")),
+                Err(_) => Err("engine unreachable: no answer within 1 s".to_owned()),
+            };
+        }
+        Ok(())
+    }
+
     /// True when other nodes share this node's channels (Redis or NATS).
     pub fn clustered(&self) -> bool {
         #[cfg(feature = "cluster")]

@@ -45,8 +45,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/connection/websocket", get(websocket::upgrade))
         .route("/connection/uni_websocket", get(uni::websocket))
         .route("/connection/uni_sse", get(uni::sse_get).post(uni::sse_post))
-        .route("/connection/uni_http_stream", post(uni::http_stream))
-        .route("/health", get(|| async { "{}" }));
+        .route("/connection/uni_http_stream", post(uni::http_stream));
+    let health = &node.config.health;
+    if health.enabled {
+        let prefix = health.handler_prefix.trim_end_matches('/');
+        let prefix = if prefix.is_empty() { "/health" } else { prefix };
+        app = app
+            .route(prefix, get(|| async { "{}" }))
+            .route(&format!("{prefix}/ready"), get(ready));
+    }
     if !node.config.http_api.disabled {
         let prefix = node
             .config
@@ -76,6 +83,20 @@ fn too_large() -> Response {
         "request body larger than http_server.max_request_body_size\n",
     )
         .into_response()
+}
+
+/// Readiness: 200 `{}` while the engine answers (always, on the memory
+/// engine), 503 with the reason while a Redis or NATS broker does not.
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    match node.engine_ready().await {
+        Ok(()) => (StatusCode::OK, "{}").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({"error": why}).to_string(),
+        )
+            .into_response(),
+    }
 }
 
 /// How a request body must arrive: `http_server.body_read_timeout` and

@@ -32,7 +32,6 @@ const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
     "rpc",
     "admin",
     "log",
-    "health",
     "swagger",
     "debug",
     "sse",

@@ -55,6 +55,8 @@ pub struct Config {
     pub uni_http_stream: UniTransportConfig,
     /// Prometheus metrics.
     pub prometheus: PrometheusConfig,
+    /// The health endpoint.
+    pub health: HealthConfig,
     /// Plain TCP listeners (crier only): `[[tcp]]`.
     pub tcp: Vec<TcpListenerConfig>,
     /// File sources (crier only): `[[watch]]`.
@@ -76,6 +78,28 @@ impl Default for UniTransportConfig {
         Self {
             enabled: false,
             max_request_body_size: 65_536,
+        }
+    }
+}
+
+/// `health.*`: Centrifugo v6's keys; crier's default is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    /// Serve `GET <handler_prefix>` (liveness: `{}` while the process
+    /// serves) and `GET <handler_prefix>/ready` (crier's own readiness: 503
+    /// while the engine's broker does not answer). Centrifugo's default is
+    /// off; crier's is on, as `/health` always was.
+    pub enabled: bool,
+    /// Path of the endpoint.
+    pub handler_prefix: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            handler_prefix: "/health".to_string(),
         }
     }
 }
@@ -1268,6 +1292,9 @@ impl Config {
         }
         if self.http_server.write_timeout.is_zero() {
             return Err(invalid("http_server.write_timeout", "must be greater than 0"));
+        }
+        if self.health.enabled && !self.health.handler_prefix.starts_with('/') {
+            return Err(invalid("health.handler_prefix", "must start with /"));
         }
         if self.http_server.header_read_timeout.is_zero() {
             return Err(invalid(
