@@ -297,7 +297,10 @@ impl Node {
         origin: Option<&str>,
         host: Option<&str>,
     ) -> bool {
-        let allowed = self.origins.allows(origin, host);
+        // Under `--dev` a page served from this machine on any port (a
+        // front-end dev server on localhost:3000) may connect too.
+        let allowed = self.origins.allows(origin, host)
+            || (self.config.crier.dev && origin.is_some_and(crate::config::is_local_origin));
         if !allowed {
             if let Some(left_out) = self.metrics.client_problem_line() {
                 let (transport, origin, host) = (transport.label(), origin.unwrap_or(""), host.unwrap_or(""));

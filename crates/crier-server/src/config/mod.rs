@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use origins::glob_match;
-pub use origins::OriginPolicy;
+pub use origins::{is_local_origin, OriginPolicy};
 pub use source::Format;
 
 /// The whole server configuration. Every field has a default, so an empty

@@ -46,6 +46,19 @@ impl OriginPolicy {
     }
 }
 
+/// Whether `origin` is a page served from this machine (`localhost`,
+/// `127.0.0.1`, `[::1]`, any port), which `--dev` allows.
+pub fn is_local_origin(origin: &str) -> bool {
+    let Some(host) = origin_host(origin.trim()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "::1"
+}
+
 /// `host[:port]` of an origin such as `https://example.com:8443`.
 fn origin_host(origin: &str) -> Option<&str> {
     let (_, rest) = origin.split_once("://")?;
@@ -128,5 +141,25 @@ mod tests {
         assert!(!glob_match(b"a*b*c", b"aXbYbZ"));
         assert!(glob_match(b"*", b""));
         assert!(glob_match(b"?x", b"ax"));
+    }
+
+    #[test]
+    fn local_origins_are_recognised() {
+        for local in [
+            "http://localhost:3000",
+            "http://127.0.0.1:8080",
+            "http://[::1]:5173",
+            "https://LOCALHOST",
+        ] {
+            assert!(super::is_local_origin(local), "{local}");
+        }
+        for other in [
+            "http://localhost.evil.example",
+            "http://10.0.0.1",
+            "null",
+            "http://127.0.0.2.nip.io",
+        ] {
+            assert!(!super::is_local_origin(other), "{other}");
+        }
     }
 }

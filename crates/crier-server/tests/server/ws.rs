@@ -784,3 +784,29 @@ async fn two_nodes_never_hand_out_the_same_client_id() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn dev_mode_lets_pages_from_this_machine_connect_and_no_one_else() {
+    let mut c = config("");
+    c.crier.dev = true;
+    let s = TestServer::start(c).await;
+    let status = |origin: &'static str| {
+        let addr = s.addr;
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "GET /connection/websocket HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            );
+            t.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 12];
+            t.read_exact(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[9..12]).into_owned()
+        }
+    };
+    assert_eq!(status("http://localhost:3000").await, "101");
+    assert_eq!(status("http://127.0.0.1:5173").await, "101");
+    assert_eq!(status("http://evil.example").await, "403");
+    s.shutdown().await;
+}
