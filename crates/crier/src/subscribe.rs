@@ -4,9 +4,11 @@
 //! Status (subscribed, errors, disconnects) goes to stderr.
 //!
 //! Frames are read as maps of raw JSON values, so publication data is
-//! printed byte for byte as the server sent it. This module must never
-//! reconnect or recover on its own: a disconnect ends the command, non-zero,
-//! and the caller decides what to do.
+//! printed byte for byte as the server sent it. An unsubscribe push with a
+//! code of 2500 or more (the server lost state, or the subscription
+//! expired) is answered as the SDKs do: a new subscribe that recovers from
+//! the last offset seen, so nothing is missed or printed twice. A
+//! disconnect ends the command, non-zero, and the caller decides what to do.
 
 use std::collections::BTreeMap;
 
@@ -76,9 +78,10 @@ async fn subscribe(args: Args) -> anyhow::Result<()> {
         .await
         .context("cannot send the connect command")?;
 
-    let state = Session {
+    let mut state = Session {
         channel: args.channel,
         sub_token: args.sub_token.filter(|t| !t.is_empty()),
+        position: None,
     };
     loop {
         let message = tokio::select! {
@@ -106,8 +109,19 @@ async fn subscribe(args: Args) -> anyhow::Result<()> {
         for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
             match state.handle(line)? {
                 Reply::None => {}
-                Reply::Subscribed => eprintln!("subscribed to {}", state.channel),
+                Reply::Subscribed(replayed) => {
+                    eprintln!("subscribed to {}", state.channel);
+                    for publication in replayed {
+                        print_line(&publication)?;
+                    }
+                }
                 Reply::Print(publication) => print_line(&publication)?,
+                Reply::Resubscribe(command, why) => {
+                    eprintln!("{why}");
+                    sink.send(Message::text(command))
+                        .await
+                        .context("cannot write to the server")?;
+                }
                 Reply::Send(command) => sink
                     .send(Message::text(command))
                     .await
@@ -144,8 +158,11 @@ enum Reply {
     None,
     /// Print this publication line.
     Print(String),
-    /// The subscription is confirmed.
-    Subscribed,
+    /// The subscription is confirmed; print these publications first (the
+    /// ones a recovery replayed).
+    Subscribed(Vec<String>),
+    /// Say this on stderr, then send the command.
+    Resubscribe(String, String),
     /// Send this command.
     Send(String),
 }
@@ -156,12 +173,15 @@ struct Session {
     channel: String,
     /// Its subscription token, if one was given.
     sub_token: Option<String>,
+    /// Offset and epoch of the last publication seen, when the channel has
+    /// a position (history), to recover from after an unsubscribe 2500.
+    position: Option<(u64, String)>,
 }
 
 impl Session {
     /// Handles one JSON message of a frame: turns publications into output
     /// lines and refusals into errors, and says what to send back.
-    fn handle(&self, line: &str) -> anyhow::Result<Reply> {
+    fn handle(&mut self, line: &str) -> anyhow::Result<Reply> {
         let fields: Fields<'_> =
             serde_json::from_str(line).with_context(|| format!("the server sent invalid JSON: {line}"))?;
         if fields.is_empty() {
@@ -186,37 +206,96 @@ impl Session {
             bail!("{what}: {}{hint}", describe(error));
         }
         if id == CONNECT_ID && fields.contains_key("connect") {
-            let mut subscribe = serde_json::Map::new();
-            subscribe.insert("channel".into(), self.channel.as_str().into());
-            if let Some(token) = &self.sub_token {
-                subscribe.insert("token".into(), token.as_str().into());
-            }
-            let command = serde_json::json!({ "id": SUBSCRIBE_ID, "subscribe": subscribe });
-            return Ok(Reply::Send(command.to_string()));
+            return Ok(Reply::Send(self.subscribe_command()));
         }
-        if id == SUBSCRIBE_ID && fields.contains_key("subscribe") {
-            return Ok(Reply::Subscribed);
+        if id == SUBSCRIBE_ID {
+            if let Some(result) = fields.get("subscribe") {
+                return self.subscribed(result.get());
+            }
         }
         match fields.get("push") {
-            Some(push) => Self::push(push.get()),
+            Some(push) => self.push(push.get()),
             None => Ok(Reply::None),
         }
     }
 
-    fn push(push: &str) -> anyhow::Result<Reply> {
+    /// The subscribe command: recovering from the last position seen, if
+    /// there is one.
+    fn subscribe_command(&self) -> String {
+        let mut subscribe = serde_json::Map::new();
+        subscribe.insert("channel".into(), self.channel.as_str().into());
+        if let Some(token) = &self.sub_token {
+            subscribe.insert("token".into(), token.as_str().into());
+        }
+        if let Some((offset, epoch)) = &self.position {
+            subscribe.insert("recover".into(), true.into());
+            subscribe.insert("offset".into(), (*offset).into());
+            subscribe.insert("epoch".into(), epoch.as_str().into());
+        }
+        serde_json::json!({ "id": SUBSCRIBE_ID, "subscribe": subscribe }).to_string()
+    }
+
+    /// A subscribe reply: its position, and the publications it replayed.
+    fn subscribed(&mut self, result: &str) -> anyhow::Result<Reply> {
+        let result: Fields<'_> =
+            serde_json::from_str(result).context("the server sent an invalid subscribe reply")?;
+        let epoch: String = result
+            .get("epoch")
+            .and_then(|e| serde_json::from_str(e.get()).ok())
+            .unwrap_or_default();
+        let offset: u64 = result
+            .get("offset")
+            .and_then(|o| serde_json::from_str(o.get()).ok())
+            .unwrap_or(0);
+        if !epoch.is_empty() {
+            self.position = Some((offset, epoch));
+        }
+        let publications: Vec<&RawValue> = match result.get("publications") {
+            Some(list) => serde_json::from_str(list.get()).context("the server sent invalid publications")?,
+            None => Vec::new(),
+        };
+        let mut replayed = Vec::with_capacity(publications.len());
+        for publication in publications {
+            replayed.push(self.publication(&serde_json::to_string(&self.channel)?, publication.get())?);
+        }
+        Ok(Reply::Subscribed(replayed))
+    }
+
+    /// One publication as an output line; its offset becomes the position.
+    fn publication(&mut self, channel: &str, publication: &str) -> anyhow::Result<String> {
+        let publication: Fields<'_> =
+            serde_json::from_str(publication).context("the server sent an invalid publication")?;
+        // Offset 0 is omitted on the wire.
+        let offset = publication.get("offset").map_or("0", |o| o.get());
+        if let (Some((position, _)), Ok(n)) = (self.position.as_mut(), offset.parse::<u64>()) {
+            *position = n;
+        }
+        let data = publication.get("data").map_or("null", |d| d.get());
+        Ok(format!(
+            "{{\"channel\":{channel},\"offset\":{offset},\"data\":{data}}}"
+        ))
+    }
+
+    fn push(&mut self, push: &str) -> anyhow::Result<Reply> {
         let push: Fields<'_> = serde_json::from_str(push).context("the server sent an invalid push")?;
         let channel = push.get("channel").map_or("\"\"", |c| c.get());
         if let Some(publication) = push.get("pub") {
-            let publication: Fields<'_> =
-                serde_json::from_str(publication.get()).context("the server sent an invalid publication")?;
-            // Offset 0 is omitted on the wire.
-            let offset = publication.get("offset").map_or("0", |o| o.get());
-            let data = publication.get("data").map_or("null", |d| d.get());
-            return Ok(Reply::Print(format!(
-                "{{\"channel\":{channel},\"offset\":{offset},\"data\":{data}}}"
-            )));
+            return Ok(Reply::Print(self.publication(channel, publication.get())?));
         }
         if let Some(unsubscribe) = push.get("unsubscribe") {
+            // 2500 and up: the server lost state or the subscription
+            // expired; an SDK resubscribes, recovering from its position.
+            if error_code(unsubscribe).is_some_and(|c| c >= 2500) {
+                let why = format!(
+                    "unsubscribed from {channel} by the server ({}): resubscribing{}",
+                    describe(unsubscribe),
+                    match &self.position {
+                        Some((offset, _)) => format!(" and recovering from offset {offset}"),
+                        None => String::new(),
+                    }
+                );
+                return Ok(Reply::Resubscribe(self.subscribe_command(), why));
+            }
             bail!(
                 "unsubscribed from {channel} by the server: {}",
                 describe(unsubscribe)
@@ -271,6 +350,7 @@ mod tests {
         Session {
             channel: "news".into(),
             sub_token: None,
+            position: None,
         }
     }
 
@@ -307,9 +387,10 @@ mod tests {
 
     #[test]
     fn subscription_token_goes_with_subscribe() {
-        let s = Session {
+        let mut s = Session {
             channel: "news".into(),
             sub_token: Some("T".into()),
+            position: None,
         };
         let reply = s.handle(r#"{"id":1,"connect":{}}"#).unwrap();
         assert_eq!(
@@ -322,13 +403,13 @@ mod tests {
     fn subscribe_reply_confirms() {
         assert_eq!(
             session().handle(r#"{"id":2,"subscribe":{}}"#).unwrap(),
-            Reply::Subscribed
+            Reply::Subscribed(vec![])
         );
     }
 
     #[test]
     fn publications_of_a_batch_are_handled_one_line_at_a_time() {
-        let s = session();
+        let mut s = session();
         let frame = "{\"push\":{\"channel\":\"news\",\"pub\":{\"data\":{\"b\":1,\"a\":2},\"offset\":7}}}\n{}";
         let replies: Vec<Reply> = frame.split('\n').map(|l| s.handle(l).unwrap()).collect();
         let line = r#"{"channel":"news","offset":7,"data":{"b":1,"a":2}}"#;
@@ -351,6 +432,41 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.to_string().contains("2000 server unsubscribe"), "{e}");
+    }
+
+    #[test]
+    fn an_unsubscribe_2500_resubscribes_recovering_from_the_last_offset() {
+        let mut s = session();
+        let r = s
+            .handle(r#"{"id":2,"subscribe":{"recoverable":true,"epoch":"e1","offset":4,"positioned":true}}"#)
+            .unwrap();
+        assert_eq!(r, Reply::Subscribed(vec![]));
+        s.handle(r#"{"push":{"channel":"news","pub":{"data":1,"offset":5}}}"#)
+            .unwrap();
+        let r = s
+            .handle(
+                r#"{"push":{"channel":"news","unsubscribe":{"code":2500,"reason":"insufficient state"}}}"#,
+            )
+            .unwrap();
+        let Reply::Resubscribe(command, why) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            command,
+            r#"{"id":2,"subscribe":{"channel":"news","epoch":"e1","offset":5,"recover":true}}"#
+        );
+        assert!(why.contains("recovering from offset 5"), "{why}");
+        // The recovery's replayed publications are printed, in order.
+        let r = s
+            .handle(r#"{"id":2,"subscribe":{"recovered":true,"epoch":"e1","offset":7,"publications":[{"data":"a","offset":6},{"data":"b","offset":7}]}}"#)
+            .unwrap();
+        assert_eq!(
+            r,
+            Reply::Subscribed(vec![
+                r#"{"channel":"news","offset":6,"data":"a"}"#.into(),
+                r#"{"channel":"news","offset":7,"data":"b"}"#.into()
+            ])
+        );
     }
 
     #[test]
