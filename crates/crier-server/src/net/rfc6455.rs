@@ -64,9 +64,7 @@ where
         };
         let (rd, wr) = parts.io.into_inner().into_inner().into_split();
         let reader = Reader::new(rd, parts.read_buf, limits.message_size);
-        let fut = serve(reader, Writer::new(wr, limits.write_timeout));
-        eprintln!("FUTSIZE serve={}", std::mem::size_of_val(&fut));
-        fut.await;
+        serve(reader, Writer::new(wr, limits.write_timeout)).await;
     });
     response
 }
