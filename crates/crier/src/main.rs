@@ -6,7 +6,8 @@
 //! - [`publish`] calls the server HTTP API's `publish` method;
 //! - [`subscribe`] is a minimal client protocol v2 (JSON) WebSocket client
 //!   that prints publications as JSON lines;
-//! - [`bench`] is a bounded load generator for the WebSocket fan-out path.
+//! - [`bench`] is a bounded load generator for the WebSocket fan-out path;
+//! - [`genconfig`] prints a commented starter configuration with fresh secrets.
 //!
 //! Protocol, configuration and authentication logic live in `crier-server`;
 //! this crate must never grow any of its own. Every failure a user can cause
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod genconfig;
 mod publish;
 mod serve;
 mod subscribe;
@@ -43,6 +45,7 @@ enum Command {
     Publish(publish::Args),
     Subscribe(subscribe::Args),
     Bench(bench::Args),
+    Genconfig(genconfig::Args),
     /// Print crier's version.
     Version,
 }
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Subscribe(args) => subscribe::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Genconfig(args) => genconfig::run(args),
         Command::Version => print_line(&format!("crier {}", env!("CARGO_PKG_VERSION"))).map_err(Into::into),
     });
     match result {

@@ -730,3 +730,35 @@ fn client_problems_are_logged_once_each_and_a_flood_is_bounded() {
         assert!(refusals >= 20, "the first ones are logged: {refusals}");
     }
 }
+
+#[test]
+fn genconfig_writes_a_starter_that_checks_and_serves() {
+    let (status, stdout, stderr) = run(&["genconfig"], &[]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("hmac_secret_key = \""), "{stdout}");
+    let dir = std::env::temp_dir().join(format!("crier-genconfig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("crier.toml");
+    let path = file.to_str().expect("utf-8");
+    let (status, _, stderr) = run(&["genconfig", path], &[]);
+    assert!(status.success(), "{stderr}");
+    let (status, _, stderr) = run(&["genconfig", path], &[]);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "an existing file is never overwritten: {stderr}"
+    );
+    let (status, stdout, stderr) = run(&["check-config", path], &[]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(": OK") && stdout.contains("chat"), "{stdout}");
+    // And a server starts with it, and takes a token signed by `crier token -c`.
+    let served = serve(&["-c", path], &[]);
+    let (status, token, stderr) = run(&["token", "-c", path, "--user", "42"], &[]);
+    assert!(status.success(), "{stderr}");
+    let mut sub = subscribe(&served, "chat:1", &["--token", token.trim()]);
+    sub.wait_for(Stream::Stderr, "the subscribe confirmation", |l| {
+        l == "subscribed to chat:1"
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
