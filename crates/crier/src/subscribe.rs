@@ -8,7 +8,9 @@
 //! code of 2500 or more (the server lost state, or the subscription
 //! expired) is answered as the SDKs do: a new subscribe that recovers from
 //! the last offset seen, so nothing is missed or printed twice. A
-//! disconnect ends the command, non-zero, and the caller decides what to do.
+//! disconnect with a reconnect code (or a lost connection) reconnects with
+//! backoff and recovers the same way; a terminal one ends the command,
+//! non-zero (`--no-reconnect` ends it on any disconnect).
 
 use std::collections::BTreeMap;
 
@@ -24,7 +26,11 @@ use crate::print_line;
 ///
 /// Each line on stdout is {"channel":"...","offset":N,"data":...}; once the
 /// subscription is confirmed, "subscribed to CHANNEL" is printed on stderr.
-/// Exits non-zero when the server refuses or disconnects, 0 on Ctrl-C.
+/// Like the SDKs, it reconnects after a disconnect with a reconnect code
+/// (3000–3499) or a lost connection, with backoff (0.5 s doubling to 10 s),
+/// and recovers from the last offset it printed, so nothing is missed or
+/// printed twice when the channel keeps history. Exits non-zero when the
+/// server refuses or disconnects for good (3500–3999), 0 on Ctrl-C.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The channel to subscribe to.
@@ -44,6 +50,10 @@ pub struct Args {
     /// channels that do not let every connection subscribe.
     #[arg(long, value_name = "T")]
     sub_token: Option<String>,
+    /// Exit on a disconnect an SDK would reconnect after (3000–3499, a lost
+    /// connection), instead of reconnecting with backoff and recovering.
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 /// One JSON message of a frame, one level deep; values stay raw.
@@ -60,11 +70,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(subscribe(args))
 }
 
+/// How one connection ended.
+enum End {
+    /// Ctrl-C: exit 0.
+    Interrupted,
+    /// Exit with this error (refused, terminal disconnect, a first connect
+    /// that failed).
+    Fail(anyhow::Error),
+    /// Lost, or closed with a code an SDK reconnects after: reconnect
+    /// (unless --no-reconnect) and recover from the last offset.
+    Retry(anyhow::Error),
+}
+
 async fn subscribe(args: Args) -> anyhow::Result<()> {
     let url = websocket_url(&args.url)?;
-    let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .with_context(|| format!("cannot connect to {url}"))?;
+    let mut state = Session {
+        channel: args.channel.clone(),
+        sub_token: args.sub_token.clone().filter(|t| !t.is_empty()),
+        position: None,
+    };
+    let mut backoff = RETRY_FIRST;
+    let mut attempt = 0u32;
+    loop {
+        let subscribed_before = state.position.clone();
+        match connection(&url, &args, &mut state, attempt == 0).await {
+            End::Interrupted => return Ok(()),
+            End::Fail(e) => return Err(e),
+            End::Retry(e) if args.no_reconnect => return Err(e),
+            End::Retry(e) => {
+                // A connection that got as far as a new position starts the
+                // backoff again.
+                if state.position != subscribed_before {
+                    backoff = RETRY_FIRST;
+                }
+                eprintln!("{e:#}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+        attempt += 1;
+    }
+}
+
+/// First wait before reconnecting; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+/// Longest wait between reconnects.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One connection: connect, subscribe (recovering from `state`'s position
+/// after the first), print publications until it ends.
+async fn connection(url: &str, args: &Args, state: &mut Session, first: bool) -> End {
+    let socket = match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => socket,
+        Err(e) if first => {
+            return End::Fail(anyhow::Error::new(e).context(format!("cannot connect to {url}")))
+        }
+        Err(e) => return End::Retry(anyhow::Error::new(e).context(format!("cannot connect to {url}"))),
+    };
     let (mut sink, mut stream) = socket.split();
 
     let mut connect = serde_json::Map::new();
@@ -74,58 +139,75 @@ async fn subscribe(args: Args) -> anyhow::Result<()> {
     connect.insert("name".into(), "crier".into());
     connect.insert("version".into(), env!("CARGO_PKG_VERSION").into());
     let connect = serde_json::json!({ "id": CONNECT_ID, "connect": connect });
-    sink.send(Message::text(connect.to_string()))
-        .await
-        .context("cannot send the connect command")?;
-
-    let mut state = Session {
-        channel: args.channel,
-        sub_token: args.sub_token.filter(|t| !t.is_empty()),
-        position: None,
-    };
+    if let Err(e) = sink.send(Message::text(connect.to_string())).await {
+        return End::Retry(anyhow::Error::new(e).context("cannot send the connect command"));
+    }
     loop {
         let message = tokio::select! {
             m = stream.next() => m,
             _ = tokio::signal::ctrl_c() => {
                 let _ = sink.send(Message::Close(None)).await;
-                return Ok(());
+                return End::Interrupted;
             }
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => {
-                bail!("the server sent a binary frame; this client speaks JSON only")
+                return End::Fail(anyhow!(
+                    "the server sent a binary frame; this client speaks JSON only"
+                ))
             }
             Some(Ok(Message::Close(frame))) => {
-                return Err(match frame {
-                    Some(frame) => disconnected(u16::from(frame.code), &frame.reason),
-                    None => anyhow!("disconnected: the server closed the connection without a code"),
-                });
+                return match frame {
+                    Some(frame) => {
+                        let code = u16::from(frame.code);
+                        let e = disconnected(code, &frame.reason);
+                        if matches!(code, 3000..=3499 | 4000..=4499) {
+                            End::Retry(e)
+                        } else {
+                            End::Fail(e)
+                        }
+                    }
+                    None => End::Retry(anyhow!(
+                        "disconnected: the server closed the connection without a code"
+                    )),
+                };
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(anyhow::Error::new(e).context("connection lost")),
-            None => bail!("connection lost: the server went away without a close frame"),
+            Some(Err(e)) => return End::Retry(anyhow::Error::new(e).context("connection lost")),
+            None => {
+                return End::Retry(anyhow!(
+                    "connection lost: the server went away without a close frame"
+                ))
+            }
         };
         for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-            match state.handle(line)? {
-                Reply::None => {}
+            let reply = match state.handle(line) {
+                Ok(reply) => reply,
+                Err(e) => return End::Fail(e),
+            };
+            let written = match reply {
+                Reply::None => Ok(()),
                 Reply::Subscribed(replayed) => {
                     eprintln!("subscribed to {}", state.channel);
-                    for publication in replayed {
-                        print_line(&publication)?;
-                    }
+                    replayed
+                        .iter()
+                        .try_for_each(|p| print_line(p).map_err(anyhow::Error::new))
                 }
-                Reply::Print(publication) => print_line(&publication)?,
+                Reply::Print(publication) => print_line(&publication).map_err(anyhow::Error::new),
+                Reply::Send(command) => sink
+                    .send(Message::text(command))
+                    .await
+                    .context("cannot write to the server"),
                 Reply::Resubscribe(command, why) => {
                     eprintln!("{why}");
                     sink.send(Message::text(command))
                         .await
-                        .context("cannot write to the server")?;
+                        .context("cannot write to the server")
                 }
-                Reply::Send(command) => sink
-                    .send(Message::text(command))
-                    .await
-                    .context("cannot write to the server")?,
+            };
+            if let Err(e) = written {
+                return End::Fail(e);
             }
         }
     }
