@@ -17,6 +17,7 @@ use crate::auth::{Rejection, SubscriptionOptions};
 use crate::clock::{after, unix_now};
 use crate::metrics::Transport;
 use crate::node::Node;
+use crate::wire::code_of;
 
 /// What a client presented to connect.
 #[derive(Clone, Copy, Debug)]
@@ -81,9 +82,7 @@ fn identify_quietly(node: &Node, credentials: Credentials<'_>) -> Result<Identit
                 .tokens
                 .verify_connect(token.trim())
                 .map_err(|e| match e.on_connect() {
-                    Rejection::Error(code) => {
-                        Refused::Error(ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal))
-                    }
+                    Rejection::Error(code) => Refused::Error(code_of(code)),
                     Rejection::Disconnect(_) => Refused::Disconnect(Disconnect::INVALID_TOKEN),
                 })?;
             // Centrifugo: a token with an empty `sub` is refused when
@@ -152,6 +151,30 @@ fn register_quietly(node: &Node, identity: Identity) -> Result<Admitted, Refused
         .hub
         .connect(identity.user.as_str(), identity.conn_info.clone());
     Ok(Admitted { identity, id, rx })
+}
+
+/// Whether a client that names `requested` channels in its connect
+/// request (a uni client, which cannot send subscribe commands) stays
+/// within `client.channel_limit` with its token's channels, as a
+/// bidirectional client's subscribes must: 3505 over it.
+pub(crate) fn within_channel_limit<'a>(
+    node: &Node,
+    transport: Transport,
+    identity: &Identity,
+    requested: impl Iterator<Item = &'a String>,
+) -> Result<(), Refused> {
+    let limit = node.config.client.channel_limit;
+    if limit == 0 {
+        return Ok(());
+    }
+    let extra = requested.filter(|c| !identity.subs.contains_key(*c)).count();
+    if identity.subs.len() + extra <= limit {
+        return Ok(());
+    }
+    node.metrics.refused("channel_limit");
+    let refused = Refused::Disconnect(Disconnect::CHANNEL_LIMIT);
+    log_refusal(node, transport, &identity.user, &refused);
+    Err(refused)
 }
 
 /// [`identify`] then [`register`].

@@ -6,7 +6,7 @@
 use crier_core::{Exclusion, PublishOptions, Tags};
 use crier_proto::api::{self, ApiError, ApiResult, Request};
 use crier_proto::client as wire;
-use crier_proto::codes::ErrorCode;
+use crier_proto::codes::{Disconnect, ErrorCode};
 
 use crate::control::{self, Control, Target};
 use crate::node::{Node, VERSION};
@@ -104,7 +104,16 @@ pub(crate) async fn call(node: &Node, request: Request) -> Outcome {
             // Only `expired: true` acts: it ends the connections (3005), so
             // their clients reconnect with fresh credentials.
             if r.expired {
-                act(node, Control::Expire { target }).await?;
+                let disconnect = Disconnect::EXPIRED;
+                act(
+                    node,
+                    Control::Disconnect {
+                        target,
+                        disconnect,
+                        keep: Vec::new(),
+                    },
+                )
+                .await?;
             }
             Ok(ApiResult::Refresh(Default::default()))
         }

@@ -1,6 +1,7 @@
 //! Operations on connections that every node of a cluster applies: a
-//! server-side subscribe, an unsubscribe, a disconnect, an expiry. The
-//! server API turns a request into a [`Control`], applies it here and, on
+//! server-side subscribe, an unsubscribe, a disconnect (an API `refresh`
+//! with `expired` is one, with 3005). The server API turns a request into
+//! a [`Control`], applies it here and, on
 //! a cluster engine, broadcasts it; every other node decodes it and
 //! applies it too, one message after another in the order the broker
 //! delivered them (so an `unsubscribe` never overtakes the `subscribe`
@@ -101,12 +102,6 @@ pub(crate) enum Control {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         keep: Vec<String>,
     },
-    /// End the target's connections as expired (3005), so their clients
-    /// reconnect with fresh credentials.
-    Expire {
-        /// Whose connections.
-        target: Target,
-    },
 }
 
 #[cfg(any(feature = "cluster", test))]
@@ -164,13 +159,6 @@ pub(crate) async fn apply(node: &Node, control: &Control) -> Result<(), ErrorCod
                 if !keep.iter().any(|k| *k == id.to_string()) {
                     node.hub.disconnect(id, reason.clone());
                 }
-            }
-            Ok(())
-        }
-        Control::Expire { target } => {
-            let reason = reason_of(&Disconnect::EXPIRED);
-            for id in target.local(node) {
-                node.hub.disconnect(id, reason.clone());
             }
             Ok(())
         }
@@ -288,9 +276,6 @@ mod tests {
                 target: Target::new("u", "7").unwrap(),
                 disconnect: Disconnect::FORCE_DISCONNECT,
                 keep: vec!["9".into()],
-            },
-            Control::Expire {
-                target: Target::new("u", "").unwrap(),
             },
         ];
         for c in all {

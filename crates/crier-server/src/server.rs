@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
-use crate::config::{Config, ConfigError, Report};
+use crate::config::{Config, ConfigError, HttpServerConfig, Report};
 use crate::error::ServerError;
 use crate::http;
 use crate::net::WriteDeadline;
@@ -189,7 +189,7 @@ impl Server {
         let server = tokio::spawn(serve_http(
             self.listener,
             app,
-            HttpLimits::of(&node.config),
+            node.config.http_server.clone(),
             token.clone(),
         ));
         let tcp = tokio::spawn(self.tcp.run(token.clone()));
@@ -245,32 +245,16 @@ impl Server {
     }
 }
 
-/// What an HTTP connection may do (`http_server.*`).
-#[derive(Clone, Copy)]
-struct HttpLimits {
-    write_timeout: Duration,
-    header_read_timeout: Duration,
-    max_header_size: usize,
-    send_buffer: usize,
-}
-
-impl HttpLimits {
-    fn of(config: &Config) -> Self {
-        let http = &config.http_server;
-        HttpLimits {
-            write_timeout: http.write_timeout,
-            header_read_timeout: http.header_read_timeout,
-            max_header_size: http.max_header_size,
-            send_buffer: http.send_buffer_size,
-        }
-    }
-}
-
 /// Accepts HTTP/1.1 connections and serves `app` on each, with upgrades,
 /// until `shutdown`; then each connection finishes its request in flight.
 /// A plain hyper connection (not axum::serve, which wraps the socket to
 /// sniff for HTTP/2) lets an upgraded WebSocket get its `TcpStream` back.
-async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, shutdown: CancellationToken) {
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpServerConfig,
+    shutdown: CancellationToken,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper applies the header deadline only with a timer; it runs from
     // when the connection waits for a request head, so an idle keep-alive
@@ -292,7 +276,7 @@ async fn serve_http(listener: TcpListener, app: Router, limits: HttpLimits, shut
             },
             _ = shutdown.cancelled() => return,
         };
-        crate::net::prepare(&stream, limits.send_buffer);
+        crate::net::prepare(&stream, limits.send_buffer_size);
         let service = TowerToHyperService::new(app.clone());
         let shutdown = shutdown.clone();
         let conn = http

@@ -56,9 +56,7 @@ struct Who {
 
 /// A connected client's identity.
 struct Connected {
-    id: ClientId,
-    user: Arc<str>,
-    conn_info: Option<Bytes>,
+    who: Who,
     // Unix seconds after which the connection needs a refreshed token.
     expires_at: Option<i64>,
     // Unix seconds after which each subscription made with an expiring
@@ -98,7 +96,7 @@ impl Session {
 
     /// The hub id of the connected client.
     pub fn client_id(&self) -> Option<ClientId> {
-        self.connected.as_ref().map(|c| c.id)
+        self.connected.as_ref().map(|c| c.who.id)
     }
 
     /// The next moment a credential of this connection lapses, if any: the
@@ -139,7 +137,7 @@ impl Session {
             .filter(|(_, &t)| after(t, cfg.expired_sub_close_delay) <= now)
             .map(|(channel, _)| channel.clone())
             .collect();
-        let (cid, codec) = (c.id, self.codec);
+        let (cid, codec) = (c.who.id, self.codec);
         for channel in lapsed {
             c.sub_expires_at.remove(&channel);
             // `false`: already unsubscribed (e.g. by the server API).
@@ -159,12 +157,12 @@ impl Session {
             let (transport, code, reason) = (self.transport.label(), disconnect.code, &disconnect.reason);
             if is_problem(code) {
                 if let Some(left_out) = self.node.metrics.client_problem_line() {
-                    tracing::info!(client = %c.id, user = %c.user, transport, code, %reason, left_out, "client disconnected");
+                    tracing::info!(client = %c.who.id, user = %c.who.user, transport, code, %reason, left_out, "client disconnected");
                 }
             } else {
-                tracing::debug!(client = %c.id, user = %c.user, transport, code, %reason, "client disconnected");
+                tracing::debug!(client = %c.who.id, user = %c.who.user, transport, code, %reason, "client disconnected");
             }
-            self.node.hub.disconnect(c.id, reason_of(disconnect));
+            self.node.hub.disconnect(c.who.id, reason_of(disconnect));
         }
     }
 
@@ -200,26 +198,8 @@ impl Session {
         let node = self.node.clone();
         let client_cfg = &node.config.client;
         let identity = admission::identify(&node, self.transport, Credentials::Token(&req.token))?;
-        // A uni client names its channels in the connect request: they
-        // count against `client.channel_limit` with the token's, as a
-        // bidirectional client's subscribe commands would (3505 over it).
-        let limit = client_cfg.channel_limit;
-        if uni && limit > 0 {
-            let extra = req
-                .subs
-                .keys()
-                .filter(|c| !identity.subs.contains_key(*c))
-                .count();
-            if identity.subs.len() + extra > limit {
-                node.metrics.refused("channel_limit");
-                admission::log_refusal(
-                    &node,
-                    self.transport,
-                    &identity.user,
-                    &Refused::Disconnect(Disconnect::CHANNEL_LIMIT),
-                );
-                return Err(Refused::Disconnect(Disconnect::CHANNEL_LIMIT));
-            }
+        if uni {
+            admission::within_channel_limit(&node, self.transport, &identity, req.subs.keys())?;
         }
         let Admitted {
             identity,
@@ -236,12 +216,10 @@ impl Session {
         let who = Who {
             id: cid,
             user: user.as_str().into(),
-            conn_info: conn_info.clone(),
+            conn_info,
         };
         self.connected = Some(Connected {
-            id: cid,
-            user: who.user.clone(),
-            conn_info,
+            who: who.clone(),
             expires_at,
             sub_expires_at: HashMap::new(),
         });
@@ -335,11 +313,7 @@ impl Session {
         let Some(c) = self.connected.as_ref() else {
             return Err(Disconnect::BAD_REQUEST);
         };
-        let who = Who {
-            id: c.id,
-            user: c.user.clone(),
-            conn_info: c.conn_info.clone(),
-        };
+        let who = c.who.clone();
         let cid = who.id;
         if !matches!(request, Request::Pong) && self.commands.as_mut().is_some_and(|b| !b.take()) {
             self.node.metrics.refused("command_rate_limit");
@@ -391,7 +365,7 @@ impl Session {
     fn send(&self, bytes: Bytes) {
         if let Some(c) = &self.connected {
             // A slow client is disconnected by the hub itself; nothing to add.
-            let _ = self.node.hub.send_raw(c.id, bytes);
+            let _ = self.node.hub.send_raw(c.who.id, bytes);
         }
     }
 
@@ -672,7 +646,7 @@ fn refresh(node: &Node, c: &mut Connected, id: u32, token: &str) -> Result<Reply
             }
         }
     };
-    if claims.user != *c.user {
+    if claims.user != *c.who.user {
         return Err(Disconnect::INVALID_TOKEN);
     }
     c.expires_at = claims.expires_at();
@@ -680,7 +654,7 @@ fn refresh(node: &Node, c: &mut Connected, id: u32, token: &str) -> Result<Reply
     Ok(Reply {
         id,
         refresh: Some(wire::RefreshResult {
-            client: c.id.to_string(),
+            client: c.who.id.to_string(),
             version: VERSION.to_owned(),
             expires: c.expires_at.is_some(),
             ttl: c.expires_at.map_or(0, |t| (t - now).max(0) as u32),

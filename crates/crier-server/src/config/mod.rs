@@ -1090,20 +1090,22 @@ pub fn refuse_unknown_keys(path: &Path, config: &Config, warnings: &[Warning]) -
     if config.crier.allow_unknown_keys {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let keys: Vec<(String, Option<usize>, String)> = warnings
+    let mut unknown = warnings
         .iter()
         .filter(|w| w.kind == WarningKind::UnknownKey)
+        .peekable();
+    if unknown.peek().is_none() {
+        return Ok(());
+    }
+    // Read again only to say where each key is.
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let keys = unknown
         .map(|w| (w.key.clone(), line_of(&text, &w.key), w.message.clone()))
         .collect();
-    if keys.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError::UnknownKeys {
-            file: path.display().to_string(),
-            keys,
-        })
-    }
+    Err(ConfigError::UnknownKeys {
+        file: path.display().to_string(),
+        keys,
+    })
 }
 
 /// The first line that sets `key`'s last segment (`name =`, `name:`,

@@ -377,7 +377,7 @@ async fn write(
                     // meanwhile (its queue overflowed: 3008), count that
                     // close even though no frame can reach it.
                     if let Err(reason) = rx.try_drain(&mut items) {
-                        node.metrics.disconnect(disconnect_of(&reason).code);
+                        closed_by_hub(&node, id, &reason);
                     }
                     return;
                 }
@@ -389,20 +389,32 @@ async fn write(
                 }
             }
             Err(reason) => {
-                let d = disconnect_of(&reason);
-                node.metrics.disconnect(d.code);
-                if crate::session::is_problem(d.code) {
-                    if let Some(left_out) = node.metrics.client_problem_line() {
-                        let client = id.map(|id| id.to_string()).unwrap_or_default();
-                        let (code, reason) = (d.code, &d.reason);
-                        tracing::info!(client, transport = "websocket", code, %reason, left_out, "client disconnected by the server");
-                    }
-                }
+                let d = closed_by_hub(&node, id, &reason);
                 close(&mut writer, &d).await;
                 return;
             }
         }
     }
+}
+
+/// The hub closed the client's queue with `reason` (slow, shutdown, an API
+/// disconnect): counted, and logged when it means trouble. The close to
+/// send, when the socket still takes one.
+fn closed_by_hub(
+    node: &Node,
+    id: Option<crier_core::ClientId>,
+    reason: &crier_core::DisconnectReason,
+) -> Disconnect {
+    let d = disconnect_of(reason);
+    node.metrics.disconnect(d.code);
+    if crate::session::is_problem(d.code) {
+        if let Some(left_out) = node.metrics.client_problem_line() {
+            let client = id.map(|id| id.to_string()).unwrap_or_default();
+            let (code, reason) = (d.code, &d.reason);
+            tracing::info!(client, transport = "websocket", code, %reason, left_out, "client disconnected by the server");
+        }
+    }
+    d
 }
 
 /// Batch capacity a writer keeps between frames.
