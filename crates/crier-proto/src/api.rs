@@ -1171,7 +1171,9 @@ mod tests {
             epoch: "qFhv".into(),
             offset: 4,
             publications: vec![Publication {
-                data: serde_json::value::RawValue::from_string(r#"{"text":"hello"}"#.into()).ok(),
+                data: serde_json::value::RawValue::from_string(r#"{"text":"hello"}"#.into())
+                    .ok()
+                    .map(crate::client::Payload::json),
                 offset: 2,
                 ..Publication::default()
             }],

@@ -21,6 +21,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codes::{Disconnect, ErrorCode, Unsubscribe};
@@ -29,6 +30,58 @@ use crate::Error;
 /// An embedded JSON value (`data`, `info`, ...), kept as the exact text the
 /// peer sent and written back verbatim.
 pub type RawJson = Box<serde_json::value::RawValue>;
+
+/// The application's bytes in a `bytes` field of the protocol (`data`,
+/// `info`, ...). JSON clients send and receive them as embedded JSON;
+/// protobuf clients as raw bytes, which need not be JSON at all.
+///
+/// Serialized to JSON, a payload that is not valid JSON (binary data from a
+/// protobuf client or the API's `b64data`) becomes `null`: a JSON client
+/// can never receive it, and must not receive a broken frame instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload(Bytes);
+
+impl Payload {
+    /// A payload of these bytes.
+    pub fn new(bytes: Bytes) -> Self {
+        Payload(bytes)
+    }
+
+    /// A payload holding this JSON text.
+    pub fn json(raw: RawJson) -> Self {
+        Payload(Bytes::from(String::from(Box::<str>::from(raw))))
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes, owned.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The bytes as text, if they are UTF-8 (for tests and logs).
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match serde_json::from_slice::<&serde_json::value::RawValue>(&self.0) {
+            Ok(raw) => raw.serialize(s),
+            Err(_) => s.serialize_unit(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawJson::deserialize(d).map(Payload::json)
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Client → server
@@ -298,7 +351,7 @@ pub struct ConnectRequest {
     pub token: String,
     /// Custom data for the server (connect proxy).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// Subscriptions the client wants restored with the connection, by
     /// channel; mostly used by unidirectional clients to pass positions.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -337,7 +390,7 @@ pub struct SubscribeRequest {
     pub offset: u64,
     /// Custom data for the server (subscribe proxy).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// The client asks for positioning (gap detection) in this channel.
     #[serde(skip_serializing_if = "is_false")]
     pub positioned: bool,
@@ -367,7 +420,7 @@ pub struct PublishRequest {
     pub channel: String,
     /// The payload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// crier extension: do not deliver the publication back to the
     /// publishing connection (nor replay it to it on recovery). Centrifugo
     /// clients never send it, so their behaviour is unchanged.
@@ -435,7 +488,7 @@ pub struct PingRequest {}
 pub struct SendRequest {
     /// The payload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 /// Call a server-side method and wait for its result.
@@ -444,7 +497,7 @@ pub struct SendRequest {
 pub struct RpcRequest {
     /// The payload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// The method name.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub method: String,
@@ -585,7 +638,7 @@ pub struct ConnectResult {
     pub ttl: u32,
     /// Custom data from the server.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// Server-side subscriptions, by channel.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub subs: BTreeMap<String, SubscribeResult>,
@@ -633,7 +686,7 @@ pub struct SubscribeResult {
     pub positioned: bool,
     /// Custom data from the server.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// Whether the client asked to recover (so `recovered: false` means the
     /// attempt failed).
     #[serde(skip_serializing_if = "is_false")]
@@ -688,7 +741,7 @@ pub struct HistoryResult {
 pub struct RpcResult {
     /// The method's answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 /// Result of `refresh`.
@@ -727,7 +780,7 @@ pub struct SubRefreshResult {
 pub struct Publication {
     /// The payload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
     /// The publisher, when it was a client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<ClientInfo>,
@@ -750,10 +803,10 @@ pub struct ClientInfo {
     pub client: String,
     /// Connection-level info from the token or connect proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub conn_info: Option<RawJson>,
+    pub conn_info: Option<Payload>,
     /// Channel-level info from the subscription token or subscribe proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub chan_info: Option<RawJson>,
+    pub chan_info: Option<Payload>,
 }
 
 /// An asynchronous message: at most one of the fields below `channel` is set.
@@ -817,7 +870,7 @@ pub struct Leave {
 pub struct Message {
     /// The payload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 /// Body of a `subscribe` push (server-side subscription made after connect).
@@ -838,7 +891,7 @@ pub struct Subscribe {
     pub positioned: bool,
     /// Custom data from the server.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<RawJson>,
+    pub data: Option<Payload>,
 }
 
 /// Body of a `refresh` push.
@@ -876,8 +929,8 @@ mod tests {
         parse_command(line.as_bytes()).expect("valid command")
     }
 
-    fn raw(json: &str) -> RawJson {
-        serde_json::value::RawValue::from_string(json.to_owned()).expect("valid JSON")
+    fn raw(json: &str) -> Payload {
+        Payload::json(serde_json::value::RawValue::from_string(json.to_owned()).expect("valid JSON"))
     }
 
     fn to_value<T: Serialize>(v: &T) -> Value {
@@ -896,7 +949,10 @@ mod tests {
             panic!("not a connect")
         };
         assert_eq!(req.token, "eyJ.x.y");
-        assert_eq!(req.data.as_deref().map(|r| r.get()), Some(r#"{"hello":"world"}"#));
+        assert_eq!(
+            req.data.as_ref().and_then(Payload::as_str),
+            Some(r#"{"hello":"world"}"#)
+        );
         assert_eq!((req.name.as_str(), req.version.as_str()), ("js", "1.2.3"));
         let sub = &req.subs["user#2694"];
         assert!(sub.recover);
@@ -918,7 +974,7 @@ mod tests {
         assert!(req.recover && req.positioned && req.recoverable && req.join_leave);
         assert_eq!(req.epoch, "abcd");
         assert_eq!(req.offset, u64::MAX, "offsets are full u64 JSON numbers");
-        assert_eq!(req.data.as_deref().map(|r| r.get()), Some("[1,2]"));
+        assert_eq!(req.data.as_ref().and_then(Payload::as_str), Some("[1,2]"));
     }
 
     #[test]
@@ -958,7 +1014,10 @@ mod tests {
             match request {
                 Request::Publish(p) => {
                     assert_eq!(p.channel, "chat");
-                    assert_eq!(p.data.as_deref().map(|r| r.get()), Some(r#"{"text":"hi"}"#));
+                    assert_eq!(
+                        p.data.as_ref().and_then(Payload::as_str),
+                        Some(r#"{"text":"hi"}"#)
+                    );
                     assert!(!p.exclude_self);
                 }
                 Request::History(h) => {

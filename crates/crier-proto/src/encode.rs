@@ -13,8 +13,8 @@
 //! whitespace (string contents must escape them), so the value is unchanged.
 //!
 //! This module must never validate payloads against channel rules or decide
-//! who receives a frame; it writes bytes. It trusts that embedded payloads
-//! are valid JSON (checked in debug builds).
+//! who receives a frame; it writes bytes. An embedded payload that is not
+//! valid JSON (binary data, see [`is_json`]) is written as `null`.
 
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
@@ -26,6 +26,15 @@ use crate::codes::{Disconnect, Unsubscribe};
 /// bidirectional transports, an empty push on unidirectional ones). A client
 /// answers a bidirectional ping with the same `{}`.
 pub const PING: &[u8] = b"{}";
+
+/// Whether `bytes` are one JSON value. Payloads from JSON clients and the
+/// API's `data` always are; binary ones (from protobuf clients or the API's
+/// `b64data`) may not be, and a JSON client receives `null` in their
+/// place: the one thing it can parse, keeping the publication's offset, so
+/// its position stays whole. Checked once per shared encoding.
+pub fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
 
 /// How a push is framed for the transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,15 +329,16 @@ impl<'a> Object<'a> {
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
-    /// A non-empty embedded JSON member, copied verbatim.
+    /// A non-empty embedded JSON member, copied verbatim; `null` for
+    /// bytes that are not JSON (see [`is_json`]).
     fn raw(&mut self, key: &str, json: &[u8]) {
         if !json.is_empty() {
-            debug_assert!(
-                serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok(),
-                "embedded payload for {key:?} is not valid JSON"
-            );
             self.key(key);
-            self.buf.extend_from_slice(json);
+            if is_json(json) {
+                self.buf.extend_from_slice(json);
+            } else {
+                self.buf.extend_from_slice(b"null");
+            }
         }
     }
 
@@ -352,7 +362,7 @@ impl<'a> Object<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ClientInfo, Join, Leave, Message, Publication, RawJson};
+    use crate::client::{ClientInfo, Join, Leave, Message, Payload, Publication};
     use serde_json::Value;
 
     const AWKWARD: &[&str] = &[
@@ -375,12 +385,11 @@ mod tests {
             .unwrap_or_else(|e| panic!("invalid JSON {:?}: {e}", String::from_utf8_lossy(bytes)))
     }
 
-    fn raw(json: &[u8]) -> Option<RawJson> {
+    fn raw(json: &[u8]) -> Option<Payload> {
         if json.is_empty() {
             return None;
         }
-        let text = std::str::from_utf8(json).expect("utf-8").to_owned();
-        Some(serde_json::value::RawValue::from_string(text).expect("valid JSON"))
+        Some(Payload::new(bytes::Bytes::copy_from_slice(json)))
     }
 
     fn serde_frame(envelope: Envelope, push: Push) -> Value {

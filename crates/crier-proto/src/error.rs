@@ -19,6 +19,11 @@ pub enum Error {
     /// A line of a client frame is not a JSON `Command`.
     #[error("malformed command: {0}")]
     MalformedCommand(serde_json::Error),
+    /// A binary frame of a protobuf client is not a sequence of
+    /// varint-length-delimited `Command`s (truncated varint, a length past
+    /// the frame, a field of the wrong wire type, text that is not UTF-8).
+    #[error("malformed protobuf command: {0}")]
+    MalformedProtobuf(&'static str),
     /// A command has an `id` but no request field, so there is nothing to
     /// reply to. (Without an id it would be a pong.)
     #[error("command {id} carries no request")]
@@ -51,9 +56,10 @@ impl Error {
     /// client protocol; `None` for server API errors.
     pub fn disconnect(&self) -> Option<Disconnect> {
         match self {
-            Error::MalformedCommand(_) | Error::EmptyCommand { .. } | Error::MissingId { .. } => {
-                Some(Disconnect::BAD_REQUEST)
-            }
+            Error::MalformedCommand(_)
+            | Error::MalformedProtobuf(_)
+            | Error::EmptyCommand { .. }
+            | Error::MissingId { .. } => Some(Disconnect::BAD_REQUEST),
             Error::MalformedApiRequest(_) | Error::InvalidApiRequest(_) | Error::UnknownApiMethod => None,
         }
     }
@@ -64,7 +70,10 @@ impl Error {
         match self {
             Error::MalformedApiRequest(_) | Error::InvalidApiRequest(_) => Some(ErrorCode::BadRequest),
             Error::UnknownApiMethod => Some(ErrorCode::MethodNotFound),
-            Error::MalformedCommand(_) | Error::EmptyCommand { .. } | Error::MissingId { .. } => None,
+            Error::MalformedCommand(_)
+            | Error::MalformedProtobuf(_)
+            | Error::EmptyCommand { .. }
+            | Error::MissingId { .. } => None,
         }
     }
 }

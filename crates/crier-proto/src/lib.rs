@@ -30,5 +30,6 @@ pub mod codes;
 pub mod depth;
 pub mod encode;
 mod error;
+pub mod protobuf;
 
 pub use error::Error;

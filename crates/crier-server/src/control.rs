@@ -11,16 +11,15 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use crier_core::{ClientId, SubscribeOptions};
-use crier_proto::client::{self as wire, Push};
+use crier_proto::client::{self as wire, Payload, Push, Reply};
 use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
-use crier_proto::encode::{self, Envelope};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::node::Node;
-use crate::wire::{hub_error_code, reason_of, subscribe_result, unsubscribe_push, SubscriptionMode};
+use crate::wire::{hub_error_code, reason_of, subscribe_result, Codec, SubscriptionMode};
 
 /// Whose connections an operation acts on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,10 +140,11 @@ pub(crate) async fn apply(node: &Node, control: &Control) -> Result<(), ErrorCod
         }
         Control::Unsubscribe { target, channel } => {
             node.channel_options(channel).ok_or(ErrorCode::UnknownChannel)?;
-            let notice = unsubscribe_push(channel, &Unsubscribe::SERVER);
+            let mut notices = PerFormat::default();
             for id in target.local(node) {
+                let notice = notices.get(node, id, |codec| codec.unsubscribe(channel, &Unsubscribe::SERVER));
                 node.hub
-                    .unsubscribe_with(id, channel, Some(notice.clone()))
+                    .unsubscribe_with(id, channel, Some(notice))
                     .map_err(|e| hub_error_code(&e))?;
             }
             Ok(())
@@ -186,8 +186,10 @@ async fn subscribe(
         epoch: recover_since.map_or(String::new(), |s| s.1.clone()),
         ..Default::default()
     };
-    let data: Option<Box<RawValue>> = data.map(RawValue::to_owned);
+    let data = data.map(|d| Payload::json(d.to_owned()));
+    let mut pushes = PerFormat::default();
     for id in target.local(node) {
+        let codec = node.format_of(id);
         let mode = SubscriptionMode::new(&options, &request);
         let opts = SubscribeOptions {
             catchup: mode.catchup,
@@ -208,9 +210,7 @@ async fn subscribe(
                     }),
                     ..Default::default()
                 };
-                let mut buf = BytesMut::new();
-                encode::push(&mut buf, Envelope::Reply, &push);
-                Some(buf.freeze())
+                Some(pushes.get_for(codec, |codec| codec.reply(&Reply::push(push))))
             })
             .await;
         match result {
@@ -220,6 +220,28 @@ async fn subscribe(
         }
     }
     Ok(())
+}
+
+/// One encoding of a notice per wire format, made when a connection of
+/// that format first needs it.
+#[derive(Default)]
+struct PerFormat {
+    json: Option<Bytes>,
+    protobuf: Option<Bytes>,
+}
+
+impl PerFormat {
+    fn get(&mut self, node: &Node, id: ClientId, encode: impl FnOnce(Codec) -> Bytes) -> Bytes {
+        self.get_for(node.format_of(id), encode)
+    }
+
+    fn get_for(&mut self, codec: Codec, encode: impl FnOnce(Codec) -> Bytes) -> Bytes {
+        let slot = match codec {
+            Codec::Json => &mut self.json,
+            Codec::Protobuf => &mut self.protobuf,
+        };
+        slot.get_or_insert_with(|| encode(codec)).clone()
+    }
 }
 
 /// Applies the control messages other nodes broadcast, one after another

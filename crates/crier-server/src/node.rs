@@ -48,12 +48,50 @@ pub struct Node {
     /// New connections admitted per second (`client.connection_rate_limit`),
     /// when limited.
     pub(crate) connection_rate: Option<std::sync::Mutex<crate::clock::TokenBucket>>,
+    /// The connections that speak protobuf; every other one speaks JSON.
+    /// Only what reaches a client outside its session (the server API's
+    /// subscribe and unsubscribe pushes) needs to ask.
+    protobuf_clients: std::sync::Mutex<std::collections::HashSet<ClientId>>,
     /// The cluster engine, when `engine.type` is `"redis"` or `"nats"`.
     #[cfg(feature = "cluster")]
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Node {
+    /// Records the wire format of connection `id` (until `forget_format`).
+    pub(crate) fn set_format(&self, id: ClientId, codec: wire::Codec) {
+        if codec == wire::Codec::Protobuf {
+            self.protobuf_clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id);
+        }
+    }
+
+    /// Forgets what `set_format` recorded for `id`.
+    pub(crate) fn forget_format(&self, id: ClientId, codec: wire::Codec) {
+        if codec == wire::Codec::Protobuf {
+            self.protobuf_clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+    }
+
+    /// The wire format connection `id` speaks.
+    pub(crate) fn format_of(&self, id: ClientId) -> wire::Codec {
+        let protobuf = self
+            .protobuf_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id);
+        if protobuf {
+            wire::Codec::Protobuf
+        } else {
+            wire::Codec::Json
+        }
+    }
+
     /// Builds a node from a validated configuration.
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
         let tokens = TokenVerifier::from_config(&config)?;
@@ -115,6 +153,7 @@ impl Node {
                 rate => Some(std::sync::Mutex::new(crate::clock::TokenBucket::new(rate))),
             },
             metrics,
+            protobuf_clients: Default::default(),
             #[cfg(feature = "cluster")]
             cluster,
             config,

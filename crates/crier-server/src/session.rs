@@ -154,13 +154,14 @@ impl Session {
     /// the transport with `disconnect`.
     pub fn close(&mut self, disconnect: &Disconnect) {
         if let Some(c) = self.connected.take() {
+            self.node.forget_format(c.who.id, self.codec);
             let (transport, code, reason) = (self.transport.label(), disconnect.code, &disconnect.reason);
             if is_problem(code) {
                 if let Some(left_out) = self.node.metrics.client_problem_line() {
-                    tracing::info!(client = %c.who.id, user = %c.who.user, transport, code, %reason, left_out, "client disconnected");
+                    tracing::info!(client = %c.who.id, user = %c.who.user, transport, format = self.codec.label(), code, %reason, left_out, "client disconnected");
                 }
             } else {
-                tracing::debug!(client = %c.who.id, user = %c.who.user, transport, code, %reason, "client disconnected");
+                tracing::debug!(client = %c.who.id, user = %c.who.user, transport, format = self.codec.label(), code, %reason, "client disconnected");
             }
             self.node.hub.disconnect(c.who.id, reason_of(disconnect));
         }
@@ -218,6 +219,7 @@ impl Session {
             user: user.as_str().into(),
             conn_info,
         };
+        node.set_format(cid, self.codec);
         self.connected = Some(Connected {
             who: who.clone(),
             expires_at,
@@ -511,7 +513,7 @@ impl Session {
         } else {
             Exclusion::default()
         };
-        let data = Bytes::from(String::from(Box::<str>::from(data)));
+        let data = data.into_bytes();
         let published = self
             .node
             .publish(
@@ -631,6 +633,14 @@ impl Session {
                 Rejection::Error(code) => Ok(Reply::error(id, code_of(code))),
                 Rejection::Disconnect(_) => Err(Disconnect::INVALID_TOKEN),
             },
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(c) = &self.connected {
+            self.node.forget_format(c.who.id, self.codec);
         }
     }
 }

@@ -28,13 +28,16 @@ use crate::net::WriteDeadline;
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;
 
-/// What one connection may do.
+/// What one connection may do, and the subprotocol it speaks.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest incoming message, in bytes.
     pub message_size: usize,
     /// Longest one outgoing frame may take to be written.
     pub write_timeout: std::time::Duration,
+    /// The `Sec-WebSocket-Protocol` to answer with (one the client
+    /// offered), if any.
+    pub protocol: Option<&'static str>,
 }
 
 /// Answers the WebSocket handshake in `request` and, once the connection
@@ -45,7 +48,7 @@ where
     F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let response = match handshake(request.headers()) {
+    let response = match handshake(request.headers(), limits.protocol) {
         Ok(r) => r,
         Err(refusal) => return refusal,
     };
@@ -73,7 +76,7 @@ where
 /// Protocols` answer, or the error answer for a request that is not a
 /// WebSocket handshake.
 #[allow(clippy::result_large_err)]
-fn handshake(headers: &HeaderMap) -> Result<Response, Response> {
+fn handshake(headers: &HeaderMap, protocol: Option<&'static str>) -> Result<Response, Response> {
     let bad = |why: &'static str| Err((StatusCode::BAD_REQUEST, why).into_response());
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -105,6 +108,9 @@ fn handshake(headers: &HeaderMap) -> Result<Response, Response> {
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?,
     );
+    if let Some(protocol) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    }
     Ok(r)
 }
 
@@ -123,6 +129,15 @@ fn valid_key(key: &[u8]) -> bool {
 /// applications; 1004–1006, 1015 and anything outside are protocol errors.
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Whether the client offered subprotocol `name` (RFC 6455 §4.1: a
+/// comma-separated list, possibly over several headers).
+pub fn offers_protocol(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim() == name)))
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
@@ -432,11 +447,23 @@ impl Writer {
     /// Sends `messages` joined with `\n` as one text frame, with one
     /// vectored write when the socket has room. Empties `messages`.
     pub async fn text(&mut self, messages: &mut Vec<Bytes>) -> io::Result<()> {
-        let len = messages.iter().map(Bytes::len).sum::<usize>() + messages.len().saturating_sub(1);
+        self.messages(false, messages).await
+    }
+
+    /// Sends `messages` as one frame: binary ones back to back (each
+    /// carries its own length), text ones joined with `\n`. One vectored
+    /// write when the socket has room. Empties `messages`.
+    pub async fn messages(&mut self, binary: bool, messages: &mut Vec<Bytes>) -> io::Result<()> {
+        let separators = if binary {
+            0
+        } else {
+            messages.len().saturating_sub(1)
+        };
+        let len = messages.iter().map(Bytes::len).sum::<usize>() + separators;
         let mut parts = Vec::with_capacity(messages.len() * 2);
-        parts.push(header(OP_TEXT, len));
+        parts.push(header(if binary { OP_BINARY } else { OP_TEXT }, len));
         for (i, m) in messages.drain(..).enumerate() {
-            if i > 0 {
+            if i > 0 && !binary {
                 parts.push(NEWLINE);
             }
             parts.push(m);

@@ -329,6 +329,7 @@ pub async fn websocket(
     let limits = rfc6455::Limits {
         message_size: node.config.uni_websocket.max_request_body_size,
         write_timeout: node.config.websocket.write_timeout,
+        protocol: None,
     };
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();

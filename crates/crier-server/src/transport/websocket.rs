@@ -13,13 +13,11 @@ use bytes::Bytes;
 use crier_core::ClientReceiver;
 use crier_proto::client::Request as Command;
 use crier_proto::codes::Disconnect;
-use crier_proto::encode::{Envelope, PING};
 
 use crate::metrics::Transport;
 use crate::net::rfc6455::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
 use crate::node::Node;
 use crate::session::{Refusal, Session};
-use crate::wire::frames::encoded;
 use crate::wire::{disconnect_of, Codec};
 
 /// Upgrades a request to a WebSocket client connection.
@@ -30,17 +28,37 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     if !node.origin_allowed(Transport::WebSocket, origin, host) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    let codec = format(&request);
     let limits = rfc6455::Limits {
         message_size: node.config.websocket.message_size_limit,
         write_timeout: node.config.websocket.write_timeout,
+        protocol: (codec == Codec::Protobuf
+            && rfc6455::offers_protocol(request.headers(), PROTOBUF_PROTOCOL))
+        .then_some(PROTOBUF_PROTOCOL),
     };
     let tracker = node.connections.clone();
-    // The only format for now; the protobuf one will be chosen here from
-    // the subprotocol or the query.
-    let codec = Codec::Json;
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
         serve(node, codec, reader, writer)
     })
+}
+
+/// The subprotocol protobuf clients offer (centrifuge-js's protobuf build,
+/// the Swift, Java and Dart SDKs).
+const PROTOBUF_PROTOCOL: &str = "centrifuge-protobuf";
+
+/// The wire format a client asks for, as Centrifugo reads it: the
+/// `centrifuge-protobuf` subprotocol, or `format=protobuf` /
+/// `cf_protocol=protobuf` in the query; JSON otherwise.
+fn format(request: &Request) -> Codec {
+    let query = request.uri().query().unwrap_or_default();
+    let by_query = query
+        .split('&')
+        .any(|pair| matches!(pair.split_once('='), Some(("format" | "cf_protocol", "protobuf"))));
+    if by_query || rfc6455::offers_protocol(request.headers(), PROTOBUF_PROTOCOL) {
+        Codec::Protobuf
+    } else {
+        Codec::Json
+    }
 }
 
 /// Sends `d` as a close frame.
@@ -109,7 +127,7 @@ async fn connect(
         };
         match outcome {
             Ok((reply, rx)) => {
-                if writer.text(&mut vec![reply]).await.is_err() {
+                if writer.messages(codec.binary(), &mut vec![reply]).await.is_err() {
                     session.close(&Disconnect::CONNECTION_CLOSED);
                     return None;
                 }
@@ -126,7 +144,7 @@ async fn connect(
                 return Some(rx);
             }
             Err(Refusal::Reply(bytes)) => {
-                if writer.text(&mut vec![bytes]).await.is_err() {
+                if writer.messages(codec.binary(), &mut vec![bytes]).await.is_err() {
                     return None;
                 }
             }
@@ -343,7 +361,7 @@ async fn write(
         let outcome = tokio::select! {
             r = rx.drain(&mut items) => r,
             _ = ping.tick() => {
-                if writer.text(&mut vec![Bytes::from_static(PING)]).await.is_err() {
+                if writer.messages(codec.binary(), &mut vec![codec.ping()]).await.is_err() {
                     return;
                 }
                 continue;
@@ -367,12 +385,8 @@ async fn write(
                 tokio::task::yield_now().await;
                 let _ = rx.try_drain(&mut items);
                 // The shared encodings themselves go out: no copy.
-                batch.extend(
-                    items
-                        .drain(..)
-                        .map(|item| encoded(&item, codec.events(), Envelope::Reply)),
-                );
-                if writer.text(&mut batch).await.is_err() {
+                batch.extend(items.drain(..).map(|item| codec.outbound(&item)));
+                if writer.messages(codec.binary(), &mut batch).await.is_err() {
                     // A client that stopped reading: if the hub dropped it
                     // meanwhile (its queue overflowed: 3008), count that
                     // close even though no frame can reach it.

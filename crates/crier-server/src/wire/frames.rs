@@ -1,10 +1,12 @@
-//! Turns what the hub queues for a client into the JSON protocol's
-//! messages: one shared encoding per event and format (a transport joins a
-//! batch of them with `\n` into one frame). Never decides who gets what.
+//! Turns what the hub queues for a client into the protocol's messages:
+//! one shared encoding per event and format (a transport joins a batch of
+//! them into one frame: JSON with `\n`, protobuf back to back). Never
+//! decides who gets what.
 
 use bytes::{Bytes, BytesMut};
 use crier_core::{ClientInfo, Event, EventKind, Format, Outbound};
 use crier_proto::encode::{self, ClientInfoRef, Envelope, PublicationRef};
+use crier_proto::protobuf;
 
 /// Bidirectional JSON (`{"push":{...}}`): WebSocket.
 pub const BIDI_JSON: Format = Format::new(0);
@@ -12,6 +14,8 @@ pub const BIDI_JSON: Format = Format::new(0);
 pub const UNI_JSON: Format = Format::new(1);
 // Slots 2 and 3 belong to the TCP listeners (`tcp::TCP_FORMATS`), one per
 // distinct framing/encoding; no other transport may claim them.
+/// Bidirectional protobuf (length-delimited `Reply{push}`): WebSocket.
+pub const BIDI_PROTOBUF: Format = Format::new(4);
 
 fn info_ref<'a>(info: &'a ClientInfo, client: &'a str) -> ClientInfoRef<'a> {
     ClientInfoRef {
@@ -20,6 +24,34 @@ fn info_ref<'a>(info: &'a ClientInfo, client: &'a str) -> ClientInfoRef<'a> {
         conn_info: info.conn_info.as_deref().unwrap_or_default(),
         chan_info: info.chan_info.as_deref().unwrap_or_default(),
     }
+}
+
+/// Encodes one event as a length-delimited protobuf `Reply{push}`.
+pub fn encode_protobuf(event: &Event) -> Bytes {
+    let mut buf = BytesMut::new();
+    let channel = event.channel.as_deref().unwrap_or_default();
+    match &event.kind {
+        EventKind::Publication(p) => {
+            let publisher = p.info.as_ref().map(|i| (i, i.client.to_string()));
+            let publication = PublicationRef {
+                data: &p.data,
+                offset: p.offset,
+                info: publisher.as_ref().map(|(i, id)| info_ref(i, id)),
+                tags: p.tags.as_deref().unwrap_or_default(),
+            };
+            protobuf::publication_push(&mut buf, channel, &publication);
+        }
+        EventKind::Join(info) => {
+            let id = info.client.to_string();
+            protobuf::join_push(&mut buf, channel, &info_ref(info, &id));
+        }
+        EventKind::Leave(info) => {
+            let id = info.client.to_string();
+            protobuf::leave_push(&mut buf, channel, &info_ref(info, &id));
+        }
+        EventKind::Message(data) => protobuf::message_push(&mut buf, data),
+    }
+    buf.freeze()
 }
 
 /// Encodes one event as a push in `envelope`.

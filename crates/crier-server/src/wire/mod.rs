@@ -7,26 +7,50 @@
 pub(crate) mod frames;
 
 use bytes::{Bytes, BytesMut};
+use crier_core::Outbound;
 use crier_core::{
     Catchup, ClientInfo, DisconnectReason, EngineError, HistoryPage, HistoryQuery, HubError, StreamPosition,
     Subscribed,
 };
-use crier_proto::client::{self as wire, Reply};
+use crier_proto::client::{self as wire, Payload, Reply};
 use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
-use crier_proto::encode;
-use serde_json::value::RawValue;
+use crier_proto::encode::{self, Envelope};
+use crier_proto::protobuf;
 
 use crate::config::ChannelOptions;
 
 /// A wire format of client protocol v2: how a connection's frames decode
 /// into commands, and how replies and pushes for that connection encode,
 /// with the slot its shared event encodings use. The session and the
-/// transports only go through this, so a second format (protobuf) is one
-/// more variant here: a decoder and encoders, not a second session.
+/// transports only go through this, so the formats share one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Codec {
-    /// JSON, messages joined with `\n` in one frame.
+    /// JSON in text frames, messages joined with `\n`.
     Json,
+    /// Protobuf in binary frames, varint-length-delimited messages one
+    /// after another.
+    Protobuf,
+}
+
+/// The commands of one frame, whichever the format.
+pub(crate) enum Commands<J, P> {
+    Json(J),
+    Protobuf(P),
+}
+
+impl<J, P> Iterator for Commands<J, P>
+where
+    J: Iterator<Item = Result<wire::Command, crier_proto::Error>>,
+    P: Iterator<Item = Result<wire::Command, crier_proto::Error>>,
+{
+    type Item = Result<wire::Command, crier_proto::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Commands::Json(j) => j.next(),
+            Commands::Protobuf(p) => p.next(),
+        }
+    }
 }
 
 impl Codec {
@@ -36,19 +60,19 @@ impl Codec {
         frame: &[u8],
     ) -> impl Iterator<Item = Result<wire::Command, crier_proto::Error>> + '_ {
         match self {
-            Codec::Json => wire::parse_frame(frame),
+            Codec::Json => Commands::Json(wire::parse_frame(frame)),
+            Codec::Protobuf => Commands::Protobuf(protobuf::parse_frame(frame)),
         }
     }
 
     /// One reply.
     pub(crate) fn reply(self, reply: &Reply) -> Bytes {
+        let mut buf = BytesMut::new();
         match self {
-            Codec::Json => {
-                let mut buf = BytesMut::new();
-                encode::reply(&mut buf, reply);
-                buf.freeze()
-            }
+            Codec::Json => encode::reply(&mut buf, reply),
+            Codec::Protobuf => protobuf::reply(&mut buf, reply),
         }
+        buf.freeze()
     }
 
     /// An error reply to command `id`.
@@ -60,13 +84,45 @@ impl Codec {
     pub(crate) fn unsubscribe(self, channel: &str, u: &Unsubscribe) -> Bytes {
         match self {
             Codec::Json => unsubscribe_push(channel, u),
+            Codec::Protobuf => {
+                let mut buf = BytesMut::new();
+                protobuf::unsubscribe_push(&mut buf, channel, u);
+                buf.freeze()
+            }
         }
     }
 
-    /// The slot of this format's shared event encodings (bidirectional).
-    pub(crate) fn events(self) -> crier_core::Format {
+    /// One queued item as this format's message (bidirectional): a shared
+    /// event's cached encoding in this format's slot (made by the first
+    /// writer that needs it), or the client's own bytes.
+    pub(crate) fn outbound(self, item: &Outbound) -> Bytes {
         match self {
-            Codec::Json => frames::BIDI_JSON,
+            Codec::Json => frames::encoded(item, frames::BIDI_JSON, Envelope::Reply),
+            Codec::Protobuf => match item {
+                Outbound::Raw(bytes) => (**bytes).clone(),
+                Outbound::Event(ev) => ev.encoded(frames::BIDI_PROTOBUF, frames::encode_protobuf),
+            },
+        }
+    }
+
+    /// The server's ping: `{}` in JSON, an empty reply in protobuf.
+    pub(crate) fn ping(self) -> Bytes {
+        Bytes::from_static(match self {
+            Codec::Json => encode::PING,
+            Codec::Protobuf => protobuf::PING,
+        })
+    }
+
+    /// Whether frames of this format are binary (else text).
+    pub(crate) fn binary(self) -> bool {
+        self == Codec::Protobuf
+    }
+
+    /// The name of the format, for logs and metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::Protobuf => "protobuf",
         }
     }
 }
@@ -75,9 +131,8 @@ pub(crate) fn code_of(code: u32) -> ErrorCode {
     ErrorCode::from_code(code).unwrap_or(ErrorCode::Internal)
 }
 
-fn raw(bytes: &[u8]) -> Option<Box<RawValue>> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    RawValue::from_string(text.to_owned()).ok()
+fn payload(bytes: &Bytes) -> Option<Payload> {
+    (!bytes.is_empty()).then(|| Payload::new(bytes.clone()))
 }
 
 /// The protocol error a hub error becomes.
@@ -94,7 +149,7 @@ pub(crate) fn hub_error_code(e: &HubError) -> ErrorCode {
 /// A core publication in wire form (for catch-up and history replies).
 pub(crate) fn wire_publication(p: &crier_core::Publication) -> wire::Publication {
     wire::Publication {
-        data: raw(&p.data),
+        data: payload(&p.data),
         info: p.info.as_deref().map(wire_client_info),
         offset: p.offset,
         tags: p
@@ -112,8 +167,8 @@ pub(crate) fn wire_client_info(i: &ClientInfo) -> wire::ClientInfo {
     wire::ClientInfo {
         user: i.user.to_string(),
         client: i.client.to_string(),
-        conn_info: i.conn_info.as_deref().and_then(raw),
-        chan_info: i.chan_info.as_deref().and_then(raw),
+        conn_info: i.conn_info.as_ref().and_then(payload),
+        chan_info: i.chan_info.as_ref().and_then(payload),
     }
 }
 

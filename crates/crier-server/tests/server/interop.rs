@@ -26,6 +26,15 @@ async fn centrifuge_js_connects_subscribes_and_recovers() {
     run_script("node", "tests-interop/js/interop.mjs", "js-user", "").await;
 }
 
+/// centrifuge-js's protobuf build (binary frames) and its JSON build on
+/// one channel: both get every publication in order; binary data reaches
+/// the protobuf client as bytes and the JSON one as `null`; history,
+/// presence, error codes and recovery work over protobuf.
+#[tokio::test]
+async fn centrifuge_js_protobuf_build_works_beside_a_json_client() {
+    run_script("node", "tests-interop/js/protobuf.mjs", "js-protobuf-user", "").await;
+}
+
 #[tokio::test]
 async fn a_spec_eventsource_receives_publications_over_uni_sse() {
     run_script(
