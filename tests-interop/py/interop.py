@@ -4,14 +4,16 @@ subscription, a publication made through the API, history and presence from
 both sides, then a forced reconnect whose missed publications must be
 recovered exactly (in order, no gap, no duplicate).
 
-    python interop.py WS_URL TOKEN API_URL API_KEY USER
+    python interop.py WS_URL TOKEN API_URL API_KEY USER [protobuf]
 
-API_URL is the API base (`http://host:port/api`); USER is the token's
+With `protobuf`, the SDK speaks the protobuf protocol (binary frames) and
+payloads arrive as bytes. API_URL is the API base (`http://host:port/api`); USER is the token's
 subject. Exits 0 on success; prints the reason and exits 1 on failure.
 CRIER_INTEROP_DEBUG=1 makes the SDK log its frames.
 """
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -82,10 +84,19 @@ class SubscriptionEvents(SubscriptionEventHandler):
         print(f"subscription error event: {ctx}", file=sys.stderr)
 
 
-async def main(ws_url, token, api_url, api_key, user):
+def decoded(data):
+    """A payload as the application sees it: JSON clients get it decoded,
+    protobuf clients get the bytes."""
+    return json.loads(data) if isinstance(data, bytes) else data
+
+
+async def main(ws_url, token, api_url, api_key, user, protocol="json"):
     global step
+    protobuf = protocol == "protobuf"
     events, sub_events = ClientEvents(), SubscriptionEvents()
-    client = Client(ws_url, events=events, token=token, name="crier-interop-py", proxy=None)
+    client = Client(
+        ws_url, events=events, token=token, name="crier-interop-py", proxy=None, use_protobuf=protobuf
+    )
     sub = client.new_subscription(CHANNEL, events=sub_events, recoverable=True)
     async with AsyncClient(api_url, api_key) as api:
 
@@ -107,13 +118,14 @@ async def main(ws_url, token, api_url, api_key, user):
         pub1 = await publish(1)
         check(pub1.epoch == epoch, f"API publish {pub1} differs from epoch {epoch}")
         p1 = await sub_events.publications.get()
-        check(p1.offset == pub1.offset and p1.data == {"n": 1}, f"got {p1} for {pub1}")
+        check(isinstance(p1.data, bytes) == protobuf, f"payload type for {protocol}: {p1}")
+        check(p1.offset == pub1.offset and decoded(p1.data) == {"n": 1}, f"got {p1} for {pub1}")
 
         step = "history"
         h = await sub.history(limit=10)
         check(h.epoch == epoch and h.offset == pub1.offset, f"SDK history position: {h}")
         check(
-            [(p.offset, p.data) for p in h.publications] == [(pub1.offset, {"n": 1})],
+            [(p.offset, decoded(p.data)) for p in h.publications] == [(pub1.offset, {"n": 1})],
             f"SDK history publications: {h.publications}",
         )
         h = await api.history(HistoryRequest(channel=CHANNEL, limit=10))
@@ -157,18 +169,18 @@ async def main(ws_url, token, api_url, api_key, user):
         got = [await sub_events.publications.get() for _ in range(4)]
         want = [*missed, last.offset]
         check(
-            [(p.offset, p.data) for p in got] == [(o, {"n": n}) for o, n in zip(want, range(2, 6))],
+            [(p.offset, decoded(p.data)) for p in got] == [(o, {"n": n}) for o, n in zip(want, range(2, 6))],
             f"expected offsets {want} with n = 2..5, got {[(p.offset, p.data) for p in got]}",
         )
         check(missed == [pub1.offset + i for i in (1, 2, 3)], f"API offsets {missed} not consecutive")
 
     await client.disconnect()
-    print(f"ok: recovered offsets {missed} after a forced reconnect")
+    print(f"ok ({protocol}): recovered offsets {missed} after a forced reconnect")
 
 
 def run():
-    if len(sys.argv) != 6:
-        sys.exit("usage: python interop.py WS_URL TOKEN API_URL API_KEY USER")
+    if len(sys.argv) not in (6, 7) or sys.argv[6:] not in ([], ["protobuf"]):
+        sys.exit("usage: python interop.py WS_URL TOKEN API_URL API_KEY USER [protobuf]")
     if os.environ.get("CRIER_INTEROP_DEBUG") == "1":
         logging.basicConfig(level=logging.DEBUG)
     try:

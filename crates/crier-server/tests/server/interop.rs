@@ -57,6 +57,19 @@ async fn centrifuge_python_and_cent_connect_subscribe_and_recover() {
     .await;
 }
 
+/// The same centrifuge-python flow over the protobuf protocol
+/// (`use_protobuf=True`: binary frames, payloads as bytes).
+#[tokio::test]
+async fn centrifuge_python_works_over_protobuf() {
+    setup().await;
+    let s = TestServer::start(config("")).await;
+    let user = "py-protobuf-user";
+    let mut args = script_args("tests-interop/py/interop.py", &s, user);
+    args.push("protobuf".to_owned());
+    run_program("tests-interop/.venv/bin/python", args).await;
+    s.shutdown().await;
+}
+
 /// The Redis engine on `redis`, as extra configuration.
 #[cfg(feature = "redis")]
 fn redis_engine(redis: &super::redis::RedisServer) -> String {
@@ -166,16 +179,20 @@ async fn centrifuge_js_resubscribes_across_nodes_after_redis_restarts() {
 async fn run_script(program: &'static str, script: &'static str, user: &str, extra: &str) {
     setup().await;
     let s = TestServer::start(config(extra)).await;
-    let args = vec![
+    run_program(program, script_args(script, &s, user)).await;
+    s.shutdown().await;
+}
+
+/// `script WS_URL TOKEN API_URL API_KEY USER` for server `s`.
+fn script_args(script: &str, s: &TestServer, user: &str) -> Vec<String> {
+    vec![
         script.to_owned(),
         s.ws_url(),
         token(user),
         format!("http://{}/api", s.addr),
         API_KEY.to_owned(),
         user.to_owned(),
-    ];
-    run_program(program, args).await;
-    s.shutdown().await;
+    ]
 }
 
 /// Runs `program args...` from the repository root; fails with its output

@@ -9,6 +9,7 @@ mod metrics;
 mod namespaces;
 #[cfg(feature = "nats")]
 mod nats;
+mod protobuf;
 #[cfg(feature = "redis")]
 mod redis;
 mod support;
