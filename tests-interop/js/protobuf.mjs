@@ -6,14 +6,17 @@
 // and permission errors, then a forced reconnect whose missed publications
 // the protobuf client must recover exactly.
 //
-//   node protobuf.mjs WS_URL TOKEN API_URL API_KEY USER
+//   node protobuf.mjs WS_URL TOKEN API_URL API_KEY USER [deflate]
 //
+// With `deflate`, both clients' sockets must have agreed on
+// permessage-deflate (the `ws` package offers it by default; the server
+// must have `websocket.compression` on).
 // Exits 0 on success; prints the reason and exits 1 on failure.
 import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
 import { Centrifuge as JsonCentrifuge } from 'centrifuge';
 import WebSocket from 'ws'; // Node 20 has no global WebSocket
 
-const [wsUrl, token, apiUrl, apiKey, user] = process.argv.slice(2);
+const [wsUrl, token, apiUrl, apiKey, user, mode] = process.argv.slice(2);
 if (!user) {
   console.error('usage: node protobuf.mjs WS_URL TOKEN API_URL API_KEY USER');
   process.exit(2);
@@ -45,6 +48,15 @@ async function api(method, body) {
   return reply.result ?? {};
 }
 
+// Every socket the SDKs open, with the extensions it agreed on.
+const sockets = [];
+class RecordingWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    sockets.push(this);
+  }
+}
+
 const next = (emitter, event) => new Promise((resolve) => emitter.once(event, resolve));
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -54,13 +66,13 @@ const json = (bytes) => JSON.parse(decoder.decode(bytes));
 let gate = Promise.resolve(null);
 const proto = new ProtobufCentrifuge(wsUrl, {
   token,
-  websocket: WebSocket,
+  websocket: RecordingWebSocket,
   name: 'crier-interop-protobuf',
   getData: () => gate,
   minReconnectDelay: 50,
   debug: process.env.CRIER_INTEROP_DEBUG === '1',
 });
-const plain = new JsonCentrifuge(wsUrl, { token, websocket: WebSocket, name: 'crier-interop-json' });
+const plain = new JsonCentrifuge(wsUrl, { token, websocket: RecordingWebSocket, name: 'crier-interop-json' });
 for (const [name, c] of [['protobuf', proto], ['json', plain]]) {
   c.on('error', (ctx) => console.log(`${name} client error event:`, show(ctx)));
 }
@@ -103,6 +115,13 @@ const jsonSubscribed = next(jsonSub, 'subscribed');
 jsonSub.subscribe();
 plain.connect();
 await jsonSubscribed;
+
+step = 'compression as agreed';
+const agreed = sockets.map((s) => s.extensions);
+check(
+  agreed.length === 2 && agreed.every((e) => e.includes('permessage-deflate') === (mode === 'deflate')),
+  `extensions agreed: ${show(agreed)} (mode ${mode ?? 'plain'})`,
+);
 
 step = 'publication through the server API';
 const pub1 = await api('publish', { channel, data: { n: 1 } });

@@ -112,7 +112,7 @@ pub enum EventKind {
 }
 
 /// Number of distinct wire formats an event can cache an encoding for.
-pub const FORMAT_SLOTS: usize = 5;
+pub const FORMAT_SLOTS: usize = 7;
 
 /// A wire format's slot in an event's encoding cache. Each transport that
 /// encodes events differently (e.g. bidirectional JSON, unidirectional JSON,

@@ -908,6 +908,13 @@ pub struct WebsocketConfig {
     /// reader is gone.
     #[serde(with = "duration::serde_go")]
     pub write_timeout: Duration,
+    /// permessage-deflate (RFC 7692) for clients that offer it, on both
+    /// WebSocket endpoints; negotiated without context takeover.
+    pub compression: bool,
+    /// Messages shorter than this many bytes go out uncompressed.
+    pub compression_min_size: usize,
+    /// 1 (fastest) to 9 (smallest).
+    pub compression_level: u32,
 }
 
 impl Default for WebsocketConfig {
@@ -915,7 +922,20 @@ impl Default for WebsocketConfig {
         Self {
             message_size_limit: 65_536,
             write_timeout: Duration::from_secs(10),
+            compression: false,
+            compression_min_size: 0,
+            compression_level: 1,
         }
+    }
+}
+
+impl WebsocketConfig {
+    /// The compression a connection may agree to, when enabled.
+    pub(crate) fn deflate(&self) -> Option<crate::net::deflate::Deflate> {
+        self.compression.then_some(crate::net::deflate::Deflate {
+            level: self.compression_level,
+            min_size: self.compression_min_size,
+        })
     }
 }
 
@@ -1317,6 +1337,12 @@ impl Config {
             return Err(invalid(
                 "http_server.max_request_body_size",
                 "must be greater than 0",
+            ));
+        }
+        if !(1..=9).contains(&self.websocket.compression_level) {
+            return Err(invalid(
+                "websocket.compression_level",
+                "must be from 1 (fastest) to 9 (smallest)",
             ));
         }
         if self.websocket.write_timeout.is_zero() {

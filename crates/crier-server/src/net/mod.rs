@@ -2,6 +2,7 @@
 //! connections with a write deadline, and RFC 6455 WebSocket framing.
 
 pub(crate) mod deadline;
+pub(crate) mod deflate;
 pub(crate) mod rfc6455;
 
 pub(crate) use deadline::WriteDeadline;

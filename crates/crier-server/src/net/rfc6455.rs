@@ -23,7 +23,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::task::TaskTracker;
 
+use crate::net::deflate::{self, InflateError};
 use crate::net::WriteDeadline;
+
+pub use crate::net::deflate::Deflate;
 
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;
@@ -38,6 +41,8 @@ pub struct Limits {
     /// The `Sec-WebSocket-Protocol` to answer with (one the client
     /// offered), if any.
     pub protocol: Option<&'static str>,
+    /// permessage-deflate, when enabled: accepted if the client offers it.
+    pub deflate: Option<Deflate>,
 }
 
 /// Answers the WebSocket handshake in `request` and, once the connection
@@ -48,7 +53,8 @@ where
     F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let response = match handshake(request.headers(), limits.protocol) {
+    let deflate = limits.deflate.filter(|_| deflate::offered(request.headers()));
+    let response = match handshake(request.headers(), limits.protocol, deflate.is_some()) {
         Ok(r) => r,
         Err(refusal) => return refusal,
     };
@@ -66,8 +72,13 @@ where
             return tracing::warn!("WebSocket upgrade on a connection that is not plain TCP");
         };
         let (rd, wr) = parts.io.into_inner().into_inner().into_split();
-        let reader = Reader::new(rd, parts.read_buf, limits.message_size);
-        serve(reader, Writer::new(wr, limits.write_timeout)).await;
+        let mut reader = Reader::new(rd, parts.read_buf, limits.message_size);
+        let mut writer = Writer::new(wr, limits.write_timeout);
+        if let Some(d) = deflate {
+            reader.inflate = true;
+            writer.deflate = Some(d);
+        }
+        serve(reader, writer).await;
     });
     response
 }
@@ -76,7 +87,11 @@ where
 /// Protocols` answer, or the error answer for a request that is not a
 /// WebSocket handshake.
 #[allow(clippy::result_large_err)]
-fn handshake(headers: &HeaderMap, protocol: Option<&'static str>) -> Result<Response, Response> {
+fn handshake(
+    headers: &HeaderMap,
+    protocol: Option<&'static str>,
+    deflate: bool,
+) -> Result<Response, Response> {
     let bad = |why: &'static str| Err((StatusCode::BAD_REQUEST, why).into_response());
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -110,6 +125,12 @@ fn handshake(headers: &HeaderMap, protocol: Option<&'static str>) -> Result<Resp
     );
     if let Some(protocol) = protocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    }
+    if deflate {
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(deflate::RESPONSE),
+        );
     }
     Ok(r)
 }
@@ -187,9 +208,12 @@ pub enum ReadError {
 pub struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
-    // The message being reassembled from fragments: its bytes so far.
-    partial: Option<BytesMut>,
+    // The message being reassembled from fragments: its bytes so far, and
+    // whether it is compressed.
+    partial: Option<(BytesMut, bool)>,
     limit: usize,
+    // permessage-deflate was agreed: RSV1 marks a compressed message.
+    inflate: bool,
 }
 
 impl Reader {
@@ -201,6 +225,7 @@ impl Reader {
             buf: BytesMut::from(&pre[..]),
             partial: None,
             limit,
+            inflate: false,
         }
     }
 
@@ -234,7 +259,12 @@ impl Reader {
             let Some(frame) = self.frame()? else {
                 return Ok(None);
             };
-            let Frame { fin, opcode, payload } = frame;
+            let Frame {
+                fin,
+                opcode,
+                compressed,
+                payload,
+            } = frame;
             match opcode {
                 OP_CLOSE => {
                     if payload.len() == 1 {
@@ -254,20 +284,39 @@ impl Reader {
                 OP_TEXT | OP_BINARY if self.partial.is_some() => {
                     return Err(ReadError::Protocol("new message inside a fragmented one"))
                 }
-                OP_TEXT | OP_BINARY if fin => return Ok(Some(Incoming::Data(payload.freeze()))),
-                OP_TEXT | OP_BINARY => self.partial = Some(payload),
+                OP_TEXT | OP_BINARY if fin => return self.message(payload, compressed).map(Some),
+                OP_TEXT | OP_BINARY => self.partial = Some((payload, compressed)),
+                OP_CONTINUATION if compressed => {
+                    return Err(ReadError::Protocol("RSV1 set on a continuation frame"))
+                }
                 OP_CONTINUATION => {
-                    let Some(mut message) = self.partial.take() else {
+                    let Some((mut message, compressed)) = self.partial.take() else {
                         return Err(ReadError::Protocol("continuation without a message"));
                     };
                     message.extend_from_slice(&payload);
                     if fin {
-                        return Ok(Some(Incoming::Data(message.freeze())));
+                        return self.message(message, compressed).map(Some);
                     }
-                    self.partial = Some(message);
+                    self.partial = Some((message, compressed));
                 }
                 _ => return Err(ReadError::Protocol("unknown opcode")),
             }
+        }
+    }
+
+    /// A whole message, inflated when it came compressed (and refused if
+    /// it inflates past the limit).
+    fn message(&self, payload: BytesMut, compressed: bool) -> Result<Incoming, ReadError> {
+        if !compressed {
+            return Ok(Incoming::Data(payload.freeze()));
+        }
+        match deflate::inflate(&payload, self.limit) {
+            Ok(bytes) => Ok(Incoming::Data(bytes)),
+            Err(InflateError::TooLong) => Err(ReadError::TooLong {
+                size: self.limit + 1,
+                limit: self.limit,
+            }),
+            Err(InflateError::Invalid) => Err(ReadError::Protocol("invalid compressed data")),
         }
     }
 
@@ -279,13 +328,19 @@ impl Reader {
         }
         let (fin, rsv, opcode) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0F);
         let (masked, len7) = (b[1] & 0x80 != 0, b[1] & 0x7F);
-        if rsv != 0 {
+        // RSV1 marks a compressed message, when permessage-deflate was
+        // agreed; RSV2 and RSV3 are never used.
+        let compressed = rsv == 0x40 && self.inflate;
+        if rsv != 0 && !compressed {
             return Err(ReadError::Protocol("reserved bits set (no extension was agreed)"));
         }
         if !masked {
             return Err(ReadError::Protocol("unmasked frame from a client"));
         }
         let control = opcode & 0x08 != 0;
+        if control && compressed {
+            return Err(ReadError::Protocol("RSV1 set on a control frame"));
+        }
         if control && (!fin || len7 > 125) {
             return Err(ReadError::Protocol("fragmented or oversized control frame"));
         }
@@ -295,7 +350,7 @@ impl Reader {
             126 | 127 => return Ok(None),
             n => (0, u64::from(n)),
         };
-        let before = self.partial.as_ref().map_or(0, BytesMut::len);
+        let before = self.partial.as_ref().map_or(0, |(m, _)| m.len());
         let size = usize::try_from(len).unwrap_or(usize::MAX).saturating_add(before);
         if !control && size > self.limit {
             return Err(ReadError::TooLong {
@@ -318,6 +373,7 @@ impl Reader {
         Ok(Some(Frame {
             fin,
             opcode,
+            compressed,
             payload: frame,
         }))
     }
@@ -326,6 +382,7 @@ impl Reader {
 struct Frame {
     fin: bool,
     opcode: u8,
+    compressed: bool,
     payload: BytesMut,
 }
 
@@ -336,7 +393,11 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
-/// The header of an unmasked server frame with `len` payload bytes.
+/// RSV1 in a frame's first byte: a compressed message (RFC 7692).
+const RSV1: u8 = 0x40;
+
+/// The header of an unmasked server frame with `len` payload bytes;
+/// `opcode` may carry [`RSV1`].
 fn header(opcode: u8, len: usize) -> Bytes {
     let mut h = Vec::with_capacity(10);
     h.push(0x80 | opcode);
@@ -362,6 +423,8 @@ pub struct Writer {
     half: OwnedWriteHalf,
     // A frame not out within this is a client that stopped reading.
     timeout: std::time::Duration,
+    // permessage-deflate was agreed, with these settings.
+    deflate: Option<Deflate>,
 }
 
 /// A control frame the reader asks the writer task to send.
@@ -433,7 +496,11 @@ impl Writer {
     /// Writes to `half`; a frame that takes longer than `timeout` to go
     /// out fails with `TimedOut`.
     pub fn new(half: OwnedWriteHalf, timeout: std::time::Duration) -> Self {
-        Writer { half, timeout }
+        Writer {
+            half,
+            timeout,
+            deflate: None,
+        }
     }
 
     /// Sends a control frame the reader asked for.
@@ -460,13 +527,48 @@ impl Writer {
             messages.len().saturating_sub(1)
         };
         let len = messages.iter().map(Bytes::len).sum::<usize>() + separators;
+        let opcode = if binary { OP_BINARY } else { OP_TEXT };
+        if let Some(d) = self.deflate.filter(|d| len >= d.min_size) {
+            // Compressed for this connection alone: joined, then deflated.
+            let mut joined = Vec::with_capacity(len);
+            for (i, m) in messages.drain(..).enumerate() {
+                if i > 0 && !binary {
+                    joined.push(b'\n');
+                }
+                joined.extend_from_slice(&m);
+            }
+            let payload = deflate::compress(&joined, d.level);
+            return self
+                .write(vec![header(opcode | RSV1, payload.len()), payload])
+                .await;
+        }
         let mut parts = Vec::with_capacity(messages.len() * 2);
-        parts.push(header(if binary { OP_BINARY } else { OP_TEXT }, len));
+        parts.push(header(opcode, len));
         for (i, m) in messages.drain(..).enumerate() {
             if i > 0 && !binary {
                 parts.push(NEWLINE);
             }
             parts.push(m);
+        }
+        self.write(parts).await
+    }
+
+    /// The compression agreed with this client, if any.
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.deflate
+    }
+
+    /// Sends each message as a frame of its own, with RSV1 where it is
+    /// already compressed (a shared encoding, compressed once for every
+    /// subscriber). One vectored write when the socket has room. Empties
+    /// `frames`.
+    pub async fn frames(&mut self, binary: bool, frames: &mut Vec<(Bytes, bool)>) -> io::Result<()> {
+        let opcode = if binary { OP_BINARY } else { OP_TEXT };
+        let mut parts = Vec::with_capacity(frames.len() * 2);
+        for (payload, compressed) in frames.drain(..) {
+            let op = if compressed { opcode | RSV1 } else { opcode };
+            parts.push(header(op, payload.len()));
+            parts.push(payload);
         }
         self.write(parts).await
     }

@@ -35,6 +35,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
         protocol: (codec == Codec::Protobuf
             && rfc6455::offers_protocol(request.headers(), PROTOBUF_PROTOCOL))
         .then_some(PROTOBUF_PROTOCOL),
+        deflate: node.config.websocket.deflate(),
     };
     let tracker = node.connections.clone();
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
@@ -354,6 +355,7 @@ async fn write(
 ) {
     let mut items = Vec::new();
     let mut batch = Vec::new();
+    let mut frames = Vec::new();
     let mut answers = Vec::new();
     let start = tokio::time::Instant::now() + ping_every;
     let mut ping = tokio::time::interval_at(start, ping_every);
@@ -384,9 +386,20 @@ async fn write(
                 // messages per frame (docs/benchmarks.md).
                 tokio::task::yield_now().await;
                 let _ = rx.try_drain(&mut items);
-                // The shared encodings themselves go out: no copy.
-                batch.extend(items.drain(..).map(|item| codec.outbound(&item)));
-                if writer.messages(codec.binary(), &mut batch).await.is_err() {
+                let sent = match writer.deflate() {
+                    // Compressed: a frame per message, so a shared event is
+                    // compressed once for all its subscribers.
+                    Some(d) => {
+                        frames.extend(items.drain(..).map(|item| codec.outbound_deflated(&item, d)));
+                        writer.frames(codec.binary(), &mut frames).await
+                    }
+                    // The shared encodings themselves go out: no copy.
+                    None => {
+                        batch.extend(items.drain(..).map(|item| codec.outbound(&item)));
+                        writer.messages(codec.binary(), &mut batch).await
+                    }
+                };
+                if sent.is_err() {
                     // A client that stopped reading: if the hub dropped it
                     // meanwhile (its queue overflowed: 3008), count that
                     // close even though no frame can reach it.
@@ -400,6 +413,7 @@ async fn write(
                 if items.capacity() > KEEP_ITEMS {
                     items = Vec::new();
                     batch = Vec::new();
+                    frames = Vec::new();
                 }
             }
             Err(reason) => {

@@ -16,6 +16,10 @@ pub const UNI_JSON: Format = Format::new(1);
 // distinct framing/encoding; no other transport may claim them.
 /// Bidirectional protobuf (length-delimited `Reply{push}`): WebSocket.
 pub const BIDI_PROTOBUF: Format = Format::new(4);
+/// [`BIDI_JSON`] compressed (permessage-deflate, no context takeover).
+pub const BIDI_JSON_DEFLATE: Format = Format::new(5);
+/// [`BIDI_PROTOBUF`] compressed.
+pub const BIDI_PROTOBUF_DEFLATE: Format = Format::new(6);
 
 fn info_ref<'a>(info: &'a ClientInfo, client: &'a str) -> ClientInfoRef<'a> {
     ClientInfoRef {

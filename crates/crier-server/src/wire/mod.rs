@@ -17,6 +17,8 @@ use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
 use crier_proto::encode::{self, Envelope};
 use crier_proto::protobuf;
 
+use crate::net::deflate::{self, Deflate};
+
 use crate::config::ChannelOptions;
 
 /// A wire format of client protocol v2: how a connection's frames decode
@@ -103,6 +105,28 @@ impl Codec {
                 Outbound::Event(ev) => ev.encoded(frames::BIDI_PROTOBUF, frames::encode_protobuf),
             },
         }
+    }
+
+    /// One queued item as a frame of its own, for a connection that agreed
+    /// on compression `d`: compressed unless shorter than its minimum, and
+    /// for a shared event compressed once (in this format's compressed
+    /// slot) for every subscriber. The bytes, and whether compressed.
+    pub(crate) fn outbound_deflated(self, item: &Outbound, d: Deflate) -> (Bytes, bool) {
+        let plain = self.outbound(item);
+        if plain.len() < d.min_size {
+            return (plain, false);
+        }
+        let compressed = match item {
+            Outbound::Event(ev) => {
+                let slot = match self {
+                    Codec::Json => frames::BIDI_JSON_DEFLATE,
+                    Codec::Protobuf => frames::BIDI_PROTOBUF_DEFLATE,
+                };
+                ev.encoded(slot, |_| deflate::compress(&plain, d.level))
+            }
+            Outbound::Raw(_) => deflate::compress(&plain, d.level),
+        };
+        (compressed, true)
     }
 
     /// The server's ping: `{}` in JSON, an empty reply in protobuf.

@@ -35,6 +35,22 @@ async fn centrifuge_js_protobuf_build_works_beside_a_json_client() {
     run_script("node", "tests-interop/js/protobuf.mjs", "js-protobuf-user", "").await;
 }
 
+/// The same, with `websocket.compression` on: both SDK builds (over the
+/// `ws` package, which offers permessage-deflate) agree on it and work
+/// unchanged, long publications arriving compressed.
+#[tokio::test]
+async fn centrifuge_js_protobuf_and_json_work_over_compressed_websockets() {
+    setup().await;
+    let s = TestServer::start(config(
+        "[websocket]\ncompression = true\ncompression_min_size = 16\n",
+    ))
+    .await;
+    let mut args = script_args("tests-interop/js/protobuf.mjs", &s, "js-deflate-user");
+    args.push("deflate".to_owned());
+    run_program("node", args).await;
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_spec_eventsource_receives_publications_over_uni_sse() {
     run_script(

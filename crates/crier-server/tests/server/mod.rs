@@ -2,6 +2,7 @@ mod admission;
 mod api;
 mod architecture;
 mod catalogue;
+mod compression;
 mod health;
 mod hostile;
 mod interop;
