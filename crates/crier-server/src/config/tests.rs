@@ -696,3 +696,17 @@ fn zero_http_write_timeout_is_rejected() {
     assert_eq!(key, "http_server.write_timeout");
     assert!(message.contains("greater than 0"), "{message}");
 }
+
+#[test]
+fn compression_levels_outside_1_to_9_are_rejected() {
+    for level in [0, 10] {
+        let mut c = Config::default();
+        c.websocket.compression_level = level;
+        let (key, message) = invalid_key(c.validate());
+        assert_eq!(key, "websocket.compression_level", "level {level}");
+        assert!(message.contains("1 (fastest) to 9"), "{message}");
+    }
+    let mut c = Config::default();
+    c.websocket.compression_level = 9;
+    assert!(c.validate().is_ok());
+}

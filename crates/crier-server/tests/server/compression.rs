@@ -37,10 +37,14 @@ struct RawWs {
 
 impl RawWs {
     async fn open(s: &TestServer, offer: Option<&str>) -> Self {
+        Self::open_at(s, "/connection/websocket", offer).await
+    }
+
+    async fn open_at(s: &TestServer, path: &str, offer: Option<&str>) -> Self {
         let mut stream = TcpStream::connect(s.addr).await.expect("connect");
         let offer = offer.map_or(String::new(), |o| format!("Sec-WebSocket-Extensions: {o}\r\n"));
         let request = format!(
-            "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
             s.addr
         );
@@ -253,5 +257,25 @@ async fn a_compressed_message_inflating_past_the_limit_closes_with_3501_and_garb
     let mut c = RawWs::open(&s, None).await;
     c.send(true, 1, &deflate(b"{}")).await;
     assert_eq!(c.close_code().await, 1002);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn uni_websocket_streams_come_compressed_too() {
+    let mut cfg = compressing(0);
+    cfg.uni_websocket.enabled = true;
+    let s = TestServer::start(cfg).await;
+    let mut c = RawWs::open_at(&s, "/connection/uni_websocket", Some(OFFER)).await;
+    assert!(c.extensions.is_some(), "agreed on the uni endpoint");
+    c.send_json(json!({"token": token("uni-deflate"), "subs": {"news": {}}}))
+        .await;
+    let (connect, compressed) = c.messages().await;
+    assert!(connect[0]["connect"]["client"].is_string(), "{connect:?}");
+    assert!(compressed);
+    s.api("publish", json!({"channel": "news", "data": {"n": 1}}))
+        .await;
+    let (pushes, compressed) = c.messages().await;
+    assert_eq!(pushes[0]["pub"]["data"], json!({"n": 1}), "{pushes:?}");
+    assert!(compressed);
     s.shutdown().await;
 }
