@@ -1,13 +1,16 @@
 //! `crier bench`: a bounded load generator for the WebSocket fan-out path.
 //!
-//! It opens S subscriber connections (client protocol v2, JSON), then runs
-//! P publishers (HTTP API or WebSocket `publish`) for a fixed duration with
+//! It opens S subscriber connections (client protocol v2, JSON or protobuf
+//! by `--format`), then runs P publishers (HTTP API or WebSocket `publish`,
+//! in the same format) for a fixed duration with
 //! payloads that carry their send time, and reports deliveries, loss,
 //! publish-to-delivery latency and, given the server's pid, the server's
 //! CPU per delivery and memory per connection.
 //!
 //! - [`client`] opens one client connection (small buffers, chosen source
 //!   address) and runs its connect/subscribe commands;
+//! - [`protobuf`] finds deliveries in protobuf frames, walking the bytes in
+//!   place;
 //! - [`subscriber`] keeps S of them reading and counting deliveries;
 //! - [`publisher`] paces publications and reads the server's answers;
 //! - `crier_loadgen` (shared with the peer load clients) keeps publishers
@@ -20,8 +23,9 @@
 //!   [`plot`] the latencies into an SVG plot.
 //!
 //! The generator shares the machine with the server it measures, so it must
-//! stay cheap: 4 KiB read buffers, no JSON tree per delivery (the send time
-//! is found by scanning the frame text), one histogram per subscriber task
+//! stay cheap: 4 KiB read buffers, no JSON tree or decoded message per
+//! delivery (the send time is found by scanning the frame text, or by
+//! walking a protobuf frame's fields in place), one histogram per subscriber task
 //! merged at the end, and no lock on the delivery path. It must never talk
 //! to a non-loopback address unless told to (`--allow-remote`), and every
 //! run ends by itself: the duration plus at most 2 s for stragglers.
@@ -29,6 +33,7 @@
 mod client;
 mod plot;
 mod probe;
+mod protobuf;
 mod publisher;
 mod report;
 mod stream;
@@ -45,6 +50,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 
 use crate::print_line;
+use crate::subscribe::Format;
 use crier_loadgen::flow::Flow;
 use crier_loadgen::usage::{self, Pid};
 use report::Report;
@@ -68,9 +74,10 @@ use report::Report;
 /// engine.
 ///
 /// Subscribers use WebSocket, uni_sse or a plain TCP listener
-/// (--transport); --slow adds subscribers that never read, to show what a
-/// slow consumer costs the others; --plot writes the latency distribution
-/// as an SVG file.
+/// (--transport); WebSocket connections speak the client protocol in JSON
+/// or protobuf (--format); --slow adds subscribers that never read, to show
+/// what a slow consumer costs the others; --plot writes the latency
+/// distribution as an SVG file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server's WebSocket endpoint; repeat it for several nodes of one
@@ -148,6 +155,12 @@ pub struct Args {
     /// publications go to exactly that channel, so --channels must be 1).
     #[arg(long, value_name = "HOW", value_enum, default_value_t = Transport::Ws)]
     transport: Transport,
+    /// The client protocol's wire format on WebSocket connections
+    /// (subscribers with --transport ws, publishers with --publish-via ws):
+    /// JSON text frames, or binary protobuf frames (`format=protobuf` in
+    /// the URL).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Format::Json)]
+    format: Format,
     /// The [[tcp]] listener's address, for --transport tcp.
     #[arg(long, value_name = "HOST:PORT")]
     tcp_addr: Option<String>,
@@ -165,7 +178,7 @@ pub struct Args {
 /// How subscribers reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
-    /// WebSocket, client protocol v2 (JSON).
+    /// WebSocket, client protocol v2 (JSON or protobuf, by --format).
     Ws,
     /// `GET /connection/uni_sse?cf_connect=...` (Server-Sent Events).
     Sse,
@@ -266,6 +279,8 @@ pub(crate) struct Plan {
     nodes: Vec<Node>,
     /// How subscribers connect.
     transport: Transport,
+    /// The client protocol's format on WebSocket connections.
+    format: Format,
     /// The `[[tcp]]` listener, for --transport tcp.
     tcp_addr: Option<SocketAddr>,
     /// Subscribers that never read (not in `subscribers`).
@@ -282,8 +297,10 @@ pub(crate) struct Plan {
     token: Option<String>,
     subscribers: usize,
     /// Channel names, already JSON-quoted: they are only ever written into
-    /// commands and request bodies.
+    /// JSON commands and request bodies.
     channels: Vec<String>,
+    /// The same names, plain, for protobuf commands.
+    channel_names: Vec<String>,
     /// Subscribers per channel: what one publication to it is worth in
     /// deliveries.
     fanout: Vec<u64>,
@@ -334,6 +351,12 @@ impl Plan {
                 args.channel_prefix
             );
         }
+        if args.format == Format::Protobuf && args.transport != Transport::Ws && args.publish_via != Via::Ws {
+            bail!(
+                "--format protobuf is the format of WebSocket client connections: give --transport ws \
+                 or --publish-via ws (uni_sse, [[tcp]] and the HTTP API have no protobuf variant here)"
+            );
+        }
         let nodes = args
             .url
             .iter()
@@ -372,8 +395,10 @@ impl Plan {
             Transport::Tcp => args.channel_prefix.clone(),
             _ => format!("{}{k}", args.channel_prefix),
         };
-        let channels = (0..args.channels)
-            .map(|k| serde_json::to_string(&channel_name(k)))
+        let channel_names: Vec<String> = (0..args.channels).map(channel_name).collect();
+        let channels = channel_names
+            .iter()
+            .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .context("cannot encode the channel names")?;
         let fanout = (0..args.channels)
@@ -384,6 +409,7 @@ impl Plan {
         Ok(Plan {
             nodes,
             transport: args.transport,
+            format: args.format,
             tcp_addr,
             slow: args.slow,
             api_addr,
@@ -393,6 +419,7 @@ impl Plan {
             token: args.token.filter(|t| !t.is_empty()),
             subscribers: args.subscribers,
             channels,
+            channel_names,
             fanout,
             publishers: args.publishers,
             rate: args.rate,
@@ -429,6 +456,27 @@ impl Plan {
     /// The source address for client connection `i`, if the plan spreads them.
     fn source(&self, i: usize) -> Option<Ipv4Addr> {
         (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
+    }
+
+    /// How subscribers connect, in words (WebSocket with its format).
+    fn describe_transport(&self) -> String {
+        self.with_format(self.transport == Transport::Ws, self.transport.describe())
+    }
+
+    /// How publications reach the server, in words (WebSocket with its
+    /// format).
+    fn describe_via(&self) -> String {
+        self.with_format(self.via == Via::Ws, self.via.describe())
+    }
+
+    /// `what`, followed by the format when it is a client protocol
+    /// WebSocket connection.
+    fn with_format(&self, websocket: bool, what: &str) -> String {
+        match (websocket, self.format) {
+            (false, _) => what.to_string(),
+            (true, Format::Json) => format!("{what} (JSON)"),
+            (true, Format::Protobuf) => format!("{what} (protobuf)"),
+        }
     }
 
     /// The most deliveries one publication can be worth.
@@ -814,6 +862,7 @@ mod tests {
             threads: None,
             allow_remote: false,
             transport: Transport::Ws,
+            format: Format::Json,
             tcp_addr: None,
             slow: 0,
             plot: None,
@@ -874,5 +923,47 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("--tcp-addr"), "{e}");
+    }
+
+    #[test]
+    fn protobuf_is_for_websocket_connections() {
+        let args = |transport, publish_via| Args {
+            url: vec!["127.0.0.1:1".into()],
+            api: None,
+            api_key: None,
+            token: None,
+            subscribers: 2,
+            channels: 2,
+            channel_prefix: "b".into(),
+            publishers: 1,
+            rate: 0,
+            window: 64,
+            duration: Duration::from_secs(1),
+            size: 64,
+            publish_via,
+            server_pid: None,
+            json: false,
+            source_ips: 8,
+            connect_concurrency: 1,
+            threads: None,
+            allow_remote: false,
+            transport,
+            format: Format::Protobuf,
+            tcp_addr: None,
+            slow: 0,
+            plot: None,
+        };
+        let plan = Plan::new(args(Transport::Ws, Via::Api)).unwrap();
+        assert_eq!(plan.channel_names, ["b0", "b1"]);
+        assert_eq!(plan.describe_transport(), "WebSocket (protobuf)");
+        assert_eq!(plan.describe_via(), "HTTP API");
+        let plan = Plan::new(args(Transport::Sse, Via::Ws)).unwrap();
+        assert_eq!(plan.describe_transport(), "uni_sse");
+        assert_eq!(plan.describe_via(), "WebSocket (protobuf)");
+        let e = Plan::new(args(Transport::Sse, Via::Api))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--format protobuf"), "{e}");
     }
 }

@@ -1,10 +1,15 @@
-//! `crier subscribe`: the smallest useful client protocol v2 (JSON) client.
+//! `crier subscribe`: the smallest useful client protocol v2 client, in
+//! either wire format (`--format json`, the default, or `protobuf`).
 //! Connects, subscribes to one channel, answers pings, and prints every
 //! publication as one JSON line on stdout, flushed, so it works in pipes.
 //! Status (subscribed, errors, disconnects) goes to stderr.
 //!
-//! Frames are read as maps of raw JSON values, so publication data is
-//! printed byte for byte as the server sent it. An unsubscribe push with a
+//! Both formats decode into `crier_proto`'s typed [`Reply`] (JSON lines
+//! through serde, binary frames through [`crier_proto::protobuf`]), and one
+//! [`Session`] handles them, so the two print the same lines. Publication
+//! data is printed byte for byte as the server sent it when it is JSON;
+//! bytes that are not (possible only over protobuf) are printed as
+//! `"b64data":"<base64>"` in place of `"data"`. An unsubscribe push with a
 //! code of 2500 or more (the server lost state, or the subscription
 //! expired) is answered as the SDKs do: a new subscribe that recovers from
 //! the last offset seen, so nothing is missed or printed twice. A
@@ -12,9 +17,12 @@
 //! backoff and recovers the same way; a terminal one ends the command,
 //! non-zero (`--no-reconnect` ends it on any disconnect).
 
-use std::collections::BTreeMap;
-
 use anyhow::{anyhow, bail, Context};
+use base64::Engine as _;
+use bytes::BytesMut;
+use crier_proto::client::{
+    Command, ConnectRequest, Payload, Publication, Push, Reply, ReplyError, SubscribeRequest, SubscribeResult,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,11 +34,13 @@ use crate::print_line;
 ///
 /// Each line on stdout is {"channel":"...","offset":N,"data":...}; once the
 /// subscription is confirmed, "subscribed to CHANNEL" is printed on stderr.
-/// Like the SDKs, it reconnects after a disconnect with a reconnect code
-/// (3000–3499) or a lost connection, with backoff (0.5 s doubling to 10 s),
-/// and recovers from the last offset it printed, so nothing is missed or
-/// printed twice when the channel keeps history. Exits non-zero when the
-/// server refuses or disconnects for good (3500–3999), 0 on Ctrl-C.
+/// With --format protobuf, data that is not JSON is printed as
+/// "b64data":"<base64>" instead of "data". Like the SDKs, it reconnects
+/// after a disconnect with a reconnect code (3000–3499) or a lost
+/// connection, with backoff (0.5 s doubling to 10 s), and recovers from the
+/// last offset it printed, so nothing is missed or printed twice when the
+/// channel keeps history. Exits non-zero when the server refuses or
+/// disconnects for good (3500–3999), 0 on Ctrl-C.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The channel to subscribe to.
@@ -54,13 +64,102 @@ pub struct Args {
     /// connection), instead of reconnecting with backoff and recovering.
     #[arg(long)]
     no_reconnect: bool,
+    /// The client protocol's wire format: JSON text frames, or binary
+    /// protobuf frames (the URL gets `format=protobuf`).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Format::Json)]
+    format: Format,
 }
 
-/// One JSON message of a frame, one level deep; values stay raw.
-type Fields<'a> = BTreeMap<String, &'a RawValue>;
+/// The wire format of client protocol v2 on a WebSocket connection; shared
+/// with `crier bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Text frames of newline-separated JSON messages.
+    Json,
+    /// Binary frames of varint-length-delimited protobuf messages.
+    Protobuf,
+}
 
-const CONNECT_ID: u64 = 1;
-const SUBSCRIBE_ID: u64 = 2;
+impl Format {
+    /// As in `--format` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Protobuf => "protobuf",
+        }
+    }
+
+    /// The URL to connect to for this format: protobuf is asked for with
+    /// `format=protobuf` in the query.
+    pub fn url(self, url: &str) -> String {
+        match self {
+            Format::Json => url.to_string(),
+            Format::Protobuf => {
+                let joiner = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{joiner}format=protobuf")
+            }
+        }
+    }
+
+    /// One command as a WebSocket message. The empty command is the pong:
+    /// `{}`, or the single byte 0.
+    pub fn command(self, command: &Command) -> Message {
+        match self {
+            Format::Json => {
+                Message::text(serde_json::to_string(command).expect("a command serializes to JSON"))
+            }
+            Format::Protobuf => {
+                let mut frame = BytesMut::new();
+                crier_proto::protobuf::command_frame(&mut frame, command);
+                Message::binary(frame.freeze())
+            }
+        }
+    }
+
+    /// The replies and pushes a data frame holds, in order; none for
+    /// control frames. A frame of the other format is an error.
+    pub fn replies(self, message: &Message) -> anyhow::Result<Vec<Reply>> {
+        match (self, message) {
+            (Format::Json, Message::Text(text)) => text
+                .split('\n')
+                .filter(|l| !l.trim().is_empty())
+                .map(|line| {
+                    serde_json::from_str(line)
+                        .with_context(|| format!("the server sent a message this client cannot read: {line}"))
+                })
+                .collect(),
+            (Format::Protobuf, Message::Binary(frame)) => crier_proto::protobuf::parse_replies(frame)
+                .map(|reply| reply.context("the server sent a protobuf frame this client cannot read"))
+                .collect(),
+            (Format::Json, Message::Binary(_)) => {
+                bail!("the server sent a binary frame on a JSON connection")
+            }
+            (Format::Protobuf, Message::Text(_)) => bail!(
+                "the server sent a text frame on a protobuf connection (does it speak the protobuf format?)"
+            ),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Whether a reply is the server's ping (`{}`, or an empty protobuf
+/// message): no id, no error, no push, no result; the server sends nothing
+/// else without an id.
+pub fn is_ping(reply: &Reply) -> bool {
+    reply.id == 0
+        && reply.error.is_none()
+        && reply.push.is_none()
+        && reply.connect.is_none()
+        && reply.subscribe.is_none()
+}
+
+/// The pong: the empty command.
+pub fn pong() -> Command {
+    Command::default()
+}
+
+const CONNECT_ID: u32 = 1;
+const SUBSCRIBE_ID: u32 = 2;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -83,7 +182,7 @@ enum End {
 }
 
 async fn subscribe(args: Args) -> anyhow::Result<()> {
-    let url = websocket_url(&args.url)?;
+    let url = args.format.url(&websocket_url(&args.url)?);
     let mut state = Session {
         channel: args.channel.clone(),
         sub_token: args.sub_token.clone().filter(|t| !t.is_empty()),
@@ -131,15 +230,19 @@ async fn connection(url: &str, args: &Args, state: &mut Session, first: bool) ->
         Err(e) => return End::Retry(anyhow::Error::new(e).context(format!("cannot connect to {url}"))),
     };
     let (mut sink, mut stream) = socket.split();
+    let format = args.format;
 
-    let mut connect = serde_json::Map::new();
-    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
-        connect.insert("token".into(), token.into());
-    }
-    connect.insert("name".into(), "crier".into());
-    connect.insert("version".into(), env!("CARGO_PKG_VERSION").into());
-    let connect = serde_json::json!({ "id": CONNECT_ID, "connect": connect });
-    if let Err(e) = sink.send(Message::text(connect.to_string())).await {
+    let connect = Command {
+        id: CONNECT_ID,
+        connect: Some(ConnectRequest {
+            token: args.token.clone().unwrap_or_default(),
+            name: "crier".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..ConnectRequest::default()
+        }),
+        ..Command::default()
+    };
+    if let Err(e) = sink.send(format.command(&connect)).await {
         return End::Retry(anyhow::Error::new(e).context("cannot send the connect command"));
     }
     loop {
@@ -150,13 +253,7 @@ async fn connection(url: &str, args: &Args, state: &mut Session, first: bool) ->
                 return End::Interrupted;
             }
         };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Binary(_))) => {
-                return End::Fail(anyhow!(
-                    "the server sent a binary frame; this client speaks JSON only"
-                ))
-            }
+        let replies = match message {
             Some(Ok(Message::Close(frame))) => {
                 return match frame {
                     Some(frame) => {
@@ -173,7 +270,10 @@ async fn connection(url: &str, args: &Args, state: &mut Session, first: bool) ->
                     )),
                 };
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(message)) => match format.replies(&message) {
+                Ok(replies) => replies,
+                Err(e) => return End::Fail(e),
+            },
             Some(Err(e)) => return End::Retry(anyhow::Error::new(e).context("connection lost")),
             None => {
                 return End::Retry(anyhow!(
@@ -181,27 +281,27 @@ async fn connection(url: &str, args: &Args, state: &mut Session, first: bool) ->
                 ))
             }
         };
-        for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-            let reply = match state.handle(line) {
-                Ok(reply) => reply,
+        for reply in &replies {
+            let action = match state.handle(reply) {
+                Ok(action) => action,
                 Err(e) => return End::Fail(e),
             };
-            let written = match reply {
-                Reply::None => Ok(()),
-                Reply::Subscribed(replayed) => {
+            let written = match action {
+                Action::None => Ok(()),
+                Action::Subscribed(replayed) => {
                     eprintln!("subscribed to {}", state.channel);
                     replayed
                         .iter()
                         .try_for_each(|p| print_line(p).map_err(anyhow::Error::new))
                 }
-                Reply::Print(publication) => print_line(&publication).map_err(anyhow::Error::new),
-                Reply::Send(command) => sink
-                    .send(Message::text(command))
+                Action::Print(publication) => print_line(&publication).map_err(anyhow::Error::new),
+                Action::Send(command) => sink
+                    .send(format.command(&command))
                     .await
                     .context("cannot write to the server"),
-                Reply::Resubscribe(command, why) => {
+                Action::Resubscribe(command, why) => {
                     eprintln!("{why}");
-                    sink.send(Message::text(command))
+                    sink.send(format.command(&command))
                         .await
                         .context("cannot write to the server")
                 }
@@ -234,8 +334,8 @@ fn websocket_url(url: &str) -> anyhow::Result<String> {
 }
 
 /// What a received message asks of the client.
-#[derive(Debug, PartialEq)]
-enum Reply {
+#[derive(Debug)]
+enum Action {
     /// Nothing: the message is not for this command.
     None,
     /// Print this publication line.
@@ -244,9 +344,9 @@ enum Reply {
     /// ones a recovery replayed).
     Subscribed(Vec<String>),
     /// Say this on stderr, then send the command.
-    Resubscribe(String, String),
+    Resubscribe(Command, String),
     /// Send this command.
-    Send(String),
+    Send(Command),
 }
 
 /// The client's protocol state between frames.
@@ -261,23 +361,17 @@ struct Session {
 }
 
 impl Session {
-    /// Handles one JSON message of a frame: turns publications into output
-    /// lines and refusals into errors, and says what to send back.
-    fn handle(&mut self, line: &str) -> anyhow::Result<Reply> {
-        let fields: Fields<'_> =
-            serde_json::from_str(line).with_context(|| format!("the server sent invalid JSON: {line}"))?;
-        if fields.is_empty() {
-            // A server ping; the pong is an empty command.
-            return Ok(Reply::Send("{}".into()));
+    /// Handles one message of a frame, whichever its format: turns
+    /// publications into output lines and refusals into errors, and says
+    /// what to send back.
+    fn handle(&mut self, reply: &Reply) -> anyhow::Result<Action> {
+        if is_ping(reply) {
+            return Ok(Action::Send(pong()));
         }
-        let id = match fields.get("id") {
-            Some(id) => serde_json::from_str::<u64>(id.get()).unwrap_or(0),
-            None => 0,
-        };
-        if let Some(error) = fields.get("error") {
-            let (what, hint) = match id {
+        if let Some(error) = &reply.error {
+            let (what, hint) = match reply.id {
                 CONNECT_ID => ("connect refused".to_string(), ""),
-                SUBSCRIBE_ID if error_code(error) == Some(PERMISSION_DENIED) && self.sub_token.is_none() => (
+                SUBSCRIBE_ID if error.code == PERMISSION_DENIED && self.sub_token.is_none() => (
                     format!("subscribe to {} refused", self.channel),
                     " (give a subscription token with --sub-token, or let the channel's namespace \
                      allow_subscribe_for_client)",
@@ -285,130 +379,127 @@ impl Session {
                 SUBSCRIBE_ID => (format!("subscribe to {} refused", self.channel), ""),
                 _ => ("the server replied with an error".to_string(), ""),
             };
-            bail!("{what}: {}{hint}", describe(error));
+            bail!("{what}: {}{hint}", describe_error(error));
         }
-        if id == CONNECT_ID && fields.contains_key("connect") {
-            return Ok(Reply::Send(self.subscribe_command()));
+        if reply.id == CONNECT_ID && reply.connect.is_some() {
+            return Ok(Action::Send(self.subscribe_command()));
         }
-        if id == SUBSCRIBE_ID {
-            if let Some(result) = fields.get("subscribe") {
-                return self.subscribed(result.get());
+        if reply.id == SUBSCRIBE_ID {
+            if let Some(result) = &reply.subscribe {
+                return self.subscribed(result);
             }
         }
-        match fields.get("push") {
-            Some(push) => self.push(push.get()),
-            None => Ok(Reply::None),
+        match &reply.push {
+            Some(push) => self.push(push),
+            None => Ok(Action::None),
         }
     }
 
     /// The subscribe command: recovering from the last position seen, if
     /// there is one.
-    fn subscribe_command(&self) -> String {
-        let mut subscribe = serde_json::Map::new();
-        subscribe.insert("channel".into(), self.channel.as_str().into());
-        if let Some(token) = &self.sub_token {
-            subscribe.insert("token".into(), token.as_str().into());
-        }
+    fn subscribe_command(&self) -> Command {
+        let mut subscribe = SubscribeRequest {
+            channel: self.channel.clone(),
+            token: self.sub_token.clone().unwrap_or_default(),
+            ..SubscribeRequest::default()
+        };
         if let Some((offset, epoch)) = &self.position {
-            subscribe.insert("recover".into(), true.into());
-            subscribe.insert("offset".into(), (*offset).into());
-            subscribe.insert("epoch".into(), epoch.as_str().into());
+            subscribe.recover = true;
+            subscribe.offset = *offset;
+            subscribe.epoch = epoch.clone();
         }
-        serde_json::json!({ "id": SUBSCRIBE_ID, "subscribe": subscribe }).to_string()
+        Command {
+            id: SUBSCRIBE_ID,
+            subscribe: Some(subscribe),
+            ..Command::default()
+        }
     }
 
     /// A subscribe reply: its position, and the publications it replayed.
-    fn subscribed(&mut self, result: &str) -> anyhow::Result<Reply> {
-        let result: Fields<'_> =
-            serde_json::from_str(result).context("the server sent an invalid subscribe reply")?;
-        let epoch: String = result
-            .get("epoch")
-            .and_then(|e| serde_json::from_str(e.get()).ok())
-            .unwrap_or_default();
-        let offset: u64 = result
-            .get("offset")
-            .and_then(|o| serde_json::from_str(o.get()).ok())
-            .unwrap_or(0);
-        if !epoch.is_empty() {
-            self.position = Some((offset, epoch));
+    fn subscribed(&mut self, result: &SubscribeResult) -> anyhow::Result<Action> {
+        if !result.epoch.is_empty() {
+            self.position = Some((result.offset, result.epoch.clone()));
         }
-        let publications: Vec<&RawValue> = match result.get("publications") {
-            Some(list) => serde_json::from_str(list.get()).context("the server sent invalid publications")?,
-            None => Vec::new(),
-        };
-        let mut replayed = Vec::with_capacity(publications.len());
-        for publication in publications {
-            replayed.push(self.publication(&serde_json::to_string(&self.channel)?, publication.get())?);
-        }
-        Ok(Reply::Subscribed(replayed))
+        let channel = self.channel.clone();
+        let replayed = result
+            .publications
+            .iter()
+            .map(|publication| self.publication(&channel, publication))
+            .collect();
+        Ok(Action::Subscribed(replayed))
     }
 
     /// One publication as an output line; its offset becomes the position.
-    fn publication(&mut self, channel: &str, publication: &str) -> anyhow::Result<String> {
-        let publication: Fields<'_> =
-            serde_json::from_str(publication).context("the server sent an invalid publication")?;
-        // Offset 0 is omitted on the wire.
-        let offset = publication.get("offset").map_or("0", |o| o.get());
-        if let (Some((position, _)), Ok(n)) = (self.position.as_mut(), offset.parse::<u64>()) {
-            *position = n;
+    fn publication(&mut self, channel: &str, publication: &Publication) -> String {
+        if let Some((position, _)) = self.position.as_mut() {
+            *position = publication.offset;
         }
-        let data = publication.get("data").map_or("null", |d| d.get());
-        Ok(format!(
-            "{{\"channel\":{channel},\"offset\":{offset},\"data\":{data}}}"
-        ))
+        format!(
+            "{{\"channel\":{},\"offset\":{},{}}}",
+            serde_json::Value::from(channel),
+            publication.offset,
+            data_field(publication.data.as_ref())
+        )
     }
 
-    fn push(&mut self, push: &str) -> anyhow::Result<Reply> {
-        let push: Fields<'_> = serde_json::from_str(push).context("the server sent an invalid push")?;
-        let channel = push.get("channel").map_or("\"\"", |c| c.get());
-        if let Some(publication) = push.get("pub") {
-            return Ok(Reply::Print(self.publication(channel, publication.get())?));
+    fn push(&mut self, push: &Push) -> anyhow::Result<Action> {
+        let channel = push.channel.as_str();
+        if let Some(publication) = &push.publication {
+            return Ok(Action::Print(self.publication(channel, publication)));
         }
-        if let Some(unsubscribe) = push.get("unsubscribe") {
+        if let Some(unsubscribe) = &push.unsubscribe {
+            let described = format!("{} {}", unsubscribe.code, unsubscribe.reason);
             // 2500 and up: the server lost state or the subscription
             // expired; an SDK resubscribes, recovering from its position.
-            if error_code(unsubscribe).is_some_and(|c| c >= 2500) {
+            if unsubscribe.code >= 2500 {
                 let why = format!(
-                    "unsubscribed from {channel} by the server ({}): resubscribing{}",
-                    describe(unsubscribe),
+                    "unsubscribed from {} by the server ({described}): resubscribing{}",
+                    serde_json::Value::from(channel),
                     match &self.position {
                         Some((offset, _)) => format!(" and recovering from offset {offset}"),
                         None => String::new(),
                     }
                 );
-                return Ok(Reply::Resubscribe(self.subscribe_command(), why));
+                return Ok(Action::Resubscribe(self.subscribe_command(), why));
             }
             bail!(
-                "unsubscribed from {channel} by the server: {}",
-                describe(unsubscribe)
+                "unsubscribed from {} by the server: {described}",
+                serde_json::Value::from(channel)
             );
         }
-        if let Some(disconnect) = push.get("disconnect") {
-            bail!("disconnected: {}", describe(disconnect));
+        if let Some(disconnect) = &push.disconnect {
+            bail!("disconnected: {} {}", disconnect.code, disconnect.reason);
         }
         // join, leave, message and other pushes are not this command's output.
-        Ok(Reply::None)
+        Ok(Action::None)
+    }
+}
+
+/// A publication's data as a field of the output line: `"data":<JSON>` as
+/// the server sent it, `"b64data":"<base64>"` for bytes that are not JSON
+/// (only a protobuf connection can receive those), `"data":null` for none.
+fn data_field(data: Option<&Payload>) -> String {
+    let Some(data) = data else {
+        return "\"data\":null".into();
+    };
+    match serde_json::from_slice::<&RawValue>(data.as_bytes()) {
+        // Raw CR/LF in valid JSON can only be whitespace: flattened, as the
+        // server does for JSON clients, the line stays one line and the same
+        // in both formats.
+        Ok(json) => format!("\"data\":{}", json.get().replace(['\n', '\r'], " ")),
+        Err(_) => format!(
+            "\"b64data\":\"{}\"",
+            base64::engine::general_purpose::STANDARD.encode(data.as_bytes())
+        ),
     }
 }
 
 /// Protocol error 103.
-const PERMISSION_DENIED: u64 = 103;
+const PERMISSION_DENIED: u32 = 103;
 
-fn error_code(raw: &RawValue) -> Option<u64> {
-    let value: serde_json::Value = serde_json::from_str(raw.get()).ok()?;
-    value.get("code")?.as_u64()
-}
-
-/// `{"code":N,"message":"..."}` or `{"code":N,"reason":"..."}` as `N text`.
-fn describe(raw: &RawValue) -> String {
-    let value: serde_json::Value = serde_json::from_str(raw.get()).unwrap_or_default();
-    let code = error_code(raw).unwrap_or(0);
-    let text = value
-        .get("message")
-        .or_else(|| value.get("reason"))
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("");
-    format!("{code} {text}")
+/// An error reply as `N message`.
+fn describe_error(error: &ReplyError) -> String {
+    format!("{} {}", error.code, error.message)
 }
 
 /// The error for a close frame, saying whether a client SDK would retry.
@@ -427,12 +518,40 @@ fn disconnected(code: u16, reason: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crier_proto::encode::PublicationRef;
 
     fn session() -> Session {
         Session {
             channel: "news".into(),
             sub_token: None,
             position: None,
+        }
+    }
+
+    /// Handles one JSON message, as it would arrive in a text frame.
+    fn handle(s: &mut Session, line: &str) -> anyhow::Result<Action> {
+        let replies = Format::Json.replies(&Message::text(line))?;
+        assert_eq!(replies.len(), 1, "{line}");
+        s.handle(&replies[0])
+    }
+
+    /// A command as JSON text.
+    fn json(command: &Command) -> String {
+        serde_json::to_string(command).unwrap()
+    }
+
+    /// What to send, as JSON text, when the action is to send something.
+    fn sent(action: &Action) -> String {
+        match action {
+            Action::Send(command) | Action::Resubscribe(command, _) => json(command),
+            other => panic!("nothing to send: {other:?}"),
+        }
+    }
+
+    fn printed(action: Action) -> String {
+        match action {
+            Action::Print(line) => line,
+            other => panic!("nothing printed: {other:?}"),
         }
     }
 
@@ -452,19 +571,46 @@ mod tests {
     }
 
     #[test]
-    fn ping_gets_an_empty_pong() {
-        assert_eq!(session().handle("{}").unwrap(), Reply::Send("{}".into()));
+    fn protobuf_is_asked_for_in_the_query() {
+        let url = "ws://h:1/connection/websocket";
+        assert_eq!(Format::Json.url(url), url);
+        assert_eq!(
+            Format::Protobuf.url(url),
+            "ws://h:1/connection/websocket?format=protobuf"
+        );
+        assert_eq!(
+            Format::Protobuf.url("ws://h:1/c?x=1"),
+            "ws://h:1/c?x=1&format=protobuf"
+        );
+    }
+
+    #[test]
+    fn ping_gets_an_empty_pong_in_either_format() {
+        assert_eq!(sent(&handle(&mut session(), "{}").unwrap()), "{}");
+        assert_eq!(Format::Json.command(&pong()), Message::text("{}"));
+        let replies = Format::Protobuf.replies(&Message::binary(vec![0u8])).unwrap();
+        assert_eq!(replies.len(), 1);
+        let action = session().handle(&replies[0]).unwrap();
+        let Action::Send(command) = action else {
+            panic!("{action:?}")
+        };
+        assert_eq!(Format::Protobuf.command(&command), Message::binary(vec![0u8]));
+    }
+
+    #[test]
+    fn a_frame_of_the_other_format_is_an_error() {
+        assert!(Format::Json.replies(&Message::binary(vec![0u8])).is_err());
+        assert!(Format::Protobuf.replies(&Message::text("{}")).is_err());
     }
 
     #[test]
     fn connect_reply_leads_to_subscribe() {
-        let reply = session()
-            .handle(r#"{"id":1,"connect":{"client":"c","version":"0.1.0","ping":25,"pong":true}}"#)
-            .unwrap();
-        assert_eq!(
-            reply,
-            Reply::Send(r#"{"id":2,"subscribe":{"channel":"news"}}"#.into())
-        );
+        let reply = handle(
+            &mut session(),
+            r#"{"id":1,"connect":{"client":"c","version":"0.1.0","ping":25,"pong":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(sent(&reply), r#"{"id":2,"subscribe":{"channel":"news"}}"#);
     }
 
     #[test]
@@ -474,80 +620,168 @@ mod tests {
             sub_token: Some("T".into()),
             position: None,
         };
-        let reply = s.handle(r#"{"id":1,"connect":{}}"#).unwrap();
+        let reply = handle(&mut s, r#"{"id":1,"connect":{}}"#).unwrap();
         assert_eq!(
-            reply,
-            Reply::Send(r#"{"id":2,"subscribe":{"channel":"news","token":"T"}}"#.into())
+            sent(&reply),
+            r#"{"id":2,"subscribe":{"channel":"news","token":"T"}}"#
         );
     }
 
     #[test]
     fn subscribe_reply_confirms() {
-        assert_eq!(
-            session().handle(r#"{"id":2,"subscribe":{}}"#).unwrap(),
-            Reply::Subscribed(vec![])
+        let r = handle(&mut session(), r#"{"id":2,"subscribe":{}}"#).unwrap();
+        assert!(
+            matches!(&r, Action::Subscribed(replayed) if replayed.is_empty()),
+            "{r:?}"
         );
     }
 
     #[test]
-    fn publications_of_a_batch_are_handled_one_line_at_a_time() {
+    fn publications_of_a_batch_are_handled_one_message_at_a_time() {
         let mut s = session();
         let frame = "{\"push\":{\"channel\":\"news\",\"pub\":{\"data\":{\"b\":1,\"a\":2},\"offset\":7}}}\n{}";
-        let replies: Vec<Reply> = frame.split('\n').map(|l| s.handle(l).unwrap()).collect();
+        let replies = Format::Json.replies(&Message::text(frame)).unwrap();
+        let mut actions = replies.iter().map(|r| s.handle(r).unwrap());
         let line = r#"{"channel":"news","offset":7,"data":{"b":1,"a":2}}"#;
-        assert_eq!(replies, [Reply::Print(line.into()), Reply::Send("{}".into())]);
+        assert_eq!(printed(actions.next().unwrap()), line);
+        assert_eq!(sent(&actions.next().unwrap()), "{}");
+        assert!(actions.next().is_none());
+    }
+
+    #[test]
+    fn a_protobuf_publication_prints_the_same_line_as_a_json_one() {
+        let data = br#"{"b":1,"a":2}"#;
+        let mut frame = BytesMut::new();
+        crier_proto::protobuf::publication_push(
+            &mut frame,
+            "news",
+            &PublicationRef {
+                data,
+                offset: 7,
+                info: None,
+                tags: &[],
+            },
+        );
+        // A ping joined to it, as the server may batch them.
+        frame.extend_from_slice(crier_proto::protobuf::PING);
+        let replies = Format::Protobuf
+            .replies(&Message::binary(frame.freeze()))
+            .unwrap();
+        let mut s = session();
+        let mut actions = replies.iter().map(|r| s.handle(r).unwrap());
+        assert_eq!(
+            printed(actions.next().unwrap()),
+            r#"{"channel":"news","offset":7,"data":{"b":1,"a":2}}"#
+        );
+        assert_eq!(sent(&actions.next().unwrap()), "{}");
+    }
+
+    #[test]
+    fn data_that_is_not_json_is_printed_as_b64data() {
+        let publication = |data: &'static [u8]| Publication {
+            data: Some(Payload::new(bytes::Bytes::from_static(data))),
+            offset: 3,
+            ..Publication::default()
+        };
+        assert_eq!(
+            session().publication("news", &publication(&[0, 1, 0xfe])),
+            r#"{"channel":"news","offset":3,"b64data":"AAH+"}"#
+        );
+        assert_eq!(
+            session().publication("news", &publication(b"\"text\"")),
+            r#"{"channel":"news","offset":3,"data":"text"}"#
+        );
+        assert_eq!(
+            session().publication("news", &publication(b"{\"a\":\r\n [1,\n2]}")),
+            r#"{"channel":"news","offset":3,"data":{"a":   [1, 2]}}"#
+        );
+        assert_eq!(
+            session().publication("news", &Publication::default()),
+            r#"{"channel":"news","offset":0,"data":null}"#
+        );
+    }
+
+    #[test]
+    fn commands_encode_in_either_format() {
+        let mut s = session();
+        s.position = Some((5, "e1".into()));
+        let command = s.subscribe_command();
+        let Message::Binary(frame) = Format::Protobuf.command(&command) else {
+            panic!("a protobuf command is a binary frame")
+        };
+        // What the server reads back is what was meant.
+        let decoded: Vec<Command> = crier_proto::protobuf::parse_frame(&frame)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(json(&decoded[0]), json(&command));
+        assert_eq!(
+            json(&command),
+            r#"{"id":2,"subscribe":{"channel":"news","recover":true,"epoch":"e1","offset":5}}"#
+        );
     }
 
     #[test]
     fn refusals_are_errors_naming_code_and_message() {
-        let e = session()
-            .handle(r#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#)
-            .unwrap_err();
+        let e = handle(
+            &mut session(),
+            r#"{"id":2,"error":{"code":103,"message":"permission denied"}}"#,
+        )
+        .unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("subscribe to news refused: 103 permission denied"),
             "{e}"
         );
-        let e = session()
-            .handle(
-                r#"{"push":{"channel":"news","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}}"#,
-            )
-            .unwrap_err();
+        let e = handle(
+            &mut session(),
+            r#"{"push":{"channel":"news","unsubscribe":{"code":2000,"reason":"server unsubscribe"}}}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("2000 server unsubscribe"), "{e}");
     }
 
     #[test]
     fn an_unsubscribe_2500_resubscribes_recovering_from_the_last_offset() {
         let mut s = session();
-        let r = s
-            .handle(r#"{"id":2,"subscribe":{"recoverable":true,"epoch":"e1","offset":4,"positioned":true}}"#)
-            .unwrap();
-        assert_eq!(r, Reply::Subscribed(vec![]));
-        s.handle(r#"{"push":{"channel":"news","pub":{"data":1,"offset":5}}}"#)
-            .unwrap();
-        let r = s
-            .handle(
-                r#"{"push":{"channel":"news","unsubscribe":{"code":2500,"reason":"insufficient state"}}}"#,
-            )
-            .unwrap();
-        let Reply::Resubscribe(command, why) = r else {
+        let r = handle(
+            &mut s,
+            r#"{"id":2,"subscribe":{"recoverable":true,"epoch":"e1","offset":4,"positioned":true}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&r, Action::Subscribed(replayed) if replayed.is_empty()),
+            "{r:?}"
+        );
+        handle(
+            &mut s,
+            r#"{"push":{"channel":"news","pub":{"data":1,"offset":5}}}"#,
+        )
+        .unwrap();
+        let r = handle(
+            &mut s,
+            r#"{"push":{"channel":"news","unsubscribe":{"code":2500,"reason":"insufficient state"}}}"#,
+        )
+        .unwrap();
+        let Action::Resubscribe(command, why) = r else {
             panic!("{r:?}")
         };
         assert_eq!(
-            command,
-            r#"{"id":2,"subscribe":{"channel":"news","epoch":"e1","offset":5,"recover":true}}"#
+            json(&command),
+            r#"{"id":2,"subscribe":{"channel":"news","recover":true,"epoch":"e1","offset":5}}"#
         );
         assert!(why.contains("recovering from offset 5"), "{why}");
         // The recovery's replayed publications are printed, in order.
-        let r = s
-            .handle(r#"{"id":2,"subscribe":{"recovered":true,"epoch":"e1","offset":7,"publications":[{"data":"a","offset":6},{"data":"b","offset":7}]}}"#)
+        let r = handle(&mut s, r#"{"id":2,"subscribe":{"recovered":true,"epoch":"e1","offset":7,"publications":[{"data":"a","offset":6},{"data":"b","offset":7}]}}"#)
             .unwrap();
+        let Action::Subscribed(replayed) = r else {
+            panic!("{r:?}")
+        };
         assert_eq!(
-            r,
-            Reply::Subscribed(vec![
-                r#"{"channel":"news","offset":6,"data":"a"}"#.into(),
-                r#"{"channel":"news","offset":7,"data":"b"}"#.into()
-            ])
+            replayed,
+            [
+                r#"{"channel":"news","offset":6,"data":"a"}"#,
+                r#"{"channel":"news","offset":7,"data":"b"}"#
+            ]
         );
     }
 

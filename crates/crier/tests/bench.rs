@@ -194,6 +194,7 @@ fn fixed_rate_over_the_api_reaches_every_subscriber() {
             "2s",
         ],
     );
+    assert_eq!(report["format"], "json", "JSON is the default: {report}");
     let sent = number(&report, "sent");
     // 200/s for 2 s; a loaded machine may fall a little behind the schedule.
     assert!(sent >= 100, "too few publications accepted: {report}");
@@ -245,6 +246,40 @@ fn as_fast_as_possible_over_websocket_publishers_loses_nothing() {
     assert_eq!(number(&report, "loss"), 0, "{report}");
     // Publications alternate between the two channels of 5 subscribers.
     assert_eq!(number(&report, "deliveries"), sent * 5, "{report}");
+}
+
+#[test]
+fn protobuf_subscribers_and_publishers_lose_nothing() {
+    let server = serve();
+    let report = bench(
+        &server,
+        &[
+            "--format",
+            "protobuf",
+            "--subscribers",
+            "6",
+            "--channels",
+            "2",
+            "--publish-via",
+            "ws",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(report["format"], "protobuf", "{report}");
+    let sent = number(&report, "sent");
+    assert!(sent >= 50, "too few publications accepted: {report}");
+    assert_eq!(number(&report, "refused"), 0, "{report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    // Publications alternate between the two channels of 3 subscribers.
+    assert_eq!(number(&report, "deliveries"), sent * 3, "{report}");
+    assert_eq!(number(&report, "subscribers_gone"), 0, "{report}");
+    assert!(
+        report["latency_us"]["p99"].as_u64().is_some(),
+        "latencies are read from protobuf frames: {report}"
+    );
 }
 
 #[test]

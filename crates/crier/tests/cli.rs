@@ -325,6 +325,34 @@ fn dev_server_publish_reaches_subscriber_in_order() {
 }
 
 #[test]
+fn subscribe_over_protobuf_prints_the_lines_the_json_client_prints() {
+    let served = serve(&["--dev"], &[]);
+    let mut json_client = subscribe(&served, "news", &[]);
+    let mut protobuf_client = subscribe(&served, "news", &["--format", "protobuf"]);
+    for client in [&mut json_client, &mut protobuf_client] {
+        client.wait_for(Stream::Stderr, "the subscribe confirmation", |l| {
+            l == "subscribed to news"
+        });
+    }
+    let mut printed = Vec::new();
+    for data in [r#"{"text":"hi","n":[1,2.5,null]}"#, "hello"] {
+        let (status, _, stderr) = run(&["publish", "news", data, "--url", &served.http], &[]);
+        assert!(status.success(), "publish failed: {stderr}");
+        let expected = json_client.wait_for(Stream::Stdout, "the publication over JSON", |_| true);
+        let line = protobuf_client.wait_for(Stream::Stdout, "the publication over protobuf", |_| true);
+        assert_eq!(line, expected, "the same line in both formats");
+        printed.push(json_line(&line));
+    }
+    assert_eq!(
+        printed,
+        [
+            json!({"channel":"news","offset":1,"data":{"text":"hi","n":[1,2.5,null]}}),
+            json!({"channel":"news","offset":2,"data":"hello"})
+        ]
+    );
+}
+
+#[test]
 fn server_with_keys_needs_tokens_and_api_key() {
     let secret = "integration-secret";
     let env = [

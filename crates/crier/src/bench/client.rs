@@ -1,29 +1,31 @@
 //! One client protocol v2 connection for `crier bench`: TCP from a chosen
 //! loopback source address, the WebSocket handshake with small buffers, and
-//! the commands that set a connection up (connect, subscribe).
+//! the commands that set a connection up (connect, subscribe), in either
+//! wire format (`--format`).
 //!
-//! Setup replies are parsed into JSON values: there are two per connection.
-//! What arrives after setup is the caller's business, and must not be
-//! parsed this way.
+//! Setup replies are decoded into typed replies, as `crier subscribe` does:
+//! there are two per connection. What arrives after setup is the caller's
+//! business, and must not be decoded this way.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{bail, Context};
+use crier_proto::client::{Command, ConnectRequest, SubscribeRequest};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{Node, Plan};
+use crate::subscribe::{self, Format};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// The connect command's id; the next command uses the next id.
-pub const CONNECT_ID: u64 = 1;
+pub const CONNECT_ID: u32 = 1;
 /// The subscribe command's id.
-pub const SUBSCRIBE_ID: u64 = 2;
+pub const SUBSCRIBE_ID: u32 = 2;
 
 /// tungstenite's defaults read in 128 KiB chunks, zero-filled on every
 /// read; deliveries are a few hundred bytes per frame. Writes go out at
@@ -71,73 +73,84 @@ pub async fn tcp_with(
     Ok(stream)
 }
 
-/// Opens a WebSocket connection to `node` and sends the connect command;
-/// returns once the server accepted it.
+/// Opens a WebSocket connection to `node` in the plan's format and sends
+/// the connect command; returns once the server accepted it.
 pub async fn connect(plan: &Plan, node: &Node, source: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
-    connect_with(plan, node, source, None).await
+    connect_with(plan, node, source, None, plan.format).await
 }
 
-/// As [`connect`], with a receive buffer of `recv_buffer` bytes.
+/// As [`connect`], with a receive buffer of `recv_buffer` bytes, in
+/// `format`.
 pub async fn connect_with(
     plan: &Plan,
     node: &Node,
     source: Option<Ipv4Addr>,
     recv_buffer: Option<u32>,
+    format: Format,
 ) -> anyhow::Result<Ws> {
     let stream = tcp_with(node.ws_addr, source, recv_buffer).await?;
+    let url = format.url(&node.ws_url);
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(node.ws_url.as_str(), stream, Some(websocket_config()))
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(websocket_config()))
             .await
-            .with_context(|| format!("WebSocket handshake with {} failed", node.ws_url))?;
-    let connect = match &plan.token {
-        Some(token) => json!({ "id": CONNECT_ID, "connect": { "token": token, "name": "crier-bench" } }),
-        None => json!({ "id": CONNECT_ID, "connect": { "name": "crier-bench" } }),
+            .with_context(|| format!("WebSocket handshake with {url} failed"))?;
+    let connect = Command {
+        id: CONNECT_ID,
+        connect: Some(ConnectRequest {
+            token: plan.token.clone().unwrap_or_default(),
+            name: "crier-bench".into(),
+            ..ConnectRequest::default()
+        }),
+        ..Command::default()
     };
-    command(&mut ws, CONNECT_ID, connect.to_string())
+    command(&mut ws, format, &connect)
         .await
         .context("connect refused")?;
     Ok(ws)
 }
 
-/// Subscribes a connected client to `channel` (a JSON-quoted name).
-pub async fn subscribe(ws: &mut Ws, channel: &str) -> anyhow::Result<()> {
-    let command_text = format!("{{\"id\":{SUBSCRIBE_ID},\"subscribe\":{{\"channel\":{channel}}}}}");
-    command(ws, SUBSCRIBE_ID, command_text)
+/// Subscribes a client connected in `format` to `channel` (the plain
+/// name).
+pub async fn subscribe(ws: &mut Ws, format: Format, channel: &str) -> anyhow::Result<()> {
+    let subscribe = Command {
+        id: SUBSCRIBE_ID,
+        subscribe: Some(SubscribeRequest {
+            channel: channel.to_string(),
+            ..SubscribeRequest::default()
+        }),
+        ..Command::default()
+    };
+    command(ws, format, &subscribe)
         .await
-        .with_context(|| format!("subscribe to {channel} refused"))
+        .with_context(|| format!("subscribe to {channel:?} refused"))
 }
 
 /// Sends one command and waits for its reply, answering pings meanwhile.
-async fn command(ws: &mut Ws, id: u64, text: String) -> anyhow::Result<()> {
-    ws.send(Message::text(text))
+async fn command(ws: &mut Ws, format: Format, command: &Command) -> anyhow::Result<()> {
+    ws.send(format.command(command))
         .await
         .context("cannot send a command")?;
     loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(text))) => text,
+        let message = match ws.next().await {
             Some(Ok(Message::Close(Some(frame)))) => {
                 bail!("disconnected: {} {}", u16::from(frame.code), frame.reason)
             }
             Some(Ok(Message::Close(None))) | None => bail!("the server closed the connection"),
-            Some(Ok(_)) => continue,
+            Some(Ok(message)) => message,
             Some(Err(e)) => return Err(anyhow::Error::new(e).context("connection lost")),
         };
-        for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-            if line == "{}" {
-                ws.send(Message::text("{}"))
+        for reply in format.replies(&message)? {
+            if subscribe::is_ping(&reply) {
+                ws.send(format.command(&subscribe::pong()))
                     .await
                     .context("cannot answer a ping")?;
                 continue;
             }
-            let reply: Value = serde_json::from_str(line)
-                .with_context(|| format!("invalid JSON from the server: {line}"))?;
-            if reply.get("id").and_then(Value::as_u64) != Some(id) {
+            if reply.id != command.id {
                 continue;
             }
-            if let Some(error) = reply.get("error") {
-                let code = error.get("code").and_then(Value::as_u64).unwrap_or(0);
-                let message = error.get("message").and_then(Value::as_str).unwrap_or("");
-                bail!("{code} {message}");
+            if let Some(error) = reply.error {
+                bail!("{} {}", error.code, error.message);
             }
             return Ok(());
         }

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::publisher::{parse_response, write_request};
 use super::{client, Plan, Via};
+use crate::subscribe::Format;
 
 /// Time between probes.
 const EVERY: Duration = Duration::from_millis(20);
@@ -67,10 +68,11 @@ pub async fn run(plan: Arc<Plan>, mut stop: oneshot::Receiver<()>) -> anyhow::Re
             }
         }
         Via::Ws => {
-            let mut ws = client::connect(&plan, plan.first_node(), None)
+            // Probes are setup, not load: JSON whatever --format says.
+            let mut ws = client::connect_with(&plan, plan.first_node(), None, None, Format::Json)
                 .await
                 .context("probe publisher connection failed")?;
-            let mut id = client::CONNECT_ID;
+            let mut id = u64::from(client::CONNECT_ID);
             loop {
                 tokio::select! {
                     biased;

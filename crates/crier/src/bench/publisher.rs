@@ -6,13 +6,17 @@
 //! come back in request order, so the n-th answer is for the n-th request
 //! and no table of requests is kept; WebSocket replies carry the command id,
 //! which encodes the same number. Answers are recognised by their first
-//! bytes, never parsed into a JSON tree.
+//! bytes, never parsed into a JSON tree. WebSocket publishers speak the
+//! plan's `--format`: with protobuf, commands are encoded by `crier_proto`
+//! and replies decoded by it (a publish reply decodes without allocating).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use crier_loadgen::payload::{self, unix_nanos};
+use crier_proto::client::{Command, Payload, PublishRequest};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,9 +28,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, Ws, CONNECT_ID};
 use super::{Flow, Plan, Via};
+use crate::subscribe::{self, Format};
 
 /// The first publish command's id on a WebSocket publisher.
-const FIRST_PUBLISH_ID: u64 = CONNECT_ID + 1;
+const FIRST_PUBLISH_ID: u64 = CONNECT_ID as u64 + 1;
 
 /// Publications written in one request batch (one write) at most.
 const BATCH_MAX: usize = 64;
@@ -478,10 +483,9 @@ async fn websocket(
     ));
     let mut written = 0u64;
     let mut failure = None;
+    // Commands of one batch share a frame, as the protocol allows.
+    let mut frame = Batch::new(&plan);
     while let Some(n) = pacer.next(&flow).await {
-        // Commands of one batch share a frame, newline-separated, as the
-        // protocol allows.
-        let mut frame = String::new();
         let sent = unix_nanos();
         for _ in 0..n {
             let seq = plan_seq(&plan, index, written);
@@ -492,34 +496,19 @@ async fn websocket(
             if !frame.is_empty()
                 && frame.len() + plan.size + plan.channels[channel].len() + COMMAND_OVERHEAD > WS_FRAME_BUDGET
             {
-                if let Err(e) = sink
-                    .lock()
-                    .await
-                    .send(Message::text(std::mem::take(&mut frame)))
-                    .await
-                {
+                if let Err(e) = sink.lock().await.send(frame.take()).await {
                     failure = Some(format!("cannot write to the publisher connection: {e}"));
                     break;
                 }
             }
-            if !frame.is_empty() {
-                frame.push('\n');
-            }
-            let _ = write!(
-                frame,
-                "{{\"id\":{},\"publish\":{{\"channel\":{},\"data\":",
-                FIRST_PUBLISH_ID + written,
-                plan.channels[channel]
-            );
-            payload::write(&mut frame, sent, seq, plan.size);
-            frame.push_str("}}");
+            frame.push(&plan, FIRST_PUBLISH_ID + written, channel, sent, seq);
             flow.written(1, plan.fanout[channel]);
             written += 1;
         }
         if failure.is_some() {
             break;
         }
-        if let Err(e) = sink.lock().await.send(Message::text(frame)).await {
+        if let Err(e) = sink.lock().await.send(frame.take()).await {
             failure = Some(format!("cannot write to the publisher connection: {e}"));
             break;
         }
@@ -559,6 +548,37 @@ async fn read_ws(
         };
         let text = match message {
             Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(frame))) => {
+                for reply in crier_proto::protobuf::parse_replies(&frame) {
+                    let reply = match reply {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            outcome.failure = Some(format!("a malformed protobuf reply to a publisher: {e}"));
+                            return outcome;
+                        }
+                    };
+                    if subscribe::is_ping(&reply) {
+                        let pong = Format::Protobuf.command(&subscribe::pong());
+                        let _ = sink.lock().await.send(pong).await;
+                        continue;
+                    }
+                    let Some(n) = u64::from(reply.id).checked_sub(FIRST_PUBLISH_ID) else {
+                        continue;
+                    };
+                    let answer = match &reply.error {
+                        // Worded as the JSON path words it: the reply as JSON.
+                        Some(_) => Err(serde_json::to_string(&reply)
+                            .unwrap_or_default()
+                            .chars()
+                            .take(300)
+                            .collect()),
+                        None => Ok(()),
+                    };
+                    outcome.answer(&plan, &flow, index, n, answer);
+                    window.add_permits(1);
+                }
+                continue;
+            }
             Some(Ok(Message::Close(frame))) => {
                 outcome.failure = Some(match frame {
                     Some(frame) => format!(
@@ -596,6 +616,98 @@ async fn read_ws(
             };
             outcome.answer(&plan, &flow, index, n, answer);
             window.add_permits(1);
+        }
+    }
+}
+
+/// Publish commands joined into one WebSocket frame, in the plan's format.
+enum Batch {
+    /// Newline-separated JSON commands, in a text frame.
+    Json(String),
+    /// Length-delimited protobuf commands, in a binary frame.
+    Protobuf {
+        frame: BytesMut,
+        /// The payload being written.
+        data: String,
+        /// One publish command per channel, reused: only its id and data
+        /// change.
+        commands: Vec<Command>,
+    },
+}
+
+impl Batch {
+    fn new(plan: &Plan) -> Batch {
+        match plan.format {
+            Format::Json => Batch::Json(String::new()),
+            Format::Protobuf => Batch::Protobuf {
+                frame: BytesMut::new(),
+                data: String::new(),
+                commands: plan
+                    .channel_names
+                    .iter()
+                    .map(|channel| Command {
+                        publish: Some(PublishRequest {
+                            channel: channel.clone(),
+                            ..PublishRequest::default()
+                        }),
+                        ..Command::default()
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// Bytes so far.
+    fn len(&self) -> usize {
+        match self {
+            Batch::Json(frame) => frame.len(),
+            Batch::Protobuf { frame, .. } => frame.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends command `id`: publication `seq`, sent at `sent`, to `channel`.
+    fn push(&mut self, plan: &Plan, id: u64, channel: usize, sent: u64, seq: u64) {
+        match self {
+            Batch::Json(frame) => {
+                if !frame.is_empty() {
+                    frame.push('\n');
+                }
+                let _ = write!(
+                    frame,
+                    "{{\"id\":{id},\"publish\":{{\"channel\":{},\"data\":",
+                    plan.channels[channel]
+                );
+                payload::write(frame, sent, seq, plan.size);
+                frame.push_str("}}");
+            }
+            Batch::Protobuf {
+                frame,
+                data,
+                commands,
+            } => {
+                data.clear();
+                payload::write(data, sent, seq, plan.size);
+                let command = &mut commands[channel];
+                // Ids past u32 would take more publications than a bounded
+                // run makes.
+                command.id = id as u32;
+                if let Some(publish) = &mut command.publish {
+                    publish.data = Some(Payload::new(Bytes::copy_from_slice(data.as_bytes())));
+                }
+                crier_proto::protobuf::command_frame(frame, command);
+            }
+        }
+    }
+
+    /// The frame so far, as a message; the batch is empty after.
+    fn take(&mut self) -> Message {
+        match self {
+            Batch::Json(frame) => Message::text(std::mem::take(frame)),
+            Batch::Protobuf { frame, .. } => Message::binary(frame.split().freeze()),
         }
     }
 }

@@ -118,7 +118,7 @@ impl Report {
         format!(
             "crier bench: {} {} subscribers{slow}, {pace}, {} B; p99 {}",
             plan.subscribers,
-            plan.transport.describe(),
+            plan.describe_transport(),
             plan.size,
             human_duration(Duration::from_micros(latency.value_at_quantile(0.99)))
         )
@@ -197,7 +197,7 @@ impl Report {
         });
         let server = self.server.as_ref();
         let (slow_dropped, slow_codes) = self.slow_drops();
-        json!({
+        let mut report = json!({
             "transport": plan.transport.name(),
             "subscribers": plan.subscribers,
             "slow": plan.slow,
@@ -244,7 +244,11 @@ impl Report {
             "server_peak_rss_bytes": server.map(|s| s.after.peak),
             "client_cpu_seconds": self.client_cpu.map(|c| round(c.as_secs_f64(), 2)),
             "client_cpu_us_per_delivery": self.client_cpu.and_then(|c| per_delivery(c, f.delivered)),
-        })
+        });
+        // Set apart: one more key in the literal passes `json!`'s
+        // recursion limit.
+        report["format"] = plan.format.name().into();
+        report
     }
 
     fn rss_per_connection(&self, server: &ServerUsage) -> u64 {
@@ -266,12 +270,12 @@ impl Report {
             format!(
                 "{} {} subscribers on {} channel{}, {} publisher{} via {}, {pace}, {:?}, {}-byte payloads",
                 plan.subscribers,
-                plan.transport.describe(),
+                plan.describe_transport(),
                 plan.channels.len(),
                 plural(plan.channels.len()),
                 plan.publishers,
                 plural(plan.publishers),
-                plan.via.describe(),
+                plan.describe_via(),
                 plan.duration,
                 plan.size
             ),

@@ -3,11 +3,13 @@
 //!
 //! This is the generator's hot path: every delivery of the run passes here,
 //! on the same cores as the server. So a frame is scanned, never parsed:
-//! each `{"t":` in it starts one delivery's send time, and the latency goes
-//! into the task's own histogram (merged once, at the end). The only shared
-//! write per frame is one atomic add for the flow control.
+//! each `{"t":` in it starts one delivery's send time (in a protobuf frame,
+//! each publication's data is found by walking the fields in place, see
+//! [`protobuf`](super::protobuf)), and the latency goes into the task's own
+//! histogram (merged once, at the end). The only shared write per frame is
+//! one atomic add for the flow control.
 //!
-//! Subscribers speak WebSocket (client protocol v2), `uni_sse` or a plain
+//! Subscribers speak WebSocket (client protocol v2, JSON or protobuf), `uni_sse` or a plain
 //! TCP listener's lines (`--transport`); the last two are byte streams
 //! ([`stream`](super::stream)), scanned line by line the same way.
 //!
@@ -20,15 +22,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::client::{self, Ws};
+use super::protobuf;
 use super::stream::{self, StreamConn};
 use crier_loadgen::payload::{self, unix_nanos};
 
@@ -246,14 +250,16 @@ async fn setup(
     recv_buffer: Option<u32>,
     gate: &Semaphore,
 ) -> anyhow::Result<(Conn, Duration)> {
-    let channel = &plan.channels[plan.channel_of_subscriber(i)];
+    let k = plan.channel_of_subscriber(i);
+    let channel = &plan.channels[k];
     let permit = gate.acquire().await.context("connect gate closed")?;
     let started = Instant::now();
     let source = plan.source(i);
     let conn = match plan.transport {
         Transport::Ws => {
-            let mut ws = client::connect_with(plan, plan.node_of_subscriber(i), source, recv_buffer).await?;
-            client::subscribe(&mut ws, channel).await?;
+            let node = plan.node_of_subscriber(i);
+            let mut ws = client::connect_with(plan, node, source, recv_buffer, plan.format).await?;
+            client::subscribe(&mut ws, plan.format, &plan.channel_names[k]).await?;
             Conn::Ws(Box::new(ws))
         }
         Transport::Sse => Conn::Stream(stream::sse(plan, i, source, recv_buffer, channel).await?),
@@ -343,7 +349,16 @@ async fn subscriber(
     tally
 }
 
-/// Reads until told to stop; returns why it stopped early, if it did.
+/// The pong to a JSON ping: the empty command. (Static, like the
+/// protobuf one: a frame costs no allocation for it.)
+const JSON_PONG: Utf8Bytes = Utf8Bytes::from_static("{}");
+
+/// The pong to a protobuf ping: one empty command, the single byte 0.
+const PROTOBUF_PONG: Bytes = Bytes::from_static(crier_proto::protobuf::PING);
+
+/// Reads until told to stop; returns why it stopped early, if it did. Text
+/// frames are JSON, binary frames protobuf; a ping is answered in the
+/// format it came in.
 async fn receive(
     ws: &mut Ws,
     flow: &Flow,
@@ -356,8 +371,15 @@ async fn receive(
             _ = &mut *stop => return None,
             m = ws.next() => m,
         };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
+        let (scan, pong) = match message {
+            Some(Ok(Message::Text(text))) => (
+                scan(text.as_str(), unix_nanos(), &mut tally.latency),
+                Message::Text(JSON_PONG),
+            ),
+            Some(Ok(Message::Binary(frame))) => (
+                protobuf::scan(&frame, unix_nanos(), &mut tally.latency),
+                Message::Binary(PROTOBUF_PONG),
+            ),
             Some(Ok(Message::Close(Some(frame)))) => {
                 return Some(format!(
                     "disconnected: {} {}",
@@ -369,7 +391,6 @@ async fn receive(
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Some(format!("connection lost: {e}")),
         };
-        let scan = scan(text.as_str(), unix_nanos(), &mut tally.latency);
         tally.frames += 1;
         if scan.deliveries > 0 {
             tally.received += scan.deliveries;
@@ -379,7 +400,7 @@ async fn receive(
         if let Some(line) = scan.unsubscribed {
             return Some(format!("unsubscribed by the server: {line}"));
         }
-        if scan.ping && ws.send(Message::text("{}")).await.is_err() {
+        if scan.ping && ws.send(pong).await.is_err() {
             return Some("cannot answer a ping".into());
         }
     }
@@ -537,15 +558,15 @@ fn disconnect_code(line: &str) -> Option<u16> {
 
 /// What one frame held.
 #[derive(Debug, Default, PartialEq)]
-struct Scan {
+pub(super) struct Scan {
     /// Publications found (each latency recorded).
-    deliveries: u64,
-    /// The server pinged (an empty `{}` message).
-    ping: bool,
-    /// An unsubscribe push, verbatim.
-    unsubscribed: Option<String>,
+    pub deliveries: u64,
+    /// The server pinged (an empty `{}` message, or an empty protobuf one).
+    pub ping: bool,
+    /// An unsubscribe push, verbatim (protobuf: as JSON).
+    pub unsubscribed: Option<String>,
     /// A unidirectional transport's disconnect push, verbatim.
-    disconnected: Option<String>,
+    pub disconnected: Option<String>,
 }
 
 /// Scans a frame of newline-separated messages for publications of the
