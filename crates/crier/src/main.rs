@@ -4,8 +4,8 @@
 //! - `check-config` prints [`crier_server::check_config`]'s report;
 //! - [`token`] signs HS256 connection and subscription tokens;
 //! - [`publish`] calls the server HTTP API's `publish` method;
-//! - [`subscribe`] is a minimal client protocol v2 (JSON) WebSocket client
-//!   that prints publications as JSON lines;
+//! - [`subscribe`] is a minimal client protocol v2 WebSocket client (JSON or
+//!   protobuf, `--format`) that prints publications as JSON lines;
 //! - [`bench`] is a bounded load generator for the WebSocket fan-out path;
 //! - [`genconfig`] prints a commented starter configuration with fresh secrets.
 //!
