@@ -39,6 +39,21 @@ pub const PING: &[u8] = &[0];
 // Decoding: client → server
 // ---------------------------------------------------------------------------
 
+/// A protobuf `EmulationRequest` (a command batch POSTed to `/emulation`
+/// by an emulated client): node, session and the commands' bytes.
+pub fn emulation_request(bytes: &[u8]) -> Result<(String, String, Bytes), Error> {
+    let mut out = (String::new(), String::new(), Bytes::new());
+    for field in Fields(bytes) {
+        match field? {
+            (1, v) => out.0 = string(v)?,
+            (2, v) => out.1 = string(v)?,
+            (3, v) => out.2 = Bytes::copy_from_slice(len(v)?),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Splits a binary frame into commands, in order. After the first error
 /// the iterator ends: once a length is wrong, nothing after it can be
 /// trusted. An empty frame holds no command.

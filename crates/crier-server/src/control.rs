@@ -91,6 +91,16 @@ pub(crate) enum Control {
         /// The channel.
         channel: String,
     },
+    /// Commands POSTed to `/emulation` for an emulated session that the
+    /// receiving node does not hold: the node holding it hands them on.
+    Emulation {
+        /// The node the client says holds the session.
+        node: String,
+        /// The session id.
+        session: String,
+        /// The commands, base64 (protobuf sessions send bytes).
+        data: String,
+    },
     /// Close the target's connections, except the ones in `keep`.
     Disconnect {
         /// Whose connections.
@@ -146,6 +156,15 @@ pub(crate) async fn apply(node: &Node, control: &Control) -> Result<(), ErrorCod
                 node.hub
                     .unsubscribe_with(id, channel, Some(notice))
                     .map_err(|e| hub_error_code(&e))?;
+            }
+            Ok(())
+        }
+        Control::Emulation { session, data, .. } => {
+            use base64::Engine as _;
+            // Not held here (the usual case: every node hears it) or its
+            // queue is full: nothing to do on this node.
+            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) {
+                let _ = node.emulate(session, Bytes::from(bytes));
             }
             Ok(())
         }
@@ -220,6 +239,54 @@ async fn subscribe(
         }
     }
     Ok(())
+}
+
+/// What became of commands POSTed to `/emulation`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Emulated {
+    /// Handed to the session, on this node.
+    Delivered,
+    /// The session is here but has too many batches waiting.
+    Busy,
+    /// Sent through the engine's control channel to the node named.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Forwarded,
+    /// No such session here, and no other node to ask.
+    Unknown,
+    /// The engine could not send it on.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Failed,
+}
+
+/// Hands `commands` to emulated session `session`, here or, through the
+/// engine, on the node `target` that the client says holds it (so the
+/// POSTs need no sticky sessions).
+pub(crate) async fn emulate(node: &Node, target: &str, session: &str, commands: Bytes) -> Emulated {
+    match node.emulate(session, commands.clone()) {
+        Some(true) => return Emulated::Delivered,
+        Some(false) => return Emulated::Busy,
+        None => {}
+    }
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &node.cluster {
+        if target != node.id && !target.is_empty() {
+            use base64::Engine as _;
+            let control = Control::Emulation {
+                node: target.to_owned(),
+                session: session.to_owned(),
+                data: base64::engine::general_purpose::STANDARD.encode(&commands),
+            };
+            return match cluster.broadcast_control(&control.encode()).await {
+                Ok(()) => Emulated::Forwarded,
+                Err(e) => {
+                    node.metrics.engine_error(&e);
+                    Emulated::Failed
+                }
+            };
+        }
+    }
+    let _ = target;
+    Emulated::Unknown
 }
 
 /// One encoding of a notice per wire format, made when a connection of

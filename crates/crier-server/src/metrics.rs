@@ -55,17 +55,23 @@ pub enum Transport {
     UniSse,
     /// `/connection/uni_http_stream`.
     UniHttpStream,
+    /// `/connection/http_stream`, bidirectional emulation.
+    HttpStream,
+    /// `/connection/sse`, bidirectional emulation.
+    Sse,
     /// A `[[tcp]]` listener.
     Tcp,
 }
 
 impl Transport {
     /// Every transport, in label order; each is exposed from the start (at 0).
-    pub const ALL: [Transport; 5] = [
+    pub const ALL: [Transport; 7] = [
         Transport::WebSocket,
         Transport::UniWebSocket,
         Transport::UniSse,
         Transport::UniHttpStream,
+        Transport::HttpStream,
+        Transport::Sse,
         Transport::Tcp,
     ];
 
@@ -76,6 +82,8 @@ impl Transport {
             Transport::UniWebSocket => "uni_websocket",
             Transport::UniSse => "uni_sse",
             Transport::UniHttpStream => "uni_http_stream",
+            Transport::HttpStream => "http_stream",
+            Transport::Sse => "sse",
             Transport::Tcp => "tcp",
         }
     }

@@ -52,12 +52,70 @@ pub struct Node {
     /// Only what reaches a client outside its session (the server API's
     /// subscribe and unsubscribe pushes) needs to ask.
     protobuf_clients: std::sync::Mutex<std::collections::HashSet<ClientId>>,
+    /// The emulated sessions (`http_stream`, `sse`) this node holds: where
+    /// the commands POSTed to `/emulation` for each go.
+    emulated: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Bytes>>>,
+    /// The secret key of the session ids this node gives out: a keyed
+    /// hash of a counter, so one id says nothing about the next.
+    session_key: std::collections::hash_map::RandomState,
+    sessions_made: std::sync::atomic::AtomicU64,
     /// The cluster engine, when `engine.type` is `"redis"` or `"nats"`.
     #[cfg(feature = "cluster")]
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Node {
+    /// The compression a WebSocket may agree to (`websocket.compression`).
+    pub(crate) fn websocket_deflate(&self) -> Option<crate::net::deflate::Deflate> {
+        let ws = &self.config.websocket;
+        ws.compression.then_some(crate::net::deflate::Deflate {
+            level: ws.compression_level,
+            min_size: ws.compression_min_size,
+        })
+    }
+
+    /// A new emulated session's id and the queue its commands arrive on
+    /// (at most `depth` batches waiting); the session is known to this
+    /// node until `end_emulated`. The id is 128 unguessable bits: knowing
+    /// it is what lets a POST to `/emulation` act for the session.
+    pub(crate) fn emulated_session(&self, depth: usize) -> (String, tokio::sync::mpsc::Receiver<Bytes>) {
+        use std::hash::BuildHasher;
+        let n = self
+            .sessions_made
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!(
+            "{:016x}{:016x}",
+            self.session_key.hash_one((n, 0u8)),
+            self.session_key.hash_one((n, 1u8))
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(depth);
+        self.emulated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        (id, rx)
+    }
+
+    /// Forgets an emulated session.
+    pub(crate) fn end_emulated(&self, session: &str) {
+        self.emulated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
+    }
+
+    /// Hands `commands` to emulated session `session` if this node holds
+    /// it: `None` if it does not, `Some(false)` if its queue is full.
+    pub(crate) fn emulate(&self, session: &str, commands: Bytes) -> Option<bool> {
+        let tx = self
+            .emulated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .cloned()?;
+        Some(tx.try_send(commands).is_ok())
+    }
+
     /// Records the wire format of connection `id` (until `forget_format`).
     pub(crate) fn set_format(&self, id: ClientId, codec: wire::Codec) {
         if codec == wire::Codec::Protobuf {
@@ -154,6 +212,9 @@ impl Node {
             },
             metrics,
             protobuf_clients: Default::default(),
+            emulated: Default::default(),
+            session_key: Default::default(),
+            sessions_made: Default::default(),
             #[cfg(feature = "cluster")]
             cluster,
             config,

@@ -26,7 +26,7 @@ use crate::error::ServerError;
 use crate::http;
 use crate::net::WriteDeadline;
 use crate::node::Node;
-use crate::transport::{self, tcp, uni, websocket};
+use crate::transport::{self, emulation, tcp, uni, websocket};
 use crate::watch;
 
 /// A bound, not yet running, crier server.
@@ -45,7 +45,19 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/connection/websocket", get(websocket::upgrade))
         .route("/connection/uni_websocket", get(uni::websocket))
         .route("/connection/uni_sse", get(uni::sse_get).post(uni::sse_post))
-        .route("/connection/uni_http_stream", post(uni::http_stream));
+        .route("/connection/uni_http_stream", post(uni::http_stream))
+        .route(
+            "/connection/http_stream",
+            post(emulation::http_stream).options(emulation::preflight),
+        )
+        .route(
+            "/connection/sse",
+            get(emulation::sse).options(emulation::preflight),
+        )
+        .route(
+            "/emulation",
+            post(emulation::emulation).options(emulation::preflight),
+        );
     let health = &node.config.health;
     if health.enabled {
         let prefix = health.handler_prefix.trim_end_matches('/');

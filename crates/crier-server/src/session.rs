@@ -76,6 +76,9 @@ pub struct Session {
     connected: Option<Connected>,
     // `client.command_rate_limit`, when set.
     commands: Option<TokenBucket>,
+    // The id of an emulated session (`http_stream`, `sse`), sent in the
+    // connect result for the client's POSTs to `/emulation`.
+    emulated: Option<String>,
 }
 
 impl Session {
@@ -91,7 +94,14 @@ impl Session {
             transport,
             connected: None,
             commands,
+            emulated: None,
         }
+    }
+
+    /// Marks this session as emulated, with the id its client's commands
+    /// will name (sent as `session` in the connect result).
+    pub(crate) fn set_emulated(&mut self, id: String) {
+        self.emulated = Some(id);
     }
 
     /// The hub id of the connected client.
@@ -270,6 +280,7 @@ impl Session {
             ping: client_cfg.ping_interval.as_secs() as u32,
             pong: !uni,
             node: node.id.clone(),
+            session: self.emulated.clone().unwrap_or_default(),
             ..Default::default()
         };
         Ok(Opened { result, rx, id: cid })

@@ -53,6 +53,15 @@ pub struct Config {
     pub uni_sse: UniTransportConfig,
     /// Unidirectional HTTP streaming, `/connection/uni_http_stream` (off by default).
     pub uni_http_stream: UniTransportConfig,
+    /// Bidirectional emulation over HTTP streaming,
+    /// `/connection/http_stream` (off by default); commands arrive at
+    /// `/emulation`.
+    pub http_stream: UniTransportConfig,
+    /// Bidirectional emulation over Server-Sent Events, `/connection/sse`
+    /// (off by default); commands arrive at `/emulation`.
+    pub sse: UniTransportConfig,
+    /// The `/emulation` endpoint, served when `http_stream` or `sse` is on.
+    pub emulation: EmulationConfig,
     /// Prometheus metrics.
     pub prometheus: PrometheusConfig,
     /// The health endpoint.
@@ -63,7 +72,23 @@ pub struct Config {
     pub watch: Vec<WatchConfig>,
 }
 
-/// `uni_websocket.*`, `uni_sse.*`, `uni_http_stream.*`
+/// `emulation.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmulationConfig {
+    /// Largest accepted `POST /emulation` body, in bytes.
+    pub max_request_body_size: usize,
+}
+
+impl Default for EmulationConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body_size: 65_536,
+        }
+    }
+}
+
+/// `uni_websocket.*`, `uni_sse.*`, `uni_http_stream.*`, `http_stream.*`, `sse.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UniTransportConfig {
@@ -926,16 +951,6 @@ impl Default for WebsocketConfig {
             compression_min_size: 0,
             compression_level: 1,
         }
-    }
-}
-
-impl WebsocketConfig {
-    /// The compression a connection may agree to, when enabled.
-    pub(crate) fn deflate(&self) -> Option<crate::net::deflate::Deflate> {
-        self.compression.then_some(crate::net::deflate::Deflate {
-            level: self.compression_level,
-            min_size: self.compression_min_size,
-        })
     }
 }
 

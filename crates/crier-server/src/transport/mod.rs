@@ -3,6 +3,7 @@
 //! writes what the hub queued. They never import each other; what they
 //! share lives below them (`net`, `wire`, `session`).
 
+pub(crate) mod emulation;
 pub(crate) mod tcp;
 pub(crate) mod uni;
 pub(crate) mod websocket;

@@ -330,7 +330,7 @@ pub async fn websocket(
         message_size: node.config.uni_websocket.max_request_body_size,
         write_timeout: node.config.websocket.write_timeout,
         protocol: None,
-        deflate: node.config.websocket.deflate(),
+        deflate: node.websocket_deflate(),
     };
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();

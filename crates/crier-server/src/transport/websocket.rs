@@ -35,7 +35,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
         protocol: (codec == Codec::Protobuf
             && rfc6455::offers_protocol(request.headers(), PROTOBUF_PROTOCOL))
         .then_some(PROTOBUF_PROTOCOL),
-        deflate: node.config.websocket.deflate(),
+        deflate: node.websocket_deflate(),
     };
     let tracker = node.connections.clone();
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {

@@ -34,6 +34,7 @@ const SERVER: &[(&str, u8)] = &[
     ("transport::websocket", 8),
     ("transport::uni", 8),
     ("transport::tcp", 8),
+    ("transport::emulation", 8),
     ("watch", 8),
     ("http", 8),
     // 6. the top

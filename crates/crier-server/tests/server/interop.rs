@@ -305,3 +305,44 @@ fn run(cmd: &mut Command, limit: Duration) -> Result<String, String> {
         (false, false) => Err(format!("{cmd:?} exited with {status}\n{output}")),
     }
 }
+
+/// Three nodes on one Redis, the emulation transports on: centrifuge-js
+/// streams from node A, POSTs its commands to node B's `/emulation` (which
+/// hands them to A through Redis: no sticky sessions), and the API is
+/// called on node C (`tests-interop/js/emulation.mjs`): HTTP streaming in
+/// JSON and protobuf, and SSE.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn centrifuge_js_works_over_http_stream_and_sse_across_three_nodes() {
+    setup().await;
+    let redis = super::redis::RedisServer::start();
+    let extra = format!(
+        "{}[http_stream]\nenabled = true\n[sse]\nenabled = true\n",
+        redis_engine(&redis)
+    );
+    let a = TestServer::start(config(&extra)).await;
+    let b = TestServer::start(config(&extra)).await;
+    let c = TestServer::start(config(&extra)).await;
+    for (transport, format) in [
+        ("http_stream", "json"),
+        ("http_stream", "protobuf"),
+        ("sse", "json"),
+    ] {
+        let user = format!("emulated-{transport}-{format}");
+        let args = vec![
+            "tests-interop/js/emulation.mjs".to_owned(),
+            format!("http://{}", a.addr),
+            format!("http://{}/emulation", b.addr),
+            token(&user),
+            format!("http://{}/api", c.addr),
+            API_KEY.to_owned(),
+            user,
+            transport.to_owned(),
+            format.to_owned(),
+        ];
+        run_program("node", args).await;
+    }
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}

@@ -3,6 +3,7 @@ mod api;
 mod architecture;
 mod catalogue;
 mod compression;
+mod emulation;
 mod health;
 mod hostile;
 mod interop;
