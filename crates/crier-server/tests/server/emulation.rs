@@ -169,11 +169,21 @@ async fn emulation_refuses_strangers_garbage_and_oversized_batches() {
     let mut guessed = session.clone();
     guessed.replace_range(0..1, if session.starts_with('0') { "1" } else { "0" });
     assert_eq!(
-        post(&s, batch(&node, &guessed, &[ping.clone()]), "application/json").await,
+        post(
+            &s,
+            batch(&node, &guessed, std::slice::from_ref(&ping)),
+            "application/json"
+        )
+        .await,
         404
     );
     assert_eq!(
-        post(&s, batch(&node, "", &[ping.clone()]), "application/json").await,
+        post(
+            &s,
+            batch(&node, "", std::slice::from_ref(&ping)),
+            "application/json"
+        )
+        .await,
         404
     );
     assert_eq!(post(&s, "{\"session\":".into(), "application/json").await, 400);
