@@ -79,6 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.uni_sse.enabled = true;
         config.uni_http_stream.enabled = true;
         config.uni_websocket.enabled = true;
+        config.http_stream.enabled = true;
+        config.sse.enabled = true;
         if args.config.is_none() {
             // With no file to say otherwise, every channel shows what crier
             // does: history and recovery, and presence.
