@@ -13,9 +13,9 @@ use tokio::net::TcpStream;
 
 use super::support::*;
 
-const OFFER: &str = "permessage-deflate; client_max_window_bits";
+pub(super) const OFFER: &str = "permessage-deflate; client_max_window_bits";
 
-fn compressing(min_size: usize) -> crier_server::config::Config {
+pub(super) fn compressing(min_size: usize) -> crier_server::config::Config {
     let mut c = config("");
     c.websocket.compression = true;
     c.websocket.compression_min_size = min_size;
@@ -29,18 +29,18 @@ struct Frame {
     payload: Vec<u8>,
 }
 
-struct RawWs {
+pub(super) struct RawWs {
     stream: TcpStream,
     /// The server's `Sec-WebSocket-Extensions` answer, if any.
-    extensions: Option<String>,
+    pub(super) extensions: Option<String>,
 }
 
 impl RawWs {
-    async fn open(s: &TestServer, offer: Option<&str>) -> Self {
+    pub(super) async fn open(s: &TestServer, offer: Option<&str>) -> Self {
         Self::open_at(s, "/connection/websocket", offer).await
     }
 
-    async fn open_at(s: &TestServer, path: &str, offer: Option<&str>) -> Self {
+    pub(super) async fn open_at(s: &TestServer, path: &str, offer: Option<&str>) -> Self {
         let mut stream = TcpStream::connect(s.addr).await.expect("connect");
         let offer = offer.map_or(String::new(), |o| format!("Sec-WebSocket-Extensions: {o}\r\n"));
         let request = format!(
@@ -69,7 +69,7 @@ impl RawWs {
     }
 
     /// Sends one masked frame; `rsv1` marks it compressed.
-    async fn send(&mut self, rsv1: bool, opcode: u8, payload: &[u8]) {
+    pub(super) async fn send(&mut self, rsv1: bool, opcode: u8, payload: &[u8]) {
         let mask = [0x11, 0x22, 0x33, 0x44];
         let mut f = vec![0x80 | if rsv1 { 0x40 } else { 0 } | opcode];
         match payload.len() {
@@ -88,7 +88,7 @@ impl RawWs {
         self.stream.write_all(&f).await.expect("send frame");
     }
 
-    async fn send_json(&mut self, v: Value) {
+    pub(super) async fn send_json(&mut self, v: Value) {
         self.send(false, 1, v.to_string().as_bytes()).await;
     }
 
@@ -115,7 +115,7 @@ impl RawWs {
 
     /// The next text message as JSON lines (pings answered, inflated when
     /// compressed), with whether it came compressed.
-    async fn messages(&mut self) -> (Vec<Value>, bool) {
+    pub(super) async fn messages(&mut self) -> (Vec<Value>, bool) {
         loop {
             let f = self.frame().await;
             assert_eq!(f.opcode, 1, "a text frame, not opcode {}", f.opcode);
@@ -137,7 +137,7 @@ impl RawWs {
     }
 
     /// The close code the server ends with (frames before it skipped).
-    async fn close_code(&mut self) -> u16 {
+    pub(super) async fn close_code(&mut self) -> u16 {
         loop {
             let f = self.frame().await;
             if f.opcode == 8 {

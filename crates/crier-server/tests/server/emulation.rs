@@ -15,13 +15,13 @@ fn emulating() -> crier_server::config::Config {
 }
 
 /// A JSON HTTP stream: its lines arrive on a channel (read by a thread).
-struct Stream {
+pub(super) struct Stream {
     lines: mpsc::Receiver<Value>,
 }
 
 impl Stream {
     /// The next message that is not a ping; `None` once the stream ended.
-    fn next(&self) -> Option<Value> {
+    pub(super) fn next(&self) -> Option<Value> {
         loop {
             match self.lines.recv_timeout(WAIT) {
                 Ok(v) if v == json!({}) => {}
@@ -34,7 +34,7 @@ impl Stream {
 }
 
 /// POSTs `body` to `/emulation`; the HTTP status.
-async fn post(s: &TestServer, body: String, content_type: &'static str) -> u16 {
+pub(super) async fn post(s: &TestServer, body: String, content_type: &'static str) -> u16 {
     let url = format!("http://{}/emulation", s.addr);
     tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -53,13 +53,14 @@ async fn post(s: &TestServer, body: String, content_type: &'static str) -> u16 {
 }
 
 /// An emulation request carrying `commands` (JSON lines) for `session`.
-fn batch(node: &str, session: &str, commands: &[Value]) -> String {
+pub(super) fn batch(node: &str, session: &str, commands: &[Value]) -> String {
     let data: Vec<String> = commands.iter().map(Value::to_string).collect();
     json!({"node": node, "session": session, "data": data.join("\n")}).to_string()
 }
 
-/// Opens a stream and connects as `user`: the stream, session and node.
-async fn connected(s: &TestServer, user: &str) -> (Stream, String, String) {
+/// Opens a stream and connects as `user`: the stream, session, node and
+/// client id.
+pub(super) async fn connected(s: &TestServer, user: &str) -> (Stream, String, String, String) {
     let url = format!("http://{}/connection/http_stream", s.addr);
     let connect = json!({"id": 1, "connect": {"token": token(user)}});
     let stream = tokio::task::spawn_blocking(move || open_url(url, connect))
@@ -71,7 +72,8 @@ async fn connected(s: &TestServer, user: &str) -> (Stream, String, String) {
     let session = result["session"].as_str().expect("a session id").to_owned();
     let node = result["node"].as_str().expect("a node id").to_owned();
     assert_eq!(session.len(), 32, "128 bits of session id: {session}");
-    (stream, session, node)
+    let client = result["client"].as_str().expect("a client id").to_owned();
+    (stream, session, node, client)
 }
 
 /// Opens `POST url` with the connect command; its JSON lines arrive on a
@@ -107,7 +109,7 @@ fn open_url(url: String, connect: Value) -> Stream {
 }
 
 /// The next message on `stream`, off the async runtime.
-async fn next(stream: Stream) -> (Stream, Option<Value>) {
+pub(super) async fn next(stream: Stream) -> (Stream, Option<Value>) {
     tokio::task::spawn_blocking(move || {
         let v = stream.next();
         (stream, v)
@@ -119,7 +121,7 @@ async fn next(stream: Stream) -> (Stream, Option<Value>) {
 #[tokio::test]
 async fn commands_posted_to_emulation_reach_the_stream_of_their_session() {
     let s = TestServer::start(emulating()).await;
-    let (stream, session, node) = connected(&s, "emu").await;
+    let (stream, session, node, _) = connected(&s, "emu").await;
     let sub = json!({"id": 2, "subscribe": {"channel": "news"}});
     assert_eq!(
         post(&s, batch(&node, &session, &[sub]), "application/json").await,
@@ -163,7 +165,7 @@ async fn commands_posted_to_emulation_reach_the_stream_of_their_session() {
 async fn emulation_refuses_strangers_garbage_and_oversized_batches() {
     let s = TestServer::start(emulating()).await;
     let mut w = watcher(&s).await;
-    let (_stream, session, node) = connected(&s, "emu-refusals").await;
+    let (_stream, session, node, _) = connected(&s, "emu-refusals").await;
     let ping = json!({"id": 2, "ping": {}});
     // A session id nobody was given (one character off a real one).
     let mut guessed = session.clone();

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use crier_proto::client::{Command, ConnectRequest, Payload, PublishRequest, Reply, SubscribeRequest};
 use crier_proto::protobuf::{command_frame, parse_replies};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -181,22 +181,66 @@ async fn a_client_selects_protobuf_by_subprotocol_or_query_and_json_stays_the_de
     s.shutdown().await;
 }
 
+/// Subscribers of every kind on one channel: JSON, protobuf, compressed
+/// JSON (permessage-deflate) and emulated (HTTP streaming), each also with
+/// an excluded twin. Every publication reaches every kind once, in offset
+/// order; the exclusion holds for all four.
 #[tokio::test]
-async fn one_channel_feeds_json_and_protobuf_subscribers_in_order_with_exclusions() {
-    let s = TestServer::start(config("")).await;
+async fn one_channel_feeds_every_kind_of_subscriber_in_order_with_exclusions() {
+    use super::compression::{compressing, RawWs, OFFER};
+    use super::emulation::{batch, connected, next, post};
+    let mut cfg = compressing(0);
+    cfg.http_stream.enabled = true;
+    let s = TestServer::start(cfg).await;
     let url = s.ws_url();
+    let channel = "chat:mixed";
     let mut pb = ProtoClient::connect(&url, Some("centrifuge-protobuf"), &token("pb")).await;
     let mut pb_excluded = ProtoClient::connect(&url, Some("centrifuge-protobuf"), &token("pb-x")).await;
     let mut js = Client::connect(&url, &token("js")).await;
     let mut js_excluded = Client::connect(&url, &token("js-x")).await;
-    let channel = "chat:mixed";
     pb.subscribe(channel).await;
     pb_excluded.subscribe(channel).await;
     for c in [&mut js, &mut js_excluded] {
         let r = c.request(json!({"subscribe": {"channel": channel}})).await;
         assert!(r["error"].is_null(), "{r}");
     }
-    let excluded = json!([pb_excluded.id.clone(), js_excluded.id.clone()]);
+    // Compressed JSON over a raw socket.
+    let mut zipped = Vec::new();
+    for user in ["zip", "zip-x"] {
+        let mut c = RawWs::open(&s, Some(OFFER)).await;
+        assert!(c.extensions.is_some(), "compression agreed");
+        c.send_json(json!({"id": 1, "connect": {"token": token(user)}}))
+            .await;
+        let (reply, _) = c.messages().await;
+        let id = reply[0]["connect"]["client"].as_str().expect("client").to_owned();
+        c.send_json(json!({"id": 2, "subscribe": {"channel": channel}}))
+            .await;
+        let (reply, _) = c.messages().await;
+        assert!(
+            reply
+                .iter()
+                .any(|r| r["id"] == json!(2) && r["subscribe"].is_object()),
+            "{reply:?}"
+        );
+        zipped.push((c, id));
+    }
+    // Emulated, commands through /emulation.
+    let mut emulated = Vec::new();
+    for user in ["emu", "emu-x"] {
+        let (stream, session, node, id) = connected(&s, user).await;
+        let sub = json!({"id": 2, "subscribe": {"channel": channel}});
+        assert_eq!(
+            post(&s, batch(&node, &session, &[sub]), "application/json").await,
+            204
+        );
+        let (stream, reply) = next(stream).await;
+        assert!(
+            reply.as_ref().is_some_and(|r| r["subscribe"].is_object()),
+            "{reply:?}"
+        );
+        emulated.push((stream, id));
+    }
+    let excluded = json!([pb_excluded.id, js_excluded.id, zipped[1].1, emulated[1].1]);
     for n in 1..=20 {
         let (status, body) = s
             .api(
@@ -206,15 +250,16 @@ async fn one_channel_feeds_json_and_protobuf_subscribers_in_order_with_exclusion
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    // A marker everyone gets, so the excluded ones can show they got
-    // nothing before it.
+    // A marker everyone gets, so the excluded ones show they got nothing
+    // before it.
     s.api("publish", json!({"channel": channel, "data": {"n": 0}}))
         .await;
+    let is_pub = |v: &Value| v["push"]["pub"].is_object();
     let mut offsets = Vec::new();
     for n in 1..=20 {
         let p = pb.next_push().await;
         let publication = p.publication.expect("a publication");
-        let got: serde_json::Value =
+        let got: Value =
             serde_json::from_slice(publication.data.as_ref().expect("data").as_bytes()).expect("JSON");
         assert_eq!(got, json!({"n": n}), "protobuf subscriber, publication {n}");
         let j = js.next_pub().await;
@@ -230,6 +275,35 @@ async fn one_channel_feeds_json_and_protobuf_subscribers_in_order_with_exclusion
         offsets.windows(2).all(|w| w[1] == w[0] + 1),
         "offsets {offsets:?}"
     );
+    // The compressed subscriber: the same offsets, in order.
+    let mut got = Vec::new();
+    while got.len() < 21 {
+        let (messages, _) = zipped[0].0.messages().await;
+        got.extend(messages.into_iter().filter(|m| is_pub(m)));
+    }
+    let zipped_offsets: Vec<u64> = got[..20]
+        .iter()
+        .map(|m| m["push"]["pub"]["offset"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(zipped_offsets, offsets, "compressed subscriber");
+    assert_eq!(got[20]["push"]["pub"]["data"], json!({"n": 0}));
+    // The emulated subscriber: the same.
+    let (mut stream, _) = emulated.remove(0);
+    let mut got = Vec::new();
+    while got.len() < 21 {
+        let (rest, v) = next(stream).await;
+        stream = rest;
+        let v = v.expect("the stream goes on");
+        if is_pub(&v) {
+            got.push(v);
+        }
+    }
+    let emulated_offsets: Vec<u64> = got[..20]
+        .iter()
+        .map(|m| m["push"]["pub"]["offset"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(emulated_offsets, offsets, "emulated subscriber");
+    // Every excluded twin's first publication is the marker.
     let first = pb_excluded.next_push().await.publication.expect("publication");
     assert_eq!(
         first.data.as_ref().map(Payload::as_bytes),
@@ -237,6 +311,31 @@ async fn one_channel_feeds_json_and_protobuf_subscribers_in_order_with_exclusion
     );
     let first = js_excluded.next_pub().await;
     assert_eq!(first["pub"]["data"], json!({"n": 0}));
+    let first = loop {
+        let (messages, _) = zipped[1].0.messages().await;
+        if let Some(m) = messages.into_iter().find(|m| is_pub(m)) {
+            break m;
+        }
+    };
+    assert_eq!(
+        first["push"]["pub"]["data"],
+        json!({"n": 0}),
+        "compressed, excluded"
+    );
+    let (mut stream, _) = emulated.remove(0);
+    let first = loop {
+        let (rest, v) = next(stream).await;
+        stream = rest;
+        let v = v.expect("the stream goes on");
+        if is_pub(&v) {
+            break v;
+        }
+    };
+    assert_eq!(
+        first["push"]["pub"]["data"],
+        json!({"n": 0}),
+        "emulated, excluded"
+    );
     s.shutdown().await;
 }
 
