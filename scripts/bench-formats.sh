@@ -6,6 +6,7 @@
 #   scripts/bench-formats.sh formats  [ROUNDS]   # JSON vs protobuf, 1,000 subscribers, max rate and 100/s, crier bench
 #   scripts/bench-formats.sh deflate  [ROUNDS]   # JSON with and without permessage-deflate, 1,000 ws (Node) subscribers at 20/s
 #   scripts/bench-formats.sh idle     [N]        # server RSS per idle subscribed connection, compression agreed or not (Python websockets)
+#   scripts/bench-formats.sh emulation [ROUNDS]  # 100 http_stream subscribers vs 100 WebSocket ones (Node), 1,000 publications/s
 #
 # CRIER_BIN=PATH serves with another build (the load clients stay the same).
 # Needs `cargo build --release -p crier` and `bash tests-interop/setup.sh`.
@@ -52,5 +53,13 @@ case $what in
       tests-interop/.venv/bin/python tests-interop/bench/idle.py "$port" "$pid" "${2:-8000}"
       stop
     done ;;
-  *) echo "usage: $0 formats|deflate|idle [N]" >&2; exit 2 ;;
+  emulation)
+    for _ in $(seq 1 "${2:-2}"); do
+      for transport in http_stream websocket; do
+        serve
+        node tests-interop/bench/emulation.mjs "$port" "$pid" 100 1000 10 "$transport"
+        stop
+      done
+    done ;;
+  *) echo "usage: $0 formats|deflate|idle|emulation [N]" >&2; exit 2 ;;
 esac
