@@ -13,10 +13,14 @@ use bytes::Bytes;
 use crier_core::{ClientId, ClientReceiver};
 use crier_proto::codes::{Disconnect, ErrorCode};
 
+use crier_proto::client::ReplyError;
+use serde_json::value::RawValue;
+
 use crate::auth::{Rejection, SubscriptionOptions};
 use crate::clock::{after, unix_now};
 use crate::metrics::Transport;
 use crate::node::Node;
+use crate::proxy::{payload, Answer, Caller, ConnectResult, Forwarded};
 use crate::wire::code_of;
 
 /// What a client presented to connect.
@@ -38,6 +42,9 @@ pub(crate) enum Refused {
     Error(ErrorCode),
     /// The connection must close with this.
     Disconnect(Disconnect),
+    /// An error of the application's backend (connect proxy), with its
+    /// code and message.
+    Custom(ReplyError),
 }
 
 /// Who an admitted client is.
@@ -203,7 +210,117 @@ pub(crate) fn log_refusal(node: &Node, transport: Transport, user: &str, refused
             let (code, reason) = (d.code, &d.reason);
             tracing::info!(transport, user, code, %reason, left_out, "connection refused");
         }
+        Refused::Custom(e) => {
+            let (code, reason) = (e.code, &e.message);
+            tracing::info!(transport, user, code, %reason, left_out, "connection refused by the connect proxy");
+        }
     }
+}
+
+/// What a client sent with its connect, for the connect proxy.
+pub(crate) struct Hello<'a> {
+    /// The wire format (`json`, `protobuf`).
+    pub protocol: &'static str,
+    /// The connect request's `name`, `version` and `data`.
+    pub name: &'a str,
+    pub version: &'a str,
+    pub data: Option<&'a [u8]>,
+    /// The channels a unidirectional client asks for (its `subs`).
+    pub channels: Vec<&'a str>,
+    /// Its HTTP headers and emulated headers.
+    pub forwarded: &'a Forwarded,
+}
+
+/// Decides who a client without a token is by asking the connect proxy
+/// (`client.proxy.connect`), then applies the same rules a token's
+/// identity gets. Also the data for the connect reply, if the backend
+/// gave some. A backend that fails (timeout, down, a status other than
+/// 200, an answer that is not the protocol's) refuses with 100 internal
+/// (temporary: SDKs reconnect with backoff).
+pub(crate) async fn identify_by_proxy(
+    node: &Node,
+    transport: Transport,
+    hello: &Hello<'_>,
+) -> Result<(Identity, Option<Bytes>), Refused> {
+    let outcome = ask_connect_proxy(node, transport, hello).await;
+    if let Err(refused) = &outcome {
+        log_refusal(node, transport, "", refused);
+    }
+    outcome
+}
+
+async fn ask_connect_proxy(
+    node: &Node,
+    transport: Transport,
+    hello: &Hello<'_>,
+) -> Result<(Identity, Option<Bytes>), Refused> {
+    let Some(proxy) = node.proxies.connect() else {
+        return Err(Refused::Error(ErrorCode::Internal));
+    };
+    let caller = Caller {
+        client: "",
+        transport: transport.label(),
+        protocol: hello.protocol,
+        user: None,
+    };
+    let mut body = proxy.body(
+        &caller,
+        &[("name", hello.name), ("version", hello.version)],
+        hello.data,
+    );
+    if !hello.channels.is_empty() {
+        // `channels`: a list, which `body` does not take; added here.
+        if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice::<serde_json::Value>(&body) {
+            m.insert("channels".into(), hello.channels.clone().into());
+            body = serde_json::to_vec(&m).unwrap_or(body);
+        }
+    }
+    let internal = || Refused::Error(ErrorCode::Internal);
+    let result = match proxy
+        .call::<ConnectResult>(&node.metrics, body, hello.forwarded)
+        .await
+        .map_err(|_| internal())?
+    {
+        Answer::Result(r) => r,
+        Answer::Error { code, message } => {
+            return Err(Refused::Custom(ReplyError {
+                code,
+                message: message.into(),
+                temporary: false,
+            }))
+        }
+        Answer::Disconnect { code, reason } => {
+            return Err(Refused::Disconnect(Disconnect::new(code, reason)))
+        }
+    };
+    let bytes = |json: Option<&RawValue>, b64: &str| payload(json, b64).map_err(|_| internal());
+    let mut subs = BTreeMap::new();
+    for channel in &result.channels {
+        subs.insert(channel.clone(), SubscriptionOptions::default());
+    }
+    for (channel, s) in &result.subs {
+        let options = SubscriptionOptions {
+            info: bytes(s.info.as_deref(), &s.b64info)?,
+            data: bytes(s.data.as_deref(), &s.b64data)?,
+            ..Default::default()
+        };
+        subs.insert(channel.clone(), options);
+    }
+    let identity = Identity {
+        user: result.user.clone(),
+        conn_info: bytes(result.info.as_deref(), &result.b64info)?,
+        expires_at: (result.expire_at > 0).then_some(result.expire_at),
+        subs,
+    };
+    let data = bytes(result.data.as_deref(), &result.b64data)?;
+    if identity.expires_at.is_some_and(|t| t <= unix_now()) {
+        return Err(Refused::Error(ErrorCode::Expired));
+    }
+    let limit = node.config.client.channel_limit;
+    if limit > 0 && identity.subs.len() > limit {
+        return Err(Refused::Disconnect(Disconnect::CHANNEL_LIMIT));
+    }
+    Ok((identity, data))
 }
 
 /// When a connection whose credentials lapse at `expires_at` must close

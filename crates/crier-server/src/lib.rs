@@ -47,6 +47,8 @@ mod cluster;
 #[cfg(feature = "nats")]
 #[path = "nats/mod.rs"] // named like redis_broker (which must not shadow the `redis` crate)
 pub mod nats_broker;
+/// The backend's HTTP proxies (connect, subscribe, publish, RPC).
+mod proxy;
 /// Redis broker: shared offsets, history, presence and pub/sub (feature `redis`).
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"] // named redis_broker so it does not shadow the `redis` crate

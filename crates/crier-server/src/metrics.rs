@@ -92,6 +92,7 @@ impl Transport {
 type TransportLabel = [(&'static str, &'static str); 1];
 type CodeLabel = [(&'static str, u32); 1];
 type LimitLabel = [(&'static str, &'static str); 1];
+type ProxyLabel = [(&'static str, String); 2];
 
 /// One live connection counted in `crier_connections`: counts from
 /// [`Metrics::connection`] until dropped.
@@ -138,6 +139,10 @@ pub struct Metrics {
     publish_duration: Histogram,
     // `crier_engine_errors_total`.
     engine_errors: Counter,
+    // `crier_proxy_requests_total` by proxy and result.
+    proxy_requests: Family<ProxyLabel, Counter>,
+    // `crier_proxy_duration_seconds` by proxy.
+    proxy_duration: Family<[(&'static str, String); 1], Histogram>,
     // When an engine error was last logged (ms since `created`), so a
     // broker outage logs its reason every few seconds, not per request.
     engine_error_logged: std::sync::atomic::AtomicU64,
@@ -196,6 +201,22 @@ impl Metrics {
             engine_errors.clone(),
         );
 
+        let proxy_requests = Family::<ProxyLabel, Counter>::default();
+        registry.register(
+            "crier_proxy_requests",
+            "Calls to the backend's proxies, by proxy and result (ok, error, disconnect, timeout, unavailable, status, invalid, busy)",
+            proxy_requests.clone(),
+        );
+        let proxy_duration = Family::<[(&'static str, String); 1], Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_1, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "crier_proxy_duration",
+            "Time of a call to a backend proxy, by proxy",
+            Unit::Seconds,
+            proxy_duration.clone(),
+        );
+
         registry.register_collector(Box::new(HubCollector { hub, history }));
         registry.register_collector(Box::new(ProcessCollector));
 
@@ -206,6 +227,8 @@ impl Metrics {
             refusals,
             publish_duration,
             engine_errors,
+            proxy_requests,
+            proxy_duration,
             engine_error_logged: std::sync::atomic::AtomicU64::new(u64::MAX),
             created: Instant::now(),
             enabled,
@@ -240,6 +263,17 @@ impl Metrics {
     /// part: `connection_limit`, `command_rate_limit`, ...).
     pub fn refused(&self, limit: &'static str) {
         self.refusals.get_or_create(&[("limit", limit)]).inc();
+    }
+
+    /// Counts one call to proxy `proxy` that ended with `result`, and how
+    /// long it took.
+    pub fn proxy_call(&self, proxy: &str, result: &'static str, took: std::time::Duration) {
+        self.proxy_requests
+            .get_or_create(&[("proxy", proxy.to_owned()), ("result", result.to_owned())])
+            .inc();
+        self.proxy_duration
+            .get_or_create(&[("proxy", proxy.to_owned())])
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a client closed by its transport with disconnect `code`.

@@ -52,6 +52,8 @@ pub struct Node {
     /// Only what reaches a client outside its session (the server API's
     /// subscribe and unsubscribe pushes) needs to ask.
     protobuf_clients: std::sync::Mutex<std::collections::HashSet<ClientId>>,
+    /// The backend's proxies.
+    pub(crate) proxies: crate::proxy::Proxies,
     /// The emulated sessions (`http_stream`, `sse`) this node holds: where
     /// the commands POSTed to `/emulation` for each go.
     emulated: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Bytes>>>,
@@ -212,6 +214,7 @@ impl Node {
             },
             metrics,
             protobuf_clients: Default::default(),
+            proxies: crate::proxy::Proxies::from_config(&config)?,
             emulated: Default::default(),
             session_key: Default::default(),
             sessions_made: Default::default(),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crier_core::{
     Catchup, ClientId, ClientInfo, ClientReceiver, Exclusion, PublishOptions, SubscribeOptions,
 };
-use crier_proto::client::{self as wire, Command, Reply, Request};
+use crier_proto::client::{self as wire, Command, Payload, Reply, ReplyError, Request};
 use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
 
 pub(crate) use crate::admission::Refused;
@@ -21,6 +21,7 @@ use crate::clock::{after, unix_now, TokenBucket};
 use crate::config::ChannelOptions;
 use crate::metrics::Transport;
 use crate::node::{Node, VERSION};
+use crate::proxy::{payload, Answer, Caller, Forwarded, Proxy, PublishResult, RpcResult, SubscribeResult};
 use crate::wire::{
     code_of, hub_error_code, reason_of, subscribe_result, wire_client_info, Codec, SubscriptionMode,
 };
@@ -79,6 +80,9 @@ pub struct Session {
     // The id of an emulated session (`http_stream`, `sse`), sent in the
     // connect result for the client's POSTs to `/emulation`.
     emulated: Option<String>,
+    // What the backend's proxies may see of the client's request; boxed,
+    // as every connection's task holds its session.
+    forwarded: Box<Forwarded>,
 }
 
 impl Session {
@@ -95,7 +99,14 @@ impl Session {
             connected: None,
             commands,
             emulated: None,
+            forwarded: Box::default(),
         }
+    }
+
+    /// The headers of the client's HTTP request that a proxy forwards
+    /// (`http_headers`), taken by the transport from its request.
+    pub(crate) fn set_http_headers(&mut self, headers: axum::http::HeaderMap) {
+        self.forwarded.http = headers;
     }
 
     /// Marks this session as emulated, with the id its client's commands
@@ -194,6 +205,7 @@ impl Session {
                 Ok((self.codec.reply(&reply), rx))
             }
             Err(Refused::Error(code)) => Err(Refusal::Reply(self.codec.error(id, code))),
+            Err(Refused::Custom(e)) => Err(Refusal::Reply(self.codec.reply(&Reply::error(id, e)))),
             Err(Refused::Disconnect(d)) => Err(Refusal::Disconnect(d)),
         }
     }
@@ -208,7 +220,31 @@ impl Session {
         }
         let node = self.node.clone();
         let client_cfg = &node.config.client;
-        let identity = admission::identify(&node, self.transport, Credentials::Token(&req.token))?;
+        let (identity, data) = if req.token.trim().is_empty() && node.proxies.connect().is_some() {
+            self.forwarded.emulated = req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect();
+            let hello = admission::Hello {
+                protocol: self.codec.label(),
+                name: &req.name,
+                version: &req.version,
+                data: req.data.as_ref().map(Payload::as_bytes),
+                channels: if uni {
+                    req.subs.keys().map(String::as_str).collect()
+                } else {
+                    Vec::new()
+                },
+                forwarded: &self.forwarded,
+            };
+            admission::identify_by_proxy(&node, self.transport, &hello).await?
+        } else {
+            (
+                admission::identify(&node, self.transport, Credentials::Token(&req.token))?,
+                None,
+            )
+        };
         if uni {
             admission::within_channel_limit(&node, self.transport, &identity, req.subs.keys())?;
         }
@@ -281,7 +317,7 @@ impl Session {
             pong: !uni,
             node: node.id.clone(),
             session: self.emulated.clone().unwrap_or_default(),
-            ..Default::default()
+            data: data.map(Payload::new),
         };
         Ok(Opened { result, rx, id: cid })
     }
@@ -313,7 +349,9 @@ impl Session {
             )
             .await
             .map_err(|e| hub_error_code(&e))?;
-        Ok(subscribe_result(&s, mode.recoverable, mode.positioned, recover))
+        let mut result = subscribe_result(&s, mode.recoverable, mode.positioned, recover);
+        result.data = opts.data.clone().map(Payload::new);
+        Ok(result)
     }
 
     /// Handles one command after connect. Replies are queued to the client;
@@ -352,7 +390,7 @@ impl Session {
                 }
                 Err(e) => Reply::error(id, hub_error_code(&e)),
             },
-            Request::Publish(req) => self.publish(&who, id, req).await,
+            Request::Publish(req) => self.publish(&who, id, req).await?,
             Request::Presence(req) => self.presence(&who, id, &req.channel, false).await,
             Request::PresenceStats(req) => self.presence(&who, id, &req.channel, true).await,
             Request::History(req) => self.history(&who, id, req).await,
@@ -364,7 +402,7 @@ impl Session {
             // No server-side handler for asynchronous messages: accepted
             // and dropped, as Centrifugo does without a proxy.
             Request::Send(_) => return Ok(()),
-            Request::Rpc(_) => Reply::error(id, ErrorCode::MethodNotFound),
+            Request::Rpc(req) => self.rpc(&who, id, req).await?,
             Request::Refresh(req) => match self.connected.as_mut() {
                 Some(c) => refresh(&self.node, c, id, &req.token)?,
                 None => return Err(Disconnect::BAD_REQUEST),
@@ -431,6 +469,7 @@ impl Session {
         }
         let mut options = base.clone();
         let mut chan_info = None;
+        let mut sub_data: Option<Bytes> = None;
         let mut expires_at = None;
         if !req.token.is_empty() {
             match node.tokens.verify_subscribe(&req.token, &user, &req.channel) {
@@ -455,6 +494,36 @@ impl Session {
                     Rejection::Disconnect(_) => return Err(Disconnect::INVALID_TOKEN),
                 },
             }
+        } else if let Some(proxy) = node.proxies.subscribe(base) {
+            // The backend decides, instead of the namespace's permissions.
+            let data = req.data.as_ref().map(Payload::as_bytes);
+            match self
+                .ask::<SubscribeResult>(proxy, who, &[("channel", &req.channel)], data)
+                .await
+            {
+                Ok(r) => {
+                    let bytes = |j: Option<&serde_json::value::RawValue>, b: &str| payload(j, b);
+                    match (
+                        bytes(r.info.as_deref(), &r.b64info),
+                        bytes(r.data.as_deref(), &r.b64data),
+                    ) {
+                        (Ok(info), Ok(data)) => {
+                            chan_info = info;
+                            sub_data = data;
+                        }
+                        _ => {
+                            self.send(self.codec.error(id, ErrorCode::Internal));
+                            return Ok(());
+                        }
+                    }
+                    expires_at = (r.expire_at > 0).then_some(r.expire_at);
+                }
+                Err(Denied::Reply(e)) => {
+                    self.send(self.codec.reply(&Reply::error(id, e)));
+                    return Ok(());
+                }
+                Err(Denied::Disconnect(d)) => return Err(d),
+            }
         } else if let Err(code) = self.check(who, ChannelAction::Subscribe, &req.channel, base) {
             self.send(self.codec.error(id, code));
             return Ok(());
@@ -475,6 +544,7 @@ impl Session {
                 // it precedes every live publication of the channel.
                 |s| {
                     let mut result = subscribe_result(s, mode.recoverable, mode.positioned, recover);
+                    result.data = sub_data.map(Payload::new);
                     result.expires = expires_at.is_some();
                     result.ttl = expires_at.map_or(0, |t| (t - now).max(0) as u32);
                     Some(codec.reply(&Reply {
@@ -500,15 +570,34 @@ impl Session {
         Ok(())
     }
 
-    async fn publish(&self, who: &Who, id: u32, req: wire::PublishRequest) -> Reply {
+    async fn publish(&self, who: &Who, id: u32, req: wire::PublishRequest) -> Result<Reply, Disconnect> {
         let Some(options) = self.node.channel_options(&req.channel) else {
-            return Reply::error(id, ErrorCode::UnknownChannel);
+            return Ok(Reply::error(id, ErrorCode::UnknownChannel));
         };
         let Some(data) = req.data else {
-            return Reply::error(id, ErrorCode::BadRequest);
+            return Ok(Reply::error(id, ErrorCode::BadRequest));
         };
-        if let Err(code) = self.check(who, ChannelAction::Publish, &req.channel, options) {
-            return Reply::error(id, code);
+        let mut data = data.into_bytes();
+        let mut skip_history = false;
+        if let Some(proxy) = self.node.proxies.publish(options) {
+            // The backend decides, and may replace the data.
+            match self
+                .ask::<PublishResult>(proxy, who, &[("channel", &req.channel)], Some(&data))
+                .await
+            {
+                Ok(r) => {
+                    match payload(r.data.as_deref(), &r.b64data) {
+                        Ok(Some(replaced)) => data = replaced,
+                        Ok(None) => {}
+                        Err(_) => return Ok(Reply::error(id, ErrorCode::Internal)),
+                    }
+                    skip_history = r.skip_history;
+                }
+                Err(Denied::Reply(e)) => return Ok(Reply::error(id, e)),
+                Err(Denied::Disconnect(d)) => return Err(d),
+            }
+        } else if let Err(code) = self.check(who, ChannelAction::Publish, &req.channel, options) {
+            return Ok(Reply::error(id, code));
         }
         let info = Arc::new(ClientInfo {
             client: who.id,
@@ -524,7 +613,6 @@ impl Session {
         } else {
             Exclusion::default()
         };
-        let data = data.into_bytes();
         let published = self
             .node
             .publish(
@@ -533,17 +621,74 @@ impl Session {
                 PublishOptions {
                     exclude,
                     info: Some(info),
+                    skip_history,
                     ..Default::default()
                 },
             )
             .await;
-        match published {
+        Ok(match published {
             Ok(_) => Reply {
                 id,
                 publish: Some(Default::default()),
                 ..Default::default()
             },
             Err(e) => Reply::error(id, hub_error_code(&e)),
+        })
+    }
+
+    /// `rpc`: to the backend's RPC proxy of the method's namespace; 104
+    /// method not found where none is on.
+    async fn rpc(&self, who: &Who, id: u32, req: wire::RpcRequest) -> Result<Reply, Disconnect> {
+        let Some(proxy) = self.node.proxies.rpc(&req.method) else {
+            return Ok(Reply::error(id, ErrorCode::MethodNotFound));
+        };
+        let data = req.data.as_ref().map(Payload::as_bytes);
+        match self
+            .ask::<RpcResult>(proxy, who, &[("method", &req.method)], data)
+            .await
+        {
+            Ok(r) => match payload(r.data.as_deref(), &r.b64data) {
+                Ok(data) => Ok(Reply {
+                    id,
+                    rpc: Some(wire::RpcResult {
+                        data: data.map(Payload::new),
+                    }),
+                    ..Default::default()
+                }),
+                Err(_) => Ok(Reply::error(id, ErrorCode::Internal)),
+            },
+            Err(Denied::Reply(e)) => Ok(Reply::error(id, e)),
+            Err(Denied::Disconnect(d)) => Err(d),
+        }
+    }
+
+    /// Asks `proxy` on behalf of `who`: its result, or what the client
+    /// gets instead (the backend's error or disconnect; 100 internal,
+    /// temporary, when the backend fails).
+    async fn ask<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        proxy: &Proxy,
+        who: &Who,
+        fields: &[(&str, &str)],
+        data: Option<&[u8]>,
+    ) -> Result<T, Denied> {
+        let client = who.id.to_string();
+        let caller = Caller {
+            client: &client,
+            transport: self.transport.label(),
+            protocol: self.codec.label(),
+            user: Some(&who.user),
+        };
+        let body = proxy.body(&caller, fields, data);
+        match proxy.call::<T>(&self.node.metrics, body, &self.forwarded).await {
+            Ok(Answer::Result(r)) => Ok(r),
+            Ok(Answer::Error { code, message }) => Err(Denied::Reply(ReplyError {
+                code,
+                message: message.into(),
+                temporary: false,
+            })),
+            Ok(Answer::Disconnect { code, reason }) => Err(Denied::Disconnect(Disconnect::new(code, reason))),
+            Err(_) => Err(Denied::Reply(ErrorCode::Internal.into())),
         }
     }
 
@@ -654,6 +799,12 @@ impl Drop for Session {
             self.node.forget_format(c.who.id, self.codec);
         }
     }
+}
+
+/// What a client gets instead of a proxy's result.
+enum Denied {
+    Reply(ReplyError),
+    Disconnect(Disconnect),
 }
 
 /// `refresh`: a new connection token for the same user moves the expiry.

@@ -11,6 +11,8 @@
 //!   address) and runs its connect/subscribe commands;
 //! - [`protobuf`] finds deliveries in protobuf frames, walking the bytes in
 //!   place;
+//! - [`deflate`] is the WebSocket client of `--compression` subscribers
+//!   (permessage-deflate, which tokio-tungstenite lacks);
 //! - [`subscriber`] keeps S of them reading and counting deliveries;
 //! - [`publisher`] paces publications and reads the server's answers;
 //! - `crier_loadgen` (shared with the peer load clients) keeps publishers
@@ -31,6 +33,7 @@
 //! run ends by itself: the duration plus at most 2 s for stragglers.
 
 mod client;
+mod deflate;
 mod plot;
 mod probe;
 mod protobuf;
@@ -77,7 +80,8 @@ use report::Report;
 /// (--transport); WebSocket connections speak the client protocol in JSON
 /// or protobuf (--format); --slow adds subscribers that never read, to show
 /// what a slow consumer costs the others; --plot writes the latency
-/// distribution as an SVG file.
+/// distribution as an SVG file; --compression has WebSocket subscribers
+/// offer permessage-deflate (the server needs websocket.compression = true).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server's WebSocket endpoint; repeat it for several nodes of one
@@ -161,6 +165,11 @@ pub struct Args {
     /// the URL).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Format::Json)]
     format: Format,
+    /// WebSocket subscribers offer permessage-deflate (RFC 7692) and fail
+    /// unless the server agrees (it needs `websocket.compression = true`);
+    /// publishers stay uncompressed. For --transport ws only.
+    #[arg(long)]
+    compression: bool,
     /// The [[tcp]] listener's address, for --transport tcp.
     #[arg(long, value_name = "HOST:PORT")]
     tcp_addr: Option<String>,
@@ -281,6 +290,8 @@ pub(crate) struct Plan {
     transport: Transport,
     /// The client protocol's format on WebSocket connections.
     format: Format,
+    /// Subscribers offer permessage-deflate (`--compression`).
+    compression: bool,
     /// The `[[tcp]]` listener, for --transport tcp.
     tcp_addr: Option<SocketAddr>,
     /// Subscribers that never read (not in `subscribers`).
@@ -357,6 +368,13 @@ impl Plan {
                  or --publish-via ws (uni_sse, [[tcp]] and the HTTP API have no protobuf variant here)"
             );
         }
+        if args.compression && args.transport != Transport::Ws {
+            bail!(
+                "--compression is permessage-deflate on WebSocket subscribers: give --transport ws \
+                 ({} has no compression here)",
+                args.transport.describe()
+            );
+        }
         let nodes = args
             .url
             .iter()
@@ -410,6 +428,7 @@ impl Plan {
             nodes,
             transport: args.transport,
             format: args.format,
+            compression: args.compression,
             tcp_addr,
             slow: args.slow,
             api_addr,
@@ -458,9 +477,14 @@ impl Plan {
         (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
     }
 
-    /// How subscribers connect, in words (WebSocket with its format).
+    /// How subscribers connect, in words (WebSocket with its format, and
+    /// compression if on).
     fn describe_transport(&self) -> String {
-        self.with_format(self.transport == Transport::Ws, self.transport.describe())
+        let described = self.with_format(self.transport == Transport::Ws, self.transport.describe());
+        match described.strip_suffix(')') {
+            Some(open) if self.compression => format!("{open}, permessage-deflate)"),
+            _ => described,
+        }
     }
 
     /// How publications reach the server, in words (WebSocket with its
@@ -863,6 +887,7 @@ mod tests {
             allow_remote: false,
             transport: Transport::Ws,
             format: Format::Json,
+            compression: false,
             tcp_addr: None,
             slow: 0,
             plot: None,
@@ -949,6 +974,7 @@ mod tests {
             allow_remote: false,
             transport,
             format: Format::Protobuf,
+            compression: false,
             tcp_addr: None,
             slow: 0,
             plot: None,
@@ -965,5 +991,29 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("--format protobuf"), "{e}");
+
+        let plan = Plan::new(Args {
+            compression: true,
+            ..args(Transport::Ws, Via::Api)
+        })
+        .unwrap();
+        assert_eq!(
+            plan.describe_transport(),
+            "WebSocket (protobuf, permessage-deflate)"
+        );
+        assert_eq!(plan.describe_via(), "HTTP API");
+        for transport in [Transport::Sse, Transport::Tcp] {
+            let e = Plan::new(Args {
+                compression: true,
+                format: Format::Json,
+                tcp_addr: (transport == Transport::Tcp).then(|| "127.0.0.1:2".into()),
+                channels: 1,
+                ..args(transport, Via::Api)
+            })
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(e.contains("--compression") && e.contains("--transport ws"), "{e}");
+        }
     }
 }

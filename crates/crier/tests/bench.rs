@@ -195,6 +195,7 @@ fn fixed_rate_over_the_api_reaches_every_subscriber() {
         ],
     );
     assert_eq!(report["format"], "json", "JSON is the default: {report}");
+    assert_eq!(report["compression"], false, "off by default: {report}");
     let sent = number(&report, "sent");
     // 200/s for 2 s; a loaded machine may fall a little behind the schedule.
     assert!(sent >= 100, "too few publications accepted: {report}");
@@ -474,4 +475,96 @@ fn large_publications_over_a_websocket_publisher_stay_under_the_frame_limit() {
     assert_eq!(number(&report, "refused"), 0, "{report}");
     assert_eq!(number(&report, "loss"), 0, "{report}");
     assert_eq!(number(&report, "deliveries"), sent * 3, "{report}");
+}
+
+/// Runs `crier bench` against `server`, expecting it to fail; returns what
+/// it printed on stderr.
+fn bench_fails(server: &Server, extra: &[&str]) -> String {
+    let mut args = vec!["bench", "--url", server.websocket.as_str(), "--json"];
+    args.extend_from_slice(extra);
+    let mut child = crier(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start crier bench");
+    let stdout = lines(child.stdout.take().expect("stdout is piped"));
+    let stderr = lines(child.stderr.take().expect("stderr is piped"));
+    let mut process = Guard(child);
+    let deadline = Instant::now() + DEADLINE;
+    let out = all_lines(&stdout, deadline, "crier bench's stdout");
+    let err = all_lines(&stderr, deadline, "crier bench to finish").join("\n");
+    let status = process.0.wait().expect("wait for crier bench");
+    assert_eq!(status.code(), Some(1), "stdout: {out:?}\nstderr: {err}");
+    err
+}
+
+#[test]
+fn compressed_subscribers_lose_nothing_in_json_and_protobuf() {
+    let server = serve_with(&[], &[("CRIER_WEBSOCKET_COMPRESSION", "true")]);
+    for format in ["json", "protobuf"] {
+        // Fresh channels per run: nothing of the last run reaches this one.
+        let prefix = format!("deflate-{format}-");
+        let report = bench(
+            &server,
+            &[
+                "--compression",
+                "--format",
+                format,
+                "--channel-prefix",
+                prefix.as_str(),
+                "--subscribers",
+                "6",
+                "--channels",
+                "2",
+                "--rate",
+                "200",
+                "--size",
+                "300",
+                "--duration",
+                "1s",
+            ],
+        );
+        assert_eq!(report["compression"], true, "{report}");
+        assert_eq!(report["format"], format, "{report}");
+        let sent = number(&report, "sent");
+        assert!(sent >= 50, "too few publications accepted: {report}");
+        assert_eq!(number(&report, "refused"), 0, "{report}");
+        assert_eq!(number(&report, "loss"), 0, "{report}");
+        // Publications alternate between the two channels of 3 subscribers.
+        assert_eq!(number(&report, "deliveries"), sent * 3, "{report}");
+        assert_eq!(number(&report, "deliveries_expected"), sent * 3, "{report}");
+        assert_eq!(number(&report, "subscribers_gone"), 0, "{report}");
+        assert!(
+            report["latency_us"]["p99"].as_u64().is_some(),
+            "latencies are read from inflated messages: {report}"
+        );
+    }
+}
+
+#[test]
+fn compression_against_a_server_without_it_names_the_setting() {
+    let server = serve();
+    let stderr = bench_fails(
+        &server,
+        &["--compression", "--subscribers", "2", "--duration", "1s"],
+    );
+    assert!(
+        stderr.contains("permessage-deflate") && stderr.contains("websocket.compression = true"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn compression_is_refused_for_sse_and_tcp() {
+    for transport in [&["sse"][..], &["tcp", "--tcp-addr", "127.0.0.1:9"]] {
+        let mut args = vec!["bench", "--compression", "--subscribers", "1", "--transport"];
+        args.extend_from_slice(transport);
+        let output = crier(&args).output().expect("run crier bench");
+        assert_eq!(output.status.code(), Some(1), "{transport:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--compression") && stderr.contains("--transport ws"),
+            "{transport:?}: {stderr}"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Config, Namespace, TcpListenerConfig, WatchConfig};
+use super::{Config, Namespace, ProxyConfig, RpcNamespace, TcpListenerConfig, WatchConfig};
 
 /// Centrifugo v6 sections and keys that crier does not implement (yet).
 const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
@@ -17,19 +17,22 @@ const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
     "http_server.internal_address",
     "http_server.internal_port",
     "http_server.http3",
-    "client.proxy",
+    "client.proxy.refresh",
     "client.connect_proxy_name",
     "client.refresh_proxy_name",
     "client.history_meta_ttl",
-    "channel.proxy",
-    "channel.namespaces[].subscribe_proxy_name",
-    "channel.namespaces[].publish_proxy_name",
+    "channel.proxy.sub_refresh",
+    "channel.proxy.subscribe_stream",
     "channel.namespaces[].sub_refresh_proxy_name",
+    "channel.namespaces[].sub_refresh_proxy_enabled",
+    "channel.without_namespace.sub_refresh_proxy_name",
+    "channel.without_namespace.sub_refresh_proxy_enabled",
     "channel.namespaces[].delta_publish",
     "channel.namespaces[].allowed_delta_types",
     "channel.without_namespace.delta_publish",
     "channel.without_namespace.allowed_delta_types",
-    "rpc",
+    "rpc.namespace_boundary",
+    "rpc.ping",
     "admin",
     "log",
     "swagger",
@@ -41,7 +44,9 @@ const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
     "grpc_api",
     "uni_grpc",
     "unified_proxy",
-    "proxies",
+    "proxies[].grpc",
+    "proxies[].grpc_metadata",
+    "proxies[].include_connection_meta",
     "consumers",
     "broker",
     "presence_manager",
@@ -144,6 +149,16 @@ fn known_keys() -> BTreeSet<String> {
     walk(
         "watch[]",
         &as_json(serde_json::to_value(WatchConfig::default())),
+        &mut out,
+    );
+    walk(
+        "proxies[]",
+        &as_json(serde_json::to_value(ProxyConfig::default())),
+        &mut out,
+    );
+    walk(
+        "rpc.namespaces[]",
+        &as_json(serde_json::to_value(RpcNamespace::default())),
         &mut out,
     );
     out

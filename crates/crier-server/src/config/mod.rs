@@ -14,6 +14,7 @@ mod duration;
 mod env;
 mod keys;
 mod origins;
+mod proxy;
 mod source;
 
 use std::fmt;
@@ -24,6 +25,10 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use origins::glob_match;
 pub use origins::{is_local_origin, OriginPolicy};
+pub use proxy::{
+    ChannelProxyConfig, ClientProxyConfig, ProxyConfig, ProxyHttpConfig, RpcConfig, RpcNamespace,
+    RpcNamespaceOptions,
+};
 pub use source::Format;
 
 /// The whole server configuration. Every field has a default, so an empty
@@ -70,6 +75,10 @@ pub struct Config {
     pub tcp: Vec<TcpListenerConfig>,
     /// File sources (crier only): `[[watch]]`.
     pub watch: Vec<WatchConfig>,
+    /// Named proxies that namespaces refer to (`*_proxy_name`).
+    pub proxies: Vec<ProxyConfig>,
+    /// Client RPC: which methods go to which proxy.
+    pub rpc: RpcConfig,
 }
 
 /// `emulation.*`
@@ -493,6 +502,8 @@ pub struct ClientConfig {
     pub history_max_publication_limit: usize,
     /// Cap on publications replayed by one recovery.
     pub recovery_max_publication_limit: usize,
+    /// Proxies asked about connections (`client.proxy.connect`).
+    pub proxy: ClientProxyConfig,
 }
 
 impl Default for ClientConfig {
@@ -518,6 +529,7 @@ impl Default for ClientConfig {
             queue_max_size: 1_048_576,
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
+            proxy: ClientProxyConfig::default(),
         }
     }
 }
@@ -677,6 +689,16 @@ channel_options! {
     allow_presence_for_client: bool,
     /// Extends the presence permissions above to anonymous connections.
     allow_presence_for_anonymous: bool,
+    /// Client subscriptions are asked of the subscribe proxy (not those
+    /// with a subscription token, nor server-side ones).
+    subscribe_proxy_enabled: bool,
+    /// A named proxy of `proxies[]` instead of `channel.proxy.subscribe`.
+    subscribe_proxy_name: String,
+    /// Client publications are asked of the publish proxy, which may
+    /// change their data.
+    publish_proxy_enabled: bool,
+    /// A named proxy of `proxies[]` instead of `channel.proxy.publish`.
+    publish_proxy_name: String,
 }
 
 impl ChannelOptions {
@@ -710,6 +732,8 @@ pub struct ChannelConfig {
     pub private_prefix: String,
     /// Separates the namespace from the rest of a channel name.
     pub namespace_boundary: String,
+    /// The default subscribe and publish proxies.
+    pub proxy: ChannelProxyConfig,
 }
 
 impl Default for ChannelConfig {
@@ -720,6 +744,7 @@ impl Default for ChannelConfig {
             max_length: 255,
             private_prefix: "$".to_string(),
             namespace_boundary: ":".to_string(),
+            proxy: ChannelProxyConfig::default(),
         }
     }
 }
@@ -1354,6 +1379,7 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        proxy::validate(self)?;
         if !(1..=9).contains(&self.websocket.compression_level) {
             return Err(invalid(
                 "websocket.compression_level",

@@ -201,6 +201,7 @@ async fn open(
     let (session_id, queue) = node.emulated_session(QUEUED_BATCHES);
     let mut session = Session::new(node.clone(), codec, transport);
     session.set_emulated(session_id.clone());
+    session.set_http_headers(node.proxies.forwarded_headers(&headers));
     let body = match session.connect(id, req).await {
         Ok((reply, rx)) => {
             let (out, body) = mpsc::channel::<Bytes>(8);

@@ -78,6 +78,8 @@ fn refusal(r: Refused) -> Disconnect {
         // A uni client cannot retry within the connection: an expired
         // token means "reconnect with a fresh one".
         Refused::Error(ErrorCode::TokenExpired | ErrorCode::Expired) => Disconnect::EXPIRED,
+        // The connect proxy failed: as Centrifugo, 3004 (reconnect).
+        Refused::Error(ErrorCode::Internal) | Refused::Custom(_) => Disconnect::SERVER_ERROR,
         Refused::Error(_) => Disconnect::BAD_REQUEST,
         Refused::Disconnect(d) => d,
     }
@@ -177,8 +179,10 @@ async fn open(
     node: &Arc<Node>,
     transport: Transport,
     req: ConnectRequest,
+    forwarded: HeaderMap,
 ) -> Result<(Bytes, Outgoing), Disconnect> {
     let mut session = Session::new(node.clone(), Codec::Json, transport);
+    session.set_http_headers(forwarded);
     let Opened { result, rx, id } = Box::pin(session.open(req, true)).await.map_err(refusal)?;
     let deadline = session.deadline();
     Ok((
@@ -246,7 +250,7 @@ async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], fr
         Framing::Lines => "application/x-ndjson",
     };
     let mut first = BytesMut::new();
-    let body = match open(&node, transport, req).await {
+    let body = match open(&node, transport, req, node.proxies.forwarded_headers(&headers)).await {
         Err(d) => {
             // Say why in the stream itself, then end it.
             framing.put(&mut first, &disconnect_push(&d));
@@ -334,12 +338,22 @@ pub async fn websocket(
     };
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();
+    // The headers a proxy forwards, kept only if there are any.
+    let headers = Some(node.proxies.forwarded_headers(request.headers()))
+        .filter(|h| !h.is_empty())
+        .map(Box::new);
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
-        serve_websocket(node, reader, writer, preset)
+        serve_websocket(node, reader, writer, preset, headers)
     })
 }
 
-async fn serve_websocket(node: Arc<Node>, mut reader: Reader, mut writer: Writer, preset: Option<String>) {
+async fn serve_websocket(
+    node: Arc<Node>,
+    mut reader: Reader,
+    mut writer: Writer,
+    preset: Option<String>,
+    headers: Option<Box<HeaderMap>>,
+) {
     let cfg = &node.config.client;
     let limit = node.config.uni_websocket.max_request_body_size;
     let connect_bytes: Bytes = match preset {
@@ -360,7 +374,9 @@ async fn serve_websocket(node: Arc<Node>, mut reader: Reader, mut writer: Writer
         Ok(r) => r,
         Err(d) => return close(&mut writer, &d).await,
     };
-    let (connect, mut out) = match open(&node, Transport::UniWebSocket, req).await {
+    // Boxed: connecting is done once, and must not size the task for good.
+    let forwarded = headers.map(|h| *h).unwrap_or_default();
+    let (connect, mut out) = match Box::pin(open(&node, Transport::UniWebSocket, req, forwarded)).await {
         Ok(x) => x,
         Err(d) => {
             let _ = writer.text(&mut vec![disconnect_push(&d)]).await;
@@ -432,7 +448,7 @@ mod tests {
         let (rd, wr) = server.into_split();
         let reader = Reader::new(rd, Bytes::new(), 1024);
         let writer = Writer::new(wr, std::time::Duration::from_secs(1));
-        let serving = serve_websocket(node, reader, writer, None);
+        let serving = serve_websocket(node, reader, writer, None, None);
         let size = std::mem::size_of_val(&serving);
         assert!(
             size <= 1_600,

@@ -38,8 +38,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
         deflate: node.websocket_deflate(),
     };
     let tracker = node.connections.clone();
+    // The headers a proxy forwards, kept only if there are any.
+    let forwarded = Some(node.proxies.forwarded_headers(request.headers()))
+        .filter(|h| !h.is_empty())
+        .map(Box::new);
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
-        serve(node, codec, reader, writer)
+        serve(node, codec, reader, writer, forwarded)
     })
 }
 
@@ -158,8 +162,17 @@ async fn connect(
 }
 
 /// Serves one WebSocket connection until it closes.
-async fn serve(node: Arc<Node>, codec: Codec, mut reader: Reader, mut writer: Writer) {
+async fn serve(
+    node: Arc<Node>,
+    codec: Codec,
+    mut reader: Reader,
+    mut writer: Writer,
+    forwarded: Option<Box<axum::http::HeaderMap>>,
+) {
     let mut session = Session::new(node.clone(), codec, Transport::WebSocket);
+    if let Some(headers) = forwarded {
+        session.set_http_headers(*headers);
+    }
     let cfg = &node.config.client;
     // A client that sends nothing for a ping interval plus the pong timeout
     // is gone (it must answer every server ping).
@@ -474,7 +487,7 @@ mod tests {
     async fn connection_tasks_stay_within_their_memory_budget() {
         let node = Node::new(crate::config::Config::default()).expect("node");
         let (reader, writer, _c1) = halves().await;
-        let serving = serve(node.clone(), Codec::Json, reader, writer);
+        let serving = serve(node.clone(), Codec::Json, reader, writer, None);
         let (_, writer, _c2) = halves().await;
         let (_, rx) = node.hub.connect("u", None);
         let writing = write(

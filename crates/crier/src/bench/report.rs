@@ -248,6 +248,7 @@ impl Report {
         // Set apart: one more key in the literal passes `json!`'s
         // recursion limit.
         report["format"] = plan.format.name().into();
+        report["compression"] = plan.compression.into();
         report
     }
 
@@ -279,6 +280,14 @@ impl Report {
                 plan.duration,
                 plan.size
             ),
+        ));
+        rows.push((
+            "compression",
+            if plan.compression {
+                "on: subscribers offered permessage-deflate and the server agreed".into()
+            } else {
+                "off".into()
+            },
         ));
         rows.push((
             "connect",

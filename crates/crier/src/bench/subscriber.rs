@@ -11,7 +11,10 @@
 //!
 //! Subscribers speak WebSocket (client protocol v2, JSON or protobuf), `uni_sse` or a plain
 //! TCP listener's lines (`--transport`); the last two are byte streams
-//! ([`stream`](super::stream)), scanned line by line the same way.
+//! ([`stream`](super::stream)), scanned line by line the same way. With
+//! `--compression`, WebSocket subscribers use [`deflate`](super::deflate)'s
+//! own client (permessage-deflate); each inflated message goes through the
+//! same scan.
 //!
 //! `--slow N` adds N connections that subscribe like the others (with a
 //! 4 KiB receive buffer) and then never read, until the run is over: only
@@ -32,6 +35,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::client::{self, Ws};
+use super::deflate::{self, DeflateWs, Event};
 use super::protobuf;
 use super::stream::{self, StreamConn};
 use crier_loadgen::payload::{self, unix_nanos};
@@ -55,6 +59,8 @@ const SLOW_DRAIN: Duration = Duration::from_secs(10);
 /// One subscriber connection, whichever transport.
 enum Conn {
     Ws(Box<Ws>),
+    /// WebSocket with permessage-deflate (`--compression`).
+    Deflate(Box<DeflateWs>),
     Stream(StreamConn),
 }
 
@@ -256,6 +262,12 @@ async fn setup(
     let started = Instant::now();
     let source = plan.source(i);
     let conn = match plan.transport {
+        Transport::Ws if plan.compression => {
+            let node = plan.node_of_subscriber(i);
+            let mut ws = deflate::connect(plan, node, source, recv_buffer, plan.format).await?;
+            ws.subscribe(plan.format, &plan.channel_names[k]).await?;
+            Conn::Deflate(Box::new(ws))
+        }
         Transport::Ws => {
             let node = plan.node_of_subscriber(i);
             let mut ws = client::connect_with(plan, node, source, recv_buffer, plan.format).await?;
@@ -339,6 +351,13 @@ async fn subscriber(
                 let _ = tokio::time::timeout(Duration::from_millis(100), ws.close(None)).await;
             }
         }
+        Conn::Deflate(ws) => {
+            let mut ws = *ws;
+            tally.gone = receive_deflate(&mut ws, &flow, &mut tally, &mut stop).await;
+            if tally.gone.is_none() {
+                let _ = tokio::time::timeout(Duration::from_millis(100), ws.close()).await;
+            }
+        }
         Conn::Stream(mut conn) => {
             tally.gone = receive_stream(&mut conn, &flow, &mut tally, &mut stop).await;
         }
@@ -401,6 +420,42 @@ async fn receive(
             return Some(format!("unsubscribed by the server: {line}"));
         }
         if scan.ping && ws.send(pong).await.is_err() {
+            return Some("cannot answer a ping".into());
+        }
+    }
+}
+
+/// [`receive`] for permessage-deflate subscribers: each message, inflated
+/// if it came compressed, is scanned as the other path scans a frame.
+async fn receive_deflate(
+    ws: &mut DeflateWs,
+    flow: &Flow,
+    tally: &mut Tally,
+    stop: &mut oneshot::Receiver<()>,
+) -> Option<String> {
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = &mut *stop => return None,
+            e = ws.next() => e,
+        };
+        let (scan, text) = match event {
+            Ok(Event::Text(text)) => (scan(text, unix_nanos(), &mut tally.latency), true),
+            Ok(Event::Binary(frame)) => (protobuf::scan(frame, unix_nanos(), &mut tally.latency), false),
+            Ok(Event::Closed(Some((code, reason)))) => return Some(format!("disconnected: {code} {reason}")),
+            Ok(Event::Closed(None)) => return Some("the server closed the connection".into()),
+            Err(e) => return Some(format!("connection lost: {e:#}")),
+        };
+        tally.frames += 1;
+        if scan.deliveries > 0 {
+            tally.received += scan.deliveries;
+            tally.last_delivery = Some(Instant::now());
+            flow.delivered(scan.deliveries);
+        }
+        if let Some(line) = scan.unsubscribed {
+            return Some(format!("unsubscribed by the server: {line}"));
+        }
+        if scan.ping && ws.pong(text).await.is_err() {
             return Some("cannot answer a ping".into());
         }
     }
@@ -474,7 +529,38 @@ async fn slow_subscriber(
             }
             tally
         }
+        Conn::Deflate(ws) => {
+            let mut ws = *ws;
+            let tally = drain_deflate(&mut ws, deadline).await;
+            if !tally.dropped {
+                let _ = tokio::time::timeout(Duration::from_millis(100), ws.close()).await;
+            }
+            tally
+        }
         Conn::Stream(mut conn) => drain_stream(&mut conn, deadline).await,
+    }
+}
+
+/// [`drain_ws`] for a permessage-deflate connection.
+async fn drain_deflate(ws: &mut DeflateWs, deadline: Instant) -> SlowTally {
+    let dropped = |code: Option<u16>, how: String| SlowTally {
+        dropped: true,
+        code,
+        how,
+    };
+    loop {
+        let wait = SLOW_SILENCE.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, ws.next()).await {
+            Err(_) => return still_open(deadline),
+            Ok(Ok(Event::Closed(Some((code, reason))))) => {
+                return dropped(Some(code), format!("close {code} {reason}"));
+            }
+            Ok(Ok(Event::Closed(None))) => {
+                return dropped(None, "close without a code, or end of stream".into())
+            }
+            Ok(Err(e)) => return dropped(None, format!("connection lost: {e:#}")),
+            Ok(Ok(_)) => {}
+        }
     }
 }
 

@@ -1,0 +1,513 @@
+//! The application's backend asked over HTTP (Centrifugo's proxy protocol,
+//! JSON): whether a client without a token may connect and as whom, whether
+//! a subscription or a client publication is allowed (and with what data),
+//! and what a client RPC returns. Each proxy is a pooled keep-alive
+//! HTTP/1.1 client with a timeout, a bound on calls in flight, and a bound
+//! on the answer's size; every call is counted by result and timed.
+//!
+//! This module says what the backend answered, or how the call failed; the
+//! session and the admission path decide what that means for the client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+
+use crate::config::{ChannelOptions, Config, ConfigError, ProxyConfig};
+use crate::metrics::Metrics;
+
+/// Largest answer a backend may send; past it the call fails ("invalid").
+pub(crate) const MAX_ANSWER: usize = 1 << 20;
+
+/// Keep-alive connections kept open per backend host while idle.
+const IDLE_PER_HOST: usize = 64;
+
+/// How a call failed, when the backend did not answer as the protocol says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// No answer within the proxy's `timeout`.
+    Timeout,
+    /// The backend could not be reached (refused, reset).
+    Unavailable,
+    /// The backend answered with a status other than 200.
+    Status(u16),
+    /// The answer is not the JSON the protocol expects, or too large.
+    Invalid,
+    /// `max_concurrent_requests` calls are already in flight.
+    Busy,
+}
+
+impl Failure {
+    fn label(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Unavailable => "unavailable",
+            Failure::Status(_) => "status",
+            Failure::Invalid => "invalid",
+            Failure::Busy => "busy",
+        }
+    }
+}
+
+/// What the backend answered.
+#[derive(Debug)]
+pub(crate) enum Answer<T> {
+    /// Go ahead, with this result.
+    Result(T),
+    /// Refuse with this error (codes 400–1999 by the protocol's rule).
+    Error { code: u32, message: String },
+    /// Close the connection with this disconnect (4000–4999).
+    Disconnect { code: u32, reason: String },
+}
+
+#[derive(Deserialize)]
+struct Wire<T> {
+    #[serde(default = "none")]
+    result: Option<T>,
+    #[serde(default)]
+    error: Option<WireError>,
+    #[serde(default)]
+    disconnect: Option<WireDisconnect>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    code: u32,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct WireDisconnect {
+    code: u32,
+    #[serde(default)]
+    reason: String,
+}
+
+/// A payload of a result: embedded JSON (`data`) or base64 (`b64data`).
+pub(crate) fn payload(json: Option<&RawValue>, b64: &str) -> Result<Option<Bytes>, Failure> {
+    use base64::Engine as _;
+    if !b64.is_empty() {
+        return base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(|b| Some(Bytes::from(b)))
+            .map_err(|_| Failure::Invalid);
+    }
+    Ok(json.map(|r| Bytes::copy_from_slice(r.get().as_bytes())))
+}
+
+/// One configured proxy.
+pub(crate) struct Proxy {
+    // The metrics label: the `proxies[]` name, or the kind.
+    label: String,
+    uri: Uri,
+    timeout: Duration,
+    http_headers: Vec<HeaderName>,
+    emulated_headers: Vec<String>,
+    static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Payloads go as base64 (`b64data`) instead of embedded JSON.
+    pub(crate) binary: bool,
+    permits: Semaphore,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Proxy {
+    fn new(label: String, cfg: &ProxyConfig, key: &str) -> Result<Self, ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        let uri: Uri = cfg
+            .endpoint
+            .parse()
+            .map_err(|e| bad(format!("{:?} is not a URL: {e}", cfg.endpoint)))?;
+        let header_names = |names: &[String]| -> Result<Vec<HeaderName>, ConfigError> {
+            names
+                .iter()
+                .map(|n| {
+                    HeaderName::try_from(n.as_str()).map_err(|_| bad(format!("{n:?} is not a header name")))
+                })
+                .collect()
+        };
+        let static_headers = cfg
+            .http
+            .static_headers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    HeaderName::try_from(k.as_str())
+                        .map_err(|_| bad(format!("{k:?} is not a header name")))?,
+                    HeaderValue::try_from(v.as_str())
+                        .map_err(|_| bad(format!("{v:?} is not a header value")))?,
+                ))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(IDLE_PER_HOST)
+            .build(connector);
+        Ok(Self {
+            label,
+            uri,
+            timeout: cfg.timeout,
+            http_headers: header_names(&cfg.http_headers)?,
+            emulated_headers: cfg
+                .emulated_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            static_headers,
+            binary: cfg.binary_encoding,
+            permits: Semaphore::new(cfg.max_concurrent_requests),
+            client,
+        })
+    }
+
+    /// The headers of a client's HTTP request this proxy forwards.
+    fn wants(&self, name: &HeaderName) -> bool {
+        self.http_headers.contains(name)
+    }
+
+    /// POSTs `body` (JSON) with the client's forwarded headers; the
+    /// backend's answer, or how the call failed. Counted and timed.
+    pub(crate) async fn call<T: DeserializeOwned + Default>(
+        &self,
+        metrics: &Metrics,
+        body: Vec<u8>,
+        client: &Forwarded,
+    ) -> Result<Answer<T>, Failure> {
+        let started = Instant::now();
+        let outcome = self.call_quietly(body, client).await;
+        let label = match &outcome {
+            Ok(Answer::Result(_)) => "ok",
+            Ok(Answer::Error { .. }) => "error",
+            Ok(Answer::Disconnect { .. }) => "disconnect",
+            Err(f) => f.label(),
+        };
+        metrics.proxy_call(&self.label, label, started.elapsed());
+        if let Err(failure) = &outcome {
+            if let Some(left_out) = metrics.client_problem_line() {
+                tracing::info!(proxy = %self.label, endpoint = %self.uri, ?failure, left_out, "proxy call failed");
+            }
+        }
+        outcome
+    }
+
+    async fn call_quietly<T: DeserializeOwned + Default>(
+        &self,
+        body: Vec<u8>,
+        client: &Forwarded,
+    ) -> Result<Answer<T>, Failure> {
+        let _permit = self.permits.try_acquire().map_err(|_| Failure::Busy)?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| Failure::Invalid)?;
+        let h = request.headers_mut();
+        // Lowest priority first: static, then emulated, then transport.
+        for (k, v) in &self.static_headers {
+            h.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &client.emulated {
+            if self.emulated_headers.iter().any(|e| e == k) {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::try_from(k.as_str()),
+                    HeaderValue::try_from(v.as_str()),
+                ) {
+                    h.insert(k, v);
+                }
+            }
+        }
+        for (k, v) in client.http.iter() {
+            if self.wants(k) {
+                h.insert(k.clone(), v.clone());
+            }
+        }
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|_| Failure::Unavailable)?;
+            let status = response.status().as_u16();
+            if status != 200 {
+                return Err(Failure::Status(status));
+            }
+            let bytes = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|_| Failure::Invalid)?
+                .to_bytes();
+            Ok(bytes)
+        };
+        let bytes = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| Failure::Timeout)??;
+        let wire: Wire<T> = serde_json::from_slice(&bytes).map_err(|_| Failure::Invalid)?;
+        Ok(match (wire.disconnect, wire.error) {
+            (Some(d), _) => Answer::Disconnect {
+                code: d.code,
+                reason: d.reason,
+            },
+            (None, Some(e)) => Answer::Error {
+                code: e.code,
+                message: e.message,
+            },
+            (None, None) => Answer::Result(wire.result.unwrap_or_default()),
+        })
+    }
+}
+
+/// What of a client's request its proxies may forward: the transport's
+/// HTTP headers that some proxy asks for, and the `headers` of its connect
+/// request (headers emulation).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Forwarded {
+    pub(crate) http: HeaderMap,
+    pub(crate) emulated: Vec<(String, String)>,
+}
+
+/// Every proxy of a node, and which one each namespace asks.
+#[derive(Default)]
+pub(crate) struct Proxies {
+    connect: Option<Proxy>,
+    subscribe: Option<Proxy>,
+    publish: Option<Proxy>,
+    rpc: Option<Proxy>,
+    named: HashMap<String, Arc<Proxy>>,
+    // RPC namespace → its proxy (named or `rpc.proxy`), when on.
+    rpc_namespaces: HashMap<String, Option<String>>,
+    rpc_without_namespace: Option<Option<String>>,
+    // Every header name some proxy forwards, lower-case.
+    forwarded: Vec<HeaderName>,
+}
+
+impl Proxies {
+    /// The proxies `config` sets up (it was validated).
+    pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let mut p = Proxies::default();
+        let mut forwarded: Vec<HeaderName> = Vec::new();
+        let mut make = |label: &str, cfg: &ProxyConfig, key: &str| -> Result<Proxy, ConfigError> {
+            let proxy = Proxy::new(label.to_owned(), cfg, key)?;
+            forwarded.extend(proxy.http_headers.iter().cloned());
+            Ok(proxy)
+        };
+        for cfg in &config.proxies {
+            let proxy = make(&cfg.name, cfg, "proxies[].endpoint")?;
+            p.named.insert(cfg.name.clone(), Arc::new(proxy));
+        }
+        let connect = &config.client.proxy.connect;
+        if connect.enabled {
+            p.connect = Some(make("connect", connect, "client.proxy.connect.endpoint")?);
+        }
+        let channel = &config.channel;
+        let options = || {
+            std::iter::once(&channel.without_namespace).chain(channel.namespaces.iter().map(|n| &n.options))
+        };
+        if options().any(|o| o.subscribe_proxy_enabled && o.subscribe_proxy_name.is_empty()) {
+            p.subscribe = Some(make(
+                "subscribe",
+                &channel.proxy.subscribe,
+                "channel.proxy.subscribe.endpoint",
+            )?);
+        }
+        if options().any(|o| o.publish_proxy_enabled && o.publish_proxy_name.is_empty()) {
+            p.publish = Some(make(
+                "publish",
+                &channel.proxy.publish,
+                "channel.proxy.publish.endpoint",
+            )?);
+        }
+        let rpc = &config.rpc;
+        let name = |n: &str| (!n.is_empty()).then(|| n.to_owned());
+        if rpc.without_namespace.proxy_enabled {
+            p.rpc_without_namespace = Some(name(&rpc.without_namespace.proxy_name));
+        }
+        for ns in rpc.namespaces.iter().filter(|ns| ns.proxy_enabled) {
+            p.rpc_namespaces.insert(ns.name.clone(), name(&ns.proxy_name));
+        }
+        let default_rpc = p
+            .rpc_without_namespace
+            .iter()
+            .chain(p.rpc_namespaces.values())
+            .any(Option::is_none);
+        if default_rpc {
+            p.rpc = Some(make("rpc", &rpc.proxy, "rpc.proxy.endpoint")?);
+        }
+        forwarded.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        forwarded.dedup();
+        p.forwarded = forwarded;
+        Ok(p)
+    }
+
+    /// The headers of `request` that some proxy forwards (none, usually:
+    /// then nothing is kept per connection).
+    pub(crate) fn forwarded_headers(&self, request: &HeaderMap) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        for name in &self.forwarded {
+            for v in request.get_all(name) {
+                out.append(name.clone(), v.clone());
+            }
+        }
+        out
+    }
+
+    /// The connect proxy, when on.
+    pub(crate) fn connect(&self) -> Option<&Proxy> {
+        self.connect.as_ref()
+    }
+
+    fn pick<'a>(&'a self, name: &str, default: &'a Option<Proxy>) -> Option<&'a Proxy> {
+        if name.is_empty() {
+            default.as_ref()
+        } else {
+            self.named.get(name).map(|p| &**p)
+        }
+    }
+
+    /// The subscribe proxy of channels with `options`, when on.
+    pub(crate) fn subscribe(&self, options: &ChannelOptions) -> Option<&Proxy> {
+        if !options.subscribe_proxy_enabled {
+            return None;
+        }
+        self.pick(&options.subscribe_proxy_name, &self.subscribe)
+    }
+
+    /// The publish proxy of channels with `options`, when on.
+    pub(crate) fn publish(&self, options: &ChannelOptions) -> Option<&Proxy> {
+        if !options.publish_proxy_enabled {
+            return None;
+        }
+        self.pick(&options.publish_proxy_name, &self.publish)
+    }
+
+    /// The proxy of RPC `method` (namespace: the part before the first
+    /// `:`), when its namespace turns one on.
+    pub(crate) fn rpc(&self, method: &str) -> Option<&Proxy> {
+        let named = match method.split_once(':') {
+            Some((ns, _)) => self.rpc_namespaces.get(ns)?,
+            None => self.rpc_without_namespace.as_ref()?,
+        };
+        self.pick(named.as_deref().unwrap_or_default(), &self.rpc)
+    }
+}
+
+/// Who is asking, for the common fields of every proxy request.
+pub(crate) struct Caller<'a> {
+    /// The client id (empty in a connect request: ids are given out at
+    /// registration, after the backend said who the client is).
+    pub client: &'a str,
+    /// The transport's name (`websocket`, `http_stream`, `uni_sse`, ...).
+    pub transport: &'static str,
+    /// `json` or `protobuf`.
+    pub protocol: &'static str,
+    /// The user, once known (not in a connect request).
+    pub user: Option<&'a str>,
+}
+
+impl Proxy {
+    /// A request body: the caller's fields, `fields`, and `data` as
+    /// embedded JSON (`data`) or, in binary mode or for bytes that are not
+    /// JSON, as base64 (`b64data`).
+    pub(crate) fn body(&self, caller: &Caller<'_>, fields: &[(&str, &str)], data: Option<&[u8]>) -> Vec<u8> {
+        use base64::Engine as _;
+        let mut m = serde_json::Map::new();
+        m.insert("client".into(), caller.client.into());
+        m.insert("transport".into(), caller.transport.into());
+        m.insert("protocol".into(), caller.protocol.into());
+        m.insert(
+            "encoding".into(),
+            if self.binary { "binary" } else { "json" }.into(),
+        );
+        if let Some(user) = caller.user {
+            m.insert("user".into(), user.into());
+        }
+        for (k, v) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+            m.insert((*k).into(), (*v).into());
+        }
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            #[serde(flatten)]
+            fields: serde_json::Map<String, serde_json::Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            data: Option<&'a RawValue>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            b64data: Option<String>,
+        }
+        let data = data.filter(|d| !d.is_empty());
+        // Embedded exactly as the client sent it, when it is JSON.
+        let json = data
+            .filter(|_| !self.binary)
+            .and_then(|d| serde_json::from_slice::<&RawValue>(d).ok());
+        let b64data = match json {
+            Some(_) => None,
+            None => data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+        };
+        serde_json::to_vec(&Body {
+            fields: m,
+            data: json,
+            b64data,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// The connect proxy's `result`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct ConnectResult {
+    pub user: String,
+    pub expire_at: i64,
+    pub info: Option<Box<RawValue>>,
+    pub b64info: String,
+    pub data: Option<Box<RawValue>>,
+    pub b64data: String,
+    pub channels: Vec<String>,
+    pub subs: std::collections::BTreeMap<String, SubscribeResult>,
+}
+
+/// The subscribe proxy's `result`; also the options of one of the connect
+/// result's `subs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct SubscribeResult {
+    pub info: Option<Box<RawValue>>,
+    pub b64info: String,
+    pub data: Option<Box<RawValue>>,
+    pub b64data: String,
+    pub expire_at: i64,
+}
+
+/// The publish proxy's `result`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct PublishResult {
+    pub data: Option<Box<RawValue>>,
+    pub b64data: String,
+    pub skip_history: bool,
+}
+
+/// The RPC proxy's `result`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RpcResult {
+    pub data: Option<Box<RawValue>>,
+    pub b64data: String,
+}
