@@ -12,6 +12,7 @@ mod namespaces;
 #[cfg(feature = "nats")]
 mod nats;
 mod protobuf;
+mod proxy;
 #[cfg(feature = "redis")]
 mod redis;
 mod support;

@@ -166,6 +166,11 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket opens");
+        Self::from_stream(ws)
+    }
+
+    /// A client over a WebSocket opened elsewhere (with custom headers).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         Self {
             ws,
             pending: VecDeque::new(),

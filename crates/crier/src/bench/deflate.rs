@@ -14,7 +14,7 @@
 //! the hot path allocates nothing once the buffers have grown to the
 //! largest message.
 
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
@@ -154,8 +154,7 @@ pub async fn connect(
 impl DeflateWs {
     fn new(stream: TcpStream) -> DeflateWs {
         // Masking keys need not be secret here, only varied.
-        let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
-        seed.write_usize(&stream as *const TcpStream as usize);
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
         DeflateWs {
             stream,
             buf: vec![0; READ_BUFFER],
@@ -167,7 +166,7 @@ impl DeflateWs {
             inflated: Vec::new(),
             inflate: Decompress::new(false),
             out: Vec::with_capacity(64),
-            mask_state: seed.finish() | 1,
+            mask_state: seed | 1,
         }
     }
 

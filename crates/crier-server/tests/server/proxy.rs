@@ -1,0 +1,419 @@
+//! The backend's proxies against a real HTTP backend the test starts on a
+//! free loopback port (axum): connect without a token, subscribe, publish
+//! and RPC, the backend's errors and disconnects reaching the client, and
+//! every way a backend can fail (slow, down, 500, not JSON, too large),
+//! each answered with error 100 while other clients are served.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::support::*;
+
+/// What the backend saw: every request body, by path.
+#[derive(Clone, Default)]
+pub(super) struct Seen(std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>);
+
+impl Seen {
+    fn push(&self, path: &str, body: &Value) {
+        self.0.lock().unwrap().push((path.to_owned(), body.clone()));
+    }
+
+    fn of(&self, path: &str) -> Vec<Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+/// A backend: `/connect` admits `data.user` (into `news`, with connect
+/// data echoing the `X-Auth` header), refuses `data.deny` with 1001,
+/// disconnects `data.kick` with 4501; `/subscribe` refuses `proxied:denied`
+/// with 1403, else gives info and data; `/publish` wraps the data in
+/// `{"modified": ...}`; `/rpc` answers `sum` and refuses anything else
+/// with 1404. `/slow`, `/500`, `/invalid` and `/huge` fail as named.
+pub(super) async fn backend() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let app = Router::new()
+        .route("/connect", post(connect))
+        .route("/subscribe", post(subscribe))
+        .route("/publish", post(publish))
+        .route("/rpc", post(rpc))
+        .route(
+            "/slow",
+            post(|| async {
+                // The backend being slow, past crier's timeout: what is tested.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Json(json!({"result": {}}))
+            }),
+        )
+        .route("/500", post(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .route("/invalid", post(|| async { "this is not JSON" }))
+        .route("/huge", post(|| async { "x".repeat(2 << 20) }))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// A JSON answer.
+#[allow(non_snake_case)]
+fn Json(v: Value) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn parse(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("crier sends JSON")
+}
+
+async fn connect(State(seen): State<Seen>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let body = parse(&body);
+    seen.push("/connect", &body);
+    let data = &body["data"];
+    if data["deny"].as_bool() == Some(true) {
+        return Json(json!({"error": {"code": 1001, "message": "not you"}})).into_response();
+    }
+    if data["kick"].as_bool() == Some(true) {
+        return Json(json!({"disconnect": {"code": 4501, "reason": "go away"}})).into_response();
+    }
+    let auth = headers
+        .get("x-auth")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    Json(json!({"result": {
+        "user": data["user"].as_str().unwrap_or("anonymous-by-backend"),
+        "channels": ["news"],
+        "info": {"from": "backend"},
+        "data": {"hello": "from backend", "x_auth": auth},
+    }}))
+    .into_response()
+}
+
+async fn subscribe(State(seen): State<Seen>, body: axum::body::Bytes) -> Response {
+    let body = parse(&body);
+    seen.push("/subscribe", &body);
+    if body["channel"] == json!("proxied:denied") {
+        return Json(json!({"error": {"code": 1403, "message": "not in this room"}}));
+    }
+    Json(json!({"result": {"info": {"role": "reader"}, "data": {"welcome": true}}}))
+}
+
+async fn publish(State(seen): State<Seen>, body: axum::body::Bytes) -> Response {
+    let body = parse(&body);
+    seen.push("/publish", &body);
+    Json(json!({"result": {"data": {"modified": body["data"]}}}))
+}
+
+async fn rpc(State(seen): State<Seen>, body: axum::body::Bytes) -> Response {
+    let body = parse(&body);
+    seen.push("/rpc", &body);
+    match body["method"].as_str() {
+        Some("sum") => {
+            let (a, b) = (
+                body["data"]["a"].as_i64().unwrap_or(0),
+                body["data"]["b"].as_i64().unwrap_or(0),
+            );
+            Json(json!({"result": {"data": {"sum": a + b}}}))
+        }
+        _ => Json(json!({"error": {"code": 1404, "message": "unknown method"}})),
+    }
+}
+
+/// A loopback address nothing listens on.
+fn nowhere() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// The server configuration with every proxy pointed at `backend`, and
+/// named RPC proxies per failure (`slow:`, `down:`, `500:`, `invalid:`,
+/// `huge:` methods).
+pub(super) fn proxied(backend: SocketAddr) -> String {
+    let down = nowhere();
+    format!(
+        r#"
+[client.proxy.connect]
+enabled = true
+endpoint = "http://{backend}/connect"
+http_headers = ["X-Auth"]
+
+[channel.proxy.subscribe]
+endpoint = "http://{backend}/subscribe"
+[channel.proxy.publish]
+endpoint = "http://{backend}/publish"
+
+[rpc.proxy]
+endpoint = "http://{backend}/rpc"
+[rpc.without_namespace]
+proxy_enabled = true
+[[rpc.namespaces]]
+name = "slow"
+proxy_enabled = true
+proxy_name = "slow"
+[[rpc.namespaces]]
+name = "down"
+proxy_enabled = true
+proxy_name = "down"
+[[rpc.namespaces]]
+name = "500"
+proxy_enabled = true
+proxy_name = "status"
+[[rpc.namespaces]]
+name = "invalid"
+proxy_enabled = true
+proxy_name = "invalid"
+[[rpc.namespaces]]
+name = "huge"
+proxy_enabled = true
+proxy_name = "huge"
+
+[[proxies]]
+name = "slow"
+endpoint = "http://{backend}/slow"
+timeout = "200ms"
+[[proxies]]
+name = "down"
+endpoint = "http://{down}/rpc"
+[[proxies]]
+name = "status"
+endpoint = "http://{backend}/500"
+[[proxies]]
+name = "invalid"
+endpoint = "http://{backend}/invalid"
+[[proxies]]
+name = "huge"
+endpoint = "http://{backend}/huge"
+
+[[channel.namespaces]]
+name = "proxied"
+subscribe_proxy_enabled = true
+publish_proxy_enabled = true
+presence = true
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_client_without_a_token_connects_through_the_connect_proxy() {
+    let (backend, seen) = backend().await;
+    let s = TestServer::start(config(&proxied(backend))).await;
+    let mut request = s.ws_url().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("X-Auth", "secret-cookie".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("X-Not-Forwarded", "no".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("open");
+    let mut c = Client::from_stream(ws);
+    let reply = c
+        .request(json!({"connect": {"data": {"user": "alice"}, "name": "test", "version": "1"}}))
+        .await;
+    let connect = &reply["connect"];
+    c.id = connect["client"].as_str().expect("a client id").to_owned();
+    assert_eq!(
+        connect["data"],
+        json!({"hello": "from backend", "x_auth": "secret-cookie"})
+    );
+    assert!(
+        connect["subs"]["news"].is_object(),
+        "server-side channel from the backend: {reply}"
+    );
+    let asked = &seen.of("/connect")[0];
+    assert_eq!(asked["transport"], json!("websocket"));
+    assert_eq!(asked["protocol"], json!("json"));
+    assert_eq!(asked["data"], json!({"user": "alice"}));
+    assert_eq!(
+        (asked["name"].clone(), asked["version"].clone()),
+        (json!("test"), json!("1"))
+    );
+    // The backend's user is the connection's user.
+    s.api("publish", json!({"channel": "news", "data": {"n": 1}}))
+        .await;
+    assert_eq!(c.next_pub().await["pub"]["data"], json!({"n": 1}));
+    let (_, presence) = s.api("presence", json!({"channel": "proxied:x"})).await;
+    assert!(presence["result"]["presence"].is_object(), "{presence}");
+    let r = c.request(json!({"subscribe": {"channel": "proxied:x"}})).await;
+    assert_eq!(r["subscribe"]["data"], json!({"welcome": true}), "{r}");
+    let (_, presence) = s.api("presence", json!({"channel": "proxied:x"})).await;
+    let me = &presence["result"]["presence"][&c.id];
+    assert_eq!(me["user"], json!("alice"), "{presence}");
+    assert_eq!(me["conn_info"], json!({"from": "backend"}));
+    assert_eq!(me["chan_info"], json!({"role": "reader"}));
+    // A client with a token still skips the connect proxy.
+    let before = seen.of("/connect").len();
+    let with_token = Client::connect(&s.ws_url(), &token("bob")).await;
+    assert!(!with_token.id.is_empty());
+    assert_eq!(
+        seen.of("/connect").len(),
+        before,
+        "a token skips the connect proxy"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_backends_errors_and_disconnects_reach_the_client_with_its_codes() {
+    let (backend, _) = backend().await;
+    let s = TestServer::start(config(&proxied(backend))).await;
+    let mut c = Client::open(&s.ws_url()).await;
+    let r = c.request(json!({"connect": {"data": {"deny": true}}})).await;
+    assert_eq!(r["error"], json!({"code": 1001, "message": "not you"}), "{r}");
+    let mut c = Client::open(&s.ws_url()).await;
+    c.send_text(&json!({"id": 1, "connect": {"data": {"kick": true}}}).to_string())
+        .await;
+    let closed = c.closed().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (4501, "go away"));
+
+    let mut c = Client::open(&s.ws_url()).await;
+    c.request(json!({"connect": {"data": {"user": "carol"}}})).await;
+    let r = c
+        .request(json!({"subscribe": {"channel": "proxied:denied"}}))
+        .await;
+    assert_eq!(r["error"]["code"], json!(1403), "{r}");
+    c.request(json!({"subscribe": {"channel": "proxied:room"}})).await;
+    let r = c
+        .request(json!({"publish": {"channel": "proxied:room", "data": {"text": "hi"}}}))
+        .await;
+    assert!(r["publish"].is_object(), "{r}");
+    let p = c.next_pub().await;
+    assert_eq!(
+        p["pub"]["data"],
+        json!({"modified": {"text": "hi"}}),
+        "the backend's data: {p}"
+    );
+    let r = c
+        .request(json!({"rpc": {"method": "sum", "data": {"a": 2, "b": 3}}}))
+        .await;
+    assert_eq!(r["rpc"]["data"], json!({"sum": 5}), "{r}");
+    let r = c.request(json!({"rpc": {"method": "nope"}})).await;
+    assert_eq!(
+        r["error"],
+        json!({"code": 1404, "message": "unknown method"}),
+        "{r}"
+    );
+    s.shutdown().await;
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_failing_backend_gives_error_100_and_leaks_nothing() {
+    let (backend, _) = backend().await;
+    let s = TestServer::start(config(&proxied(backend))).await;
+    let mut w = watcher(&s).await;
+    let mut c = Client::open(&s.ws_url()).await;
+    c.request(json!({"connect": {"data": {"user": "dave"}}})).await;
+    let internal = json!({"code": 100, "message": "internal server error", "temporary": true});
+    for method in ["slow:x", "down:x", "500:x", "invalid:x", "huge:x"] {
+        let r = c.request(json!({"rpc": {"method": method}})).await;
+        assert_eq!(r["error"], internal, "{method}: {r}");
+        assert_still_served(&s, &mut w).await;
+    }
+    // 1,000 more failing calls (all but the slow kind), then the same
+    // number of open files and a proxy that still answers.
+    let fds = open_fds();
+    for i in 0..1000 {
+        let method = ["down:x", "500:x", "invalid:x", "huge:x"][i % 4];
+        let r = c.request(json!({"rpc": {"method": method}})).await;
+        assert_eq!(r["error"]["code"], json!(100), "{method}: {r}");
+    }
+    let after = open_fds();
+    assert!(
+        after <= fds + 8,
+        "open files {fds} → {after} after 1,000 failed calls"
+    );
+    let r = c
+        .request(json!({"rpc": {"method": "sum", "data": {"a": 1, "b": 1}}}))
+        .await;
+    assert_eq!(r["rpc"]["data"], json!({"sum": 2}));
+    let (_, text) = s.api("info", json!({})).await;
+    assert!(text["result"].is_object());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connect_proxy_that_fails_refuses_with_100_and_uni_clients_with_3004() {
+    let down = nowhere();
+    let cfg = format!(
+        "[client.proxy.connect]\nenabled = true\nendpoint = \"http://{down}/connect\"\n[uni_http_stream]\nenabled = true\n"
+    );
+    let s = TestServer::start(config(&cfg)).await;
+    let mut c = Client::open(&s.ws_url()).await;
+    let r = c.request(json!({"connect": {}})).await;
+    assert_eq!(r["error"]["code"], json!(100), "{r}");
+    assert_eq!(r["error"]["temporary"], json!(true), "{r}");
+    let (status, body) = {
+        let url = format!("http://{}/connection/uni_http_stream", s.addr);
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut resp = agent.post(&url).send("{}").expect("request");
+            (
+                resp.status().as_u16(),
+                resp.body_mut().read_to_string().unwrap_or_default(),
+            )
+        })
+        .await
+        .expect("blocking")
+    };
+    assert_eq!(status, 200);
+    assert!(body.contains("\"code\":3004"), "{body}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn proxy_configuration_mistakes_are_refused_at_startup() {
+    for (cfg, key) in [
+        (
+            "[client.proxy.connect]\nenabled = true\n",
+            "client.proxy.connect.endpoint",
+        ),
+        (
+            "[client.proxy.connect]\nenabled = true\nendpoint = \"https://x/c\"\n",
+            "client.proxy.connect.endpoint",
+        ),
+        (
+            "[channel.without_namespace]\nsubscribe_proxy_enabled = true\n",
+            "channel.without_namespace.subscribe_proxy_enabled",
+        ),
+        (
+            "[channel.without_namespace]\npublish_proxy_enabled = true\npublish_proxy_name = \"nope\"\n",
+            "channel.without_namespace.publish_proxy_enabled",
+        ),
+        (
+            "[rpc.without_namespace]\nproxy_enabled = true\n",
+            "rpc.without_namespace.proxy_enabled",
+        ),
+        (
+            "[[proxies]]\nname = \"a\"\nendpoint = \"http://x/\"\n",
+            "proxies[0].name",
+        ),
+    ] {
+        let parsed =
+            crier_server::config::Config::parse_str(cfg, crier_server::config::Format::Toml, "t.toml")
+                .and_then(|(c, _)| c.validate());
+        let err = parsed.err().unwrap_or_else(|| panic!("{cfg} was accepted"));
+        assert!(err.to_string().contains(key), "{cfg}: {err}");
+    }
+}
