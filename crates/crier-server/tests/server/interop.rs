@@ -346,3 +346,24 @@ async fn centrifuge_js_works_over_http_stream_and_sse_across_three_nodes() {
         s.shutdown().await;
     }
 }
+
+/// centrifuge-js and centrifuge-python with no token, against a node whose
+/// proxies point at a real backend (`tests/server/proxy.rs`): the connect
+/// proxy admits them into the backend's server-side channel; subscribe,
+/// publish and RPC go through the backend with its codes and data
+/// (`tests-interop/js/proxy.mjs`, `tests-interop/py/proxy.py`).
+#[tokio::test]
+async fn the_sdks_connect_subscribe_publish_and_call_through_the_proxies() {
+    setup().await;
+    let (backend, _) = super::proxy::backend().await;
+    let s = TestServer::start(config(&super::proxy::proxied(backend))).await;
+    let api = format!("http://{}/api", s.addr);
+    for (program, script) in [
+        ("node", "tests-interop/js/proxy.mjs"),
+        ("tests-interop/.venv/bin/python", "tests-interop/py/proxy.py"),
+    ] {
+        let args = vec![script.to_owned(), s.ws_url(), api.clone(), API_KEY.to_owned()];
+        run_program(program, args).await;
+    }
+    s.shutdown().await;
+}
