@@ -288,6 +288,7 @@ pub(crate) struct Forwarded {
 #[derive(Default)]
 pub(crate) struct Proxies {
     connect: Option<Proxy>,
+    refresh: Option<Proxy>,
     subscribe: Option<Proxy>,
     publish: Option<Proxy>,
     rpc: Option<Proxy>,
@@ -316,6 +317,10 @@ impl Proxies {
         let connect = &config.client.proxy.connect;
         if connect.enabled {
             p.connect = Some(make("connect", connect, "client.proxy.connect.endpoint")?);
+        }
+        let refresh = &config.client.proxy.refresh;
+        if refresh.enabled {
+            p.refresh = Some(make("refresh", refresh, "client.proxy.refresh.endpoint")?);
         }
         let channel = &config.channel;
         let options = || {
@@ -372,6 +377,11 @@ impl Proxies {
     /// The connect proxy, when on.
     pub(crate) fn connect(&self) -> Option<&Proxy> {
         self.connect.as_ref()
+    }
+
+    /// The refresh proxy, when on.
+    pub(crate) fn refresh(&self) -> Option<&Proxy> {
+        self.refresh.as_ref()
     }
 
     fn pick<'a>(&'a self, name: &str, default: &'a Option<Proxy>) -> Option<&'a Proxy> {
@@ -502,6 +512,14 @@ pub(crate) struct PublishResult {
     pub data: Option<Box<RawValue>>,
     pub b64data: String,
     pub skip_history: bool,
+}
+
+/// The refresh proxy's `result`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RefreshResult {
+    pub expired: bool,
+    pub expire_at: i64,
 }
 
 /// The RPC proxy's `result`.

@@ -397,21 +397,24 @@ mod tests {
     fn check_config_summarizes_and_warns() {
         let file = temp_file(
             "centrifugo.json",
-            r#"{"client": {"token": {"hmac_secret_key": "s"}, "proxy": {}},
+            r#"{"client": {"token": {"hmac_secret_key": "s"}, "connect_proxy_name": "app"},
                 "http_api": {"key": "k"},
                 "channel": {"namespaces": [{"name": "chat"}]}}"#,
         );
-        let refused = check_config(&file, false).expect_err("client.proxy is not implemented");
+        let refused = check_config(&file, false).expect_err("client.connect_proxy_name is not implemented");
         let text = refused.to_string();
-        assert!(text.contains("client.proxy: a Centrifugo v6 setting"), "{text}");
+        assert!(
+            text.contains("client.connect_proxy_name: a Centrifugo v6 setting"),
+            "{text}"
+        );
         assert!(text.contains("--allow-unknown-keys"), "{text}");
         let report = check_config(&file, true).expect("valid");
         assert!(report.summary.contains("OK"), "{}", report.summary);
         assert!(report.summary.contains("chat"), "{}", report.summary);
         assert!(report.summary.contains("HS256"), "{}", report.summary);
         assert_eq!(report.warnings.len(), 1);
-        assert_eq!(report.warnings[0].key, "client.proxy");
-        assert!(report.to_string().contains("warning: client.proxy"));
+        assert_eq!(report.warnings[0].key, "client.connect_proxy_name");
+        assert!(report.to_string().contains("warning: client.connect_proxy_name"));
 
         let bad = temp_file(
             "bad.toml",

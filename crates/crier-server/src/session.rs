@@ -21,7 +21,9 @@ use crate::clock::{after, unix_now, TokenBucket};
 use crate::config::ChannelOptions;
 use crate::metrics::Transport;
 use crate::node::{Node, VERSION};
-use crate::proxy::{payload, Answer, Caller, Forwarded, Proxy, PublishResult, RpcResult, SubscribeResult};
+use crate::proxy::{
+    payload, Answer, Caller, Forwarded, Proxy, PublishResult, RefreshResult, RpcResult, SubscribeResult,
+};
 use crate::wire::{
     code_of, hub_error_code, reason_of, subscribe_result, wire_client_info, Codec, SubscriptionMode,
 };
@@ -127,7 +129,11 @@ impl Session {
     pub fn deadline(&self) -> Option<SystemTime> {
         let c = self.connected.as_ref()?;
         let cfg = &self.node.config.client;
-        let connection = admission::deadline(&self.node, c.expires_at);
+        let connection = match self.node.proxies.refresh() {
+            // The backend is asked at the expiry itself.
+            Some(_) => c.expires_at.map(|t| after(t, std::time::Duration::ZERO)),
+            None => admission::deadline(&self.node, c.expires_at),
+        };
         let subscriptions = c
             .sub_expires_at
             .values()
@@ -140,15 +146,42 @@ impl Session {
     /// refreshed in time must close with 3005 (the `Err`); a subscription
     /// not refreshed in time is unsubscribed with an `unsubscribe` push, code
     /// 2501, after which the client resubscribes with a new token.
-    pub fn expire(&mut self) -> Result<(), Disconnect> {
+    ///
+    /// With the refresh proxy on (`client.proxy.refresh`), an expiring
+    /// connection is the backend's to prolong instead: asked at the expiry,
+    /// its new `expire_at` moves it, `expired` closes it with 3005, and a
+    /// failed call is retried [`REFRESH_RETRY`] later (the connection
+    /// stays).
+    pub async fn expire(&mut self) -> Result<(), Disconnect> {
         let node = self.node.clone();
         let cfg = &node.config.client;
         let now = SystemTime::now();
+        if let Some(proxy) = node.proxies.refresh() {
+            let due = self.connected.as_ref().and_then(|c| {
+                c.expires_at
+                    .filter(|&t| after(t, std::time::Duration::ZERO) <= now)
+                    .map(|_| c.who.clone())
+            });
+            if let Some(who) = due {
+                let outcome = self.ask::<RefreshResult>(proxy, &who, &[], None).await;
+                let Some(c) = self.connected.as_mut() else {
+                    return Ok(());
+                };
+                match outcome {
+                    Ok(r) if r.expired => return Err(Disconnect::EXPIRED),
+                    Ok(r) if r.expire_at > unix_now() => c.expires_at = Some(r.expire_at),
+                    // No new expiry, or the backend failed: ask again soon.
+                    Ok(_) | Err(Denied::Reply(_)) => c.expires_at = Some(unix_now() + REFRESH_RETRY),
+                    Err(Denied::Disconnect(_)) => return Err(Disconnect::EXPIRED),
+                }
+            }
+        }
         let Some(c) = self.connected.as_mut() else {
             return Ok(());
         };
-        if c.expires_at
-            .is_some_and(|t| after(t, cfg.expired_close_delay) <= now)
+        if node.proxies.refresh().is_none()
+            && c.expires_at
+                .is_some_and(|t| after(t, cfg.expired_close_delay) <= now)
         {
             return Err(Disconnect::EXPIRED);
         }
@@ -800,6 +833,9 @@ impl Drop for Session {
         }
     }
 }
+
+/// Seconds before a failed refresh proxy call is tried again.
+pub(crate) const REFRESH_RETRY: i64 = 10;
 
 /// What a client gets instead of a proxy's result.
 enum Denied {

@@ -17,7 +17,6 @@ const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
     "http_server.internal_address",
     "http_server.internal_port",
     "http_server.http3",
-    "client.proxy.refresh",
     "client.connect_proxy_name",
     "client.refresh_proxy_name",
     "client.history_meta_ttl",
@@ -237,7 +236,7 @@ mod tests {
         );
         assert!(explain("channel.namespaces[2].histroy_size").contains("`channel.namespaces[].history_size`"));
         assert!(explain("http_server.tls.enabled").contains("Centrifugo v6 setting (`http_server.tls`)"));
-        assert!(explain("client.proxy.connect.endpoint").contains("does not implement yet"));
+        assert!(explain("channel.proxy.sub_refresh.endpoint").contains("does not implement yet"));
         assert!(explain("token_hmac_secret_key")
             .contains("v6 layout, where this is `client.token.hmac_secret_key`"));
         assert_eq!(

@@ -68,6 +68,9 @@ pub struct ProxyHttpConfig {
 pub struct ClientProxyConfig {
     /// Asked when a client connects without a token.
     pub connect: ProxyConfig,
+    /// Asked when a connection expires (instead of the client refreshing
+    /// its token): it may prolong or end it.
+    pub refresh: ProxyConfig,
 }
 
 /// `channel.proxy.*`: the default proxies of namespaces that turn them on.
@@ -158,6 +161,10 @@ pub(super) fn validate(cfg: &super::Config) -> Result<(), super::ConfigError> {
     let connect = &cfg.client.proxy.connect;
     if connect.enabled {
         endpoint("client.proxy.connect.endpoint", connect)?;
+    }
+    let refresh = &cfg.client.proxy.refresh;
+    if refresh.enabled {
+        endpoint("client.proxy.refresh.endpoint", refresh)?;
     }
     // A proxy a namespace turns on: the named one, or the default.
     let needs = |key: String, name: &str, default: &ProxyConfig, default_key: &str| {

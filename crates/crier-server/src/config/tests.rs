@@ -426,7 +426,7 @@ fn unknown_keys_are_warnings_not_errors() {
     let json = r#"{
       "log": {"level": "debug"},
       "client": {
-        "proxy": {"connect": {"enabled": true, "endpoint": "http://app/connect"}},
+        "connect_proxy_name": "app",
         "token": {"hmac_secret_key": "s", "jwks_public_endpoint": "https://x/jwks"}
       },
       "channel": {"namespaces": [{"name": "dm", "allow_user_limited_channels": true}]},
@@ -438,7 +438,7 @@ fn unknown_keys_are_warnings_not_errors() {
     let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
     for expected in [
         "log",
-        "client.proxy",
+        "client.connect_proxy_name",
         "client.token.jwks_public_endpoint",
         "channel.namespaces[0].allow_user_limited_channels",
         "admin",

@@ -348,7 +348,7 @@ impl Emulation {
                     }
                 }
                 _ = expired => {
-                    if let Err(d) = self.session.expire() {
+                    if let Err(d) = Box::pin(self.session.expire()).await {
                         return d;
                     }
                 }

@@ -214,7 +214,8 @@ async fn serve(
         let msg = tokio::select! {
             m = tokio::time::timeout(idle, reader.next()) => m,
             _ = expired => {
-                if let Err(d) = session.expire() {
+                // Boxed: a refresh proxy call must not size every task.
+                if let Err(d) = Box::pin(session.expire()).await {
                     session.close(&d);
                     break;
                 }

@@ -50,6 +50,7 @@ pub(super) async fn backend() -> (SocketAddr, Seen) {
         .route("/subscribe", post(subscribe))
         .route("/publish", post(publish))
         .route("/rpc", post(rpc))
+        .route("/refresh", post(refresh))
         .route(
             "/slow",
             post(|| async {
@@ -96,7 +97,13 @@ async fn connect(State(seen): State<Seen>, headers: HeaderMap, body: axum::body:
         .get("x-auth")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    let expire_at = if data["expiring"].as_bool() == Some(true) {
+        unix_now() + 1
+    } else {
+        0
+    };
     Json(json!({"result": {
+        "expire_at": expire_at,
         "user": data["user"].as_str().unwrap_or("anonymous-by-backend"),
         "channels": ["news"],
         "info": {"from": "backend"},
@@ -118,6 +125,17 @@ async fn publish(State(seen): State<Seen>, body: axum::body::Bytes) -> Response 
     let body = parse(&body);
     seen.push("/publish", &body);
     Json(json!({"result": {"data": {"modified": body["data"]}}}))
+}
+
+/// Prolongs a connection by a second the first time, ends it the second.
+async fn refresh(State(seen): State<Seen>, body: axum::body::Bytes) -> Response {
+    let body = parse(&body);
+    seen.push("/refresh", &body);
+    if seen.of("/refresh").len() == 1 {
+        Json(json!({"result": {"expire_at": unix_now() + 1}}))
+    } else {
+        Json(json!({"result": {"expired": true}}))
+    }
 }
 
 async fn rpc(State(seen): State<Seen>, body: axum::body::Bytes) -> Response {
@@ -265,6 +283,37 @@ async fn a_client_without_a_token_connects_through_the_connect_proxy() {
         before,
         "a token skips the connect proxy"
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_refresh_proxy_extends_a_connection_past_its_expiry_then_ends_it() {
+    let (backend, seen) = backend().await;
+    let cfg = format!(
+        "{}\n[client.proxy.refresh]\nenabled = true\nendpoint = \"http://{backend}/refresh\"\n",
+        proxied(backend)
+    );
+    let s = TestServer::start(config(&cfg)).await;
+    let mut c = Client::open(&s.ws_url()).await;
+    let r = c
+        .request(json!({"connect": {"data": {"user": "erin", "expiring": true}}}))
+        .await;
+    assert_eq!(r["connect"]["expires"], json!(true), "{r}");
+    let first_expiry = unix_now() + 1;
+    // The backend is asked at the expiry and prolongs it by a second...
+    eventually_within("the first refresh call", Duration::from_secs(5), || {
+        let seen = seen.clone();
+        async move { seen.of("/refresh").len() == 1 }
+    })
+    .await;
+    assert_eq!(seen.of("/refresh")[0]["user"], json!("erin"));
+    // ...so the connection still answers after its first expiry...
+    let r = c.request(json!({"ping": {}})).await;
+    assert!(r["ping"].is_object(), "{r}");
+    assert!(unix_now() >= first_expiry, "asked before the expiry");
+    // ...until the backend says it expired: 3005.
+    assert_eq!(c.closed().await.code, 3005);
+    assert_eq!(seen.of("/refresh").len(), 2);
     s.shutdown().await;
 }
 
