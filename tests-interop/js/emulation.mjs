@@ -11,6 +11,7 @@
 // STREAM_BASE is node A's `http://host:port`; TRANSPORT is http_stream or
 // sse; FORMAT json or protobuf (protobuf only over http_stream). Exits 0
 // on success; prints the reason and exits 1 on failure.
+import { api, check, fail, next, show, state } from './lib.mjs';
 import { Centrifuge as JsonCentrifuge } from 'centrifuge';
 import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
 import { EventSource } from 'eventsource';
@@ -22,32 +23,6 @@ if (!format) {
 }
 const channel = `chat:emulation-${transport}-${format}`;
 
-let step = 'start';
-function fail(reason) {
-  console.error(`FAIL during "${step}": ${reason}`);
-  process.exit(1);
-}
-function check(ok, reason) {
-  if (!ok) fail(reason);
-}
-const show = (v) =>
-  JSON.stringify(v, (_, x) => (x instanceof Uint8Array ? `bytes[${Array.from(x).join(',')}]` : x));
-setTimeout(() => fail('timed out after 20 s'), 20_000);
-
-async function api(method, body) {
-  const res = await fetch(`${apiUrl}/${method}`, {
-    method: 'POST',
-    headers: { 'X-API-Key': apiKey, 'Content-Type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  const text = await res.text();
-  check(res.ok, `API ${method}: HTTP ${res.status}: ${text}`);
-  const reply = JSON.parse(text);
-  check(!reply.error, `API ${method}: ${text}`);
-  return reply.result ?? {};
-}
-
-const next = (emitter, event) => new Promise((resolve) => emitter.once(event, resolve));
 const protobuf = format === 'protobuf';
 const encode = (v) => (protobuf ? new TextEncoder().encode(JSON.stringify(v)) : v);
 const decode = (d) => (protobuf ? JSON.parse(new TextDecoder().decode(d)) : d);
@@ -92,7 +67,7 @@ function publications(n) {
   });
 }
 
-step = `connect over ${transport} (${format}) and subscribe through /emulation`;
+state.step = `connect over ${transport} (${format}) and subscribe through /emulation`;
 const connected = next(client, 'connected');
 const firstSubscribe = next(sub, 'subscribed');
 sub.subscribe();
@@ -104,23 +79,23 @@ check(s1.recoverable === true, `subscription is not recoverable: ${show(s1)}`);
 const epoch = s1.streamPosition?.epoch;
 check(posts.length > 0 && posts.every((s) => s === 204), `emulation POSTs answered ${show(posts)}`);
 
-step = 'publication through another node';
-const pub1 = await api('publish', { channel, data: { n: 1 } });
+state.step = 'publication through another node';
+const pub1 = await api(apiUrl, apiKey, 'publish', { channel, data: { n: 1 } });
 const [p1] = await publications(1);
 check(p1.offset === pub1.offset && decode(p1.data).n === 1, `got ${show(p1)} for ${show(pub1)}`);
 
-step = 'publication from the client';
+state.step = 'publication from the client';
 await sub.publish(encode({ n: 2 }));
 const [, p2] = await publications(2);
 check(decode(p2.data).n === 2 && p2.info?.user === user, `got ${show(p2)}`);
 
-step = 'history and presence';
+state.step = 'history and presence';
 const h = await sub.history({ limit: 10 });
 check(h.epoch === epoch && h.publications.length === 2, `history: ${show(h)}`);
 const presence = await sub.presence();
 check(presence.clients[ctx.client]?.user === user, `presence: ${show(presence)}`);
 
-step = 'an RPC error keeps its code';
+state.step = 'an RPC error keeps its code';
 try {
   await client.rpc('nothing', encode({}));
   fail('rpc succeeded');
@@ -128,24 +103,24 @@ try {
   check(e.code === 104, `rpc error: ${show(e)}`);
 }
 
-step = 'forced reconnect';
+state.step = 'forced reconnect';
 let release;
 gate = new Promise((resolve) => (release = resolve));
 const lost = next(client, 'connecting');
 const secondSubscribe = next(sub, 'subscribed');
-await api('disconnect', { user, disconnect: { code: 3011, reason: 'force reconnect' } });
+await api(apiUrl, apiKey, 'disconnect', { user, disconnect: { code: 3011, reason: 'force reconnect' } });
 const why = await lost;
 check(why.code === 3011, `reconnecting for ${show(why)}, expected code 3011`);
 
-step = 'publish while the client is away';
+state.step = 'publish while the client is away';
 const missed = [];
-for (const n of [3, 4]) missed.push((await api('publish', { channel, data: { n } })).offset);
+for (const n of [3, 4]) missed.push((await api(apiUrl, apiKey, 'publish', { channel, data: { n } })).offset);
 release(null);
 
-step = 'recovery';
+state.step = 'recovery';
 const s2 = await secondSubscribe;
 check(s2.wasRecovering && s2.recovered, `not recovered: ${show(s2)}`);
-const last = await api('publish', { channel, data: { n: 5 } });
+const last = await api(apiUrl, apiKey, 'publish', { channel, data: { n: 5 } });
 const all = await publications(5);
 const want = [pub1.offset, p2.offset, ...missed, last.offset];
 check(

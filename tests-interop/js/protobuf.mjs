@@ -12,6 +12,7 @@
 // permessage-deflate (the `ws` package offers it by default; the server
 // must have `websocket.compression` on).
 // Exits 0 on success; prints the reason and exits 1 on failure.
+import { api, check, fail, next, show, state } from './lib.mjs';
 import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
 import { Centrifuge as JsonCentrifuge } from 'centrifuge';
 import WebSocket from 'ws'; // Node 20 has no global WebSocket
@@ -23,31 +24,6 @@ if (!user) {
 }
 const channel = 'chat:interop-protobuf';
 
-let step = 'start';
-function fail(reason) {
-  console.error(`FAIL during "${step}": ${reason}`);
-  process.exit(1);
-}
-function check(ok, reason) {
-  if (!ok) fail(reason);
-}
-const show = (v) =>
-  JSON.stringify(v, (_, x) => (x instanceof Uint8Array ? `bytes[${Array.from(x).join(',')}]` : x));
-setTimeout(() => fail('timed out after 20 s'), 20_000);
-
-async function api(method, body) {
-  const res = await fetch(`${apiUrl}/${method}`, {
-    method: 'POST',
-    headers: { 'X-API-Key': apiKey, 'Content-Type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  const text = await res.text();
-  check(res.ok, `API ${method}: HTTP ${res.status}: ${text}`);
-  const reply = JSON.parse(text);
-  check(!reply.error, `API ${method}: ${text}`);
-  return reply.result ?? {};
-}
-
 // Every socket the SDKs open, with the extensions it agreed on.
 const sockets = [];
 class RecordingWebSocket extends WebSocket {
@@ -57,7 +33,6 @@ class RecordingWebSocket extends WebSocket {
   }
 }
 
-const next = (emitter, event) => new Promise((resolve) => emitter.once(event, resolve));
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 // What a protobuf client receives is bytes; JSON ones are decoded here.
@@ -99,7 +74,7 @@ function arrived(list, s, n) {
   });
 }
 
-step = 'connect and subscribe over protobuf';
+state.step = 'connect and subscribe over protobuf';
 const connected = next(proto, 'connected');
 const firstSubscribe = next(sub, 'subscribed');
 sub.subscribe();
@@ -110,34 +85,34 @@ check(s1.recoverable === true, `subscription is not recoverable: ${show(s1)}`);
 const epoch = s1.streamPosition?.epoch;
 check(epoch, `no stream position in the subscribe result: ${show(s1)}`);
 
-step = 'a JSON client on the same channel';
+state.step = 'a JSON client on the same channel';
 const jsonSubscribed = next(jsonSub, 'subscribed');
 jsonSub.subscribe();
 plain.connect();
 await jsonSubscribed;
 
-step = 'compression as agreed';
+state.step = 'compression as agreed';
 const agreed = sockets.map((s) => s.extensions);
 check(
   agreed.length === 2 && agreed.every((e) => e.includes('permessage-deflate') === (mode === 'deflate')),
   `extensions agreed: ${show(agreed)} (mode ${mode ?? 'plain'})`,
 );
 
-step = 'publication through the server API';
-const pub1 = await api('publish', { channel, data: { n: 1 } });
+state.step = 'publication through the server API';
+const pub1 = await api(apiUrl, apiKey, 'publish', { channel, data: { n: 1 } });
 const [p1] = await arrived(received, sub, 1);
 check(p1.data instanceof Uint8Array, `protobuf data is not bytes: ${show(p1)}`);
 check(p1.offset === pub1.offset && json(p1.data).n === 1, `got ${show(p1)} for ${show(pub1)}`);
 check(p1.info === undefined || p1.info === null, `an API publication has no publisher: ${show(p1)}`);
 
-step = 'publication from the protobuf client (JSON text), seen by both formats';
+state.step = 'publication from the protobuf client (JSON text), seen by both formats';
 await sub.publish(encoder.encode(JSON.stringify({ n: 2 })));
 const [, p2] = await arrived(received, sub, 2);
 check(json(p2.data).n === 2 && p2.info?.client === clientId && p2.info?.user === user, `got ${show(p2)}`);
 const [j1, j2] = await arrived(jsonReceived, jsonSub, 2);
 check(j1.data?.n === 1 && j2.data?.n === 2 && j2.offset === p2.offset, `JSON client got ${show([j1, j2])}`);
 
-step = 'binary publication: bytes for protobuf, null for JSON';
+state.step = 'binary publication: bytes for protobuf, null for JSON';
 const binary = new Uint8Array([0, 255, 10, 13, 123]);
 await sub.publish(binary);
 const [, , p3] = await arrived(received, sub, 3);
@@ -145,7 +120,7 @@ check(show(p3.data) === show(binary), `protobuf client got ${show(p3.data)} for 
 const [, , j3] = await arrived(jsonReceived, jsonSub, 3);
 check(j3.data === null && j3.offset === p3.offset, `JSON client got ${show(j3)} for binary data`);
 
-step = 'history';
+state.step = 'history';
 const h = await sub.history({ limit: 10 });
 check(h.epoch === epoch && h.offset === p3.offset, `history position: ${show(h)}`);
 check(
@@ -155,13 +130,13 @@ check(
 const jh = await jsonSub.history({ limit: 10 });
 check(jh.publications.length === 3 && jh.publications[2].data === null, `JSON history: ${show(jh.publications)}`);
 
-step = 'presence';
+state.step = 'presence';
 const presence = await sub.presence();
 check(presence.clients[clientId]?.user === user, `${clientId} (${user}) absent: ${show(presence)}`);
 const stats = await sub.presenceStats();
 check(stats.numClients === 2 && stats.numUsers === 1, `presence stats: ${show(stats)}`);
 
-step = 'errors keep their codes';
+state.step = 'errors keep their codes';
 try {
   await proto.rpc('no-such-method', encoder.encode('{}'));
   fail('rpc succeeded');
@@ -175,24 +150,24 @@ try {
   check(e.code === 102, `publish error: ${show(e)}`);
 }
 
-step = 'forced reconnect';
+state.step = 'forced reconnect';
 let release;
 gate = new Promise((resolve) => (release = resolve));
 const lost = next(proto, 'connecting');
 const secondSubscribe = next(sub, 'subscribed');
-await api('disconnect', { user, client: clientId, disconnect: { code: 3011, reason: 'force reconnect' } });
+await api(apiUrl, apiKey, 'disconnect', { user, client: clientId, disconnect: { code: 3011, reason: 'force reconnect' } });
 const why = await lost;
 check(why.code === 3011, `reconnecting for ${show(why)}, expected code 3011`);
 
-step = 'publish while the client is away';
+state.step = 'publish while the client is away';
 const missed = [];
-for (const n of [4, 5]) missed.push((await api('publish', { channel, data: { n } })).offset);
+for (const n of [4, 5]) missed.push((await api(apiUrl, apiKey, 'publish', { channel, data: { n } })).offset);
 release(null);
 
-step = 'recovery';
+state.step = 'recovery';
 const s2 = await secondSubscribe;
 check(s2.wasRecovering && s2.recovered, `not recovered: ${show(s2)}`);
-const last = await api('publish', { channel, data: { n: 6 } });
+const last = await api(apiUrl, apiKey, 'publish', { channel, data: { n: 6 } });
 const all = await arrived(received, sub, 6);
 const want = [pub1.offset, p2.offset, p3.offset, ...missed, last.offset];
 check(

@@ -7,6 +7,7 @@
 //   node proxy.mjs WS_URL API_URL API_KEY
 //
 // Exits 0 on success; prints the reason and exits 1 on failure.
+import { api, check, fail, next, show, state } from './lib.mjs';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 
@@ -15,30 +16,8 @@ if (!apiKey) {
   console.error('usage: node proxy.mjs WS_URL API_URL API_KEY');
   process.exit(2);
 }
-let step = 'start';
-function fail(reason) {
-  console.error(`FAIL during "${step}": ${reason}`);
-  process.exit(1);
-}
-function check(ok, reason) {
-  if (!ok) fail(reason);
-}
-const show = (v) => JSON.stringify(v);
-setTimeout(() => fail('timed out after 20 s'), 20_000);
-const next = (emitter, event) => new Promise((resolve) => emitter.once(event, resolve));
 
-async function api(method, body) {
-  const res = await fetch(`${apiUrl}/${method}`, {
-    method: 'POST',
-    headers: { 'X-API-Key': apiKey, 'Content-Type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  const reply = await res.json();
-  check(!reply.error, `API ${method}: ${show(reply)}`);
-  return reply.result ?? {};
-}
-
-step = 'connect without a token, through the connect proxy';
+state.step = 'connect without a token, through the connect proxy';
 const client = new Centrifuge(wsUrl, { websocket: WebSocket, data: { user: 'js-proxied' } });
 client.on('disconnected', (ctx) => fail(`disconnected: ${show(ctx)}`));
 const connected = next(client, 'connected');
@@ -49,33 +28,33 @@ check(ctx.data?.hello === 'from backend', `connect data: ${show(ctx)}`);
 const sub0 = await serverSide;
 check(sub0.channel === 'news', `server-side subscription: ${show(sub0)}`);
 
-step = 'a publication in the server-side channel';
+state.step = 'a publication in the server-side channel';
 const published = next(client, 'publication');
-await api('publish', { channel: 'news', data: { n: 1 } });
+await api(apiUrl, apiKey, 'publish', { channel: 'news', data: { n: 1 } });
 const p0 = await published;
 check(p0.channel === 'news' && p0.data?.n === 1, `got ${show(p0)}`);
 
-step = 'a subscription the backend refuses';
+state.step = 'a subscription the backend refuses';
 const denied = client.newSubscription('proxied:denied');
 const gone = next(denied, 'unsubscribed');
 denied.subscribe();
 const why = await gone;
 check(why.code === 1403, `unsubscribed with ${show(why)}, expected the backend's 1403`);
 
-step = 'a subscription the backend allows';
+state.step = 'a subscription the backend allows';
 const room = client.newSubscription('proxied:room');
 const subscribed = next(room, 'subscribed');
 room.subscribe();
 const s = await subscribed;
 check(s.data?.welcome === true, `subscribe data: ${show(s)}`);
 
-step = 'a publication the backend modifies';
+state.step = 'a publication the backend modifies';
 const arrived = next(room, 'publication');
 await room.publish({ text: 'hi' });
 const p = await arrived;
 check(show(p.data) === show({ modified: { text: 'hi' } }), `got ${show(p.data)}`);
 
-step = 'rpc';
+state.step = 'rpc';
 const r = await client.rpc('sum', { a: 2, b: 5 });
 check(r.data?.sum === 7, `rpc result: ${show(r)}`);
 try {

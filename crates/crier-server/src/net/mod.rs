@@ -1,9 +1,11 @@
 //! Network plumbing that knows nothing of crier's protocol: HTTP
-//! connections with a write deadline, and RFC 6455 WebSocket framing.
+//! connections with a write deadline, RFC 6455 WebSocket framing and its
+//! permessage-deflate, and the framing of long HTTP streams.
 
 pub(crate) mod deadline;
 pub(crate) mod deflate;
 pub(crate) mod rfc6455;
+pub(crate) mod stream;
 
 pub(crate) use deadline::WriteDeadline;
 

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::control::{self, Emulated};
 use crate::metrics::Transport;
+use crate::net::stream::Framing;
 use crate::node::Node;
 use crate::session::{Refusal, Session};
 use crate::wire::{disconnect_of, Codec};
@@ -36,45 +37,12 @@ use crate::wire::{disconnect_of, Codec};
 /// them is answered 429.
 const QUEUED_BATCHES: usize = 16;
 
-/// How each message goes on the stream.
-#[derive(Clone, Copy)]
-enum Framing {
-    /// `data: {...}\n\n` (Server-Sent Events, JSON).
-    Sse,
-    /// `{...}\n` (HTTP streaming, JSON).
-    Lines,
-    /// Length-delimited protobuf replies, back to back.
-    Binary,
-}
-
-impl Framing {
-    fn put(self, buf: &mut BytesMut, message: &[u8]) {
-        match self {
-            Framing::Sse => {
-                buf.extend_from_slice(b"data: ");
-                buf.extend_from_slice(message);
-                buf.extend_from_slice(b"\n\n");
-            }
-            Framing::Lines => {
-                buf.extend_from_slice(message);
-                buf.extend_from_slice(b"\n");
-            }
-            Framing::Binary => buf.extend_from_slice(message),
-        }
-    }
-
-    fn framed(self, message: &[u8]) -> Bytes {
-        let mut buf = BytesMut::new();
-        self.put(&mut buf, message);
-        buf.freeze()
-    }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Framing::Sse => "text/event-stream",
-            Framing::Lines => "application/json",
-            Framing::Binary => "application/octet-stream",
-        }
+/// The `Content-Type` of a stream with `framing`.
+fn content_type(framing: Framing) -> &'static str {
+    match framing {
+        Framing::Sse => "text/event-stream",
+        Framing::Lines => "application/json",
+        Framing::Binary => "application/octet-stream",
     }
 }
 
@@ -236,7 +204,7 @@ async fn open(
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(framing.content_type()),
+        HeaderValue::from_static(content_type(framing)),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));

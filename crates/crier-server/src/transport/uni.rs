@@ -23,35 +23,11 @@ use crier_proto::encode::{self, Envelope, PING};
 use crate::config::UniTransportConfig;
 use crate::metrics::Transport;
 use crate::net::rfc6455::{self, Incoming, Reader, Writer};
+use crate::net::stream::Framing;
 use crate::node::Node;
 use crate::session::{Opened, Refused, Session};
 use crate::wire::frames::{encode_event_into, UNI_JSON};
 use crate::wire::{disconnect_of, Codec};
-
-/// How each message is framed on an HTTP stream.
-#[derive(Clone, Copy)]
-enum Framing {
-    /// `data: {...}\n\n` (Server-Sent Events).
-    Sse,
-    /// `{...}\n` (HTTP streaming).
-    Lines,
-}
-
-impl Framing {
-    fn put(self, buf: &mut BytesMut, message: &[u8]) {
-        match self {
-            Framing::Sse => {
-                buf.extend_from_slice(b"data: ");
-                buf.extend_from_slice(message);
-                buf.extend_from_slice(b"\n\n");
-            }
-            Framing::Lines => {
-                buf.extend_from_slice(message);
-                buf.extend_from_slice(b"\n");
-            }
-        }
-    }
-}
 
 fn connect_push(result: ConnectResult) -> Bytes {
     let mut buf = BytesMut::new();
@@ -227,27 +203,24 @@ pub async fn http_stream(State(node): State<Arc<Node>>, headers: HeaderMap, body
 }
 
 async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing: Framing) -> Response {
-    let cfg = match framing {
-        Framing::Sse => &node.config.uni_sse,
-        Framing::Lines => &node.config.uni_http_stream,
+    // The uni streams are JSON: SSE events or lines (never binary).
+    let (cfg, transport, content_type) = match framing {
+        Framing::Sse => (&node.config.uni_sse, Transport::UniSse, "text/event-stream"),
+        Framing::Lines | Framing::Binary => (
+            &node.config.uni_http_stream,
+            Transport::UniHttpStream,
+            "application/x-ndjson",
+        ),
     };
     if let Some(r) = disabled(cfg) {
         return r;
     }
-    let transport = match framing {
-        Framing::Sse => Transport::UniSse,
-        Framing::Lines => Transport::UniHttpStream,
-    };
     if !origin_allowed(&node, transport, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let req = match parse_connect(connect, cfg.max_request_body_size) {
         Ok(r) => r,
         Err(_) => return (StatusCode::BAD_REQUEST, "invalid connect request\n").into_response(),
-    };
-    let content_type = match framing {
-        Framing::Sse => "text/event-stream",
-        Framing::Lines => "application/x-ndjson",
     };
     let mut first = BytesMut::new();
     let body = match open(&node, transport, req, node.proxies.forwarded_headers(&headers)).await {

@@ -70,21 +70,10 @@ impl RawWs {
 
     /// Sends one masked frame; `rsv1` marks it compressed.
     pub(super) async fn send(&mut self, rsv1: bool, opcode: u8, payload: &[u8]) {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut f = vec![0x80 | if rsv1 { 0x40 } else { 0 } | opcode];
-        match payload.len() {
-            n @ 0..=125 => f.push(0x80 | n as u8),
-            n @ 126..=0xFFFF => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
+        let mut f = masked(opcode, true, payload);
+        if rsv1 {
+            f[0] |= 0x40;
         }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         self.stream.write_all(&f).await.expect("send frame");
     }
 
