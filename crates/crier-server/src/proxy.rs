@@ -291,6 +291,7 @@ pub(crate) struct Proxies {
     refresh: Option<Proxy>,
     subscribe: Option<Proxy>,
     publish: Option<Proxy>,
+    sub_refresh: Option<Proxy>,
     rpc: Option<Proxy>,
     named: HashMap<String, Arc<Proxy>>,
     // RPC namespace → its proxy (named or `rpc.proxy`), when on.
@@ -331,6 +332,13 @@ impl Proxies {
                 "subscribe",
                 &channel.proxy.subscribe,
                 "channel.proxy.subscribe.endpoint",
+            )?);
+        }
+        if options().any(|o| o.sub_refresh_proxy_enabled && o.sub_refresh_proxy_name.is_empty()) {
+            p.sub_refresh = Some(make(
+                "sub_refresh",
+                &channel.proxy.sub_refresh,
+                "channel.proxy.sub_refresh.endpoint",
             )?);
         }
         if options().any(|o| o.publish_proxy_enabled && o.publish_proxy_name.is_empty()) {
@@ -398,6 +406,14 @@ impl Proxies {
             return None;
         }
         self.pick(&options.subscribe_proxy_name, &self.subscribe)
+    }
+
+    /// The sub_refresh proxy of channels with `options`, when on.
+    pub(crate) fn sub_refresh(&self, options: &ChannelOptions) -> Option<&Proxy> {
+        if !options.sub_refresh_proxy_enabled {
+            return None;
+        }
+        self.pick(&options.sub_refresh_proxy_name, &self.sub_refresh)
     }
 
     /// The publish proxy of channels with `options`, when on.

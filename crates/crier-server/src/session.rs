@@ -136,8 +136,12 @@ impl Session {
         };
         let subscriptions = c
             .sub_expires_at
-            .values()
-            .map(|&t| after(t, cfg.expired_sub_close_delay))
+            .iter()
+            .map(|(channel, &t)| match self.sub_refresh_proxy(channel) {
+                // The backend is asked at the expiry itself.
+                Some(_) => after(t, std::time::Duration::ZERO),
+                None => after(t, cfg.expired_sub_close_delay),
+            })
             .min();
         connection.into_iter().chain(subscriptions).min()
     }
@@ -185,11 +189,59 @@ impl Session {
         {
             return Err(Disconnect::EXPIRED);
         }
+        // Subscriptions at their expiry whose namespace has a sub_refresh
+        // proxy: the backend prolongs or ends them.
+        let asked: Vec<Arc<str>> = c
+            .sub_expires_at
+            .iter()
+            .filter(|(_, &t)| after(t, std::time::Duration::ZERO) <= now)
+            .map(|(channel, _)| channel.clone())
+            .filter(|channel| {
+                node.channel_options(channel)
+                    .and_then(|o| node.proxies.sub_refresh(o))
+                    .is_some()
+            })
+            .collect();
+        let who = c.who.clone();
+        let mut ended = Vec::new();
+        for channel in asked {
+            let Some(proxy) = node
+                .channel_options(&channel)
+                .and_then(|o| node.proxies.sub_refresh(o))
+            else {
+                continue;
+            };
+            let outcome = self
+                .ask::<RefreshResult>(proxy, &who, &[("channel", &channel)], None)
+                .await;
+            let Some(c) = self.connected.as_mut() else {
+                return Ok(());
+            };
+            match outcome {
+                Ok(r) if r.expired => ended.push(channel),
+                Ok(r) if r.expire_at > unix_now() => {
+                    c.sub_expires_at.insert(channel, r.expire_at);
+                }
+                Ok(_) | Err(Denied::Reply(_)) => {
+                    c.sub_expires_at.insert(channel, unix_now() + REFRESH_RETRY);
+                }
+                Err(Denied::Disconnect(_)) => ended.push(channel),
+            }
+        }
+        let Some(c) = self.connected.as_mut() else {
+            return Ok(());
+        };
         let lapsed: Vec<Arc<str>> = c
             .sub_expires_at
             .iter()
             .filter(|(_, &t)| after(t, cfg.expired_sub_close_delay) <= now)
             .map(|(channel, _)| channel.clone())
+            .filter(|channel| {
+                node.channel_options(channel)
+                    .and_then(|o| node.proxies.sub_refresh(o))
+                    .is_none()
+            })
+            .chain(ended)
             .collect();
         let (cid, codec) = (c.who.id, self.codec);
         for channel in lapsed {
@@ -202,6 +254,13 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The sub_refresh proxy of `channel`'s namespace, when on.
+    fn sub_refresh_proxy(&self, channel: &str) -> Option<&Proxy> {
+        self.node
+            .channel_options(channel)
+            .and_then(|o| self.node.proxies.sub_refresh(o))
     }
 
     /// Ends the session: the hub forgets the client and its writer closes

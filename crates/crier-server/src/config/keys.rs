@@ -20,12 +20,7 @@ const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
     "client.connect_proxy_name",
     "client.refresh_proxy_name",
     "client.history_meta_ttl",
-    "channel.proxy.sub_refresh",
     "channel.proxy.subscribe_stream",
-    "channel.namespaces[].sub_refresh_proxy_name",
-    "channel.namespaces[].sub_refresh_proxy_enabled",
-    "channel.without_namespace.sub_refresh_proxy_name",
-    "channel.without_namespace.sub_refresh_proxy_enabled",
     "channel.namespaces[].delta_publish",
     "channel.namespaces[].allowed_delta_types",
     "channel.without_namespace.delta_publish",
@@ -236,7 +231,7 @@ mod tests {
         );
         assert!(explain("channel.namespaces[2].histroy_size").contains("`channel.namespaces[].history_size`"));
         assert!(explain("http_server.tls.enabled").contains("Centrifugo v6 setting (`http_server.tls`)"));
-        assert!(explain("channel.proxy.sub_refresh.endpoint").contains("does not implement yet"));
+        assert!(explain("channel.proxy.subscribe_stream.endpoint").contains("does not implement yet"));
         assert!(explain("token_hmac_secret_key")
             .contains("v6 layout, where this is `client.token.hmac_secret_key`"));
         assert_eq!(

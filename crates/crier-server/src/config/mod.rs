@@ -699,6 +699,11 @@ channel_options! {
     publish_proxy_enabled: bool,
     /// A named proxy of `proxies[]` instead of `channel.proxy.publish`.
     publish_proxy_name: String,
+    /// Subscriptions with an expiry are prolonged (or ended) by the
+    /// sub_refresh proxy instead of the client's new token.
+    sub_refresh_proxy_enabled: bool,
+    /// A named proxy of `proxies[]` instead of `channel.proxy.sub_refresh`.
+    sub_refresh_proxy_name: String,
 }
 
 impl ChannelOptions {

@@ -81,6 +81,9 @@ pub struct ChannelProxyConfig {
     pub subscribe: ProxyConfig,
     /// Asked before a client publishes (`publish_proxy_enabled`).
     pub publish: ProxyConfig,
+    /// Asked when a subscription with an expiry reaches it
+    /// (`sub_refresh_proxy_enabled`).
+    pub sub_refresh: ProxyConfig,
 }
 
 /// `rpc.*`
@@ -199,6 +202,14 @@ pub(super) fn validate(cfg: &super::Config) -> Result<(), super::ConfigError> {
                 &o.subscribe_proxy_name,
                 &cfg.channel.proxy.subscribe,
                 "channel.proxy.subscribe.endpoint",
+            )?;
+        }
+        if o.sub_refresh_proxy_enabled {
+            needs(
+                format!("{key}.sub_refresh_proxy_enabled"),
+                &o.sub_refresh_proxy_name,
+                &cfg.channel.proxy.sub_refresh,
+                "channel.proxy.sub_refresh.endpoint",
             )?;
         }
         if o.publish_proxy_enabled {

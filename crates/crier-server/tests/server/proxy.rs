@@ -51,6 +51,7 @@ pub(super) async fn backend() -> (SocketAddr, Seen) {
         .route("/publish", post(publish))
         .route("/rpc", post(rpc))
         .route("/refresh", post(refresh))
+        .route("/sub_refresh", post(sub_refresh))
         .route(
             "/slow",
             post(|| async {
@@ -118,7 +119,12 @@ async fn subscribe(State(seen): State<Seen>, body: axum::body::Bytes) -> Respons
     if body["channel"] == json!("proxied:denied") {
         return Json(json!({"error": {"code": 1403, "message": "not in this room"}}));
     }
-    Json(json!({"result": {"info": {"role": "reader"}, "data": {"welcome": true}}}))
+    let expire_at = if body["data"]["expiring"].as_bool() == Some(true) {
+        unix_now() + 1
+    } else {
+        0
+    };
+    Json(json!({"result": {"info": {"role": "reader"}, "data": {"welcome": true}, "expire_at": expire_at}}))
 }
 
 async fn publish(State(seen): State<Seen>, body: axum::body::Bytes) -> Response {
@@ -132,6 +138,17 @@ async fn refresh(State(seen): State<Seen>, body: axum::body::Bytes) -> Response 
     let body = parse(&body);
     seen.push("/refresh", &body);
     if seen.of("/refresh").len() == 1 {
+        Json(json!({"result": {"expire_at": unix_now() + 1}}))
+    } else {
+        Json(json!({"result": {"expired": true}}))
+    }
+}
+
+/// Prolongs a subscription by a second the first time, ends it the second.
+async fn sub_refresh(State(seen): State<Seen>, body: axum::body::Bytes) -> Response {
+    let body = parse(&body);
+    seen.push("/sub_refresh", &body);
+    if seen.of("/sub_refresh").len() == 1 {
         Json(json!({"result": {"expire_at": unix_now() + 1}}))
     } else {
         Json(json!({"result": {"expired": true}}))
@@ -314,6 +331,54 @@ async fn the_refresh_proxy_extends_a_connection_past_its_expiry_then_ends_it() {
     // ...until the backend says it expired: 3005.
     assert_eq!(c.closed().await.code, 3005);
     assert_eq!(seen.of("/refresh").len(), 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sub_refresh_proxy_extends_a_subscription_then_ends_it_with_2501() {
+    let (backend, seen) = backend().await;
+    let text = format!(
+        "{}\n[channel.proxy.sub_refresh]\nendpoint = \"http://{backend}/sub_refresh\"\n",
+        proxied(backend)
+    );
+    let mut cfg = config(&text);
+    let ns = cfg
+        .channel
+        .namespaces
+        .iter_mut()
+        .find(|n| n.name == "proxied")
+        .expect("namespace");
+    ns.options.sub_refresh_proxy_enabled = true;
+    let s = TestServer::start(cfg).await;
+    let mut c = Client::open(&s.ws_url()).await;
+    c.request(json!({"connect": {"data": {"user": "frank"}}})).await;
+    let r = c
+        .request(json!({"subscribe": {"channel": "proxied:timed", "data": {"expiring": true}}}))
+        .await;
+    assert_eq!(r["subscribe"]["expires"], json!(true), "{r}");
+    eventually_within("the first sub_refresh call", Duration::from_secs(5), || {
+        let seen = seen.clone();
+        async move { seen.of("/sub_refresh").len() == 1 }
+    })
+    .await;
+    let asked = &seen.of("/sub_refresh")[0];
+    assert_eq!(
+        (asked["channel"].clone(), asked["user"].clone()),
+        (json!("proxied:timed"), json!("frank"))
+    );
+    // Still subscribed past the first expiry: a publication arrives.
+    s.api("publish", json!({"channel": "proxied:timed", "data": {"n": 1}}))
+        .await;
+    assert_eq!(c.next_pub().await["pub"]["data"], json!({"n": 1}));
+    // Then the backend says it expired: an unsubscribe push, 2501.
+    let push = loop {
+        let m = c.next().await;
+        if m["push"]["unsubscribe"].is_object() {
+            break m;
+        }
+    };
+    assert_eq!(push["push"]["unsubscribe"]["code"], json!(2501), "{push}");
+    assert_eq!(push["push"]["channel"], json!("proxied:timed"));
     s.shutdown().await;
 }
 
