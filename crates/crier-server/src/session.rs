@@ -399,11 +399,14 @@ impl Session {
             }
         }
         let now = unix_now();
+        // With the refresh proxy the server prolongs the connection: the
+        // client is not told it expires (its SDK would ask for a token).
+        let told = expires_at.filter(|_| node.proxies.refresh().is_none());
         let result = wire::ConnectResult {
             client: cid.to_string(),
             version: VERSION.to_owned(),
-            expires: expires_at.is_some(),
-            ttl: expires_at.map_or(0, |t| (t - now).max(0) as u32),
+            expires: told.is_some(),
+            ttl: told.map_or(0, |t| (t - now).max(0) as u32),
             subs,
             ping: client_cfg.ping_interval.as_secs() as u32,
             pong: !uni,
