@@ -47,9 +47,29 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
+/// What happens to clients and channels, for whoever embeds the hub (the
+/// server's webhooks are one). Called inline by the hub, on the thread
+/// that caused the event and sometimes under a channel's lock: an observer
+/// must be quick, must not block, and must not call back into the hub —
+/// queue the event and act on it elsewhere.
+pub trait Observer: Send + Sync {
+    /// A client left the hub: disconnected, dropped as slow, or removed.
+    fn disconnected(&self, _client: ClientId, _user: &str, _reason: &DisconnectReason) {}
+    /// A client left a channel by an unsubscribe (its own or the
+    /// server's); leaving by disconnecting is [`Observer::disconnected`].
+    fn unsubscribed(&self, _client: ClientId, _user: &str, _channel: &str) {}
+    /// `channel` got its first subscriber on this hub (the hub began to
+    /// hold it in its engine).
+    fn occupied(&self, _channel: &str) {}
+    /// `channel` lost its last subscriber on this hub.
+    fn vacated(&self, _channel: &str) {}
+}
+
 struct Inner {
     // Source of client ids; never reused.
     next_id: AtomicU64,
+    // Set once, by `Hub::observe`.
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
     clients: RwShards<ClientId, Arc<ClientEntry>>,
     // Reverse index: channel → its local subscribers.
     channels: RwShards<Arc<str>, Arc<ChannelSlot>>,
@@ -296,12 +316,39 @@ impl Hub {
                 next_id: AtomicU64::new(
                     (u64::from(config.node_tag & 0x00FF_FFFF) << CLIENT_COUNTER_BITS) | 1,
                 ),
+                observer: std::sync::OnceLock::new(),
                 clients: RwShards::new(),
                 channels: RwShards::new(),
                 engine,
                 config,
                 counters: Counters::default(),
             }),
+        }
+    }
+
+    /// Tells `observer` about every client and channel event from now on.
+    /// One observer per hub: false (and nothing changes) if one is set.
+    pub fn observe(&self, observer: Arc<dyn Observer>) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    fn observer(&self) -> Option<&dyn Observer> {
+        self.inner.observer.get().map(|o| &**o)
+    }
+
+    // The engine holds `channel` from now on: it is occupied here.
+    fn retain(&self, channel: &str) {
+        self.inner.engine.retain(channel);
+        if let Some(o) = self.observer() {
+            o.occupied(channel);
+        }
+    }
+
+    // The engine lets `channel` go: it is vacated here.
+    fn release(&self, channel: &str) {
+        self.inner.engine.release(channel);
+        if let Some(o) = self.observer() {
+            o.vacated(channel);
         }
     }
 
@@ -521,7 +568,7 @@ impl Hub {
             return Err(HubError::AlreadySubscribed);
         }
         if st.is_empty() {
-            self.inner.engine.retain(channel);
+            self.retain(channel);
         }
         st.pending.insert(id, Pending::default());
         Ok(())
@@ -701,18 +748,17 @@ impl Hub {
         opts: SubscribeOptions,
         notice: impl FnOnce(&Subscribed) -> Option<Bytes>,
     ) -> Result<(Subscribed, Dropped), HubError> {
-        let engine = &self.inner.engine;
         let channel = &*slot.name;
         if st.subscribers.contains_key(&client.id) || st.pending.contains_key(&client.id) {
             return Err(HubError::AlreadySubscribed);
         }
         let first = st.is_empty();
         if first {
-            engine.retain(channel);
+            self.retain(channel);
         }
         let undo = |e: HubError| {
             if first {
-                engine.release(channel);
+                self.release(channel);
             }
             e
         };
@@ -838,6 +884,11 @@ impl Hub {
         let mut dropped = Vec::new();
         let left = self.leave(&client, channel, notice, &mut dropped);
         self.drop_clients(dropped);
+        if left {
+            if let Some(o) = self.observer() {
+                o.unsubscribed(client.id, &client.user, channel);
+            }
+        }
         Ok(left)
     }
 
@@ -892,7 +943,7 @@ impl Hub {
             st.removed = true;
             map.remove(channel);
             self.inner.counters.channels.fetch_sub(1, Relaxed);
-            self.inner.engine.release(channel);
+            self.release(channel);
         }
     }
 
@@ -1134,6 +1185,9 @@ impl Hub {
             return false; // someone else removed it first
         }
         self.inner.counters.clients.fetch_sub(1, Relaxed);
+        if let Some(o) = self.observer() {
+            o.disconnected(client.id, &client.user, &reason);
+        }
         client.queue.close(reason);
         let channels = {
             let mut subs = client.subs.lock();

@@ -52,8 +52,8 @@ pub use engine::{Engine, EngineError, HistoryPage, HistoryQuery, StreamPosition}
 pub use error::HubError;
 pub use event::{ClientId, ClientInfo, Event, EventKind, Exclusion, Format, Outbound, Publication, Tags};
 pub use hub::{
-    settle_recovery, Catchup, ClientSnapshot, Delivery, Hub, HubConfig, PresenceStats, PublishOptions,
-    Publisher, SubscribeOptions, Subscribed,
+    settle_recovery, Catchup, ClientSnapshot, Delivery, Hub, HubConfig, Observer, PresenceStats,
+    PublishOptions, Publisher, SubscribeOptions, Subscribed,
 };
 pub use memory::{HistoryLimit, HistoryUsage, MemoryEngine};
 pub use options::{ChannelConfig, ChannelNames, ChannelOptions};
