@@ -705,7 +705,7 @@ impl Hub {
         let mut dropped = Vec::new();
         let mut removed = Vec::with_capacity(clients.len());
         for client in clients {
-            if self.leave(&client, channel, notice.clone(), &mut dropped) {
+            if self.leave(&client, channel, notice.clone(), true, &mut dropped) {
                 removed.push(client.id);
             }
         }
@@ -882,24 +882,21 @@ impl Hub {
         self.resolve(channel)?;
         let client = self.entry(id).ok_or(HubError::UnknownClient(id))?;
         let mut dropped = Vec::new();
-        let left = self.leave(&client, channel, notice, &mut dropped);
+        let left = self.leave(&client, channel, notice, true, &mut dropped);
         self.drop_clients(dropped);
-        if left {
-            if let Some(o) = self.observer() {
-                o.unsubscribed(client.id, &client.user, channel);
-            }
-        }
         Ok(left)
     }
 
     // Removes `client` from `channel`'s subscribers, with presence and leave
     // events; frees the channel if it was the last subscriber. Clients that
-    // could not take the leave event are added to `dropped`.
+    // could not take the leave event are added to `dropped`. `unsubscribe`:
+    // an unsubscribe the observer hears of (not a client leaving the hub).
     fn leave(
         &self,
         client: &Arc<ClientEntry>,
         channel: &str,
         notice: Option<Bytes>,
+        unsubscribe: bool,
         dropped: &mut Dropped,
     ) -> bool {
         let Some(slot) = self.inner.channels.shard(channel).read().get(channel).cloned() else {
@@ -927,6 +924,11 @@ impl Hub {
             }
             st.is_empty()
         };
+        if unsubscribe {
+            if let Some(o) = self.observer() {
+                o.unsubscribed(client.id, &client.user, channel);
+            }
+        }
         if now_empty {
             self.remove_slot_if_empty(channel);
         }
@@ -1196,7 +1198,7 @@ impl Hub {
         };
         client.doomed.store(true, Relaxed);
         for channel in channels {
-            self.leave(client, &channel, None, dropped);
+            self.leave(client, &channel, None, false, dropped);
         }
         true
     }

@@ -12,6 +12,13 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Unix time in milliseconds.
+pub(crate) fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The moment `grace` after the Unix second `at`.
 pub(crate) fn after(at: i64, grace: Duration) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(at.max(0) as u64) + grace

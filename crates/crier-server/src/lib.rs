@@ -53,6 +53,8 @@ mod proxy;
 #[cfg(feature = "redis")]
 #[path = "redis/mod.rs"] // named redis_broker so it does not shadow the `redis` crate
 pub mod redis_broker;
+/// Lifecycle events POSTed to the backend (`crier.webhooks`).
+mod webhooks;
 
 // 3. the node
 pub mod node;

@@ -94,6 +94,18 @@ type CodeLabel = [(&'static str, u32); 1];
 type LimitLabel = [(&'static str, &'static str); 1];
 type ProxyLabel = [(&'static str, String); 2];
 
+/// `crier_webhook_events_total{result}` and `crier_webhook_failures_total`:
+/// shared counters, cheap to clone into the webhook task.
+#[derive(Clone, Debug)]
+pub(crate) struct WebhookCounters {
+    /// Events the backend took.
+    pub delivered: Counter,
+    /// Events dropped because the queue was full.
+    pub dropped: Counter,
+    /// POSTs that failed and were retried.
+    pub failures: Counter,
+}
+
 /// One live connection counted in `crier_connections`: counts from
 /// [`Metrics::connection`] until dropped.
 #[must_use = "the connection is counted only while this guard lives"]
@@ -141,6 +153,8 @@ pub struct Metrics {
     engine_errors: Counter,
     // `crier_proxy_requests_total` by proxy and result.
     proxy_requests: Family<ProxyLabel, Counter>,
+    // `crier_webhook_events_total` by result, and failed POSTs.
+    webhooks: WebhookCounters,
     // `crier_proxy_duration_seconds` by proxy.
     proxy_duration: Family<[(&'static str, String); 1], Histogram>,
     // When an engine error was last logged (ms since `created`), so a
@@ -217,6 +231,27 @@ impl Metrics {
             proxy_duration.clone(),
         );
 
+        let webhook_events = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "crier_webhook_events",
+            "Lifecycle webhook events, by result (delivered: the backend took them; dropped: the queue was full)",
+            webhook_events.clone(),
+        );
+        let webhook_failures = Counter::default();
+        registry.register(
+            "crier_webhook_failures",
+            "Webhook POSTs that failed (timeout, unreachable, a status other than 2xx) and were retried",
+            webhook_failures.clone(),
+        );
+        // One at a time: a family's guard holds its lock until dropped.
+        let delivered = webhook_events.get_or_create_owned(&[("result", "delivered")]);
+        let dropped = webhook_events.get_or_create_owned(&[("result", "dropped")]);
+        let webhooks = WebhookCounters {
+            delivered,
+            dropped,
+            failures: webhook_failures,
+        };
+
         registry.register_collector(Box::new(HubCollector { hub, history }));
         registry.register_collector(Box::new(ProcessCollector));
 
@@ -229,6 +264,7 @@ impl Metrics {
             engine_errors,
             proxy_requests,
             proxy_duration,
+            webhooks,
             engine_error_logged: std::sync::atomic::AtomicU64::new(u64::MAX),
             created: Instant::now(),
             enabled,
@@ -274,6 +310,11 @@ impl Metrics {
         self.proxy_duration
             .get_or_create(&[("proxy", proxy.to_owned())])
             .observe(took.as_secs_f64());
+    }
+
+    /// The webhook counters, for the webhook sender's task.
+    pub(crate) fn webhook_counters(&self) -> WebhookCounters {
+        self.webhooks.clone()
     }
 
     /// Counts a client closed by its transport with disconnect `code`.

@@ -199,6 +199,14 @@ impl Node {
             (Hub::with_engine(hub_config, engine.clone()), Some(engine))
         };
         let metrics = Metrics::new(hub.clone(), history, config.prometheus.enabled);
+        if let Some(webhooks) = crate::webhooks::Webhooks::start(
+            &config.crier.webhooks,
+            &id,
+            metrics.webhook_counters(),
+            shutdown.clone(),
+        ) {
+            hub.observe(webhooks);
+        }
         let node = Arc::new(Self {
             hub,
             tokens,

@@ -15,9 +15,6 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -25,12 +22,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::{ChannelOptions, Config, ConfigError, ProxyConfig};
 use crate::metrics::Metrics;
+use crate::net::client::{http_client, HttpClient};
 
 /// Largest answer a backend may send; past it the call fails ("invalid").
 pub(crate) const MAX_ANSWER: usize = 1 << 20;
-
-/// Keep-alive connections kept open per backend host while idle.
-const IDLE_PER_HOST: usize = 64;
 
 /// How a call failed, when the backend did not answer as the protocol says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +117,7 @@ pub(crate) struct Proxy {
     /// Payloads go as base64 (`b64data`) instead of embedded JSON.
     pub(crate) binary: bool,
     permits: Semaphore,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 impl Proxy {
@@ -156,11 +151,7 @@ impl Proxy {
                 ))
             })
             .collect::<Result<_, ConfigError>>()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(IDLE_PER_HOST)
-            .build(connector);
+        let client = http_client();
         Ok(Self {
             label,
             uri,

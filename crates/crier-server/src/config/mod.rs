@@ -27,7 +27,7 @@ pub(crate) use origins::glob_match;
 pub use origins::{is_local_origin, OriginPolicy};
 pub use proxy::{
     ChannelProxyConfig, ClientProxyConfig, ProxyConfig, ProxyHttpConfig, RpcConfig, RpcNamespace,
-    RpcNamespaceOptions,
+    RpcNamespaceOptions, WebhooksConfig, WEBHOOK_EVENTS,
 };
 pub use source::Format;
 
@@ -1015,6 +1015,8 @@ pub struct CrierConfig {
     /// Unknown keys in the file are warnings instead of errors (as
     /// `crier serve --allow-unknown-keys`).
     pub allow_unknown_keys: bool,
+    /// Lifecycle events POSTed to the backend.
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for CrierConfig {
@@ -1023,6 +1025,7 @@ impl Default for CrierConfig {
             dev: false,
             client_queue_max_messages: 4096,
             allow_unknown_keys: false,
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -1385,6 +1388,7 @@ impl Config {
             ));
         }
         proxy::validate(self)?;
+        proxy::validate_webhooks(&self.crier.webhooks)?;
         if !(1..=9).contains(&self.websocket.compression_level) {
             return Err(invalid(
                 "websocket.compression_level",

@@ -256,3 +256,77 @@ fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
+
+/// `crier.webhooks.*`: lifecycle events POSTed to the backend (crier only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhooksConfig {
+    /// `http://` URL the batches are POSTed to; empty turns webhooks off.
+    pub endpoint: String,
+    /// Which events: `disconnect`, `unsubscribe`, `occupied`, `vacated`.
+    pub events: Vec<String>,
+    /// Longest one POST may take before it counts as failed.
+    #[serde(with = "duration::serde_go")]
+    pub timeout: Duration,
+    /// Events per POST at most.
+    pub batch_size: usize,
+    /// Events waiting at most; past it new events are dropped (counted).
+    pub queue_size: usize,
+    /// Longest wait between retries of a failed POST (from 100 ms, doubling).
+    #[serde(with = "duration::serde_go")]
+    pub max_retry_delay: Duration,
+    /// Headers added to every POST (an authorization for the backend).
+    pub static_headers: BTreeMap<String, String>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            events: WEBHOOK_EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+            timeout: Duration::from_secs(2),
+            batch_size: 100,
+            queue_size: 10_000,
+            max_retry_delay: Duration::from_secs(10),
+            static_headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// The webhook events there are.
+pub const WEBHOOK_EVENTS: [&str; 4] = ["disconnect", "unsubscribe", "occupied", "vacated"];
+
+pub(super) fn validate_webhooks(w: &WebhooksConfig) -> Result<(), super::ConfigError> {
+    use super::invalid;
+    if w.endpoint.is_empty() {
+        return Ok(());
+    }
+    let rest = w.endpoint.strip_prefix("http://").unwrap_or_default();
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(invalid(
+            "crier.webhooks.endpoint",
+            format!("{:?} is not an http:// URL", w.endpoint),
+        ));
+    }
+    if let Some(e) = w.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
+        return Err(invalid(
+            "crier.webhooks.events",
+            format!(
+                "unknown event {e:?}; the events are {}",
+                WEBHOOK_EVENTS.join(", ")
+            ),
+        ));
+    }
+    for (key, n) in [("batch_size", w.batch_size), ("queue_size", w.queue_size)] {
+        if n == 0 {
+            return Err(invalid(format!("crier.webhooks.{key}"), "must be greater than 0"));
+        }
+    }
+    if w.timeout.is_zero() || w.max_retry_delay.is_zero() {
+        return Err(invalid(
+            "crier.webhooks.timeout",
+            "timeouts must be greater than 0",
+        ));
+    }
+    Ok(())
+}

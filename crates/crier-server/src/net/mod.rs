@@ -2,6 +2,7 @@
 //! connections with a write deadline, RFC 6455 WebSocket framing and its
 //! permessage-deflate, and the framing of long HTTP streams.
 
+pub(crate) mod client;
 pub(crate) mod deadline;
 pub(crate) mod deflate;
 pub(crate) mod rfc6455;

@@ -20,6 +20,7 @@ const SERVER: &[(&str, u8)] = &[
     // 2. the engine seam
     ("broker", 2),
     ("proxy", 2),
+    ("webhooks", 2),
     ("redis_broker", 3),
     ("nats_broker", 3),
     ("cluster", 4),

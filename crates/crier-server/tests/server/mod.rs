@@ -19,4 +19,5 @@ mod support;
 mod tcp;
 mod uni;
 mod watch;
+mod webhooks;
 mod ws;

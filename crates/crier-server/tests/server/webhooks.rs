@@ -1,0 +1,197 @@
+//! Lifecycle webhooks (`crier.webhooks`) against a real backend the test
+//! starts: what a client's life produces, in order, with ids and sequence
+//! numbers; a backend that is down for a while gets everything queued once
+//! it is back; a full queue drops and counts, never blocks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::support::*;
+
+/// The backend: every event it took, in arrival order; while `down`, it
+/// answers 503 and takes nothing.
+#[derive(Clone, Default)]
+struct Backend {
+    events: Arc<Mutex<Vec<Value>>>,
+    down: Arc<AtomicBool>,
+}
+
+async fn hook(State(b): State<Backend>, body: axum::body::Bytes) -> StatusCode {
+    if b.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let batch: Value = serde_json::from_slice(&body).expect("a JSON batch");
+    let events = batch["events"].as_array().expect("an events list").clone();
+    b.events.lock().unwrap().extend(events);
+    StatusCode::OK
+}
+
+async fn backend() -> (SocketAddr, Backend) {
+    let b = Backend::default();
+    let app = Router::new().route("/hooks", post(hook)).with_state(b.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, b)
+}
+
+fn hooked(addr: SocketAddr, extra: &str) -> crier_server::config::Config {
+    config(&format!(
+        "[prometheus]\nenabled = true\n[crier.webhooks]\nendpoint = \"http://{addr}/hooks\"\n{extra}"
+    ))
+}
+
+impl Backend {
+    fn got(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, n: usize) -> Vec<Value> {
+        let me = self.clone();
+        eventually_within(&format!("{n} webhook events"), Duration::from_secs(10), || {
+            let me = me.clone();
+            async move { me.got().len() >= n }
+        })
+        .await;
+        self.got()
+    }
+}
+
+/// `type` and the field that says what it is about, of each event.
+fn summary(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["type"].as_str().unwrap_or_default() {
+            "disconnect" => format!(
+                "disconnect {} {}",
+                e["user"].as_str().unwrap_or_default(),
+                e["code"]
+            ),
+            t => format!("{t} {}", e["channel"].as_str().unwrap_or_default()),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clients_life_reaches_the_backend_in_order_with_ids() {
+    let (addr, b) = backend().await;
+    let s = TestServer::start(hooked(addr, "")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("hooked")).await;
+    c.request(json!({"subscribe": {"channel": "news"}})).await;
+    c.request(json!({"unsubscribe": {"channel": "news"}})).await;
+    c.request(json!({"subscribe": {"channel": "sport"}})).await;
+    drop(c);
+    let events = b.wait_for(6).await;
+    assert_eq!(
+        summary(&events),
+        [
+            "occupied news",
+            "unsubscribe news",
+            "vacated news",
+            "occupied sport",
+            // The disconnect, then the channels it emptied.
+            "disconnect hooked 3000",
+            "vacated sport",
+        ]
+    );
+    let unsubscribe = &events[1];
+    assert_eq!(unsubscribe["user"], json!("hooked"));
+    assert!(unsubscribe["client"].is_string(), "{unsubscribe}");
+    let node = events[0]["node"].as_str().expect("node").to_owned();
+    for (i, e) in events.iter().enumerate() {
+        let seq = e["seq"].as_u64().expect("seq");
+        assert_eq!(seq, i as u64 + 1, "per-node sequence: {e}");
+        assert_eq!(e["id"], json!(format!("{node}-{seq}")), "{e}");
+        assert!(e["time"].as_u64().is_some_and(|t| t > 1_700_000_000_000), "{e}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backend_down_for_a_while_gets_everything_queued_once_back() {
+    let (addr, b) = backend().await;
+    b.down.store(true, Ordering::SeqCst);
+    let s = TestServer::start(hooked(addr, "max_retry_delay = \"200ms\"\n")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("patient")).await;
+    for i in 0..10 {
+        c.request(json!({"subscribe": {"channel": format!("ch{i}")}}))
+            .await;
+    }
+    // The backend refused at least one batch meanwhile.
+    let server = s.addr;
+    eventually_within("a failed POST", Duration::from_secs(5), move || async move {
+        let (_, text) = metrics_text(server).await;
+        text.contains("crier_webhook_failures_total") && !text.contains("crier_webhook_failures_total 0")
+    })
+    .await;
+    assert!(b.got().is_empty());
+    b.down.store(false, Ordering::SeqCst);
+    let events = b.wait_for(10).await;
+    let want: Vec<String> = (0..10).map(|i| format!("occupied ch{i}")).collect();
+    assert_eq!(summary(&events), want, "in order, none lost, none twice");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_without_blocking_anyone() {
+    let (addr, b) = backend().await;
+    b.down.store(true, Ordering::SeqCst);
+    let s = TestServer::start(hooked(
+        addr,
+        "queue_size = 3\nbatch_size = 1\nmax_retry_delay = \"100ms\"\n",
+    ))
+    .await;
+    let mut w = watcher(&s).await;
+    let mut c = Client::connect(&s.ws_url(), &token("busy")).await;
+    for i in 0..20 {
+        let r = c
+            .request(json!({"subscribe": {"channel": format!("q{i}")}}))
+            .await;
+        assert!(r["subscribe"].is_object(), "the hub is not held up: {r}");
+    }
+    assert_still_served(&s, &mut w).await;
+    let (_, text) = metrics_text(s.addr).await;
+    let dropped = text
+        .lines()
+        .find(|l| l.starts_with("crier_webhook_events_total{result=\"dropped\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("a dropped count");
+    assert!(
+        dropped >= 16,
+        "dropped {dropped} of 20 events with room for 3 + 1 in flight"
+    );
+    b.down.store(false, Ordering::SeqCst);
+    let events = b.wait_for(20 - dropped as usize).await;
+    assert!(
+        events.len() as u64 <= 20 - dropped + 1,
+        "{} delivered",
+        events.len()
+    );
+    s.shutdown().await;
+}
+
+async fn metrics_text(server: SocketAddr) -> (u16, String) {
+    let url = format!("http://{server}/metrics");
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent.get(&url).call().expect("metrics");
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap_or_default(),
+        )
+    })
+    .await
+    .expect("blocking")
+}
