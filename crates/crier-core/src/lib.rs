@@ -4,7 +4,9 @@
 //!
 //! Map of the crate:
 //! - [`hub`]: the [`Hub`] (registry, subscriber sets, fan-out, the
-//!   per-channel critical section) and the [`Publisher`] handle.
+//!   per-channel critical section), the [`Publisher`] handle, and the
+//!   [`Observer`] of lifecycle events (a client leaving, an unsubscribe, a
+//!   channel occupied or vacated), set with [`Hub::observe`].
 //! - [`queue`]: each client's bounded outbound queue ([`ClientReceiver`]),
 //!   pushed without blocking, drained in batches.
 //! - [`event`]: what a client receives ([`Event`], [`Publication`],
