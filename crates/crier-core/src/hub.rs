@@ -377,7 +377,25 @@ impl Hub {
     /// Registers a client of `user` (empty = anonymous). Returns its id and
     /// the receiving end of its bounded queue, for its transport's writer.
     pub fn connect(&self, user: impl Into<Arc<str>>, conn_info: Option<Bytes>) -> (ClientId, ClientReceiver) {
-        let id = ClientId(self.inner.next_id.fetch_add(1, Relaxed));
+        let id = self.reserve_id();
+        (id, self.connect_as(id, user, conn_info))
+    }
+
+    /// A client id no one has or will be given, for a client not connected
+    /// yet (an embedder that must name it before admitting it, as a connect
+    /// proxy request does). Connect it with [`Hub::connect_as`], or drop
+    /// it: ids are never reused.
+    pub fn reserve_id(&self) -> ClientId {
+        ClientId(self.inner.next_id.fetch_add(1, Relaxed))
+    }
+
+    /// Connects a client under `id`, which [`Hub::reserve_id`] gave out.
+    pub fn connect_as(
+        &self,
+        id: ClientId,
+        user: impl Into<Arc<str>>,
+        conn_info: Option<Bytes>,
+    ) -> ClientReceiver {
         let (tx, rx) = queue(self.inner.config.queue_limits);
         let entry = Arc::new(ClientEntry {
             id,
@@ -392,7 +410,7 @@ impl Hub {
         });
         self.inner.clients.shard(&id).write().insert(id, entry);
         self.inner.counters.clients.fetch_add(1, Relaxed);
-        (id, rx)
+        rx
     }
 
     /// Removes a client and every trace of it (subscriptions, presence), and

@@ -58,6 +58,8 @@ pub(crate) struct Identity {
     pub expires_at: Option<i64>,
     /// Server-side subscriptions from the token.
     pub subs: BTreeMap<String, SubscriptionOptions>,
+    /// The client id the connect proxy was told, to register it under.
+    pub reserved: Option<ClientId>,
 }
 
 /// A client the hub has registered.
@@ -103,6 +105,7 @@ fn identify_quietly(node: &Node, credentials: Credentials<'_>) -> Result<Identit
                 conn_info: claims.info,
                 expires_at,
                 subs: claims.subs,
+                reserved: None,
             }
         }
         Credentials::Token(_) => {
@@ -154,9 +157,16 @@ fn register_quietly(node: &Node, identity: Identity) -> Result<Admitted, Refused
         node.metrics.refused("user_connection_limit");
         return Err(Refused::Disconnect(Disconnect::CONNECTION_LIMIT));
     }
-    let (id, rx) = node
-        .hub
-        .connect(identity.user.as_str(), identity.conn_info.clone());
+    let (id, rx) = match identity.reserved {
+        Some(id) => (
+            id,
+            node.hub
+                .connect_as(id, identity.user.as_str(), identity.conn_info.clone()),
+        ),
+        None => node
+            .hub
+            .connect(identity.user.as_str(), identity.conn_info.clone()),
+    };
     Ok(Admitted { identity, id, rx })
 }
 
@@ -257,8 +267,11 @@ async fn ask_connect_proxy(
     let Some(proxy) = node.proxies.connect() else {
         return Err(Refused::Error(ErrorCode::Internal));
     };
+    // The id the client will have: the backend sees it, as in Centrifugo.
+    let id = node.hub.reserve_id();
+    let client = id.to_string();
     let caller = Caller {
-        client: "",
+        client: &client,
         transport: transport.label(),
         protocol: hello.protocol,
         user: None,
@@ -311,6 +324,7 @@ async fn ask_connect_proxy(
         conn_info: bytes(result.info.as_deref(), &result.b64info)?,
         expires_at: (result.expire_at > 0).then_some(result.expire_at),
         subs,
+        reserved: Some(id),
     };
     let data = bytes(result.data.as_deref(), &result.b64data)?;
     if identity.expires_at.is_some_and(|t| t <= unix_now()) {
@@ -337,6 +351,7 @@ impl Identity {
             conn_info: None,
             expires_at: None,
             subs: BTreeMap::new(),
+            reserved: None,
         }
     }
 }

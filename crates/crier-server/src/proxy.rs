@@ -428,8 +428,8 @@ impl Proxies {
 
 /// Who is asking, for the common fields of every proxy request.
 pub(crate) struct Caller<'a> {
-    /// The client id (empty in a connect request: ids are given out at
-    /// registration, after the backend said who the client is).
+    /// The client id (in a connect request, the one the client will have
+    /// if the backend admits it).
     pub client: &'a str,
     /// The transport's name (`websocket`, `http_stream`, `uni_sse`, ...).
     pub transport: &'static str,

@@ -351,6 +351,7 @@ impl Session {
             conn_info,
             expires_at,
             subs: server_subs,
+            ..
         } = identity;
         let who = Who {
             id: cid,

@@ -271,6 +271,11 @@ async fn a_client_without_a_token_connects_through_the_connect_proxy() {
         "server-side channel from the backend: {reply}"
     );
     let asked = &seen.of("/connect")[0];
+    assert_eq!(
+        asked["client"],
+        json!(c.id),
+        "the backend is told the id the client gets"
+    );
     assert_eq!(asked["transport"], json!("websocket"));
     assert_eq!(asked["protocol"], json!("json"));
     assert_eq!(asked["data"], json!({"user": "alice"}));
