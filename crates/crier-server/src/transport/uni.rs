@@ -311,10 +311,7 @@ pub async fn websocket(
     };
     let preset = query.get("cf_connect").cloned();
     let tracker = node.connections.clone();
-    // The headers a proxy forwards, kept only if there are any.
-    let headers = Some(node.proxies.forwarded_headers(request.headers()))
-        .filter(|h| !h.is_empty())
-        .map(Box::new);
+    let headers = node.proxies.kept_headers(request.headers());
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
         serve_websocket(node, reader, writer, preset, headers)
     })

@@ -38,10 +38,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
         deflate: node.websocket_deflate(),
     };
     let tracker = node.connections.clone();
-    // The headers a proxy forwards, kept only if there are any.
-    let forwarded = Some(node.proxies.forwarded_headers(request.headers()))
-        .filter(|h| !h.is_empty())
-        .map(Box::new);
+    let forwarded = node.proxies.kept_headers(request.headers());
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
         serve(node, codec, reader, writer, forwarded)
     })

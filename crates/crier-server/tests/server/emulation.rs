@@ -37,10 +37,7 @@ impl Stream {
 pub(super) async fn post(s: &TestServer, body: String, content_type: &'static str) -> u16 {
     let url = format!("http://{}/emulation", s.addr);
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http_agent();
         let resp = agent
             .post(&url)
             .header("Content-Type", content_type)
@@ -82,10 +79,7 @@ fn open_url(url: String, connect: Value) -> Stream {
     let (tx, lines) = mpsc::channel();
     let (ready, started) = mpsc::channel();
     std::thread::spawn(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http_agent();
         let resp = agent
             .post(&url)
             .header("Content-Type", "application/json")

@@ -173,10 +173,7 @@ impl Metrics {
 async fn scrape_at(addr: SocketAddr) -> (u16, String, String) {
     let url = format!("http://{addr}/metrics");
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http_agent();
         let mut resp = agent.get(&url).call().expect("HTTP request");
         let status = resp.status().as_u16();
         let content_type = resp

@@ -129,24 +129,10 @@ impl ProtoClient {
                     }
                 }
                 Some(Ok(Message::Text(t))) => panic!("a text frame on a protobuf connection: {t}"),
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                        (u16::from(f.code), f.reason.to_string())
-                    });
-                    return Err(Closed { code, reason });
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    return Err(Closed {
-                        code: 1006,
-                        reason: e.to_string(),
-                    })
-                }
-                None => {
-                    return Err(Closed {
-                        code: 1006,
-                        reason: "eof".into(),
-                    })
+                other => {
+                    if let Some(closed) = Closed::ending(other) {
+                        return Err(closed);
+                    }
                 }
             }
         }

@@ -485,10 +485,7 @@ async fn a_connect_proxy_that_fails_refuses_with_100_and_uni_clients_with_3004()
     let (status, body) = {
         let url = format!("http://{}/connection/uni_http_stream", s.addr);
         tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
+            let agent = http_agent();
             let mut resp = agent.post(&url).send("{}").expect("request");
             (
                 resp.status().as_u16(),

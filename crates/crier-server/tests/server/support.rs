@@ -111,10 +111,7 @@ impl TestServer {
     ) -> (u16, Value) {
         let url = format!("http://{}/api/{method}", self.addr);
         tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
+            let agent = http_agent();
             let mut req = agent.post(&url).header("Content-Type", "application/json");
             if let Some((name, value)) = header {
                 req = req.header(name, &value);
@@ -158,6 +155,31 @@ pub struct Client {
 pub struct Closed {
     pub code: u16,
     pub reason: String,
+}
+
+impl Closed {
+    /// How the connection ended, if `msg` (the next item of a client
+    /// WebSocket) ends it: a close frame (1005 without a code), an error or
+    /// the end of the stream (1006). `None` for any other message.
+    pub fn ending(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Option<Closed> {
+        match msg {
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                Some(Closed { code, reason })
+            }
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(Closed {
+                code: 1006,
+                reason: e.to_string(),
+            }),
+            None => Some(Closed {
+                code: 1006,
+                reason: "eof".into(),
+            }),
+        }
+    }
 }
 
 impl Client {
@@ -280,24 +302,10 @@ impl Client {
                         self.pending.push_back(v);
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                        (u16::from(f.code), f.reason.to_string())
-                    });
-                    return Err(Closed { code, reason });
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    return Err(Closed {
-                        code: 1006,
-                        reason: e.to_string(),
-                    })
-                }
-                None => {
-                    return Err(Closed {
-                        code: 1006,
-                        reason: "eof".into(),
-                    })
+                other => {
+                    if let Some(closed) = Closed::ending(other) {
+                        return Err(closed);
+                    }
                 }
             }
         }
@@ -323,26 +331,8 @@ impl Client {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
                 .expect("server kept quiet for 5 s");
-            match msg {
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                        (u16::from(f.code), f.reason.to_string())
-                    });
-                    return Closed { code, reason };
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    return Closed {
-                        code: 1006,
-                        reason: e.to_string(),
-                    }
-                }
-                None => {
-                    return Closed {
-                        code: 1006,
-                        reason: "eof".into(),
-                    }
-                }
+            if let Some(closed) = Closed::ending(msg) {
+                return closed;
             }
         }
     }
@@ -541,4 +531,13 @@ pub fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&mask);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
+}
+
+/// A blocking HTTP client that returns every status as a response (tests
+/// check statuses, not errors).
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }

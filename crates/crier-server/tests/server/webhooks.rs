@@ -182,10 +182,7 @@ async fn a_full_queue_drops_and_counts_without_blocking_anyone() {
 async fn metrics_text(server: SocketAddr) -> (u16, String) {
     let url = format!("http://{server}/metrics");
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = http_agent();
         let mut resp = agent.get(&url).call().expect("metrics");
         (
             resp.status().as_u16(),

@@ -94,7 +94,15 @@ pub async fn connect_with(
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(websocket_config()))
             .await
             .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-    let connect = Command {
+    command(&mut ws, format, &connect_command(plan))
+        .await
+        .context("connect refused")?;
+    Ok(ws)
+}
+
+/// The connect command of every bench client.
+pub(super) fn connect_command(plan: &Plan) -> Command {
+    Command {
         id: CONNECT_ID,
         connect: Some(ConnectRequest {
             token: plan.token.clone().unwrap_or_default(),
@@ -102,27 +110,48 @@ pub async fn connect_with(
             ..ConnectRequest::default()
         }),
         ..Command::default()
-    };
-    command(&mut ws, format, &connect)
-        .await
-        .context("connect refused")?;
-    Ok(ws)
+    }
 }
 
-/// Subscribes a client connected in `format` to `channel` (the plain
-/// name).
-pub async fn subscribe(ws: &mut Ws, format: Format, channel: &str) -> anyhow::Result<()> {
-    let subscribe = Command {
+/// The subscribe command to `channel` (the plain name).
+pub(super) fn subscribe_command(channel: &str) -> Command {
+    Command {
         id: SUBSCRIBE_ID,
         subscribe: Some(SubscribeRequest {
             channel: channel.to_string(),
             ..SubscribeRequest::default()
         }),
         ..Command::default()
-    };
-    command(ws, format, &subscribe)
+    }
+}
+
+/// Subscribes a client connected in `format` to `channel` (the plain
+/// name).
+pub async fn subscribe(ws: &mut Ws, format: Format, channel: &str) -> anyhow::Result<()> {
+    command(ws, format, &subscribe_command(channel))
         .await
         .with_context(|| format!("subscribe to {channel:?} refused"))
+}
+
+/// What one message from the server says of command `id`: how many pings
+/// came before its reply (each to be answered with a pong), and whether
+/// the reply came; an error reply is an `Err`.
+pub(super) fn answered(format: Format, message: &Message, id: u32) -> anyhow::Result<(usize, bool)> {
+    let mut pings = 0;
+    for reply in format.replies(message)? {
+        if subscribe::is_ping(&reply) {
+            pings += 1;
+            continue;
+        }
+        if reply.id != id {
+            continue;
+        }
+        if let Some(error) = reply.error {
+            bail!("{} {}", error.code, error.message);
+        }
+        return Ok((pings, true));
+    }
+    Ok((pings, false))
 }
 
 /// Sends one command and waits for its reply, answering pings meanwhile.
@@ -139,19 +168,13 @@ async fn command(ws: &mut Ws, format: Format, command: &Command) -> anyhow::Resu
             Some(Ok(message)) => message,
             Some(Err(e)) => return Err(anyhow::Error::new(e).context("connection lost")),
         };
-        for reply in format.replies(&message)? {
-            if subscribe::is_ping(&reply) {
-                ws.send(format.command(&subscribe::pong()))
-                    .await
-                    .context("cannot answer a ping")?;
-                continue;
-            }
-            if reply.id != command.id {
-                continue;
-            }
-            if let Some(error) = reply.error {
-                bail!("{} {}", error.code, error.message);
-            }
+        let (pings, done) = answered(format, &message, command.id)?;
+        for _ in 0..pings {
+            ws.send(format.command(&subscribe::pong()))
+                .await
+                .context("cannot answer a ping")?;
+        }
+        if done {
             return Ok(());
         }
     }

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use std::ops::Range;
 
 use anyhow::{bail, Context};
-use crier_proto::client::{Command, ConnectRequest, SubscribeRequest};
+use crier_proto::client::Command;
 use flate2::{Decompress, FlushDecompress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::client::{self, CONNECT_ID, SUBSCRIBE_ID};
+use super::client;
 use super::Node;
 use crate::subscribe::{self, Format};
 
@@ -138,16 +138,9 @@ pub async fn connect(
     ws.handshake(&node.ws_host, path)
         .await
         .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-    let connect = Command {
-        id: CONNECT_ID,
-        connect: Some(ConnectRequest {
-            token: plan.token.clone().unwrap_or_default(),
-            name: "crier-bench".into(),
-            ..ConnectRequest::default()
-        }),
-        ..Command::default()
-    };
-    ws.command(format, &connect).await.context("connect refused")?;
+    ws.command(format, &client::connect_command(plan))
+        .await
+        .context("connect refused")?;
     Ok(ws)
 }
 
@@ -257,19 +250,13 @@ impl DeflateWs {
                 Event::Closed(Some((code, reason))) => bail!("disconnected: {code} {reason}"),
                 Event::Closed(None) => bail!("the server closed the connection"),
             };
-            for reply in format.replies(&message)? {
-                if subscribe::is_ping(&reply) {
-                    self.send_message(format.command(&subscribe::pong()))
-                        .await
-                        .context("cannot answer a ping")?;
-                    continue;
-                }
-                if reply.id != command.id {
-                    continue;
-                }
-                if let Some(error) = reply.error {
-                    bail!("{} {}", error.code, error.message);
-                }
+            let (pings, done) = client::answered(format, &message, command.id)?;
+            for _ in 0..pings {
+                self.send_message(format.command(&subscribe::pong()))
+                    .await
+                    .context("cannot answer a ping")?;
+            }
+            if done {
                 return Ok(());
             }
         }
@@ -277,15 +264,7 @@ impl DeflateWs {
 
     /// Subscribes to `channel` (the plain name).
     pub async fn subscribe(&mut self, format: Format, channel: &str) -> anyhow::Result<()> {
-        let subscribe = Command {
-            id: SUBSCRIBE_ID,
-            subscribe: Some(SubscribeRequest {
-                channel: channel.to_string(),
-                ..SubscribeRequest::default()
-            }),
-            ..Command::default()
-        };
-        self.command(format, &subscribe)
+        self.command(format, &client::subscribe_command(channel))
             .await
             .with_context(|| format!("subscribe to {channel:?} refused"))
     }

@@ -107,6 +107,21 @@ pub struct Tally {
     pub gone: Option<String>,
 }
 
+impl Tally {
+    /// Counts what one frame's `scan` delivered (and tells the flow); why
+    /// the subscriber must stop, when the server unsubscribed it.
+    fn count(&mut self, scan: &Scan, flow: &Flow) -> Option<String> {
+        if scan.deliveries > 0 {
+            self.received += scan.deliveries;
+            self.last_delivery = Some(Instant::now());
+            flow.delivered(scan.deliveries);
+        }
+        scan.unsubscribed
+            .as_ref()
+            .map(|line| format!("unsubscribed by the server: {line}"))
+    }
+}
+
 /// All subscribers, connected and subscribed.
 pub struct Opened {
     pub subscribers: Vec<Subscriber>,
@@ -411,13 +426,8 @@ async fn receive(
             Some(Err(e)) => return Some(format!("connection lost: {e}")),
         };
         tally.frames += 1;
-        if scan.deliveries > 0 {
-            tally.received += scan.deliveries;
-            tally.last_delivery = Some(Instant::now());
-            flow.delivered(scan.deliveries);
-        }
-        if let Some(line) = scan.unsubscribed {
-            return Some(format!("unsubscribed by the server: {line}"));
+        if let Some(why) = tally.count(&scan, flow) {
+            return Some(why);
         }
         if scan.ping && ws.send(pong).await.is_err() {
             return Some("cannot answer a ping".into());
@@ -447,13 +457,8 @@ async fn receive_deflate(
             Err(e) => return Some(format!("connection lost: {e:#}")),
         };
         tally.frames += 1;
-        if scan.deliveries > 0 {
-            tally.received += scan.deliveries;
-            tally.last_delivery = Some(Instant::now());
-            flow.delivered(scan.deliveries);
-        }
-        if let Some(line) = scan.unsubscribed {
-            return Some(format!("unsubscribed by the server: {line}"));
+        if let Some(why) = tally.count(&scan, flow) {
+            return Some(why);
         }
         if scan.ping && ws.pong(text).await.is_err() {
             return Some("cannot answer a ping".into());
@@ -483,16 +488,12 @@ async fn receive_stream(
         let now = unix_nanos();
         let latency = &mut tally.latency;
         if let Some(scan) = conn.take_lines(|text| scan(text, now, latency)) {
-            if scan.deliveries > 0 {
-                tally.received += scan.deliveries;
-                tally.last_delivery = Some(Instant::now());
-                flow.delivered(scan.deliveries);
-            }
+            let unsubscribed = tally.count(&scan, flow);
             if let Some(line) = scan.disconnected {
                 return Some(format!("disconnected: {line}"));
             }
-            if let Some(line) = scan.unsubscribed {
-                return Some(format!("unsubscribed by the server: {line}"));
+            if unsubscribed.is_some() {
+                return unsubscribed;
             }
         }
         if conn.overlong() {
