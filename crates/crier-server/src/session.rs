@@ -79,12 +79,19 @@ pub struct Session {
     connected: Option<Connected>,
     // `client.command_rate_limit`, when set.
     commands: Option<TokenBucket>,
+    // What few sessions have (see `Extras`): boxed and absent otherwise,
+    // as every connection's task holds its session.
+    extras: Option<Box<Extras>>,
+}
+
+/// What only some sessions have.
+#[derive(Default)]
+struct Extras {
     // The id of an emulated session (`http_stream`, `sse`), sent in the
     // connect result for the client's POSTs to `/emulation`.
     emulated: Option<String>,
-    // What the backend's proxies may see of the client's request; boxed,
-    // as every connection's task holds its session.
-    forwarded: Box<Forwarded>,
+    // What the backend's proxies may see of the client's request.
+    forwarded: Forwarded,
 }
 
 impl Session {
@@ -100,21 +107,34 @@ impl Session {
             transport,
             connected: None,
             commands,
-            emulated: None,
-            forwarded: Box::default(),
+            extras: None,
         }
     }
 
     /// The headers of the client's HTTP request that a proxy forwards
     /// (`http_headers`), taken by the transport from its request.
     pub(crate) fn set_http_headers(&mut self, headers: axum::http::HeaderMap) {
-        self.forwarded.http = headers;
+        if !headers.is_empty() {
+            self.extras().forwarded.http = headers;
+        }
+    }
+
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// What the proxies may forward of this client's request.
+    fn forwarded(&self) -> std::borrow::Cow<'_, Forwarded> {
+        match &self.extras {
+            Some(e) => std::borrow::Cow::Borrowed(&e.forwarded),
+            None => std::borrow::Cow::Owned(Forwarded::default()),
+        }
     }
 
     /// Marks this session as emulated, with the id its client's commands
     /// will name (sent as `session` in the connect result).
     pub(crate) fn set_emulated(&mut self, id: String) {
-        self.emulated = Some(id);
+        self.extras().emulated = Some(id);
     }
 
     /// The hub id of the connected client.
@@ -313,11 +333,14 @@ impl Session {
         let node = self.node.clone();
         let client_cfg = &node.config.client;
         let (identity, data) = if req.token.trim().is_empty() && node.proxies.connect().is_some() {
-            self.forwarded.emulated = req
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect();
+            if !req.headers.is_empty() {
+                self.extras().forwarded.emulated = req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect();
+            }
+            let forwarded = self.forwarded();
             let hello = admission::Hello {
                 protocol: self.codec.label(),
                 name: &req.name,
@@ -328,7 +351,7 @@ impl Session {
                 } else {
                     Vec::new()
                 },
-                forwarded: &self.forwarded,
+                forwarded: &forwarded,
             };
             admission::identify_by_proxy(&node, self.transport, &hello).await?
         } else {
@@ -412,7 +435,11 @@ impl Session {
             ping: client_cfg.ping_interval.as_secs() as u32,
             pong: !uni,
             node: node.id.clone(),
-            session: self.emulated.clone().unwrap_or_default(),
+            session: self
+                .extras
+                .as_ref()
+                .and_then(|e| e.emulated.clone())
+                .unwrap_or_default(),
             data: data.map(Payload::new),
         };
         Ok(Opened { result, rx, id: cid })
@@ -776,7 +803,7 @@ impl Session {
             user: Some(&who.user),
         };
         let body = proxy.body(&caller, fields, data);
-        match proxy.call::<T>(&self.node.metrics, body, &self.forwarded).await {
+        match proxy.call::<T>(&self.node.metrics, body, &self.forwarded()).await {
             Ok(Answer::Result(r)) => Ok(r),
             Ok(Answer::Error { code, message }) => Err(Denied::Reply(ReplyError {
                 code,

@@ -76,7 +76,7 @@ where
         let mut writer = Writer::new(wr, limits.write_timeout);
         if let Some(d) = deflate {
             reader.inflate = true;
-            writer.deflate = Some(d);
+            writer.deflate = Some(Box::new(d));
         }
         serve(reader, writer).await;
     });
@@ -423,8 +423,9 @@ pub struct Writer {
     half: OwnedWriteHalf,
     // A frame not out within this is a client that stopped reading.
     timeout: std::time::Duration,
-    // permessage-deflate was agreed, with these settings.
-    deflate: Option<Deflate>,
+    // permessage-deflate was agreed, with these settings (boxed: every
+    // connection's tasks hold a writer, few agree on compression).
+    deflate: Option<Box<Deflate>>,
 }
 
 /// A control frame the reader asks the writer task to send.
@@ -528,7 +529,7 @@ impl Writer {
         };
         let len = messages.iter().map(Bytes::len).sum::<usize>() + separators;
         let opcode = if binary { OP_BINARY } else { OP_TEXT };
-        if let Some(d) = self.deflate.filter(|d| len >= d.min_size) {
+        if let Some(d) = self.deflate().filter(|d| len >= d.min_size) {
             // Compressed for this connection alone: joined, then deflated.
             let mut joined = Vec::with_capacity(len);
             for (i, m) in messages.drain(..).enumerate() {
@@ -555,7 +556,7 @@ impl Writer {
 
     /// The compression agreed with this client, if any.
     pub fn deflate(&self) -> Option<Deflate> {
-        self.deflate
+        self.deflate.as_deref().copied()
     }
 
     /// Sends each message as a frame of its own, with RSV1 where it is
