@@ -466,6 +466,21 @@ impl Hub {
         })
     }
 
+    /// Up to `limit` connected clients, lowest id first (the oldest
+    /// connections), for an operator's view. One pass over the registry,
+    /// each shard's read lock held while its ids are copied.
+    pub fn client_list(&self, limit: usize) -> Vec<ClientSnapshot> {
+        let mut ids: Vec<ClientId> = Vec::new();
+        for shard in self.inner.clients.all() {
+            ids.extend(shard.read().keys().copied());
+        }
+        ids.sort_unstable_by_key(|id| id.0);
+        ids.into_iter()
+            .filter_map(|id| self.client(id))
+            .take(limit)
+            .collect()
+    }
+
     /// Number of distinct users among connected clients (anonymous
     /// connections count as one user).
     pub fn user_count(&self) -> usize {

@@ -4,7 +4,7 @@
 //! every node of a cluster applies them. Knows nothing of HTTP or sockets.
 
 use crier_core::{Exclusion, PublishOptions, Tags};
-use crier_proto::api::{self, ApiError, ApiResult, Request};
+use crier_proto::api::{self, ApiError, ApiResult, BatchReply, BatchResponse, Method, Request};
 use crier_proto::client as wire;
 use crier_proto::codes::{Disconnect, ErrorCode};
 
@@ -37,6 +37,48 @@ fn target(user: &str, client: &str) -> Result<Target, ApiError> {
         code: code.code(),
         message: "user or client (a client id) required".into(),
     })
+}
+
+/// What an API request, named by its method and with a JSON body, came to.
+pub(crate) enum Answer {
+    /// The body is not JSON at all (Centrifugo answers HTTP 400).
+    Malformed(String),
+    /// One request's outcome.
+    One(Outcome),
+    /// A `batch` request's replies, in order.
+    Batch(BatchResponse),
+}
+
+/// Decodes and runs the request `method` with `body` (what
+/// `POST /api/<method>` and the admin UI's `POST /admin/api` carry).
+pub(crate) async fn call_named(node: &Node, method: &str, body: &[u8]) -> Answer {
+    let Some(method) = Method::from_name(method) else {
+        return Answer::One(Err(ErrorCode::MethodNotFound.into()));
+    };
+    let request = match Request::parse(method, body) {
+        Ok(r) => r,
+        Err(e @ crier_proto::Error::MalformedApiRequest(_)) => return Answer::Malformed(e.to_string()),
+        Err(e) => return Answer::One(Err(api_error_of(&e))),
+    };
+    if let Request::Batch(batch) = request {
+        let mut replies = Vec::with_capacity(batch.commands.len());
+        for c in batch.commands {
+            replies.push(BatchReply(match c.into_request() {
+                Ok(r) => call(node, r).await,
+                Err(e) => Err(api_error_of(&e)),
+            }));
+        }
+        return Answer::Batch(BatchResponse { replies });
+    }
+    Answer::One(call(node, request).await)
+}
+
+fn api_error_of(e: &crier_proto::Error) -> ApiError {
+    let code = e.error_code().unwrap_or(ErrorCode::BadRequest);
+    ApiError {
+        code: code.code(),
+        message: e.to_string().into(),
+    }
 }
 
 /// Runs one API request against the node. The requests that act on

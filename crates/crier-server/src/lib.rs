@@ -17,7 +17,8 @@
 //!    client protocol state machine, format-free) and `api` (server API
 //!    operations).
 //! 5. Edges, which never import each other: `transport::{websocket, uni,
-//!    tcp}`, the file source `watch`, and the HTTP handlers `http`.
+//!    tcp}`, the file source `watch`, the HTTP handlers `http`, and the
+//!    admin web UI `admin`.
 //! 6. [`server`]: binds, routes, wires control messages, shuts down; the
 //!    only module that knows every transport.
 //!
@@ -66,12 +67,19 @@ mod control;
 mod session;
 
 // 5. edges
+/// The admin web UI and its endpoints (`admin.*`).
+mod admin;
 mod http;
 mod transport;
 mod watch;
 
 // 6. the server
 pub mod server;
+
+// Parsers exposed to the fuzz targets (fuzz/) and the Autobahn echo example.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use error::ServerError;
 pub use node::Node;

@@ -89,6 +89,38 @@ impl Transport {
     }
 }
 
+/// Upper bounds of the live publish-time histogram the admin UI reads:
+/// 1 µs × 2^i, i = 0..24 (1 µs to ≈8.4 s), then everything slower.
+pub const LIVE_LATENCY_BUCKETS: usize = 24;
+
+/// What the admin UI charts and Prometheus does not let a reader take
+/// back out: publish times in fine buckets and disconnects by code. Kept
+/// only once [`Metrics::keep_live`] is called (the admin UI is on).
+#[derive(Default)]
+struct Live {
+    on: std::sync::atomic::AtomicBool,
+    latency: [std::sync::atomic::AtomicU64; LIVE_LATENCY_BUCKETS + 1],
+    disconnects: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
+}
+
+/// A reading of the counters the admin UI charts (all since start).
+#[derive(Debug, Clone, Default)]
+pub struct LiveReading {
+    /// Open connections by transport label.
+    pub connections: Vec<(&'static str, i64)>,
+    /// Clients closed by a transport, by disconnect code.
+    pub disconnects: Vec<(u32, u64)>,
+    /// Publishes per bucket (bounds: [`live_latency_bound`]).
+    pub latency: Vec<u64>,
+    /// Engine failures.
+    pub engine_errors: u64,
+}
+
+/// The upper bound, in seconds, of live latency bucket `i`.
+pub fn live_latency_bound(i: usize) -> f64 {
+    1e-6 * f64::from(1u32 << i.min(31))
+}
+
 type TransportLabel = [(&'static str, &'static str); 1];
 type CodeLabel = [(&'static str, u32); 1];
 type LimitLabel = [(&'static str, &'static str); 1];
@@ -167,6 +199,8 @@ pub struct Metrics {
     // Client-problem log lines allowed (a flood of bad clients must not
     // fill the disk), and how many were left out since the last one.
     problem_lines: std::sync::Mutex<(crate::clock::TokenBucket, u64)>,
+    // What the admin UI charts.
+    live: Live,
 }
 
 impl Metrics {
@@ -269,6 +303,7 @@ impl Metrics {
             created: Instant::now(),
             enabled,
             problem_lines: std::sync::Mutex::new((crate::clock::TokenBucket::new(CLIENT_PROBLEM_LINES), 0)),
+            live: Live::default(),
         }
     }
 
@@ -320,6 +355,31 @@ impl Metrics {
     /// Counts a client closed by its transport with disconnect `code`.
     pub fn disconnect(&self, code: u32) {
         self.disconnects.get_or_create(&[("code", code)]).inc();
+        if self.live.on.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut d = self.live.disconnects.lock().unwrap_or_else(|e| e.into_inner());
+            *d.entry(code).or_default() += 1;
+        }
+    }
+
+    /// Starts keeping what [`Metrics::live`] reads (publish times in fine
+    /// buckets, disconnects by code), for the admin UI.
+    pub fn keep_live(&self) {
+        self.live.on.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counters the admin UI charts, now.
+    pub fn live(&self) -> LiveReading {
+        use std::sync::atomic::Ordering::Relaxed;
+        let disconnects = self.live.disconnects.lock().unwrap_or_else(|e| e.into_inner());
+        LiveReading {
+            connections: Transport::ALL
+                .iter()
+                .map(|t| (t.label(), self.connections[*t as usize].get()))
+                .collect(),
+            disconnects: disconnects.iter().map(|(c, n)| (*c, *n)).collect(),
+            latency: self.live.latency.iter().map(|b| b.load(Relaxed)).collect(),
+            engine_errors: self.engine_errors.get(),
+        }
     }
 
     /// Runs `publish` (a call to `Hub::publish`), timing it into
@@ -338,8 +398,19 @@ impl Metrics {
     /// Records a publish that started at `started` and ended with `result`:
     /// its duration, and an engine failure if it was one.
     pub fn observe_publish<T>(&self, started: Instant, result: &Result<T, HubError>) {
-        if self.enabled {
-            self.publish_duration.observe(started.elapsed().as_secs_f64());
+        let live = self.live.on.load(std::sync::atomic::Ordering::Relaxed);
+        if self.enabled || live {
+            let took = started.elapsed();
+            if self.enabled {
+                self.publish_duration.observe(took.as_secs_f64());
+            }
+            if live {
+                // Bucket i holds times up to 2^i µs.
+                let us = took.as_micros().max(1) as u64;
+                let i = (64 - (us - 1).leading_zeros()) as usize;
+                self.live.latency[i.min(LIVE_LATENCY_BUCKETS)]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if let Err(e) = result {
             self.engine_error(e);

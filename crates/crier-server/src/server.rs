@@ -75,6 +75,9 @@ pub fn router(node: Arc<Node>) -> Router {
             .to_owned();
         app = app.route(&format!("{prefix}/{{method}}"), post(http::api::handle));
     }
+    if let Some(admin) = crate::admin::routes(&node) {
+        app = app.merge(admin);
+    }
     let prometheus = &node.config.prometheus;
     if prometheus.enabled && prometheus.listen.trim().is_empty() {
         app = app.route("/metrics", get(http::metrics::scrape));

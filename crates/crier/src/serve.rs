@@ -81,6 +81,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.uni_websocket.enabled = true;
         config.http_stream.enabled = true;
         config.sse.enabled = true;
+        if !config.admin.enabled {
+            // The admin UI at `/`, with no login (the warning says so).
+            config.admin.enabled = true;
+            config.admin.insecure = true;
+        }
         if args.config.is_none() {
             // With no file to say otherwise, every channel shows what crier
             // does: history and recovery, and presence.

@@ -59,6 +59,23 @@ fn ids_are_unique_and_registry_counts() {
 }
 
 #[test]
+fn client_list_is_oldest_first_bounded_and_shows_subscriptions() {
+    let hub = Hub::default();
+    let ids: Vec<_> = (0..5).map(|i| hub.connect(format!("u{i}"), None)).collect();
+    hub.subscribe(ids[1].0, "news", SubscribeOptions::default())
+        .expect("subscribe");
+    let list = hub.client_list(3);
+    assert_eq!(
+        list.iter().map(|c| c.id).collect::<Vec<_>>(),
+        ids[..3].iter().map(|(id, _)| *id).collect::<Vec<_>>()
+    );
+    assert_eq!(list[1].user.as_ref(), "u1");
+    assert_eq!(list[1].channels, vec![Arc::<str>::from("news")]);
+    hub.disconnect(ids[0].0, DisconnectReason::Removed);
+    assert_eq!(hub.client_list(10).len(), 4, "a client gone is not listed");
+}
+
+#[test]
 fn node_tags_keep_client_ids_apart_across_hubs() {
     // Two nodes of a cluster: the same counter, different tags.
     let tagged = |node_tag| {

@@ -27,7 +27,7 @@ const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
     "channel.without_namespace.allowed_delta_types",
     "rpc.namespace_boundary",
     "rpc.ping",
-    "admin",
+    "admin.web_proxy_address",
     "log",
     "swagger",
     "debug",

@@ -79,6 +79,30 @@ pub struct Config {
     pub proxies: Vec<ProxyConfig>,
     /// Client RPC: which methods go to which proxy.
     pub rpc: RpcConfig,
+    /// The admin web UI and its endpoints (`/admin/*`).
+    pub admin: AdminConfig,
+}
+
+/// `admin.*`: Centrifugo v6's keys for the admin web UI. Off unless
+/// enabled (`crier serve --dev` turns it on, insecure).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Serve the UI at `<handler_prefix>/` and its endpoints under
+    /// `<handler_prefix>/admin/`.
+    pub enabled: bool,
+    /// The password the login form asks for.
+    pub password: Secret,
+    /// The key that signs admin session tokens (HMAC-SHA256).
+    pub secret: Secret,
+    /// No login: anyone who reaches the port may use the UI and the admin
+    /// API. Only behind a trusted network (or under `--dev`).
+    pub insecure: bool,
+    /// Path the UI and its endpoints are served under (empty = the root).
+    pub handler_prefix: String,
+    /// A directory to serve the web app from instead of the embedded one
+    /// (Centrifugo's own admin web app works against crier's endpoints).
+    pub web_path: String,
 }
 
 /// `emulation.*`
@@ -1365,6 +1389,27 @@ impl Config {
         }
         if self.health.enabled && !self.health.handler_prefix.starts_with('/') {
             return Err(invalid("health.handler_prefix", "must start with /"));
+        }
+        let admin = &self.admin;
+        if admin.enabled {
+            if !admin.handler_prefix.is_empty() && !admin.handler_prefix.starts_with('/') {
+                return Err(invalid("admin.handler_prefix", "must be empty or start with /"));
+            }
+            if !admin.insecure && (admin.password.is_empty() || admin.secret.is_empty()) {
+                return Err(invalid(
+                    "admin",
+                    "admin.password and admin.secret must both be set (or admin.insecure = true, only on a trusted network)",
+                ));
+            }
+            if !admin.web_path.is_empty() && !Path::new(&admin.web_path).is_dir() {
+                return Err(invalid("admin.web_path", "must be a directory"));
+            }
+            if admin.insecure {
+                advise(
+                    "admin.insecure",
+                    "the admin UI and API are open to anyone who reaches the port; never use it in production",
+                );
+            }
         }
         if self.http_server.header_read_timeout.is_zero() {
             return Err(invalid(

@@ -430,7 +430,7 @@ fn unknown_keys_are_warnings_not_errors() {
         "token": {"hmac_secret_key": "s", "jwks_public_endpoint": "https://x/jwks"}
       },
       "channel": {"namespaces": [{"name": "dm", "allow_user_limited_channels": true}]},
-      "admin": {"enabled": true}
+      "swagger": {"enabled": true}
     }"#;
     let (config, warnings) = parse(json, Format::Json).expect("unknown keys do not fail");
     assert_eq!(config.client.token.hmac_secret_key.expose(), "s");
@@ -441,7 +441,7 @@ fn unknown_keys_are_warnings_not_errors() {
         "client.connect_proxy_name",
         "client.token.jwks_public_endpoint",
         "channel.namespaces[0].allow_user_limited_channels",
-        "admin",
+        "swagger",
     ] {
         assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
     }

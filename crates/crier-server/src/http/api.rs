@@ -8,11 +8,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use crier_proto::api::{self, ApiError, ApiResult, BatchReply, BatchResponse, Method, Request};
-use crier_proto::codes::ErrorCode;
+use crier_proto::api::{self, ApiResult};
 use serde::Serialize;
 
-use crate::api::{call, Outcome};
+use crate::api::{call_named, Answer, Outcome};
 use crate::auth::{api_key_from_headers, api_key_matches};
 use crate::config::ApiErrorMode;
 use crate::node::Node;
@@ -40,47 +39,10 @@ pub(crate) async fn handle(
             return (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
         }
     }
-    let Some(method) = Method::from_name(&method) else {
-        return respond(&node, Err(ErrorCode::MethodNotFound.into()));
-    };
-    let request = match Request::parse(method, &body) {
-        Ok(r) => r,
-        Err(e) => {
-            return match e.error_code() {
-                // A body that is not JSON at all: Centrifugo answers 400.
-                _ if matches!(e, crier_proto::Error::MalformedApiRequest(_)) => {
-                    (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
-                }
-                Some(code) => respond(
-                    &node,
-                    Err(ApiError {
-                        code: code.code(),
-                        message: e.to_string().into(),
-                    }),
-                ),
-                None => respond(&node, Err(ErrorCode::BadRequest.into())),
-            };
-        }
-    };
-    if let Request::Batch(batch) = request {
-        let mut replies = Vec::with_capacity(batch.commands.len());
-        for c in batch.commands {
-            replies.push(BatchReply(match c.into_request() {
-                Ok(r) => call(&node, r).await,
-                Err(e) => Err(api_error_of(&e)),
-            }));
-        }
-        return json_response(StatusCode::OK, &BatchResponse { replies });
-    }
-    let outcome = call(&node, request).await;
-    respond(&node, outcome)
-}
-
-fn api_error_of(e: &crier_proto::Error) -> ApiError {
-    let code = e.error_code().unwrap_or(ErrorCode::BadRequest);
-    ApiError {
-        code: code.code(),
-        message: e.to_string().into(),
+    match call_named(&node, &method, &body).await {
+        Answer::Malformed(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+        Answer::One(outcome) => respond(&node, outcome),
+        Answer::Batch(batch) => json_response(StatusCode::OK, &batch),
     }
 }
 

@@ -39,8 +39,11 @@ const SERVER: &[(&str, u8)] = &[
     ("transport::emulation", 8),
     ("watch", 8),
     ("http", 8),
+    ("admin", 8),
     // 6. the top
     ("server", 9),
+    // wrappers for the fuzz targets and the Autobahn echo (feature `fuzzing`)
+    ("fuzzing", 9),
 ];
 
 /// crier-core's layers.

@@ -214,6 +214,11 @@ fn script_args(script: &str, s: &TestServer, user: &str) -> Vec<String> {
 /// Runs `program args...` from the repository root; fails with its output
 /// unless it exits 0.
 async fn run_program(program: &'static str, args: Vec<String>) {
+    run_program_within(program, args, SCRIPT_LIMIT).await
+}
+
+/// [`run_program`] with another time limit.
+pub(super) async fn run_program_within(program: &'static str, args: Vec<String>, limit: Duration) {
     let script = args.first().cloned().unwrap_or_default();
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -223,7 +228,7 @@ async fn run_program(program: &'static str, args: Vec<String>) {
             false => Command::new(program),
         };
         cmd.args(args).current_dir(repo_root());
-        run(&mut cmd, SCRIPT_LIMIT)
+        run(&mut cmd, limit)
     })
     .await
     .expect("blocking task");
@@ -235,7 +240,7 @@ async fn run_program(program: &'static str, args: Vec<String>) {
 
 /// Runs `tests-interop/setup.sh` once per test binary; every test waits for
 /// that one run and fails with its output if it failed.
-async fn setup() {
+pub(super) async fn setup() {
     static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
     let result = tokio::task::spawn_blocking(|| {
         SETUP
@@ -253,7 +258,7 @@ async fn setup() {
 }
 
 /// The workspace root: `crates/crier-server` is two levels down.
-fn repo_root() -> &'static Path {
+pub(super) fn repo_root() -> &'static Path {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .ancestors()

@@ -1,3 +1,4 @@
+mod admin;
 mod admission;
 mod api;
 mod architecture;
