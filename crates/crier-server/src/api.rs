@@ -9,7 +9,7 @@ use crier_proto::client as wire;
 use crier_proto::codes::{Disconnect, ErrorCode};
 
 use crate::control::{self, Control, Target};
-use crate::node::{Node, VERSION};
+use crate::node::Node;
 use crate::wire::{hub_error_code, wire_client_info};
 
 pub(crate) type Outcome = Result<ApiResult, ApiError>;
@@ -227,19 +227,12 @@ pub(crate) async fn call(node: &Node, request: Request) -> Outcome {
             Ok(ApiResult::Channels(api::ChannelsResult { channels }))
         }
         Request::Info => {
-            let stats = node.hub.stats();
-            Ok(ApiResult::Info(api::InfoResult {
-                nodes: vec![api::NodeResult {
-                    uid: node.id.clone(),
-                    name: node.id.clone(),
-                    version: VERSION.to_owned(),
-                    num_clients: stats.clients as u32,
-                    num_users: node.hub.user_count() as u32,
-                    num_channels: stats.channels as u32,
-                    uptime: node.uptime().as_secs() as u32,
-                    num_subs: stats.subscriptions as u32,
-                }],
-            }))
+            // This node, then every other node of the cluster heard from.
+            let mut nodes = vec![node.node_result()];
+            let mut peers = node.peers();
+            peers.sort_by(|a, b| a.name.cmp(&b.name));
+            nodes.extend(peers);
+            Ok(ApiResult::Info(api::InfoResult { nodes }))
         }
         // Nested batches are not allowed.
         Request::Batch(_) => Err(err(ErrorCode::BadRequest)),

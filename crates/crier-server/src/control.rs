@@ -101,7 +101,14 @@ pub(crate) enum Control {
         /// The commands, base64 (protobuf sessions send bytes).
         data: String,
     },
+    /// What a node is now (sent every `NODE_INFO_EVERY`), so `info` on
+    /// any node lists every node.
+    Node {
+        /// The node's `info` entry.
+        info: crier_proto::api::NodeResult,
+    },
     /// Close the target's connections, except the ones in `keep`.
+
     Disconnect {
         /// Whose connections.
         target: Target,
@@ -166,6 +173,10 @@ pub(crate) async fn apply(node: &Node, control: &Control) -> Result<(), ErrorCod
             if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) {
                 let _ = node.emulate(session, Bytes::from(bytes));
             }
+            Ok(())
+        }
+        Control::Node { info } => {
+            node.peer_seen(info.clone());
             Ok(())
         }
         Control::Disconnect {

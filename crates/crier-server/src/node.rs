@@ -18,10 +18,18 @@ use crate::auth::{AccessPolicy, TokenVerifier};
 use crate::config::{ChannelOptions, Config, ConfigError, OriginPolicy};
 use crate::metrics::{Metrics, Transport};
 use crate::wire;
+use crier_proto::api::NodeResult;
 use crier_proto::codes::ErrorCode;
 
 /// crier's version, reported in connect replies and `info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often a node of a cluster tells the others what it is (its
+/// `info`: clients, users, channels, subscriptions, uptime).
+pub const NODE_INFO_EVERY: Duration = Duration::from_secs(2);
+
+/// A node not heard from for this long is left out of `info`.
+pub const NODE_INFO_TTL: Duration = Duration::from_secs(10);
 
 /// State shared by every connection and API request of one node.
 pub struct Node {
@@ -57,6 +65,9 @@ pub struct Node {
     /// The emulated sessions (`http_stream`, `sse`) this node holds: where
     /// the commands POSTed to `/emulation` for each go.
     emulated: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Bytes>>>,
+    /// The other nodes of the cluster, as each last said (`Control::Node`,
+    /// every [`NODE_INFO_EVERY`]), and when.
+    peers: std::sync::Mutex<std::collections::HashMap<String, (Instant, NodeResult)>>,
     /// The secret key of the session ids this node gives out: a keyed
     /// hash of a counter, so one id says nothing about the next.
     session_key: std::collections::hash_map::RandomState,
@@ -224,6 +235,7 @@ impl Node {
             protobuf_clients: Default::default(),
             proxies: crate::proxy::Proxies::from_config(&config)?,
             emulated: Default::default(),
+            peers: Default::default(),
             session_key: Default::default(),
             sessions_made: Default::default(),
             #[cfg(feature = "cluster")]
@@ -430,6 +442,38 @@ impl Node {
     /// Seconds since the node started.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// This node, as the server API's `info` shows it.
+    pub fn node_result(&self) -> NodeResult {
+        let stats = self.hub.stats();
+        NodeResult {
+            uid: self.id.clone(),
+            name: self.id.clone(),
+            version: VERSION.to_owned(),
+            num_clients: stats.clients as u32,
+            num_users: self.hub.user_count() as u32,
+            num_channels: stats.channels as u32,
+            uptime: self.uptime().as_secs() as u32,
+            num_subs: stats.subscriptions as u32,
+        }
+    }
+
+    /// Another node said what it is now.
+    pub(crate) fn peer_seen(&self, info: NodeResult) {
+        if info.uid == self.id {
+            return;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.insert(info.uid.clone(), (Instant::now(), info));
+    }
+
+    /// The other nodes heard from within [`NODE_INFO_TTL`]; the others
+    /// are forgotten.
+    pub fn peers(&self) -> Vec<NodeResult> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.retain(|_, (seen, _)| seen.elapsed() < NODE_INFO_TTL);
+        peers.values().map(|(_, info)| info.clone()).collect()
     }
 }
 

@@ -225,6 +225,7 @@ impl Server {
                 }
             })
         };
+        let node_info = tell_other_nodes(&node);
         tokio::select! {
             _ = signal => {}
             _ = token.cancelled() => {}
@@ -251,6 +252,9 @@ impl Server {
         }
         server.abort();
         housekeeping.abort();
+        if let Some(task) = node_info {
+            task.abort();
+        }
         tcp.abort();
         watchers.abort();
         if let Some(metrics) = metrics {
@@ -258,6 +262,32 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// On a cluster engine, tells the other nodes what this node is every
+/// `NODE_INFO_EVERY` (so `info`, and the admin UI, show every node).
+fn tell_other_nodes(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
+    if !node.clustered() {
+        return None;
+    }
+    let node = node.clone();
+    Some(tokio::spawn(async move {
+        let mut every = tokio::time::interval(crate::node::NODE_INFO_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = node.shutdown.cancelled() => break,
+            }
+            #[cfg(feature = "cluster")]
+            if let Some(cluster) = &node.cluster {
+                let info = crate::control::Control::Node { info: node.node_result() };
+                // An engine outage is counted and logged by the publishes
+                // that fail meanwhile; the others forget this node after
+                // `NODE_INFO_TTL`.
+                let _ = cluster.broadcast_control(&info.encode()).await;
+            }
+        }
+    }))
 }
 
 /// Accepts HTTP/1.1 connections and serves `app` on each, with upgrades,

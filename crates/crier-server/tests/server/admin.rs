@@ -303,3 +303,62 @@ async fn the_admin_ui_works_in_a_real_browser() {
     run_program_within("node", args, Duration::from_secs(120)).await;
     s.shutdown().await;
 }
+
+/// On a cluster engine every node's `info` (and so the admin UI's
+/// overview) lists every node, each with its own figures; a node that
+/// stops is left out once it is no longer heard from.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn info_lists_every_node_of_the_cluster() {
+    let redis = super::redis::RedisServer::start();
+    let engine = format!(
+        "[engine]\ntype = \"redis\"\n[engine.redis]\naddress = \"{}\"\nconnect_timeout = \"300ms\"\nio_timeout = \"1s\"\n",
+        redis.url()
+    );
+    let a = TestServer::start(config(&format!("{ADMIN}{engine}"))).await;
+    let b = TestServer::start(config(&engine)).await;
+    let _on_b = Client::connect(&b.ws_url(), &token("on-b")).await;
+    let names = |info: &Value| -> Vec<(String, u64)> {
+        info["result"]["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .map(|n| (n["name"].as_str().unwrap_or("").to_owned(), n["num_clients"].as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (a_id, b_id) = (a.node.id.clone(), b.node.id.clone());
+    eventually_within("A lists B with its client", Duration::from_secs(10), || {
+        let a = &a;
+        let (a_id, b_id) = (a_id.clone(), b_id.clone());
+        async move {
+            let (_, info) = a.api("info", json!({})).await;
+            let nodes = names(&info);
+            nodes.first().map(|n| n.0.as_str()) == Some(a_id.as_str()) && nodes.contains(&(b_id, 1))
+        }
+    })
+    .await;
+    let (_, token) = login(&format!("http://{}", a.addr), "admin-password").await;
+    let (_, _, stats) = http(
+        "GET",
+        format!("http://{}/admin/stats", a.addr),
+        Some(("Authorization", format!("token {token}"))),
+        None,
+    )
+    .await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["nodes"].as_array().map(Vec::len), Some(2), "{stats}");
+    assert_eq!(stats["node"]["engine"]["ok"], json!(true), "{stats}");
+    b.shutdown().await;
+    eventually_within(
+        "A forgets B after NODE_INFO_TTL",
+        crier_server::node::NODE_INFO_TTL + Duration::from_secs(5),
+        || {
+            let a = &a;
+            async move { names(&a.api("info", json!({})).await.1).len() == 1 }
+        },
+    )
+    .await;
+    a.shutdown().await;
+}
