@@ -46,7 +46,8 @@ const DEV_WARNING: &str = "\
 !!!  crier is running in DEVELOPMENT mode (--dev). THIS IS INSECURE:  !!!
 !!!   - anyone who can reach this port can connect without a token,  !!!
 !!!   - subscribe to and publish in any channel,                     !!!
-!!!   - and call the whole HTTP API without an API key.              !!!
+!!!   - call the whole HTTP API without an API key,                  !!!
+!!!   - and use the admin web UI (at /) without a password.          !!!
 !!!  Use it for local trials only. Never expose it to a network.     !!!
 !!! ================================================================ !!!";
 
@@ -114,7 +115,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         && !config.client.allow_anonymous_connect_without_token;
     // Said at length below (no key) or above (--dev), with what to do.
     warnings.retain(|w| {
-        let said = (unreachable && w.key == "client.token") || (args.dev && w.key == "client.insecure");
+        let said = (unreachable && w.key == "client.token")
+            || (args.dev && (w.key == "client.insecure" || w.key == "admin.insecure"));
         !(w.kind == WarningKind::Advice && said)
     });
     for warning in &warnings {
@@ -144,6 +146,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let prefix = config.http_api.handler_prefix.trim_end_matches('/').to_owned();
         (prefix, config.http_api.insecure)
     });
+    let admin = config.admin.enabled.then(|| {
+        let prefix = config.admin.handler_prefix.trim_end_matches('/').to_owned();
+        (prefix, config.admin.insecure)
+    });
     let server = Server::bind(config).await.context("cannot start the server")?;
     let bound = server.local_addr().context("cannot read the bound address")?;
     // Set up signal handling before saying "listening", so a supervisor that
@@ -156,6 +162,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     match &api {
         Some((prefix, _)) => print_line(&format!("  HTTP API:  POST http://{connect}{prefix}/<method>"))?,
         None => print_line("  HTTP API:  disabled")?,
+    }
+    if let Some((prefix, insecure)) = &admin {
+        let login = if *insecure {
+            " (no login: admin.insecure)"
+        } else {
+            ""
+        };
+        print_line(&format!("  admin UI:  http://{connect}{prefix}/{login}"))?;
     }
     print_line(&format!("  engine:    {}", server.node().engine_status().await))?;
     let default_port = bound.port() == 8000 && connect.ip().is_loopback() && connect.is_ipv4();
