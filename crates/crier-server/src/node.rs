@@ -210,11 +210,19 @@ impl Node {
             (Hub::with_engine(hub_config, engine.clone()), Some(engine))
         };
         let metrics = Metrics::new(hub.clone(), history, config.prometheus.enabled);
+        // On a cluster engine, occupied/vacated are the cluster's.
+        #[cfg(feature = "cluster")]
+        let occupancy = cluster
+            .as_ref()
+            .map(|c| c.occupancy(config.crier.webhooks.node_ttl));
+        #[cfg(not(feature = "cluster"))]
+        let occupancy = None;
         if let Some(webhooks) = crate::webhooks::Webhooks::start(
             &config.crier.webhooks,
             &id,
             metrics.webhook_counters(),
             shutdown.clone(),
+            occupancy,
         ) {
             hub.observe(webhooks);
         }

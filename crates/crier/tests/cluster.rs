@@ -652,6 +652,7 @@ on_every_engine!(
     a_node_started_while_the_broker_is_down_joins_when_it_comes_up,
     a_live_node_keeps_its_clients_in_presence_past_the_ttl,
     control_requests_through_one_node_apply_in_order_on_the_others,
+    a_killed_nodes_channels_are_vacated_by_a_survivor_and_its_disconnects_are_not_reported,
 );
 
 /// The `(channel, kind)` of a subscribe or unsubscribe push, if `msg` is one.
@@ -1043,4 +1044,146 @@ async fn redis_a_stream_that_expired_while_idle_is_renewed_for_everyone() {
     a.expect_unsubscribe(2500).await;
     node.publish("quiet", json!("new")).await;
     assert_eq!(b.next_pub().await, (1, json!("new")));
+}
+
+/// A webhook backend on a free loopback port: a minimal HTTP/1.1 server
+/// (threads, keep-alive) that answers 200 to every POST and keeps the
+/// events of every `{"events": [...]}` batch, in arrival order.
+struct Hooks {
+    addr: std::net::SocketAddr,
+    events: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Hooks {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the webhook backend");
+        let addr = listener.local_addr().expect("local addr");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = events.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let keep = keep.clone();
+                std::thread::spawn(move || Self::serve(conn, &keep));
+            }
+        });
+        Hooks { addr, events }
+    }
+
+    /// One connection's requests, one after another.
+    fn serve(conn: std::net::TcpStream, events: &std::sync::Mutex<Vec<Value>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut writer = conn.try_clone().expect("clone the connection");
+        let mut reader = BufReader::new(conn);
+        loop {
+            let mut length = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return; // closed
+                }
+                let l = line.trim_end().to_ascii_lowercase();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some(n) = l.strip_prefix("content-length:") {
+                    length = n.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            let batch: Value = serde_json::from_slice(&body).expect("a JSON batch");
+            let got = batch["events"].as_array().cloned().unwrap_or_default();
+            events.lock().expect("events").extend(got);
+            if writer
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn got(&self) -> Vec<Value> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// The events of `kind` about `channel`.
+    fn of(&self, kind: &str, channel: &str) -> Vec<Value> {
+        self.got()
+            .into_iter()
+            .filter(|e| e["type"] == json!(kind) && e["channel"] == json!(channel))
+            .collect()
+    }
+
+    /// Waits for the first event of `kind` about `channel`.
+    async fn until(&self, kind: &str, channel: &str) -> Value {
+        eventually(&format!("{kind} {channel}"), async || {
+            !self.of(kind, channel).is_empty()
+        })
+        .await;
+        self.of(kind, channel).remove(0)
+    }
+
+    /// `[crier.webhooks]` for a node config (after the engine's section).
+    fn config(&self, node_ttl: &str) -> String {
+        format!(
+            "[crier.webhooks]\nendpoint = \"http://{}/hooks\"\nnode_ttl = \"{node_ttl}\"\n",
+            self.addr
+        )
+    }
+}
+
+/// What docs/proxies.md promises of a killed node: within about
+/// `node_ttl` (at most 4/3 of it, plus a heartbeat) a surviving node
+/// vacates the channels only the dead node held — once, naming it in
+/// `lost_node` — and leaves alone those other nodes still hold; the dead
+/// node's clients' disconnects are reported by nobody.
+async fn a_killed_nodes_channels_are_vacated_by_a_survivor_and_its_disconnects_are_not_reported(
+    engine: Engine,
+) {
+    let hooks = Hooks::start();
+    let broker = Broker::start(engine).await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Node::start_with(&broker, "60s", &hooks.config("1s")).await);
+    }
+    let mut a = Client::connect(&nodes[0].ws()).await;
+    a.subscribe("shared").await;
+    let mut b = Client::connect(&nodes[1].ws()).await;
+    b.subscribe("shared").await;
+    b.subscribe("alone").await;
+    let dead = hooks.until("occupied", "alone").await["node"].clone();
+    let first = hooks.until("occupied", "shared").await;
+    assert_ne!(first["node"], dead, "node 0 held it first");
+
+    nodes[1].kill();
+    let killed = Instant::now();
+    let vacated = hooks.until("vacated", "alone").await;
+    let took = killed.elapsed();
+    assert_ne!(vacated["node"], dead, "a survivor says it: {vacated}");
+    assert_eq!(vacated["lost_node"], dead, "{vacated}");
+    assert!(
+        took < Duration::from_secs(3),
+        "vacated {took:?} after the kill, node_ttl 1s"
+    );
+
+    // The other client leaves: the shared channel is vacated then, once,
+    // by the node that held it last.
+    a.request(json!({"unsubscribe": {"channel": "shared"}})).await;
+    let last = hooks.until("vacated", "shared").await;
+    assert_eq!(last["node"], first["node"], "{last}");
+    assert_eq!(hooks.of("vacated", "shared").len(), 1, "{:#?}", hooks.got());
+    assert_eq!(hooks.of("vacated", "alone").len(), 1, "{:#?}", hooks.got());
+    let reported: Vec<Value> = hooks
+        .got()
+        .into_iter()
+        .filter(|e| e["type"] == json!("disconnect") && e["client"] == json!(b.id))
+        .collect();
+    assert!(
+        reported.is_empty(),
+        "nobody reports the killed node's client: {reported:?}"
+    );
 }

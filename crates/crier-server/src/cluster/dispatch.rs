@@ -116,6 +116,36 @@ impl Broker {
         dispatch!(self, b => b.publish_control(payload).await.map(drop))
     }
 
+    /// Records that `node` holds `channel` or no longer does; true when
+    /// the channel's holder set went from empty to not empty (or back).
+    pub async fn hold(&self, channel: &str, node: &str, held: bool) -> Result<bool, BrokerError> {
+        dispatch!(self, b => b.hold(channel, node, held).await)
+    }
+
+    /// Keeps `node` alive for `ttl`; true when it had lapsed.
+    pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, BrokerError> {
+        dispatch!(self, b => b.heartbeat(node, ttl).await)
+    }
+
+    /// Releases what nodes past their `ttl` held (never `node`'s own);
+    /// the channels left without a holder, with the node that held them.
+    pub async fn sweep(&self, node: &str, ttl: Duration) -> Result<Vec<(String, String)>, BrokerError> {
+        match self {
+            #[cfg(feature = "redis")]
+            Self::Redis(b) => {
+                let _ = ttl; // Redis keeps each node's expiry itself
+                b.sweep(node).await
+            }
+            #[cfg(feature = "nats")]
+            Self::Nats(b) => b.sweep(node, ttl).await,
+        }
+    }
+
+    /// Forgets `node`, which stops holding nothing.
+    pub async fn leave(&self, node: &str) -> Result<(), BrokerError> {
+        dispatch!(self, b => b.leave(node).await)
+    }
+
     /// Checks that the broker answers.
     pub async fn ping(&self) -> Result<(), BrokerError> {
         dispatch!(self, b => b.ping().await)

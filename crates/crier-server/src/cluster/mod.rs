@@ -53,6 +53,7 @@ use crate::broker::{
 pub(crate) use dispatch::{Broker, Subscriptions};
 
 mod dispatch;
+mod occupancy;
 
 /// What the hub's engine hooks ask of the background tasks, in order.
 enum SubOp {
@@ -279,6 +280,16 @@ impl Cluster {
         if self.presence.send(PresenceOp::Flush(tx)).is_ok() {
             let _ = tokio::time::timeout(within, rx).await;
         }
+    }
+
+    /// This node's holdings of channels in the broker, for cluster-wide
+    /// occupied/vacated webhooks: alive for `ttl` after each heartbeat.
+    pub(crate) fn occupancy(&self, ttl: Duration) -> Arc<dyn crate::webhooks::Occupancy> {
+        Arc::new(occupancy::BrokerOccupancy {
+            broker: self.broker.clone(),
+            node: self.node_id.clone(),
+            ttl,
+        })
     }
 
     /// Sets what applies control messages from other nodes.

@@ -277,6 +277,12 @@ pub struct WebhooksConfig {
     pub max_retry_delay: Duration,
     /// Headers added to every POST (an authorization for the backend).
     pub static_headers: BTreeMap<String, String>,
+    /// On a cluster engine, with `occupied` or `vacated` asked for: how
+    /// long a node's channels count as held after it stops refreshing
+    /// them (killed); it refreshes every third of this, and the other
+    /// nodes then release what it held (`vacated` where nobody is left).
+    #[serde(with = "duration::serde_go")]
+    pub node_ttl: Duration,
 }
 
 impl Default for WebhooksConfig {
@@ -289,6 +295,7 @@ impl Default for WebhooksConfig {
             queue_size: 10_000,
             max_retry_delay: Duration::from_secs(10),
             static_headers: BTreeMap::new(),
+            node_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -321,6 +328,12 @@ pub(super) fn validate_webhooks(w: &WebhooksConfig) -> Result<(), super::ConfigE
         if n == 0 {
             return Err(invalid(format!("crier.webhooks.{key}"), "must be greater than 0"));
         }
+    }
+    if w.node_ttl < Duration::from_millis(300) {
+        return Err(invalid(
+            "crier.webhooks.node_ttl",
+            "must be at least 300ms (a node refreshes every third of it)",
+        ));
     }
     if w.timeout.is_zero() || w.max_retry_delay.is_zero() {
         return Err(invalid(

@@ -29,6 +29,12 @@
 //!   being rewritten can deliver one client several times and miss
 //!   others.
 //! - Core subject `<prefix>.control`: control messages between nodes.
+//! - Stream `<prefix>_occupancy`, only with occupied/vacated webhooks on
+//!   a cluster (`occupancy.rs`): `<prefix>.o.c.<token>` the channel's
+//!   holder set (node ids, one per line; changed by compare-and-set on
+//!   the subject's last sequence), `<prefix>.o.i.<node>.<token>` one
+//!   message per channel a node holds, `<prefix>.o.n.<node>` its
+//!   heartbeat.
 //!
 //! # Guarantees
 //!
@@ -67,6 +73,8 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::timeout;
+
+mod occupancy;
 
 use crate::broker::{
     codec, decode_info, BrokerError, BrokerEvent, BrokerEvents, Epochs, HistoryQuery, PresenceEntry,
@@ -155,6 +163,9 @@ struct Inner {
     /// The streams once created or checked; cleared on reconnect (the
     /// server may have come back without them).
     streams: StdMutex<Option<Arc<Streams>>>,
+    /// The occupancy stream once created (`occupancy.rs`: only used by
+    /// occupied/vacated webhooks); cleared on reconnect like `streams`.
+    occupancy: StdMutex<Option<stream::Stream>>,
     ensuring: Mutex<()>,
     publish: Vec<Mutex<HashMap<Arc<str>, Last>>>,
     epochs: Epochs,
@@ -290,6 +301,7 @@ impl NatsBroker {
                         async_nats::Event::Connected => {
                             if let Some(inner) = reset.lock().expect("nats reset lock").upgrade() {
                                 *inner.streams.lock().expect("nats streams lock") = None;
+                                *inner.occupancy.lock().expect("nats occupancy lock") = None;
                             }
                             BrokerEvent::Restored { shard: 0 }
                         }
@@ -332,6 +344,7 @@ impl NatsBroker {
             client,
             js,
             streams: StdMutex::new(None),
+            occupancy: StdMutex::new(None),
             ensuring: Mutex::new(()),
             publish: (0..PUBLISH_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             epochs: Epochs::default(),

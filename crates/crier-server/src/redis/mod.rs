@@ -47,6 +47,11 @@
 //!   expiry (ms, Redis clock), hash client -> info, hash client -> user.
 //!   Expired clients are removed by every presence script before it acts.
 //! - Pub/sub channel `<prefix>:{<channel>}:c`.
+//! - Occupancy, only with occupied/vacated webhooks on a cluster
+//!   (`occupancy.rs`): `<prefix>:{<channel>}:n` — set of the node ids
+//!   holding the channel; `<prefix>:node:<id>` — set of the channels a
+//!   node holds on this shard; `<prefix>:nodes` — zset of node id ->
+//!   expiry (ms, Redis clock), one per shard.
 //!
 //! # Encodings
 //!
@@ -59,6 +64,7 @@
 
 mod conn;
 mod hash;
+mod occupancy;
 mod pubsub;
 mod scripts;
 
@@ -117,6 +123,9 @@ struct Scripts {
     presence_remove: Script,
     presence_get: Script,
     presence_stats: Script,
+    hold: Script,
+    heartbeat: Script,
+    sweep: Script,
 }
 
 pub(crate) struct Inner {
@@ -256,6 +265,9 @@ impl RedisBroker {
                     presence_remove: Script::new(&scripts::presence_remove()),
                     presence_get: Script::new(&scripts::presence_get()),
                     presence_stats: Script::new(&scripts::presence_stats()),
+                    hold: Script::new(scripts::OCCUPANCY_HOLD),
+                    heartbeat: Script::new(scripts::OCCUPANCY_HEARTBEAT),
+                    sweep: Script::new(scripts::OCCUPANCY_SWEEP),
                 },
                 epochs: Epochs::default(),
             }),

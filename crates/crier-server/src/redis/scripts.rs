@@ -168,3 +168,72 @@ return {redis.call('HLEN', KEYS[2]), n}
 "#
     )
 }
+
+/// Occupancy (cluster-wide occupied/vacated). KEYS: the channel's holder
+/// set, this node's index of held channels. ARGV: node id, channel, '1'
+/// holds / '0' lets go. Returns 1 when the holder set went from empty to
+/// not empty (holds) or from not empty to empty (lets go), else 0.
+pub(crate) const OCCUPANCY_HOLD: &str = r#"
+if ARGV[3] == '1' then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+    return 1
+  end
+  return 0
+end
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: the zset of node -> expiry (ms, Redis clock). ARGV: node id,
+/// ttl_ms. Returns 1 when the node had lapsed (absent, or expired and
+/// perhaps being swept), else 0.
+pub(crate) const OCCUPANCY_HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
+if old and tonumber(old) > now then
+  return 0
+end
+return 1
+"#;
+
+/// KEYS: the zset of nodes. ARGV: key prefix, batch size, the caller's
+/// node id. Takes one expired node (not the caller), pops up to a batch
+/// of its held channels and removes it from their holder sets; forgets
+/// the node once it holds nothing. Returns {} when no node is expired,
+/// else {node, channel left empty, ...}. Names the index and holder keys
+/// itself (one Redis per shard; not for Redis Cluster). A node that
+/// heartbeats again is no longer expired: no further batch touches it.
+pub(crate) const OCCUPANCY_SWEEP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now), 'LIMIT', 0, 2)
+local node = nil
+for _, n in ipairs(dead) do
+  if n ~= ARGV[3] then
+    node = n
+    break
+  end
+end
+if not node then
+  return {}
+end
+local index = ARGV[1] .. ':node:' .. node
+local out = {node}
+local channels = redis.call('SPOP', index, tonumber(ARGV[2]))
+for _, ch in ipairs(channels) do
+  local holders = ARGV[1] .. ':{' .. ch .. '}:n'
+  if redis.call('SREM', holders, node) == 1 and redis.call('EXISTS', holders) == 0 then
+    out[#out + 1] = ch
+  end
+end
+if redis.call('EXISTS', index) == 0 then
+  redis.call('ZREM', KEYS[1], node)
+end
+return out
+"#;

@@ -586,3 +586,42 @@ async fn presence_reads_while_entries_are_rewritten_never_fail() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(writer.await.unwrap() > 0, "the rewrites overlapped the reads");
 }
+
+/// Occupancy (cluster-wide occupied/vacated): two nodes hold a channel,
+/// one transition each way; a node that stops its heartbeat is swept by
+/// the other, which alone sees the channels it leaves empty.
+#[tokio::test]
+async fn occupancy_transitions_once_and_a_dead_nodes_channels_are_swept() {
+    let nats = NatsServer::start();
+    let b = broker(&nats);
+    connected(&b).await;
+    let ttl = Duration::from_millis(400);
+    assert!(b.heartbeat("n1", ttl).await.unwrap(), "never seen: lapsed");
+    assert!(!b.heartbeat("n1", ttl).await.unwrap());
+    b.heartbeat("n2", ttl).await.unwrap();
+    assert!(b.hold("room", "n1", true).await.unwrap(), "empty -> held");
+    assert!(!b.hold("room", "n2", true).await.unwrap());
+    assert!(!b.hold("room", "n2", true).await.unwrap(), "already recorded");
+    assert!(b.hold("alone", "n2", true).await.unwrap());
+    assert!(!b.hold("room", "n1", false).await.unwrap());
+    assert!(
+        !b.hold("room", "n1", true).await.unwrap(),
+        "n2 holds it still: no transition"
+    );
+    // n2 stops; n1 keeps beating and sweeps.
+    // Polling for a TTL to pass, as `eventually_within` does.
+    let deadline = Instant::now() + WAIT;
+    let swept = loop {
+        b.heartbeat("n1", ttl).await.unwrap();
+        let swept = b.sweep("n1", ttl).await.unwrap();
+        if !swept.is_empty() {
+            break swept;
+        }
+        assert!(Instant::now() < deadline, "n2 never swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(swept, vec![("alone".to_owned(), "n2".to_owned())]);
+    assert!(b.sweep("n1", ttl).await.unwrap().is_empty(), "once");
+    assert!(b.hold("room", "n1", false).await.unwrap(), "n1 was the last");
+    assert!(b.hold("alone", "n1", true).await.unwrap(), "alone was empty");
+}

@@ -192,3 +192,233 @@ async fn metrics_text(server: SocketAddr) -> (u16, String) {
     .await
     .expect("blocking")
 }
+
+/// Three nodes on one cluster engine: occupied and vacated are the
+/// cluster's, once per transition, whichever nodes hold the channel.
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod cluster {
+    use super::*;
+
+    /// The engine's server, running for the test.
+    enum Engine {
+        #[cfg(feature = "redis")]
+        Redis(super::super::redis::RedisServer),
+        #[cfg(feature = "nats")]
+        Nats(super::super::nats::NatsServer),
+    }
+
+    impl Engine {
+        fn section(&self) -> String {
+            let (name, url) = match self {
+                #[cfg(feature = "redis")]
+                Engine::Redis(r) => ("redis", r.url()),
+                #[cfg(feature = "nats")]
+                Engine::Nats(n) => ("nats", n.url()),
+            };
+            format!(
+                "[engine]\ntype = \"{name}\"\n[engine.{name}]\naddress = \"{url}\"\nconnect_timeout = \"300ms\"\nio_timeout = \"2s\"\n"
+            )
+        }
+    }
+
+    async fn three_nodes(engine: &Engine, addr: SocketAddr) -> Vec<TestServer> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let mut c = config(&format!(
+                "[crier.webhooks]\nendpoint = \"http://{addr}/hooks\"\nnode_ttl = \"1s\"\n{}",
+                engine.section()
+            ));
+            c.crier.webhooks.max_retry_delay = Duration::from_millis(200);
+            let node = TestServer::start(c).await;
+            // The node connects to the engine in the background.
+            let url = format!("http://{}/health/ready", node.addr);
+            eventually_within("the node ready on its engine", Duration::from_secs(10), || {
+                let url = url.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        http_agent().get(&url).call().map(|r| r.status().as_u16())
+                    })
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                        == Some(200)
+                }
+            })
+            .await;
+            nodes.push(node);
+        }
+        nodes
+    }
+
+    /// How many events of `kind` about `channel` the backend has.
+    fn count(events: &[Value], kind: &str, channel: &str) -> usize {
+        events
+            .iter()
+            .filter(|e| e["type"] == json!(kind) && e["channel"] == json!(channel))
+            .count()
+    }
+
+    impl Backend {
+        /// Waits until the backend holds an `unsubscribe` of `channel`: a
+        /// node's events arrive in its order, so everything its clients
+        /// did before that unsubscribe has been resolved and sent.
+        async fn until_unsubscribed(&self, channel: &str) {
+            let me = self.clone();
+            let channel = channel.to_owned();
+            eventually_within(
+                &format!("the unsubscribe of {channel}"),
+                Duration::from_secs(10),
+                || {
+                    let (me, channel) = (me.clone(), channel.clone());
+                    async move { count(&me.got(), "unsubscribe", &channel) > 0 }
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Subscribes and unsubscribes `marker` on `c`: its unsubscribe event
+    /// says the node got that far.
+    async fn mark(c: &mut Client, marker: &str) {
+        c.request(json!({"subscribe": {"channel": marker}})).await;
+        c.request(json!({"unsubscribe": {"channel": marker}})).await;
+    }
+
+    async fn once_per_transition_across_three_nodes(engine: Engine) {
+        let (addr, b) = backend().await;
+        let nodes = three_nodes(&engine, addr).await;
+        let mut clients = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let mut c = Client::connect(&n.ws_url(), &token(&format!("u{i}"))).await;
+            let r = c.request(json!({"subscribe": {"channel": "room"}})).await;
+            assert!(r["subscribe"].is_object(), "{r}");
+            mark(&mut c, &format!("in{i}")).await;
+            clients.push(c);
+        }
+        for i in 0..3 {
+            b.until_unsubscribed(&format!("in{i}")).await;
+        }
+        let events = b.got();
+        assert_eq!(count(&events, "occupied", "room"), 1, "{events:#?}");
+        let first = events.iter().find(|e| e["type"] == json!("occupied")).unwrap();
+        assert_eq!(
+            first["node"],
+            json!(nodes[0].node.id),
+            "the first node to hold it"
+        );
+        assert_eq!(count(&events, "vacated", "room"), 0);
+        // Leaving one by one: vacated once, from the last.
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.request(json!({"unsubscribe": {"channel": "room"}})).await;
+            mark(c, &format!("out{i}")).await;
+        }
+        for i in 0..3 {
+            b.until_unsubscribed(&format!("out{i}")).await;
+        }
+        let events = b.got();
+        assert_eq!(count(&events, "occupied", "room"), 1, "{events:#?}");
+        assert_eq!(count(&events, "vacated", "room"), 1, "{events:#?}");
+        let last = events
+            .iter()
+            .find(|e| e["type"] == json!("vacated") && e["channel"] == json!("room"))
+            .unwrap();
+        assert_eq!(last["node"], json!(nodes[2].node.id), "the last node to let go");
+        // Every node's own seq still counts 1, 2, 3… in arrival order.
+        for n in &nodes {
+            let seqs: Vec<u64> = events
+                .iter()
+                .filter(|e| e["node"] == json!(n.node.id))
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect();
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{events:#?}");
+        }
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+
+    /// Every client sends `verb` for channels `race0..` in one frame, all
+    /// clients at once; then marks (see [`mark`]) with `<verb><i>`.
+    async fn every_client(clients: &mut [Client], verb: &'static str, channels: usize) {
+        futures_util::future::join_all(clients.iter_mut().enumerate().map(|(i, c)| async move {
+            let commands: Vec<String> = (0..channels)
+                .map(|k| json!({"id": 1000 + k, verb: {"channel": format!("race{k}")}}).to_string())
+                .collect();
+            // One frame per client: the node handles them back to back.
+            c.send_text(&commands.join("\n")).await;
+            for k in 0..channels {
+                let r = c.reply(1000 + k as u32).await;
+                assert!(r.get("error").is_none(), "{r}");
+            }
+            mark(c, &format!("{verb}{i}")).await;
+        }))
+        .await;
+    }
+
+    /// Three nodes take their first subscriber of the same channels at
+    /// once (and let go at once): still one occupied and one vacated each.
+    async fn racing_nodes_still_transition_once(engine: Engine) {
+        const CHANNELS: usize = 30;
+        let (addr, b) = backend().await;
+        let nodes = three_nodes(&engine, addr).await;
+        let mut clients = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            clients.push(Client::connect(&n.ws_url(), &token(&format!("r{i}"))).await);
+        }
+        every_client(&mut clients, "subscribe", CHANNELS).await;
+        for i in 0..3 {
+            b.until_unsubscribed(&format!("subscribe{i}")).await;
+        }
+        every_client(&mut clients, "unsubscribe", CHANNELS).await;
+        for i in 0..3 {
+            b.until_unsubscribed(&format!("unsubscribe{i}")).await;
+        }
+        let events = b.got();
+        for k in 0..CHANNELS {
+            let channel = format!("race{k}");
+            assert_eq!(count(&events, "occupied", &channel), 1, "{channel}: {events:#?}");
+            assert_eq!(count(&events, "vacated", &channel), 1, "{channel}: {events:#?}");
+        }
+        for n in nodes {
+            n.shutdown().await;
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    mod redis {
+        use super::*;
+
+        fn engine() -> Engine {
+            Engine::Redis(super::super::super::redis::RedisServer::start())
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn occupied_and_vacated_fire_once_per_transition_across_three_nodes() {
+            once_per_transition_across_three_nodes(engine()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn racing_nodes_occupy_and_vacate_each_channel_once() {
+            racing_nodes_still_transition_once(engine()).await;
+        }
+    }
+
+    #[cfg(feature = "nats")]
+    mod nats {
+        use super::*;
+
+        fn engine() -> Engine {
+            Engine::Nats(super::super::super::nats::NatsServer::start())
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn occupied_and_vacated_fire_once_per_transition_across_three_nodes() {
+            once_per_transition_across_three_nodes(engine()).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn racing_nodes_occupy_and_vacate_each_channel_once() {
+            racing_nodes_still_transition_once(engine()).await;
+        }
+    }
+}
