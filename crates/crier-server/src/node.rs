@@ -479,9 +479,17 @@ impl Node {
     /// The other nodes heard from within [`NODE_INFO_TTL`]; the others
     /// are forgotten.
     pub fn peers(&self) -> Vec<NodeResult> {
+        self.peers_heard().into_iter().map(|(info, _)| info).collect()
+    }
+
+    /// [`Node::peers`], each with how long ago it was last heard from.
+    pub fn peers_heard(&self) -> Vec<(NodeResult, Duration)> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers.retain(|_, (seen, _)| seen.elapsed() < NODE_INFO_TTL);
-        peers.values().map(|(_, info)| info.clone()).collect()
+        peers
+            .values()
+            .map(|(seen, info)| (info.clone(), seen.elapsed()))
+            .collect()
     }
 }
 

@@ -283,6 +283,13 @@ async fn stats(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Response {
         Answer::One(Ok(ApiResult::Info(info))) => serde_json::to_value(info.nodes).unwrap_or_default(),
         _ => Value::Array(Vec::new()),
     };
+    // How long ago each other node was heard from (it says what it is
+    // every NODE_INFO_EVERY): the UI flags the ones gone quiet.
+    let heard: serde_json::Map<String, Value> = node
+        .peers_heard()
+        .into_iter()
+        .map(|(info, ago)| (info.uid, json!(ago.as_millis() as u64)))
+        .collect();
     let connections: serde_json::Map<String, Value> = node
         .metrics
         .live()
@@ -301,6 +308,8 @@ async fn stats(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Response {
                 "connections": connections,
             },
             "nodes": nodes,
+            "heard_ms_ago": heard,
+            "node_info_every_ms": crate::node::NODE_INFO_EVERY.as_millis() as u64,
             "series": a.live.series(),
         }),
     )

@@ -323,7 +323,12 @@ async fn info_lists_every_node_of_the_cluster() {
             .as_array()
             .map(|n| {
                 n.iter()
-                    .map(|n| (n["name"].as_str().unwrap_or("").to_owned(), n["num_clients"].as_u64().unwrap_or(0)))
+                    .map(|n| {
+                        (
+                            n["name"].as_str().unwrap_or("").to_owned(),
+                            n["num_clients"].as_u64().unwrap_or(0),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -350,7 +355,30 @@ async fn info_lists_every_node_of_the_cluster() {
     let stats: Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["nodes"].as_array().map(Vec::len), Some(2), "{stats}");
     assert_eq!(stats["node"]["engine"]["ok"], json!(true), "{stats}");
+    assert!(
+        stats["heard_ms_ago"][&b_id].as_u64().is_some_and(|ms| ms < 5000),
+        "B heard from lately: {stats}"
+    );
     b.shutdown().await;
+    // Gone quiet: the UI shows it unreachable (silent for more than two
+    // rounds) until it leaves the list.
+    let quiet = 2 * crier_server::node::NODE_INFO_EVERY.as_millis() as u64;
+    let stats_url = format!("http://{}/admin/stats", a.addr);
+    eventually_within("B silent for two rounds", Duration::from_secs(8), || {
+        let (url, token, b_id) = (stats_url.clone(), token.clone(), b_id.clone());
+        async move {
+            let (_, _, stats) = http(
+                "GET",
+                url,
+                Some(("Authorization", format!("token {token}"))),
+                None,
+            )
+            .await;
+            let stats: Value = serde_json::from_str(&stats).unwrap_or_default();
+            stats["heard_ms_ago"][&b_id].as_u64().is_some_and(|ms| ms > quiet)
+        }
+    })
+    .await;
     eventually_within(
         "A forgets B after NODE_INFO_TTL",
         crier_server::node::NODE_INFO_TTL + Duration::from_secs(5),

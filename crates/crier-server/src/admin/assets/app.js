@@ -167,9 +167,18 @@
       tiles.replaceChildren(
         ...[["nodes", s.nodes.length], ["clients", sum("num_clients")], ["users", sum("num_users")], ["subscriptions", sum("num_subs")], ["channels", sum("num_channels")], ["publications/s", last("publications")], ["deliveries/s", last("deliveries")]]
           .map(([label, v]) => h("div", { class: "tile", "data-figure": label }, h("b", {}, num(v)), h("span", {}, label))));
+      const heard = (n) => {
+        if (n.uid === s.node.name) return h("span", { class: "ok-text" }, "this node");
+        const ago = s.heard_ms_ago[n.uid];
+        if (ago == null) return "–";
+        // Silent for more than two rounds: say so (it leaves the list at 10 s).
+        return ago > 2 * s.node_info_every_ms
+          ? h("span", { class: "bad-text" }, "unreachable: silent for " + Math.round(ago / 1000) + " s")
+          : h("span", { class: "ok-text" }, "heard " + Math.round(ago / 1000) + " s ago");
+      };
       nodes.replaceChildren(table(
-        ["Name", "Version", { label: "Uptime", num: true }, { label: "Clients", num: true }, { label: "Users", num: true }, { label: "Subscriptions", num: true }, { label: "Channels", num: true }],
-        s.nodes.map((n) => [n.name + (n.name === s.node.name ? " (this node)" : ""), n.version, duration(n.uptime || 0), num(n.num_clients), num(n.num_users), num(n.num_subs), num(n.num_channels)])));
+        ["Name", "Version", "State", { label: "Uptime", num: true }, { label: "Clients", num: true }, { label: "Users", num: true }, { label: "Subscriptions", num: true }, { label: "Channels", num: true }],
+        s.nodes.map((n) => [n.name, n.version, heard(n), duration(n.uptime || 0), num(n.num_clients), num(n.num_users), num(n.num_subs), num(n.num_channels)])));
       const e = s.node.engine;
       engine.replaceChildren(h("p", {}, h("b", {}, e.kind), " — ",
         e.ok ? h("span", { class: "ok-text" }, "answering") : h("span", { class: "bad-text" }, e.error || "not answering")),
