@@ -65,6 +65,8 @@ pub struct Node {
     /// The emulated sessions (`http_stream`, `sse`) this node holds: where
     /// the commands POSTed to `/emulation` for each go.
     emulated: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Bytes>>>,
+    /// TLS on the HTTP listener (`http_server.tls`), reloadable.
+    pub(crate) tls: Option<crate::net::tls::Tls>,
     /// The other nodes of the cluster, as each last said (`Control::Node`,
     /// every [`NODE_INFO_EVERY`]), and when.
     peers: std::sync::Mutex<std::collections::HashMap<String, (Instant, NodeResult)>>,
@@ -243,6 +245,10 @@ impl Node {
             protobuf_clients: Default::default(),
             proxies: crate::proxy::Proxies::from_config(&config)?,
             emulated: Default::default(),
+            tls: crate::net::tls::Tls::new(&config.http_server.tls).map_err(|e| ConfigError::Invalid {
+                key: e.key.to_owned(),
+                message: e.why,
+            })?,
             peers: Default::default(),
             session_key: Default::default(),
             sessions_made: Default::default(),
@@ -450,6 +456,25 @@ impl Node {
     /// Seconds since the node started.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Reads the TLS certificate, key and client CA that `tls` names
+    /// again (on SIGHUP) and uses them for the connections accepted from
+    /// now on; the open ones keep theirs. `Ok(false)` when this node serves
+    /// no TLS (turning it on or off needs a restart); on an error the
+    /// current certificate stays.
+    pub fn reload_tls(&self, tls: &crate::config::TlsConfig) -> Result<bool, ConfigError> {
+        let Some(current) = &self.tls else {
+            return Ok(false);
+        };
+        if !tls.enabled {
+            return Ok(false);
+        }
+        current.reload(tls).map_err(|e| ConfigError::Invalid {
+            key: e.key.to_owned(),
+            message: e.why,
+        })?;
+        Ok(true)
     }
 
     /// This node, as the server API's `info` shows it.

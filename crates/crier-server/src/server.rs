@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
-use crate::config::{Config, ConfigError, HttpServerConfig, Report};
+use crate::config::{Config, ConfigError, Report};
 use crate::error::ServerError;
 use crate::http;
 use crate::net::WriteDeadline;
@@ -201,12 +201,7 @@ impl Server {
         let node = self.node;
         let token = node.shutdown.clone();
         let app = router(node.clone());
-        let server = tokio::spawn(serve_http(
-            self.listener,
-            app,
-            node.config.http_server.clone(),
-            token.clone(),
-        ));
+        let server = tokio::spawn(serve_http(self.listener, app, node.clone(), token.clone()));
         let tcp = tokio::spawn(self.tcp.run(token.clone()));
         let watchers = tokio::spawn(self.watchers.run(token.clone()));
         let metrics = self
@@ -280,7 +275,9 @@ fn tell_other_nodes(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
             }
             #[cfg(feature = "cluster")]
             if let Some(cluster) = &node.cluster {
-                let info = crate::control::Control::Node { info: node.node_result() };
+                let info = crate::control::Control::Node {
+                    info: node.node_result(),
+                };
                 // An engine outage is counted and logged by the publishes
                 // that fail meanwhile; the others forget this node after
                 // `NODE_INFO_TTL`.
@@ -290,16 +287,13 @@ fn tell_other_nodes(node: &Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// Accepts HTTP/1.1 connections and serves `app` on each, with upgrades,
-/// until `shutdown`; then each connection finishes its request in flight.
-/// A plain hyper connection (not axum::serve, which wraps the socket to
-/// sniff for HTTP/2) lets an upgraded WebSocket get its `TcpStream` back.
-async fn serve_http(
-    listener: TcpListener,
-    app: Router,
-    limits: HttpServerConfig,
-    shutdown: CancellationToken,
-) {
+/// Accepts HTTP/1.1 connections (over TLS with `http_server.tls`) and
+/// serves `app` on each, with upgrades, until `shutdown`; then each
+/// connection finishes its request in flight. A plain hyper connection
+/// (not axum::serve, which wraps the socket to sniff for HTTP/2) lets an
+/// upgraded WebSocket get its `TcpStream` back.
+async fn serve_http(listener: TcpListener, app: Router, node: Arc<Node>, shutdown: CancellationToken) {
+    let limits = node.config.http_server.clone();
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper applies the header deadline only with a timer; it runs from
     // when the connection waits for a request head, so an idle keep-alive
@@ -322,24 +316,53 @@ async fn serve_http(
             _ = shutdown.cancelled() => return,
         };
         crate::net::prepare(&stream, limits.send_buffer_size);
-        let service = TowerToHyperService::new(app.clone());
-        let shutdown = shutdown.clone();
-        let conn = http
-            .serve_connection(
-                TokioIo::new(WriteDeadline::new(stream, limits.write_timeout)),
-                service,
-            )
-            .with_upgrades();
-        tokio::spawn(async move {
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        let (http, app, shutdown) = (http.clone(), app.clone(), shutdown.clone());
+        match &node.tls {
+            None => {
+                let io = WriteDeadline::new(stream, limits.write_timeout);
+                tokio::spawn(serve_connection(http, io, app, shutdown));
             }
-        });
+            Some(tls) => {
+                let (acceptor, deadline, write_timeout) =
+                    (tls.acceptor(), limits.header_read_timeout, limits.write_timeout);
+                tokio::spawn(async move {
+                    // The handshake counts against the header deadline: a
+                    // client that opens a socket and says nothing is cut off.
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let io = WriteDeadline::new(stream, write_timeout);
+                            serve_connection(http, io, app, shutdown).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => {
+                            tracing::debug!("TLS handshake not done within http_server.header_read_timeout")
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Serves one HTTP/1.1 connection until it ends, or, once `shutdown`,
+/// until its request in flight is answered.
+async fn serve_connection<S>(
+    http: hyper::server::conn::http1::Builder,
+    io: WriteDeadline<S>,
+    app: Router,
+    shutdown: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

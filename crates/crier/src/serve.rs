@@ -135,10 +135,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, args.config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let insecure_client = config.client.insecure;
     let needs_token = !insecure_client && config.client.token.has_keys();
     let anonymous_too = config.client.allow_anonymous_connect_without_token;
@@ -150,17 +150,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let prefix = config.admin.handler_prefix.trim_end_matches('/').to_owned();
         (prefix, config.admin.insecure)
     });
+    let (http, ws) = match config.http_server.tls.enabled {
+        true => ("https", "wss"),
+        false => ("http", "ws"),
+    };
     let server = Server::bind(config).await.context("cannot start the server")?;
     let bound = server.local_addr().context("cannot read the bound address")?;
     // Set up signal handling before saying "listening", so a supervisor that
     // signals right after that line is handled gracefully.
-    let signal = shutdown_signal().context("cannot install signal handlers")?;
+    let node = server.node().clone();
+    let reload = move || reload(&node, path.as_deref());
+    let signal = shutdown_signal(reload).context("cannot install signal handlers")?;
 
     let connect = connectable(bound);
-    print_line(&format!("crier listening on http://{bound}"))?;
-    print_line(&format!("  WebSocket: ws://{connect}/connection/websocket"))?;
+    print_line(&format!("crier listening on {http}://{bound}"))?;
+    print_line(&format!("  WebSocket: {ws}://{connect}/connection/websocket"))?;
     match &api {
-        Some((prefix, _)) => print_line(&format!("  HTTP API:  POST http://{connect}{prefix}/<method>"))?,
+        Some((prefix, _)) => print_line(&format!("  HTTP API:  POST {http}://{connect}{prefix}/<method>"))?,
         None => print_line("  HTTP API:  disabled")?,
     }
     if let Some((prefix, insecure)) = &admin {
@@ -169,7 +175,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         } else {
             ""
         };
-        print_line(&format!("  admin UI:  http://{connect}{prefix}/{login}"))?;
+        print_line(&format!("  admin UI:  {http}://{connect}{prefix}/{login}"))?;
     }
     print_line(&format!("  engine:    {}", server.node().engine_status().await))?;
     let default_port = bound.port() == 8000 && connect.ip().is_loopback() && connect.is_ipv4();
@@ -218,17 +224,39 @@ fn connectable(bound: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// Completes on the first SIGINT or SIGTERM. A second Ctrl-C during the
-/// graceful shutdown exits at once, for whoever does not want to wait. The
-/// handlers are installed here, not on first poll, so failures show at start.
+/// What SIGHUP re-reads: the configuration (file and environment), of
+/// which only the TLS certificate, key and client CA apply at run time
+/// (to the connections accepted afterwards); the log says that the rest
+/// needs a restart.
+fn reload(node: &crier_server::Node, path: Option<&std::path::Path>) {
+    let loaded = match Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            return tracing::error!(%error, "SIGHUP: the configuration does not load; nothing changed");
+        }
+    };
+    match node.reload_tls(&loaded.config.http_server.tls) {
+        Ok(true) => tracing::info!(
+            "SIGHUP: TLS certificate and key re-read; new connections use them, open ones keep theirs"
+        ),
+        Ok(false) => {}
+        Err(error) => tracing::error!(%error, "SIGHUP: TLS not reloaded; the current certificate stays"),
+    }
+    tracing::warn!("SIGHUP: only the TLS files are re-read at run time; restart crier to apply other configuration changes");
+}
+
+/// Completes on the first SIGINT or SIGTERM; runs `reload` on each SIGHUP.
+/// A second Ctrl-C during the graceful shutdown exits at once, for whoever
+/// does not want to wait. The handlers are installed here, not on first
+/// poll, so failures show at start.
 #[cfg(unix)]
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+fn shutdown_signal(
+    reload: impl Fn() + Send + 'static,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    // SIGHUP (a reload, by convention) used to kill the server at once:
-    // now it is logged and the server goes on. Nothing is re-read yet, so
-    // configuration changes need a restart, and the log says so.
+    // SIGHUP: a reload, by convention (`reload`).
     let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
         loop {
@@ -241,9 +269,7 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
                     tracing::info!("SIGTERM: shutting down gracefully");
                     break;
                 }
-                _ = hangup.recv() => {
-                    tracing::warn!("SIGHUP: crier re-reads nothing at run time yet; restart it to apply configuration changes");
-                }
+                _ = hangup.recv() => reload(),
             }
         }
         tokio::spawn(async move {
@@ -255,9 +281,11 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
-/// Completes on the first Ctrl-C.
+/// Completes on the first Ctrl-C (no SIGHUP, so no reload).
 #[cfg(not(unix))]
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+fn shutdown_signal(
+    _reload: impl Fn() + Send + 'static,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     Ok(async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!("cannot listen for Ctrl-C: {e}");

@@ -11,7 +11,9 @@ use super::{Config, Namespace, ProxyConfig, RpcNamespace, TcpListenerConfig, Wat
 
 /// Centrifugo v6 sections and keys that crier does not implement (yet).
 const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
-    "http_server.tls",
+    "http_server.tls.server_ca_pem",
+    "http_server.tls.insecure_skip_verify",
+    "http_server.tls.server_name",
     "http_server.tls_autocert",
     "http_server.tls_external",
     "http_server.internal_address",
@@ -107,6 +109,9 @@ const CENTRIFUGO_V5: &[(&str, &str)] = &[
     ("uni_sse", "uni_sse.enabled"),
     ("uni_http_stream", "uni_http_stream.enabled"),
     ("shutdown_timeout", "shutdown.timeout"),
+    ("tls", "http_server.tls.enabled"),
+    ("tls_cert", "http_server.tls.cert_pem"),
+    ("tls_key", "http_server.tls.key_pem"),
 ];
 
 /// Every key crier knows, with `[]` for any list index.

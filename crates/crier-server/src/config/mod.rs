@@ -327,6 +327,39 @@ pub struct HttpServerConfig {
     /// stops reading pins in kernel memory. 0 leaves the kernel's
     /// autotuning (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default).
     pub send_buffer_size: usize,
+    /// TLS on this listener (WebSocket, SSE, HTTP streams, the API, the
+    /// admin UI), Centrifugo v6's keys.
+    pub tls: TlsConfig,
+}
+
+/// `http_server.tls.*`: Centrifugo v6's TLS keys that a server listener
+/// uses. Each PEM key takes a file path or the PEM text itself. The files
+/// are read again on SIGHUP (a renewed certificate is used by new
+/// connections; open ones keep theirs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Serve TLS instead of plain TCP.
+    pub enabled: bool,
+    /// The certificate chain (leaf first): a path or the PEM itself.
+    pub cert_pem: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1): a path or the PEM itself.
+    pub key_pem: Secret,
+    /// When set, clients must present a certificate signed by one of
+    /// these CAs (mutual TLS): a path or the PEM itself.
+    pub client_ca_pem: String,
+}
+
+impl TlsConfig {
+    /// `value` as PEM text: itself when it holds a PEM block, otherwise
+    /// the file it names.
+    pub fn pem(value: &str) -> std::io::Result<Vec<u8>> {
+        if value.contains("-----BEGIN") {
+            Ok(value.as_bytes().to_vec())
+        } else {
+            std::fs::read(value)
+        }
+    }
 }
 
 impl Default for HttpServerConfig {
@@ -340,6 +373,7 @@ impl Default for HttpServerConfig {
             max_header_size: 32 * 1024,
             max_request_body_size: 2 * 1024 * 1024,
             send_buffer_size: 256 * 1024,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -1389,6 +1423,26 @@ impl Config {
         }
         if self.health.enabled && !self.health.handler_prefix.starts_with('/') {
             return Err(invalid("health.handler_prefix", "must start with /"));
+        }
+        let tls = &self.http_server.tls;
+        if tls.enabled {
+            if tls.cert_pem.is_empty() || tls.key_pem.is_empty() {
+                return Err(invalid(
+                    "http_server.tls",
+                    "enabled needs cert_pem and key_pem (a file path or the PEM itself)",
+                ));
+            }
+            for (key, value) in [
+                ("http_server.tls.cert_pem", tls.cert_pem.as_str()),
+                ("http_server.tls.key_pem", tls.key_pem.expose()),
+                ("http_server.tls.client_ca_pem", tls.client_ca_pem.as_str()),
+            ] {
+                if !value.is_empty() {
+                    if let Err(e) = TlsConfig::pem(value) {
+                        return Err(invalid(key, format!("cannot read {value}: {e}")));
+                    }
+                }
+            }
         }
         let admin = &self.admin;
         if admin.enabled {

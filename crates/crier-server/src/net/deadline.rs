@@ -14,15 +14,15 @@ use tokio::net::TcpStream;
 /// stops reading an SSE stream would otherwise keep its connection (and
 /// the kernel's buffers) for ever. An upgraded WebSocket unwraps it
 /// ([`WriteDeadline::into_inner`]) and keeps its own per-frame timeout.
-pub(crate) struct WriteDeadline {
-    inner: TcpStream,
+pub(crate) struct WriteDeadline<S = TcpStream> {
+    inner: S,
     timeout: Duration,
     // Armed when a write first finds the socket full; gone once it drains.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl WriteDeadline {
-    pub(crate) fn new(inner: TcpStream, timeout: Duration) -> Self {
+impl<S> WriteDeadline<S> {
+    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
         WriteDeadline {
             inner,
             timeout,
@@ -31,7 +31,7 @@ impl WriteDeadline {
     }
 
     /// The stream itself.
-    pub(crate) fn into_inner(self) -> TcpStream {
+    pub(crate) fn into_inner(self) -> S {
         self.inner
     }
 
@@ -58,7 +58,7 @@ impl WriteDeadline {
     }
 }
 
-impl AsyncRead for WriteDeadline {
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -68,7 +68,7 @@ impl AsyncRead for WriteDeadline {
     }
 }
 
-impl AsyncWrite for WriteDeadline {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.check(cx, polled)

@@ -7,6 +7,7 @@ pub(crate) mod deadline;
 pub(crate) mod deflate;
 pub(crate) mod rfc6455;
 pub(crate) mod stream;
+pub(crate) mod tls;
 
 pub(crate) use deadline::WriteDeadline;
 

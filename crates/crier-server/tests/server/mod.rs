@@ -17,6 +17,7 @@ mod proxy;
 #[cfg(feature = "redis")]
 mod redis;
 mod support;
+mod tls;
 mod tcp;
 mod uni;
 mod watch;
