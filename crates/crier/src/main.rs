@@ -7,7 +7,9 @@
 //! - [`subscribe`] is a minimal client protocol v2 WebSocket client (JSON or
 //!   protobuf, `--format`) that prints publications as JSON lines;
 //! - [`bench`] is a bounded load generator for the WebSocket fan-out path;
-//! - [`genconfig`] prints a commented starter configuration with fresh secrets.
+//! - [`genconfig`] prints a commented starter configuration with fresh secrets;
+//! - `completions` prints a shell completion script (clap_complete);
+//! - [`logging`] installs the logger (`log.*`, `crier.log_format`, `RUST_LOG`).
 //!
 //! Protocol, configuration and authentication logic live in `crier-server`;
 //! this crate must never grow any of its own. Every failure a user can cause
@@ -16,17 +18,17 @@
 
 mod bench;
 mod genconfig;
+mod logging;
 mod publish;
 mod serve;
 mod subscribe;
 mod token;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// crier: a real-time broadcast hub speaking Centrifugo's client protocol v2
 /// and server HTTP API.
@@ -48,6 +50,18 @@ enum Command {
     Genconfig(genconfig::Args),
     /// Print crier's version.
     Version,
+    Completions(CompletionsArgs),
+}
+
+/// Print a shell completion script for crier.
+///
+/// bash: `crier completions bash > ~/.local/share/bash-completion/completions/crier`;
+/// zsh: into a directory on `$fpath` as `_crier`; fish:
+/// `crier completions fish > ~/.config/fish/completions/crier.fish`.
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
 }
 
 /// Check a configuration file and print what the server would run with.
@@ -66,7 +80,12 @@ struct CheckConfigArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = init_logging().and_then(|()| match cli.command {
+    // `crier serve` installs the logger itself, as its configuration says.
+    let logging = match cli.command {
+        Command::Serve(_) => Ok(()),
+        _ => logging::init(logging::Logs::default()),
+    };
+    let result = logging.and_then(|()| match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::CheckConfig(args) => check_config(&args.file, args.allow_unknown_keys),
         Command::Token(args) => token::run(args),
@@ -75,6 +94,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Genconfig(args) => genconfig::run(args),
         Command::Version => print_line(&format!("crier {}", env!("CARGO_PKG_VERSION"))).map_err(Into::into),
+        Command::Completions(args) => completions(args.shell),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,19 +127,11 @@ fn render(e: &anyhow::Error) -> String {
     line
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout
-/// stays clean for the addresses and JSON lines other programs read.
-fn init_logging() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .with_default_directive(tracing::level_filters::LevelFilter::INFO.into())
-        .from_env()
-        .context("invalid RUST_LOG")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut Cli::command(), "crier", &mut out);
+    out.flush()?;
+    Ok(())
 }
 
 fn check_config(file: &Path, allow_unknown_keys: bool) -> anyhow::Result<()> {

@@ -104,6 +104,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // `load` validated before the overrides; validate what will actually run.
     // Its advice replaces the advice `load` gave, which may be stale now.
     let advice = config.validate().context("invalid configuration")?;
+    let log_file = (!config.log.file.is_empty()).then(|| std::path::Path::new(&config.log.file));
+    crate::logging::init(crate::logging::Logs {
+        level: config.log.level,
+        file: log_file,
+        format: config.crier.log_format,
+    })?;
     let mut warnings: Vec<Warning> = loaded
         .warnings
         .into_iter()

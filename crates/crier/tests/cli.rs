@@ -835,3 +835,120 @@ fn subscribe_reconnects_and_recovers_what_it_missed() {
         "each once, in order"
     );
 }
+
+/// Stops a server the way a supervisor does (SIGTERM) and waits for it to
+/// exit, so everything it logged has been written.
+#[cfg(unix)]
+fn terminate(served: &mut Served) {
+    let pid = served.process.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = served.process.wait_exit();
+    assert!(
+        status.success(),
+        "serve should exit 0 after SIGTERM, got {status}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn log_file_gets_the_lines_as_json_objects() {
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("crier-cli-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let config = temp_file(
+        "crier-cli-json-logs.toml",
+        &format!(
+            "[client.token]\nhmac_secret_key = \"log-test-secret-that-is-long\"\n[log]\nfile = \"{}\"\n[crier]\nlog_format = \"json\"\n",
+            log.display()
+        ),
+    );
+    let mut served = serve(&["-c", config.to_str().expect("utf-8")], &[]);
+    assert_eq!(ws_connect_code(&served, "not-a-token"), 3500);
+    terminate(&mut served);
+    let stderr = served.process.output(Stream::Stderr);
+    assert!(
+        !stderr.contains("connection refused") && !stderr.contains("stopped"),
+        "log lines go to log.file, not stderr: {stderr}"
+    );
+    let text = std::fs::read_to_string(&log).expect("log.file was written");
+    let lines: Vec<Value> = text.lines().map(json_line).collect();
+    let refused = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "connection refused")
+        .unwrap_or_else(|| panic!("no refusal in {text}"));
+    assert_eq!(refused["level"], "INFO", "{refused}");
+    assert_eq!(refused["fields"]["code"], 3500, "{refused}");
+    assert_eq!(refused["fields"]["transport"], "websocket", "{refused}");
+    assert!(
+        refused["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("crier_server")),
+        "{refused}"
+    );
+    assert!(refused["timestamp"].is_string(), "{refused}");
+    let last = lines.last().expect("lines");
+    assert_eq!(last["fields"]["message"], "stopped", "{text}");
+    let _ = std::fs::remove_file(&log);
+}
+
+#[cfg(unix)]
+#[test]
+fn log_level_warn_hides_info_unless_rust_log_says_otherwise() {
+    let config = temp_file(
+        "crier-cli-warn-logs.toml",
+        "[client.token]\nhmac_secret_key = \"log-test-secret-that-is-long\"\n[log]\nlevel = \"warn\"\n",
+    );
+    let path = config.to_str().expect("utf-8");
+    let mut served = serve(&["-c", path], &[]);
+    assert_eq!(ws_connect_code(&served, "not-a-token"), 3500);
+    terminate(&mut served);
+    let stderr = served.process.output(Stream::Stderr);
+    assert!(
+        !stderr.contains("connection refused") && !stderr.contains("stopped"),
+        "info lines are hidden at log.level = \"warn\": {stderr}"
+    );
+    // RUST_LOG, when set, replaces log.level.
+    let mut served = serve(&["-c", path], &[("RUST_LOG", "info")]);
+    assert_eq!(ws_connect_code(&served, "not-a-token"), 3500);
+    terminate(&mut served);
+    let stderr = served.process.output(Stream::Stderr);
+    assert!(
+        stderr.contains("connection refused") && stderr.contains("stopped"),
+        "RUST_LOG=info shows them: {stderr}"
+    );
+    // An unknown level stops the server before it binds, naming the key.
+    let bad = temp_file("crier-cli-bad-level.toml", "[log]\nlevel = \"verbose\"\n");
+    let (status, _, stderr) = run(&["serve", "--port", "0", "-c", bad.to_str().expect("utf-8")], &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(":2:") && stderr.contains("log.level"), "{stderr}");
+}
+
+#[test]
+fn completions_cover_every_subcommand() {
+    let (status, bash, stderr) = run(&["completions", "bash"], &[]);
+    assert!(status.success(), "{stderr}");
+    for sub in [
+        "serve",
+        "check-config",
+        "token",
+        "publish",
+        "subscribe",
+        "bench",
+        "genconfig",
+        "version",
+        "completions",
+    ] {
+        assert!(bash.contains(sub), "bash completions lack {sub}");
+    }
+    assert!(bash.contains("complete -F"), "not a bash completion script");
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let (status, out, stderr) = run(&["completions", shell], &[]);
+        assert!(status.success() && out.contains("publish"), "{shell}: {stderr}");
+    }
+    let (status, _, _) = run(&["completions", "tcsh"], &[]);
+    assert_eq!(status.code(), Some(2), "an unknown shell is a usage error");
+}

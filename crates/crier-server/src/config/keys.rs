@@ -30,7 +30,6 @@ const CENTRIFUGO_V6_NOT_IMPLEMENTED: &[&str] = &[
     "rpc.namespace_boundary",
     "rpc.ping",
     "admin.web_proxy_address",
-    "log",
     "swagger",
     "debug",
     "emulation.handler_prefix",
@@ -112,6 +111,8 @@ const CENTRIFUGO_V5: &[(&str, &str)] = &[
     ("tls", "http_server.tls.enabled"),
     ("tls_cert", "http_server.tls.cert_pem"),
     ("tls_key", "http_server.tls.key_pem"),
+    ("log_level", "log.level"),
+    ("log_file", "log.file"),
 ];
 
 /// Every key crier knows, with `[]` for any list index.
@@ -237,6 +238,8 @@ mod tests {
         assert!(explain("channel.namespaces[2].histroy_size").contains("`channel.namespaces[].history_size`"));
         assert!(explain("http_server.tls.enabled").contains("Centrifugo v6 setting (`http_server.tls`)"));
         assert!(explain("channel.proxy.subscribe_stream.endpoint").contains("does not implement yet"));
+        assert!(explain("log_level").contains("where this is `log.level`"));
+        assert!(explain("log_file").contains("where this is `log.file`"));
         assert!(explain("token_hmac_secret_key")
             .contains("v6 layout, where this is `client.token.hmac_secret_key`"));
         assert_eq!(
@@ -255,6 +258,9 @@ mod tests {
             "channel.namespaces[].history_ttl",
             "tcp[].unsafe_data",
             "watch[].tail",
+            "log.level",
+            "log.file",
+            "crier.log_format",
         ] {
             assert!(known.contains(key), "{key}");
         }

@@ -13,6 +13,7 @@
 mod duration;
 mod env;
 mod keys;
+mod logs;
 mod origins;
 mod proxy;
 mod source;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use logs::{LogConfig, LogFormat, LogLevel};
 pub(crate) use origins::glob_match;
 pub use origins::{is_local_origin, OriginPolicy};
 pub use proxy::{
@@ -81,6 +83,8 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// The admin web UI and its endpoints (`/admin/*`).
     pub admin: AdminConfig,
+    /// How much to log and where (`crier.log_format` says how).
+    pub log: LogConfig,
 }
 
 /// `admin.*`: Centrifugo v6's keys for the admin web UI. Off unless
@@ -1075,6 +1079,8 @@ pub struct CrierConfig {
     pub allow_unknown_keys: bool,
     /// Lifecycle events POSTed to the backend.
     pub webhooks: WebhooksConfig,
+    /// Log lines as text (default) or as JSON objects, one per line.
+    pub log_format: LogFormat,
 }
 
 impl Default for CrierConfig {
@@ -1084,6 +1090,7 @@ impl Default for CrierConfig {
             client_queue_max_messages: 4096,
             allow_unknown_keys: false,
             webhooks: WebhooksConfig::default(),
+            log_format: LogFormat::default(),
         }
     }
 }

@@ -424,7 +424,7 @@ fn error_messages_read_file_line_key() {
 fn unknown_keys_are_warnings_not_errors() {
     // A Centrifugo v6 file using features crier does not implement.
     let json = r#"{
-      "log": {"level": "debug"},
+      "graphite": {"enabled": true},
       "client": {
         "connect_proxy_name": "app",
         "token": {"hmac_secret_key": "s", "jwks_public_endpoint": "https://x/jwks"}
@@ -437,7 +437,7 @@ fn unknown_keys_are_warnings_not_errors() {
     assert_eq!(config.channel.namespaces[0].name, "dm");
     let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
     for expected in [
-        "log",
+        "graphite",
         "client.connect_proxy_name",
         "client.token.jwks_public_endpoint",
         "channel.namespaces[0].allow_user_limited_channels",
@@ -709,4 +709,56 @@ fn compression_levels_outside_1_to_9_are_rejected() {
     let mut c = Config::default();
     c.websocket.compression_level = 9;
     assert!(c.validate().is_ok());
+}
+
+#[test]
+fn log_level_file_and_format_are_read_and_a_bad_level_names_the_key() {
+    let (config, warnings) = parse(
+        "[log]\nlevel = \"warn\"\nfile = \"/var/log/crier.log\"\n[crier]\nlog_format = \"json\"\n",
+        Format::Toml,
+    )
+    .expect("parses");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.log.level, LogLevel::Warn);
+    assert_eq!(config.log.file, "/var/log/crier.log");
+    assert_eq!(config.crier.log_format, LogFormat::Json);
+    assert_eq!(Config::default().log.level, LogLevel::Info);
+    assert_eq!(Config::default().crier.log_format, LogFormat::Text);
+    for level in ["none", "trace", "debug", "info", "warn", "error"] {
+        let (config, _) = parse(&format!("log:\n  level: {level}\n"), Format::Yaml).expect(level);
+        assert_eq!(config.log.level.as_str(), level);
+    }
+
+    let (key, line, message) = parse_error("[log]\nlevel = \"verbose\"\n", Format::Toml);
+    assert_eq!(key, "log.level");
+    assert_eq!(line, Some(2));
+    assert!(
+        message.contains("verbose") && message.contains("warn"),
+        "{message}"
+    );
+    let (key, _, _) = parse_error("[crier]\nlog_format = \"xml\"\n", Format::Toml);
+    assert_eq!(key, "crier.log_format");
+
+    let loaded = Config::load_with_env(
+        None,
+        env(&[("CRIER_LOG_LEVEL", "debug"), ("CRIER_CRIER_LOG_FORMAT", "json")]),
+    )
+    .expect("loads");
+    assert_eq!(loaded.config.log.level, LogLevel::Debug);
+    assert_eq!(loaded.config.crier.log_format, LogFormat::Json);
+    let err = Config::load_with_env(None, env(&[("CRIER_LOG_LEVEL", "loud")])).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Env { key, .. } if key == "log.level"),
+        "{err}"
+    );
+
+    // Centrifugo v5's flat keys point at their v6 names.
+    let (_, warnings) = parse(
+        "{\"log_level\": \"debug\", \"log_file\": \"x.log\"}",
+        Format::Json,
+    )
+    .unwrap();
+    let hints: Vec<&str> = warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(hints.iter().any(|m| m.contains("`log.level`")), "{hints:?}");
+    assert!(hints.iter().any(|m| m.contains("`log.file`")), "{hints:?}");
 }
