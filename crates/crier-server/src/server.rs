@@ -384,6 +384,13 @@ pub fn check_config(path: &Path, allow_unknown_keys: bool) -> Result<Report, Con
     // Building the verifier proves the PEM keys load; its key list feeds the
     // summary.
     let verifier = TokenVerifier::from_config(&config)?;
+    // The TLS certificate and key load and match, as `serve` needs.
+    if config.http_server.tls.enabled {
+        crate::net::tls::server_config(&config.http_server.tls).map_err(|e| ConfigError::Invalid {
+            key: e.key.to_owned(),
+            message: e.why,
+        })?;
+    }
     let summary = summarize(path, &config, &verifier, warnings.len());
     Ok(Report { warnings, summary })
 }
@@ -416,6 +423,16 @@ fn summarize(path: &Path, config: &Config, verifier: &TokenVerifier, warning_cou
     } else {
         "key set"
     };
+    let tls = match &config.http_server.tls {
+        t if !t.enabled => "off (plain HTTP)".to_owned(),
+        t if t.client_ca_pem.is_empty() => "on".to_owned(),
+        _ => "on, client certificates required".to_owned(),
+    };
+    let admin = match &config.admin {
+        a if !a.enabled => "off",
+        a if a.insecure => "on, insecure (no login)",
+        _ => "on, with a password",
+    };
     format!(
         "{}: OK\n\
          listen: {}\n\
@@ -425,6 +442,8 @@ fn summarize(path: &Path, config: &Config, verifier: &TokenVerifier, warning_cou
          subscription tokens: {}\n\
          client insecure: {}\n\
          http api: {api}\n\
+         tls: {tls}\n\
+         admin ui: {admin}\n\
          warnings: {warning_count}",
         path.display(),
         config.http_server.listen_addr(),
