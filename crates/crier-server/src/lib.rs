@@ -76,11 +76,6 @@ mod watch;
 // 6. the server
 pub mod server;
 
-// Parsers exposed to the fuzz targets (fuzz/) and the Autobahn echo example.
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
-
 pub use error::ServerError;
 pub use node::Node;
 pub use server::{check_config, Server};

@@ -17,8 +17,8 @@ mod proxy;
 #[cfg(feature = "redis")]
 mod redis;
 mod support;
-mod tls;
 mod tcp;
+mod tls;
 mod uni;
 mod watch;
 mod webhooks;
