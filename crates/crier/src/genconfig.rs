@@ -97,6 +97,16 @@ allow_presence_for_subscriber = true
 [prometheus]
 # GET /metrics on the main listener.
 enabled = true
+
+[log]
+# none, trace, debug, info, warn or error (RUST_LOG, when set, wins).
+level = "info"
+# Append to a file instead of standard error:
+# file = "/var/log/crier/crier.log"
+
+# [crier]
+# One JSON object per log line, for a log shipper:
+# log_format = "json"
 "#
     )
 }
