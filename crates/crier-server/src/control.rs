@@ -108,7 +108,6 @@ pub(crate) enum Control {
         info: crier_proto::api::NodeResult,
     },
     /// Close the target's connections, except the ones in `keep`.
-
     Disconnect {
         /// Whose connections.
         target: Target,
