@@ -7,6 +7,12 @@
 //!   per-channel critical section), the [`Publisher`] handle, and the
 //!   [`Observer`] of lifecycle events (a client leaving, an unsubscribe, a
 //!   channel occupied or vacated), set with [`Hub::observe`].
+//! - [`hooks`]: the [`Hooks`] an application decides with — connect,
+//!   subscribe, publish, RPC, refresh — as async answers ([`Pending`],
+//!   boxed futures: no runtime here) in the hub's own types ([`Decision`]:
+//!   allow with changes, refuse, disconnect, unavailable). crier-server's
+//!   HTTP proxies are one implementation; an embedder asks its own before
+//!   calling the hub.
 //! - [`queue`]: each client's bounded outbound queue ([`ClientReceiver`]),
 //!   pushed without blocking, drained in batches.
 //! - [`event`]: what a client receives ([`Event`], [`Publication`],
@@ -42,6 +48,7 @@ pub mod clock;
 pub mod engine;
 mod error;
 pub mod event;
+pub mod hooks;
 pub mod hub;
 pub mod memory;
 pub mod options;
@@ -53,6 +60,11 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineError, HistoryPage, HistoryQuery, StreamPosition};
 pub use error::HubError;
 pub use event::{ClientId, ClientInfo, Event, EventKind, Exclusion, Format, Outbound, Publication, Tags};
+pub use hooks::{
+    Caller, ConnectAnswer, ConnectRequest, Decision, Hook, Hooks, NoHooks, Pending, PublishAnswer,
+    PublishRequest, RefreshAnswer, RefreshRequest, RpcAnswer, RpcRequest, ServerSubscription,
+    SubscribeAnswer, SubscribeRequest,
+};
 pub use hub::{
     settle_recovery, Catchup, ClientSnapshot, Delivery, Hub, HubConfig, Observer, PresenceStats,
     PublishOptions, Publisher, SubscribeOptions, Subscribed,

@@ -10,17 +10,16 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use crier_core::{ClientId, ClientReceiver};
+use crier_core::{Caller, ClientId, ClientReceiver, ConnectRequest, Decision, Hook};
 use crier_proto::codes::{Disconnect, ErrorCode};
 
 use crier_proto::client::ReplyError;
-use serde_json::value::RawValue;
 
 use crate::auth::{Rejection, SubscriptionOptions};
 use crate::clock::{after, unix_now};
 use crate::metrics::Transport;
 use crate::node::Node;
-use crate::proxy::{payload, Answer, Caller, ConnectResult, Forwarded};
+use crate::proxy::Forwarded;
 use crate::wire::code_of;
 
 /// What a client presented to connect.
@@ -42,8 +41,8 @@ pub(crate) enum Refused {
     Error(ErrorCode),
     /// The connection must close with this.
     Disconnect(Disconnect),
-    /// An error of the application's backend (connect proxy), with its
-    /// code and message.
+    /// An error of the application's backend (the connect hook: the
+    /// connect proxy), with its code and message.
     Custom(ReplyError),
 }
 
@@ -58,7 +57,7 @@ pub(crate) struct Identity {
     pub expires_at: Option<i64>,
     /// Server-side subscriptions from the token.
     pub subs: BTreeMap<String, SubscriptionOptions>,
-    /// The client id the connect proxy was told, to register it under.
+    /// The client id the connect hook was told, to register it under.
     pub reserved: Option<ClientId>,
 }
 
@@ -227,7 +226,7 @@ pub(crate) fn log_refusal(node: &Node, transport: Transport, user: &str, refused
     }
 }
 
-/// What a client sent with its connect, for the connect proxy.
+/// What a client sent with its connect, for the connect hook.
 pub(crate) struct Hello<'a> {
     /// The wire format (`json`, `protobuf`).
     pub protocol: &'static str,
@@ -241,12 +240,19 @@ pub(crate) struct Hello<'a> {
     pub forwarded: &'a Forwarded,
 }
 
-/// Decides who a client without a token is by asking the connect proxy
-/// (`client.proxy.connect`), then applies the same rules a token's
-/// identity gets. Also the data for the connect reply, if the backend
-/// gave some. A backend that fails (timeout, down, a status other than
-/// 200, an answer that is not the protocol's) refuses with 100 internal
-/// (temporary: SDKs reconnect with backoff).
+/// Whether a client without a token is the connect hook's to decide
+/// (`client.proxy.connect`, or an embedder's hooks).
+pub(crate) fn hooked(node: &Node) -> bool {
+    node.hooks.decides(Hook::Connect)
+}
+
+/// Decides who a client without a token is by asking the node's connect
+/// hook (the connect proxy, `client.proxy.connect`), then applies the
+/// same rules a token's identity gets. Also the data for the connect
+/// reply, if the hook gave some. A hook that cannot decide (a backend
+/// that times out, is down, answers a status other than 200 or not the
+/// protocol's JSON) refuses with 100 internal (temporary: SDKs reconnect
+/// with backoff).
 pub(crate) async fn identify_by_proxy(
     node: &Node,
     transport: Transport,
@@ -264,69 +270,54 @@ async fn ask_connect_proxy(
     transport: Transport,
     hello: &Hello<'_>,
 ) -> Result<(Identity, Option<Bytes>), Refused> {
-    let Some(proxy) = node.proxies.connect() else {
-        return Err(Refused::Error(ErrorCode::Internal));
-    };
     // The id the client will have: the backend sees it, as in Centrifugo.
     let id = node.hub.reserve_id();
-    let client = id.to_string();
-    let caller = Caller {
-        client: &client,
-        transport: transport.label(),
-        protocol: hello.protocol,
-        user: None,
+    let request = ConnectRequest {
+        caller: Caller {
+            id,
+            user: "",
+            transport: transport.label(),
+            protocol: hello.protocol,
+            context: Some(hello.forwarded),
+        },
+        name: hello.name,
+        version: hello.version,
+        data: hello.data,
+        channels: &hello.channels,
     };
-    let mut body = proxy.body(
-        &caller,
-        &[("name", hello.name), ("version", hello.version)],
-        hello.data,
-    );
-    if !hello.channels.is_empty() {
-        // `channels`: a list, which `body` does not take; added here.
-        if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice::<serde_json::Value>(&body) {
-            m.insert("channels".into(), hello.channels.clone().into());
-            body = serde_json::to_vec(&m).unwrap_or(body);
-        }
-    }
-    let internal = || Refused::Error(ErrorCode::Internal);
-    let result = match proxy
-        .call::<ConnectResult>(&node.metrics, body, hello.forwarded)
-        .await
-        .map_err(|_| internal())?
-    {
-        Answer::Result(r) => r,
-        Answer::Error { code, message } => {
+    let answer = match node.hooks.connect(request).await {
+        Decision::Allow(answer) => answer,
+        Decision::Refuse { code, reason } => {
             return Err(Refused::Custom(ReplyError {
                 code,
-                message: message.into(),
+                message: reason.into(),
                 temporary: false,
             }))
         }
-        Answer::Disconnect { code, reason } => {
+        Decision::Disconnect { code, reason } => {
             return Err(Refused::Disconnect(Disconnect::new(code, reason)))
         }
+        Decision::Unavailable => return Err(Refused::Error(ErrorCode::Internal)),
     };
-    let bytes = |json: Option<&RawValue>, b64: &str| payload(json, b64).map_err(|_| internal());
-    let mut subs = BTreeMap::new();
-    for channel in &result.channels {
-        subs.insert(channel.clone(), SubscriptionOptions::default());
-    }
-    for (channel, s) in &result.subs {
-        let options = SubscriptionOptions {
-            info: bytes(s.info.as_deref(), &s.b64info)?,
-            data: bytes(s.data.as_deref(), &s.b64data)?,
-            ..Default::default()
-        };
-        subs.insert(channel.clone(), options);
-    }
+    let subs = answer
+        .channels
+        .into_iter()
+        .map(|(channel, s)| {
+            let options = SubscriptionOptions {
+                info: s.info,
+                data: s.data,
+                ..Default::default()
+            };
+            (channel, options)
+        })
+        .collect();
     let identity = Identity {
-        user: result.user.clone(),
-        conn_info: bytes(result.info.as_deref(), &result.b64info)?,
-        expires_at: (result.expire_at > 0).then_some(result.expire_at),
+        user: answer.user,
+        conn_info: answer.info,
+        expires_at: answer.expire_at,
         subs,
         reserved: Some(id),
     };
-    let data = bytes(result.data.as_deref(), &result.b64data)?;
     if identity.expires_at.is_some_and(|t| t <= unix_now()) {
         return Err(Refused::Error(ErrorCode::Expired));
     }
@@ -334,7 +325,7 @@ async fn ask_connect_proxy(
     if limit > 0 && identity.subs.len() > limit {
         return Err(Refused::Disconnect(Disconnect::CHANNEL_LIMIT));
     }
-    Ok((identity, data))
+    Ok((identity, answer.data))
 }
 
 /// When a connection whose credentials lapse at `expires_at` must close

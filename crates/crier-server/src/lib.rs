@@ -48,7 +48,8 @@ mod cluster;
 #[cfg(feature = "nats")]
 #[path = "nats/mod.rs"] // named like redis_broker (which must not shadow the `redis` crate)
 pub mod nats_broker;
-/// The backend's HTTP proxies (connect, subscribe, publish, RPC).
+/// The backend's HTTP proxies (connect, subscribe, publish, RPC): the
+/// node's `crier_core::Hooks` unless an embedder gives its own.
 mod proxy;
 /// Redis broker: shared offsets, history, presence and pub/sub (feature `redis`).
 #[cfg(feature = "redis")]
@@ -76,6 +77,12 @@ mod watch;
 // 6. the server
 pub mod server;
 
+// Parsers exposed to the fuzz targets (fuzz/) and the Autobahn echo example.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::ServerError;
 pub use node::Node;
 pub use server::{check_config, Server};
+pub use proxy::Forwarded;

@@ -52,7 +52,7 @@ pub struct Node {
     /// Every live client connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
     /// What the node counts for Prometheus (`GET /metrics`).
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// New connections admitted per second (`client.connection_rate_limit`),
     /// when limited.
     pub(crate) connection_rate: Option<std::sync::Mutex<crate::clock::TokenBucket>>,
@@ -60,8 +60,15 @@ pub struct Node {
     /// Only what reaches a client outside its session (the server API's
     /// subscribe and unsubscribe pushes) needs to ask.
     protobuf_clients: std::sync::Mutex<std::collections::HashSet<ClientId>>,
-    /// The backend's proxies.
-    pub(crate) proxies: crate::proxy::Proxies,
+    /// The backend's proxies: which request headers connections keep for
+    /// them; also the node's `hooks` unless an embedder gave its own.
+    pub(crate) proxies: Arc<crate::proxy::Proxies>,
+    /// What decides connect (without a token), subscribe, publish, RPC and
+    /// refresh where it [`decides`](crier_core::Hooks::decides): the HTTP
+    /// proxies of the configuration, or an embedder's own
+    /// ([`Node::with_hooks`], `Server::bind_with_hooks`). The session and
+    /// the admission path ask only this.
+    pub hooks: Arc<dyn crier_core::Hooks>,
     /// The emulated sessions (`http_stream`, `sse`) this node holds: where
     /// the commands POSTed to `/emulation` for each go.
     emulated: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Bytes>>>,
@@ -165,8 +172,20 @@ impl Node {
         }
     }
 
-    /// Builds a node from a validated configuration.
+    /// Builds a node from a validated configuration; its hooks are the
+    /// configured HTTP proxies.
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        Self::build(config, None)
+    }
+
+    /// Builds a node whose decisions (connect without a token, subscribe,
+    /// publish, RPC, refresh) are `hooks`' instead of the configured HTTP
+    /// proxies', which are then never called.
+    pub fn with_hooks(config: Config, hooks: Arc<dyn crier_core::Hooks>) -> Result<Arc<Self>, ConfigError> {
+        Self::build(config, Some(hooks))
+    }
+
+    fn build(config: Config, hooks: Option<Arc<dyn crier_core::Hooks>>) -> Result<Arc<Self>, ConfigError> {
         let tokens = TokenVerifier::from_config(&config)?;
         let access = AccessPolicy::from_config(&config);
         let origins = config.client.origin_policy();
@@ -211,7 +230,9 @@ impl Node {
             let engine = memory();
             (Hub::with_engine(hub_config, engine.clone()), Some(engine))
         };
-        let metrics = Metrics::new(hub.clone(), history, config.prometheus.enabled);
+        let metrics = Arc::new(Metrics::new(hub.clone(), history, config.prometheus.enabled));
+        let proxies = Arc::new(crate::proxy::Proxies::from_config(&config, metrics.clone())?);
+        let hooks = hooks.unwrap_or_else(|| proxies.clone());
         // On a cluster engine, occupied/vacated are the cluster's.
         #[cfg(feature = "cluster")]
         let occupancy = cluster
@@ -243,7 +264,8 @@ impl Node {
             },
             metrics,
             protobuf_clients: Default::default(),
-            proxies: crate::proxy::Proxies::from_config(&config)?,
+            proxies,
+            hooks,
             emulated: Default::default(),
             tls: crate::net::tls::Tls::new(&config.http_server.tls).map_err(|e| ConfigError::Invalid {
                 key: e.key.to_owned(),

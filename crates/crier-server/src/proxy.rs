@@ -5,8 +5,10 @@
 //! HTTP/1.1 client with a timeout, a bound on calls in flight, and a bound
 //! on the answer's size; every call is counted by result and timed.
 //!
-//! This module says what the backend answered, or how the call failed; the
-//! session and the admission path decide what that means for the client.
+//! [`Proxies`] is one implementation of [`crier_core::Hooks`]: it maps
+//! each hook's request onto the proxy's JSON body and the backend's answer
+//! (or how the call failed) onto a [`Decision`]; the session and the
+//! admission path ask the node's hooks and never see HTTP or JSON.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +22,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
-use crate::config::{ChannelOptions, Config, ConfigError, ProxyConfig};
+use crier_core::{
+    Caller, ConnectAnswer, ConnectRequest, Decision, Hook, Hooks, Pending, PublishAnswer, PublishRequest,
+    RefreshAnswer, RefreshRequest, RpcAnswer, RpcRequest, ServerSubscription, SubscribeAnswer,
+    SubscribeRequest,
+};
+
+use crate::config::{ChannelConfig, ChannelOptions, Config, ConfigError, ProxyConfig};
 use crate::metrics::Metrics;
 use crate::net::client::{http_client, HttpClient};
 
@@ -56,7 +64,7 @@ impl Failure {
 
 /// What the backend answered.
 #[derive(Debug)]
-pub(crate) enum Answer<T> {
+enum Answer<T> {
     /// Go ahead, with this result.
     Result(T),
     /// Refuse with this error (codes 400–1999 by the protocol's rule).
@@ -94,7 +102,7 @@ struct WireDisconnect {
 }
 
 /// A payload of a result: embedded JSON (`data`) or base64 (`b64data`).
-pub(crate) fn payload(json: Option<&RawValue>, b64: &str) -> Result<Option<Bytes>, Failure> {
+fn payload(json: Option<&RawValue>, b64: &str) -> Result<Option<Bytes>, Failure> {
     use base64::Engine as _;
     if !b64.is_empty() {
         return base64::engine::general_purpose::STANDARD
@@ -106,7 +114,7 @@ pub(crate) fn payload(json: Option<&RawValue>, b64: &str) -> Result<Option<Bytes
 }
 
 /// One configured proxy.
-pub(crate) struct Proxy {
+struct Proxy {
     // The metrics label: the `proxies[]` name, or the kind.
     label: String,
     uri: Uri,
@@ -115,7 +123,7 @@ pub(crate) struct Proxy {
     emulated_headers: Vec<String>,
     static_headers: Vec<(HeaderName, HeaderValue)>,
     /// Payloads go as base64 (`b64data`) instead of embedded JSON.
-    pub(crate) binary: bool,
+    binary: bool,
     permits: Semaphore,
     client: HttpClient,
 }
@@ -176,7 +184,7 @@ impl Proxy {
 
     /// POSTs `body` (JSON) with the client's forwarded headers; the
     /// backend's answer, or how the call failed. Counted and timed.
-    pub(crate) async fn call<T: DeserializeOwned + Default>(
+    async fn call<T: DeserializeOwned + Default>(
         &self,
         metrics: &Metrics,
         body: Vec<u8>,
@@ -267,16 +275,23 @@ impl Proxy {
 }
 
 /// What of a client's request its proxies may forward: the transport's
-/// HTTP headers that some proxy asks for, and the `headers` of its connect
-/// request (headers emulation).
+/// HTTP headers that some configured proxy asks for, and the `headers` of
+/// its connect request (headers emulation). The session hands it to the
+/// node's [`Hooks`] as [`Caller::context`]; an implementation of its own
+/// can read it with `downcast_ref::<Forwarded>()`.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Forwarded {
-    pub(crate) http: HeaderMap,
-    pub(crate) emulated: Vec<(String, String)>,
+pub struct Forwarded {
+    /// The HTTP headers of the request that opened the connection (the
+    /// WebSocket upgrade, the stream request) that some proxy forwards
+    /// (`http_headers`); none when no proxy forwards any.
+    pub http: HeaderMap,
+    /// The connect request's `headers` (lower-case names), kept when the
+    /// connect hook is asked.
+    pub emulated: Vec<(String, String)>,
 }
 
-/// Every proxy of a node, and which one each namespace asks.
-#[derive(Default)]
+/// Every proxy of a node, and which one each namespace asks: the node's
+/// [`Hooks`] unless an embedder gives its own.
 pub(crate) struct Proxies {
     connect: Option<Proxy>,
     refresh: Option<Proxy>,
@@ -290,12 +305,32 @@ pub(crate) struct Proxies {
     rpc_without_namespace: Option<Option<String>>,
     // Every header name some proxy forwards, lower-case.
     forwarded: Vec<HeaderName>,
+    // The namespaces, to find a channel's proxies (`channel_options`).
+    channels: ChannelConfig,
+    // `crier.dev`: unknown namespaces get the top level's options.
+    dev: bool,
+    // Where every call is counted and timed.
+    metrics: Arc<Metrics>,
 }
 
 impl Proxies {
-    /// The proxies `config` sets up (it was validated).
-    pub(crate) fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let mut p = Proxies::default();
+    /// The proxies `config` sets up (it was validated), counted in `metrics`.
+    pub(crate) fn from_config(config: &Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+        let mut p = Proxies {
+            connect: None,
+            refresh: None,
+            subscribe: None,
+            publish: None,
+            sub_refresh: None,
+            rpc: None,
+            named: HashMap::new(),
+            rpc_namespaces: HashMap::new(),
+            rpc_without_namespace: None,
+            forwarded: Vec::new(),
+            channels: config.channel.clone(),
+            dev: config.crier.dev,
+            metrics,
+        };
         let mut forwarded: Vec<HeaderName> = Vec::new();
         let mut make = |label: &str, cfg: &ProxyConfig, key: &str| -> Result<Proxy, ConfigError> {
             let proxy = Proxy::new(label.to_owned(), cfg, key)?;
@@ -381,14 +416,12 @@ impl Proxies {
             .map(Box::new)
     }
 
-    /// The connect proxy, when on.
-    pub(crate) fn connect(&self) -> Option<&Proxy> {
-        self.connect.as_ref()
-    }
-
-    /// The refresh proxy, when on.
-    pub(crate) fn refresh(&self) -> Option<&Proxy> {
-        self.refresh.as_ref()
+    /// The options of `channel`'s namespace, as `Node::channel_options`
+    /// finds them.
+    fn channel_options(&self, channel: &str) -> Option<&ChannelOptions> {
+        self.channels
+            .options_for(channel)
+            .or(self.dev.then_some(&self.channels.without_namespace))
     }
 
     fn pick<'a>(&'a self, name: &str, default: &'a Option<Proxy>) -> Option<&'a Proxy> {
@@ -399,24 +432,27 @@ impl Proxies {
         }
     }
 
-    /// The subscribe proxy of channels with `options`, when on.
-    pub(crate) fn subscribe(&self, options: &ChannelOptions) -> Option<&Proxy> {
+    /// The subscribe proxy of `channel`'s namespace, when on.
+    fn subscribe_proxy(&self, channel: &str) -> Option<&Proxy> {
+        let options = self.channel_options(channel)?;
         if !options.subscribe_proxy_enabled {
             return None;
         }
         self.pick(&options.subscribe_proxy_name, &self.subscribe)
     }
 
-    /// The sub_refresh proxy of channels with `options`, when on.
-    pub(crate) fn sub_refresh(&self, options: &ChannelOptions) -> Option<&Proxy> {
+    /// The sub_refresh proxy of `channel`'s namespace, when on.
+    fn sub_refresh_proxy(&self, channel: &str) -> Option<&Proxy> {
+        let options = self.channel_options(channel)?;
         if !options.sub_refresh_proxy_enabled {
             return None;
         }
         self.pick(&options.sub_refresh_proxy_name, &self.sub_refresh)
     }
 
-    /// The publish proxy of channels with `options`, when on.
-    pub(crate) fn publish(&self, options: &ChannelOptions) -> Option<&Proxy> {
+    /// The publish proxy of `channel`'s namespace, when on.
+    fn publish_proxy(&self, channel: &str) -> Option<&Proxy> {
+        let options = self.channel_options(channel)?;
         if !options.publish_proxy_enabled {
             return None;
         }
@@ -425,7 +461,7 @@ impl Proxies {
 
     /// The proxy of RPC `method` (namespace: the part before the first
     /// `:`), when its namespace turns one on.
-    pub(crate) fn rpc(&self, method: &str) -> Option<&Proxy> {
+    fn rpc_proxy(&self, method: &str) -> Option<&Proxy> {
         let named = match method.split_once(':') {
             Some((ns, _)) => self.rpc_namespaces.get(ns)?,
             None => self.rpc_without_namespace.as_ref()?,
@@ -434,35 +470,29 @@ impl Proxies {
     }
 }
 
-/// Who is asking, for the common fields of every proxy request.
-pub(crate) struct Caller<'a> {
-    /// The client id (in a connect request, the one the client will have
-    /// if the backend admits it).
-    pub client: &'a str,
-    /// The transport's name (`websocket`, `http_stream`, `uni_sse`, ...).
-    pub transport: &'static str,
-    /// `json` or `protobuf`.
-    pub protocol: &'static str,
-    /// The user, once known (not in a connect request).
-    pub user: Option<&'a str>,
-}
-
 impl Proxy {
-    /// A request body: the caller's fields, `fields`, and `data` as
+    /// A request body: the caller's fields (its `user` unless `connecting`:
+    /// a connect request has none yet), `fields`, and `data` as
     /// embedded JSON (`data`) or, in binary mode or for bytes that are not
     /// JSON, as base64 (`b64data`).
-    pub(crate) fn body(&self, caller: &Caller<'_>, fields: &[(&str, &str)], data: Option<&[u8]>) -> Vec<u8> {
+    fn body(
+        &self,
+        caller: &Caller<'_>,
+        connecting: bool,
+        fields: &[(&str, &str)],
+        data: Option<&[u8]>,
+    ) -> Vec<u8> {
         use base64::Engine as _;
         let mut m = serde_json::Map::new();
-        m.insert("client".into(), caller.client.into());
+        m.insert("client".into(), caller.id.to_string().into());
         m.insert("transport".into(), caller.transport.into());
         m.insert("protocol".into(), caller.protocol.into());
         m.insert(
             "encoding".into(),
             if self.binary { "binary" } else { "json" }.into(),
         );
-        if let Some(user) = caller.user {
-            m.insert("user".into(), user.into());
+        if !connecting {
+            m.insert("user".into(), caller.user.into());
         }
         for (k, v) in fields.iter().filter(|(_, v)| !v.is_empty()) {
             m.insert((*k).into(), (*v).into());
@@ -497,50 +527,228 @@ impl Proxy {
 /// The connect proxy's `result`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(crate) struct ConnectResult {
-    pub user: String,
-    pub expire_at: i64,
-    pub info: Option<Box<RawValue>>,
-    pub b64info: String,
-    pub data: Option<Box<RawValue>>,
-    pub b64data: String,
-    pub channels: Vec<String>,
-    pub subs: std::collections::BTreeMap<String, SubscribeResult>,
+struct ConnectResult {
+    user: String,
+    expire_at: i64,
+    info: Option<Box<RawValue>>,
+    b64info: String,
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    channels: Vec<String>,
+    subs: std::collections::BTreeMap<String, SubscribeResult>,
 }
 
 /// The subscribe proxy's `result`; also the options of one of the connect
 /// result's `subs`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(crate) struct SubscribeResult {
-    pub info: Option<Box<RawValue>>,
-    pub b64info: String,
-    pub data: Option<Box<RawValue>>,
-    pub b64data: String,
-    pub expire_at: i64,
+struct SubscribeResult {
+    info: Option<Box<RawValue>>,
+    b64info: String,
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    expire_at: i64,
 }
 
 /// The publish proxy's `result`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(crate) struct PublishResult {
-    pub data: Option<Box<RawValue>>,
-    pub b64data: String,
-    pub skip_history: bool,
+struct PublishResult {
+    data: Option<Box<RawValue>>,
+    b64data: String,
+    skip_history: bool,
 }
 
 /// The refresh proxy's `result`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(crate) struct RefreshResult {
-    pub expired: bool,
-    pub expire_at: i64,
+struct RefreshResult {
+    expired: bool,
+    expire_at: i64,
 }
 
 /// The RPC proxy's `result`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(crate) struct RpcResult {
-    pub data: Option<Box<RawValue>>,
-    pub b64data: String,
+struct RpcResult {
+    data: Option<Box<RawValue>>,
+    b64data: String,
+}
+
+impl ConnectResult {
+    /// The backend's answer in the hooks' terms: `channels` as server-side
+    /// subscriptions without options, then `subs` with theirs.
+    fn answer(self) -> Result<ConnectAnswer, Failure> {
+        let mut channels: std::collections::BTreeMap<String, ServerSubscription> = self
+            .channels
+            .into_iter()
+            .map(|c| (c, ServerSubscription::default()))
+            .collect();
+        for (channel, s) in self.subs {
+            let sub = ServerSubscription {
+                info: payload(s.info.as_deref(), &s.b64info)?,
+                data: payload(s.data.as_deref(), &s.b64data)?,
+            };
+            channels.insert(channel, sub);
+        }
+        Ok(ConnectAnswer {
+            user: self.user,
+            expire_at: (self.expire_at > 0).then_some(self.expire_at),
+            info: payload(self.info.as_deref(), &self.b64info)?,
+            data: payload(self.data.as_deref(), &self.b64data)?,
+            channels,
+        })
+    }
+}
+
+impl SubscribeResult {
+    fn answer(self) -> Result<SubscribeAnswer, Failure> {
+        Ok(SubscribeAnswer {
+            info: payload(self.info.as_deref(), &self.b64info)?,
+            data: payload(self.data.as_deref(), &self.b64data)?,
+            expire_at: (self.expire_at > 0).then_some(self.expire_at),
+        })
+    }
+}
+
+impl Proxies {
+    /// Calls `proxy` with `body` for `caller` (forwarding what its
+    /// [`Forwarded`] context holds), and turns the backend's result into
+    /// the hook's answer with `answer`. A failed call, or a result whose
+    /// payloads do not decode, is [`Decision::Unavailable`].
+    async fn decide<T: DeserializeOwned + Default, A>(
+        &self,
+        proxy: &Proxy,
+        body: Vec<u8>,
+        caller: &Caller<'_>,
+        answer: impl FnOnce(T) -> Result<A, Failure>,
+    ) -> Decision<A> {
+        let none = Forwarded::default();
+        let forwarded = caller
+            .context
+            .and_then(|c| c.downcast_ref::<Forwarded>())
+            .unwrap_or(&none);
+        match proxy.call::<T>(&self.metrics, body, forwarded).await {
+            Ok(Answer::Result(r)) => answer(r).map_or(Decision::Unavailable, Decision::Allow),
+            Ok(Answer::Error { code, message }) => Decision::Refuse {
+                code,
+                reason: message,
+            },
+            Ok(Answer::Disconnect { code, reason }) => Decision::Disconnect { code, reason },
+            Err(_) => Decision::Unavailable,
+        }
+    }
+}
+
+/// Centrifugo's HTTP proxies as the node's hooks: a hook is decided where
+/// its proxy is configured (per namespace for channels and RPC methods).
+impl Hooks for Proxies {
+    fn decides(&self, hook: Hook<'_>) -> bool {
+        match hook {
+            Hook::Connect => self.connect.is_some(),
+            Hook::Refresh => self.refresh.is_some(),
+            Hook::Subscribe(channel) => self.subscribe_proxy(channel).is_some(),
+            Hook::SubRefresh(channel) => self.sub_refresh_proxy(channel).is_some(),
+            Hook::Publish(channel) => self.publish_proxy(channel).is_some(),
+            Hook::Rpc(method) => self.rpc_proxy(method).is_some(),
+        }
+    }
+
+    fn connect<'a>(&'a self, request: ConnectRequest<'a>) -> Pending<'a, Decision<ConnectAnswer>> {
+        Box::pin(async move {
+            let Some(proxy) = self.connect.as_ref() else {
+                return Decision::Unavailable;
+            };
+            let fields = [("name", request.name), ("version", request.version)];
+            let mut body = proxy.body(&request.caller, true, &fields, request.data);
+            if !request.channels.is_empty() {
+                // `channels`: a list, which `body` does not take; added here.
+                if let Ok(serde_json::Value::Object(mut m)) =
+                    serde_json::from_slice::<serde_json::Value>(&body)
+                {
+                    m.insert("channels".into(), request.channels.to_vec().into());
+                    body = serde_json::to_vec(&m).unwrap_or(body);
+                }
+            }
+            self.decide(proxy, body, &request.caller, ConnectResult::answer)
+                .await
+        })
+    }
+
+    fn refresh<'a>(&'a self, request: RefreshRequest<'a>) -> Pending<'a, Decision<RefreshAnswer>> {
+        Box::pin(async move {
+            let (proxy, fields) = match request.channel {
+                None => (self.refresh.as_ref(), None),
+                Some(channel) => (self.sub_refresh_proxy(channel), Some(("channel", channel))),
+            };
+            let Some(proxy) = proxy else {
+                return Decision::Unavailable;
+            };
+            let body = proxy.body(&request.caller, false, fields.as_slice(), None);
+            self.decide(proxy, body, &request.caller, |r: RefreshResult| {
+                Ok(RefreshAnswer {
+                    expired: r.expired,
+                    expire_at: (r.expire_at > 0).then_some(r.expire_at),
+                })
+            })
+            .await
+        })
+    }
+
+    fn subscribe<'a>(&'a self, request: SubscribeRequest<'a>) -> Pending<'a, Decision<SubscribeAnswer>> {
+        Box::pin(async move {
+            let Some(proxy) = self.subscribe_proxy(request.channel) else {
+                return Decision::Unavailable;
+            };
+            let body = proxy.body(
+                &request.caller,
+                false,
+                &[("channel", request.channel)],
+                request.data,
+            );
+            self.decide(proxy, body, &request.caller, SubscribeResult::answer)
+                .await
+        })
+    }
+
+    fn publish<'a>(&'a self, request: PublishRequest<'a>) -> Pending<'a, Decision<PublishAnswer>> {
+        Box::pin(async move {
+            let Some(proxy) = self.publish_proxy(request.channel) else {
+                return Decision::Unavailable;
+            };
+            let body = proxy.body(
+                &request.caller,
+                false,
+                &[("channel", request.channel)],
+                Some(request.data),
+            );
+            self.decide(proxy, body, &request.caller, |r: PublishResult| {
+                Ok(PublishAnswer {
+                    data: payload(r.data.as_deref(), &r.b64data)?,
+                    skip_history: r.skip_history,
+                })
+            })
+            .await
+        })
+    }
+
+    fn rpc<'a>(&'a self, request: RpcRequest<'a>) -> Pending<'a, Decision<RpcAnswer>> {
+        Box::pin(async move {
+            let Some(proxy) = self.rpc_proxy(request.method) else {
+                return Decision::Unavailable;
+            };
+            let body = proxy.body(
+                &request.caller,
+                false,
+                &[("method", request.method)],
+                request.data,
+            );
+            self.decide(proxy, body, &request.caller, |r: RpcResult| {
+                Ok(RpcAnswer {
+                    data: payload(r.data.as_deref(), &r.b64data)?,
+                })
+            })
+            .await
+        })
+    }
 }

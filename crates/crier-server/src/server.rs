@@ -154,8 +154,27 @@ async fn read_body(State(limits): State<BodyLimits>, request: Request, next: Nex
 impl Server {
     /// Builds the node and binds its listener.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        Self::start(config, None).await
+    }
+
+    /// [`Server::bind`] with the decisions of `hooks` (connect without a
+    /// token, subscribe, publish, RPC, refresh: each where
+    /// [`decides`](crier_core::Hooks::decides) says so) instead of the
+    /// configured HTTP proxies, which are then never called. The rest of
+    /// the configuration applies as usual. See docs/proxies.md.
+    pub async fn bind_with_hooks(
+        config: Config,
+        hooks: Arc<dyn crier_core::Hooks>,
+    ) -> Result<Self, ServerError> {
+        Self::start(config, Some(hooks)).await
+    }
+
+    async fn start(config: Config, hooks: Option<Arc<dyn crier_core::Hooks>>) -> Result<Self, ServerError> {
         let addr = config.http_server.listen_addr();
-        let node = Node::new(config)?;
+        let node = match hooks {
+            Some(hooks) => Node::with_hooks(config, hooks)?,
+            None => Node::new(config)?,
+        };
         // Operations other nodes broadcast reach this node's clients.
         crate::control::listen(&node);
         let listener = TcpListener::bind(&addr)

@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use crier_core::{
-    Catchup, ClientId, ClientInfo, ClientReceiver, Exclusion, PublishOptions, SubscribeOptions,
+    Caller, Catchup, ClientId, ClientInfo, ClientReceiver, Decision, Exclusion, Hook, PublishOptions,
+    PublishRequest, RefreshAnswer, RefreshRequest, RpcRequest, SubscribeOptions, SubscribeRequest,
 };
 use crier_proto::client::{self as wire, Command, Payload, Reply, ReplyError, Request};
 use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
@@ -21,9 +22,7 @@ use crate::clock::{after, unix_now, TokenBucket};
 use crate::config::ChannelOptions;
 use crate::metrics::Transport;
 use crate::node::{Node, VERSION};
-use crate::proxy::{
-    payload, Answer, Caller, Forwarded, Proxy, PublishResult, RefreshResult, RpcResult, SubscribeResult,
-};
+use crate::proxy::Forwarded;
 use crate::wire::{
     code_of, hub_error_code, reason_of, subscribe_result, wire_client_info, Codec, SubscriptionMode,
 };
@@ -90,7 +89,8 @@ struct Extras {
     // The id of an emulated session (`http_stream`, `sse`), sent in the
     // connect result for the client's POSTs to `/emulation`.
     emulated: Option<String>,
-    // What the backend's proxies may see of the client's request.
+    // What the node's hooks (the backend's proxies) may see of the
+    // client's request.
     forwarded: Forwarded,
 }
 
@@ -123,7 +123,8 @@ impl Session {
         self.extras.get_or_insert_with(Box::default)
     }
 
-    /// What the proxies may forward of this client's request.
+    /// What the hooks may see of this client's request (the proxies
+    /// forward it).
     fn forwarded(&self) -> std::borrow::Cow<'_, Forwarded> {
         match &self.extras {
             Some(e) => std::borrow::Cow::Borrowed(&e.forwarded),
@@ -149,18 +150,22 @@ impl Session {
     pub fn deadline(&self) -> Option<SystemTime> {
         let c = self.connected.as_ref()?;
         let cfg = &self.node.config.client;
-        let connection = match self.node.proxies.refresh() {
-            // The backend is asked at the expiry itself.
-            Some(_) => c.expires_at.map(|t| after(t, std::time::Duration::ZERO)),
-            None => admission::deadline(&self.node, c.expires_at),
+        let connection = if self.node.hooks.decides(Hook::Refresh) {
+            // The hook is asked at the expiry itself.
+            c.expires_at.map(|t| after(t, std::time::Duration::ZERO))
+        } else {
+            admission::deadline(&self.node, c.expires_at)
         };
         let subscriptions = c
             .sub_expires_at
             .iter()
-            .map(|(channel, &t)| match self.sub_refresh_proxy(channel) {
-                // The backend is asked at the expiry itself.
-                Some(_) => after(t, std::time::Duration::ZERO),
-                None => after(t, cfg.expired_sub_close_delay),
+            .map(|(channel, &t)| {
+                if self.node.hooks.decides(Hook::SubRefresh(channel)) {
+                    // The hook is asked at the expiry itself.
+                    after(t, std::time::Duration::ZERO)
+                } else {
+                    after(t, cfg.expired_sub_close_delay)
+                }
             })
             .min();
         connection.into_iter().chain(subscriptions).min()
@@ -171,39 +176,44 @@ impl Session {
     /// not refreshed in time is unsubscribed with an `unsubscribe` push, code
     /// 2501, after which the client resubscribes with a new token.
     ///
-    /// With the refresh proxy on (`client.proxy.refresh`), an expiring
-    /// connection is the backend's to prolong instead: asked at the expiry,
-    /// its new `expire_at` moves it, `expired` closes it with 3005, and a
-    /// failed call is retried [`REFRESH_RETRY`] later (the connection
-    /// stays).
+    /// With a refresh hook (the refresh proxy, `client.proxy.refresh`), an
+    /// expiring connection is the backend's to prolong instead: asked at
+    /// the expiry, its new `expire_at` moves it, `expired` closes it with
+    /// 3005, and a failed call is retried [`REFRESH_RETRY`] later (the
+    /// connection stays). The same for subscriptions with a sub_refresh
+    /// hook, ended with an unsubscribe push 2501.
     pub async fn expire(&mut self) -> Result<(), Disconnect> {
         let node = self.node.clone();
         let cfg = &node.config.client;
         let now = SystemTime::now();
-        if let Some(proxy) = node.proxies.refresh() {
+        let refreshed = node.hooks.decides(Hook::Refresh);
+        if refreshed {
             let due = self.connected.as_ref().and_then(|c| {
                 c.expires_at
                     .filter(|&t| after(t, std::time::Duration::ZERO) <= now)
                     .map(|_| c.who.clone())
             });
             if let Some(who) = due {
-                let outcome = self.ask::<RefreshResult>(proxy, &who, &[], None).await;
+                let request = RefreshRequest {
+                    caller: self.caller(&who),
+                    channel: None,
+                };
+                let outcome = denied(node.hooks.refresh(request).await);
                 let Some(c) = self.connected.as_mut() else {
                     return Ok(());
                 };
-                match outcome {
-                    Ok(r) if r.expired => return Err(Disconnect::EXPIRED),
-                    Ok(r) if r.expire_at > unix_now() => c.expires_at = Some(r.expire_at),
+                match prolonged(outcome) {
+                    Some(Ok(t)) => c.expires_at = Some(t),
                     // No new expiry, or the backend failed: ask again soon.
-                    Ok(_) | Err(Denied::Reply(_)) => c.expires_at = Some(unix_now() + REFRESH_RETRY),
-                    Err(Denied::Disconnect(_)) => return Err(Disconnect::EXPIRED),
+                    Some(Err(())) => c.expires_at = Some(unix_now() + REFRESH_RETRY),
+                    None => return Err(Disconnect::EXPIRED),
                 }
             }
         }
         let Some(c) = self.connected.as_mut() else {
             return Ok(());
         };
-        if node.proxies.refresh().is_none()
+        if !refreshed
             && c.expires_at
                 .is_some_and(|t| after(t, cfg.expired_close_delay) <= now)
         {
@@ -216,36 +226,27 @@ impl Session {
             .iter()
             .filter(|(_, &t)| after(t, std::time::Duration::ZERO) <= now)
             .map(|(channel, _)| channel.clone())
-            .filter(|channel| {
-                node.channel_options(channel)
-                    .and_then(|o| node.proxies.sub_refresh(o))
-                    .is_some()
-            })
+            .filter(|channel| node.hooks.decides(Hook::SubRefresh(channel)))
             .collect();
         let who = c.who.clone();
         let mut ended = Vec::new();
         for channel in asked {
-            let Some(proxy) = node
-                .channel_options(&channel)
-                .and_then(|o| node.proxies.sub_refresh(o))
-            else {
-                continue;
+            let request = RefreshRequest {
+                caller: self.caller(&who),
+                channel: Some(&channel),
             };
-            let outcome = self
-                .ask::<RefreshResult>(proxy, &who, &[("channel", &channel)], None)
-                .await;
+            let outcome = denied(node.hooks.refresh(request).await);
             let Some(c) = self.connected.as_mut() else {
                 return Ok(());
             };
-            match outcome {
-                Ok(r) if r.expired => ended.push(channel),
-                Ok(r) if r.expire_at > unix_now() => {
-                    c.sub_expires_at.insert(channel, r.expire_at);
+            match prolonged(outcome) {
+                Some(Ok(t)) => {
+                    c.sub_expires_at.insert(channel, t);
                 }
-                Ok(_) | Err(Denied::Reply(_)) => {
+                Some(Err(())) => {
                     c.sub_expires_at.insert(channel, unix_now() + REFRESH_RETRY);
                 }
-                Err(Denied::Disconnect(_)) => ended.push(channel),
+                None => ended.push(channel),
             }
         }
         let Some(c) = self.connected.as_mut() else {
@@ -256,11 +257,7 @@ impl Session {
             .iter()
             .filter(|(_, &t)| after(t, cfg.expired_sub_close_delay) <= now)
             .map(|(channel, _)| channel.clone())
-            .filter(|channel| {
-                node.channel_options(channel)
-                    .and_then(|o| node.proxies.sub_refresh(o))
-                    .is_none()
-            })
+            .filter(|channel| !node.hooks.decides(Hook::SubRefresh(channel)))
             .chain(ended)
             .collect();
         let (cid, codec) = (c.who.id, self.codec);
@@ -276,11 +273,15 @@ impl Session {
         Ok(())
     }
 
-    /// The sub_refresh proxy of `channel`'s namespace, when on.
-    fn sub_refresh_proxy(&self, channel: &str) -> Option<&Proxy> {
-        self.node
-            .channel_options(channel)
-            .and_then(|o| self.node.proxies.sub_refresh(o))
+    /// `who` as the hooks see it.
+    fn caller<'a>(&'a self, who: &'a Who) -> Caller<'a> {
+        Caller {
+            id: who.id,
+            user: &who.user,
+            transport: self.transport.label(),
+            protocol: self.codec.label(),
+            context: self.extras.as_deref().map(|e| &e.forwarded as _),
+        }
     }
 
     /// Ends the session: the hub forgets the client and its writer closes
@@ -332,7 +333,7 @@ impl Session {
         }
         let node = self.node.clone();
         let client_cfg = &node.config.client;
-        let (identity, data) = if req.token.trim().is_empty() && node.proxies.connect().is_some() {
+        let (identity, data) = if req.token.trim().is_empty() && admission::hooked(&node) {
             if !req.headers.is_empty() {
                 self.extras().forwarded.emulated = req
                     .headers
@@ -423,9 +424,9 @@ impl Session {
             }
         }
         let now = unix_now();
-        // With the refresh proxy the server prolongs the connection: the
+        // With a refresh hook the server prolongs the connection: the
         // client is not told it expires (its SDK would ask for a token).
-        let told = expires_at.filter(|_| node.proxies.refresh().is_none());
+        let told = expires_at.filter(|_| !node.hooks.decides(Hook::Refresh));
         let result = wire::ConnectResult {
             client: cid.to_string(),
             version: VERSION.to_owned(),
@@ -617,29 +618,19 @@ impl Session {
                     Rejection::Disconnect(_) => return Err(Disconnect::INVALID_TOKEN),
                 },
             }
-        } else if let Some(proxy) = node.proxies.subscribe(base) {
-            // The backend decides, instead of the namespace's permissions.
-            let data = req.data.as_ref().map(Payload::as_bytes);
-            match self
-                .ask::<SubscribeResult>(proxy, who, &[("channel", &req.channel)], data)
-                .await
-            {
+        } else if node.hooks.decides(Hook::Subscribe(&req.channel)) {
+            // The hook (the backend) decides, instead of the namespace's
+            // permissions.
+            let request = SubscribeRequest {
+                caller: self.caller(who),
+                channel: &req.channel,
+                data: req.data.as_ref().map(Payload::as_bytes),
+            };
+            match denied(node.hooks.subscribe(request).await) {
                 Ok(r) => {
-                    let bytes = |j: Option<&serde_json::value::RawValue>, b: &str| payload(j, b);
-                    match (
-                        bytes(r.info.as_deref(), &r.b64info),
-                        bytes(r.data.as_deref(), &r.b64data),
-                    ) {
-                        (Ok(info), Ok(data)) => {
-                            chan_info = info;
-                            sub_data = data;
-                        }
-                        _ => {
-                            self.send(self.codec.error(id, ErrorCode::Internal));
-                            return Ok(());
-                        }
-                    }
-                    expires_at = (r.expire_at > 0).then_some(r.expire_at);
+                    chan_info = r.info;
+                    sub_data = r.data;
+                    expires_at = r.expire_at;
                 }
                 Err(Denied::Reply(e)) => {
                     self.send(self.codec.reply(&Reply::error(id, e)));
@@ -702,17 +693,17 @@ impl Session {
         };
         let mut data = data.into_bytes();
         let mut skip_history = false;
-        if let Some(proxy) = self.node.proxies.publish(options) {
-            // The backend decides, and may replace the data.
-            match self
-                .ask::<PublishResult>(proxy, who, &[("channel", &req.channel)], Some(&data))
-                .await
-            {
+        if self.node.hooks.decides(Hook::Publish(&req.channel)) {
+            // The hook (the backend) decides, and may replace the data.
+            let request = PublishRequest {
+                caller: self.caller(who),
+                channel: &req.channel,
+                data: &data,
+            };
+            match denied(self.node.hooks.publish(request).await) {
                 Ok(r) => {
-                    match payload(r.data.as_deref(), &r.b64data) {
-                        Ok(Some(replaced)) => data = replaced,
-                        Ok(None) => {}
-                        Err(_) => return Ok(Reply::error(id, ErrorCode::Internal)),
+                    if let Some(replaced) = r.data {
+                        data = replaced;
                     }
                     skip_history = r.skip_history;
                 }
@@ -759,59 +750,27 @@ impl Session {
         })
     }
 
-    /// `rpc`: to the backend's RPC proxy of the method's namespace; 104
-    /// method not found where none is on.
+    /// `rpc`: to the RPC hook (the backend's RPC proxy of the method's
+    /// namespace); 104 method not found where none is on.
     async fn rpc(&self, who: &Who, id: u32, req: wire::RpcRequest) -> Result<Reply, Disconnect> {
-        let Some(proxy) = self.node.proxies.rpc(&req.method) else {
+        if !self.node.hooks.decides(Hook::Rpc(&req.method)) {
             return Ok(Reply::error(id, ErrorCode::MethodNotFound));
+        }
+        let request = RpcRequest {
+            caller: self.caller(who),
+            method: &req.method,
+            data: req.data.as_ref().map(Payload::as_bytes),
         };
-        let data = req.data.as_ref().map(Payload::as_bytes);
-        match self
-            .ask::<RpcResult>(proxy, who, &[("method", &req.method)], data)
-            .await
-        {
-            Ok(r) => match payload(r.data.as_deref(), &r.b64data) {
-                Ok(data) => Ok(Reply {
-                    id,
-                    rpc: Some(wire::RpcResult {
-                        data: data.map(Payload::new),
-                    }),
-                    ..Default::default()
+        match denied(self.node.hooks.rpc(request).await) {
+            Ok(r) => Ok(Reply {
+                id,
+                rpc: Some(wire::RpcResult {
+                    data: r.data.map(Payload::new),
                 }),
-                Err(_) => Ok(Reply::error(id, ErrorCode::Internal)),
-            },
+                ..Default::default()
+            }),
             Err(Denied::Reply(e)) => Ok(Reply::error(id, e)),
             Err(Denied::Disconnect(d)) => Err(d),
-        }
-    }
-
-    /// Asks `proxy` on behalf of `who`: its result, or what the client
-    /// gets instead (the backend's error or disconnect; 100 internal,
-    /// temporary, when the backend fails).
-    async fn ask<T: serde::de::DeserializeOwned + Default>(
-        &self,
-        proxy: &Proxy,
-        who: &Who,
-        fields: &[(&str, &str)],
-        data: Option<&[u8]>,
-    ) -> Result<T, Denied> {
-        let client = who.id.to_string();
-        let caller = Caller {
-            client: &client,
-            transport: self.transport.label(),
-            protocol: self.codec.label(),
-            user: Some(&who.user),
-        };
-        let body = proxy.body(&caller, fields, data);
-        match proxy.call::<T>(&self.node.metrics, body, &self.forwarded()).await {
-            Ok(Answer::Result(r)) => Ok(r),
-            Ok(Answer::Error { code, message }) => Err(Denied::Reply(ReplyError {
-                code,
-                message: message.into(),
-                temporary: false,
-            })),
-            Ok(Answer::Disconnect { code, reason }) => Err(Denied::Disconnect(Disconnect::new(code, reason))),
-            Err(_) => Err(Denied::Reply(ErrorCode::Internal.into())),
         }
     }
 
@@ -927,10 +886,40 @@ impl Drop for Session {
 /// Seconds before a failed refresh proxy call is tried again.
 pub(crate) const REFRESH_RETRY: i64 = 10;
 
-/// What a client gets instead of a proxy's result.
+/// What a client gets instead of a hook's answer.
 enum Denied {
     Reply(ReplyError),
     Disconnect(Disconnect),
+}
+
+/// A hook's decision as what the client gets: the answer, the hook's
+/// refusal (an error reply) or disconnect, or 100 internal, temporary,
+/// when the hook could not decide (the backend failed).
+fn denied<T>(decision: Decision<T>) -> Result<T, Denied> {
+    match decision {
+        Decision::Allow(answer) => Ok(answer),
+        Decision::Refuse { code, reason } => Err(Denied::Reply(ReplyError {
+            code,
+            message: reason.into(),
+            temporary: false,
+        })),
+        Decision::Disconnect { code, reason } => Err(Denied::Disconnect(Disconnect::new(code, reason))),
+        Decision::Unavailable => Err(Denied::Reply(ErrorCode::Internal.into())),
+    }
+}
+
+/// What a refresh hook's answer does to an expiry: `Ok` a new one (in the
+/// future), `Err` ask again later (no new expiry, a refusal, a failure),
+/// `None` end it now (`expired`, or a disconnect).
+fn prolonged(outcome: Result<RefreshAnswer, Denied>) -> Option<Result<i64, ()>> {
+    match outcome {
+        Ok(r) if r.expired => None,
+        Ok(RefreshAnswer {
+            expire_at: Some(t), ..
+        }) if t > unix_now() => Some(Ok(t)),
+        Ok(_) | Err(Denied::Reply(_)) => Some(Err(())),
+        Err(Denied::Disconnect(_)) => None,
+    }
 }
 
 /// `refresh`: a new connection token for the same user moves the expiry.

@@ -55,6 +55,7 @@ const CORE: &[(&str, u8)] = &[
     ("event", 0),
     ("engine", 1),
     ("queue", 1),
+    ("hooks", 1),
     ("error", 2),
     ("memory", 2),
     ("hub", 3),
