@@ -297,7 +297,7 @@ struct TailChannel {
 }
 
 #[derive(Debug, PartialEq)]
-enum Part {
+pub(crate) enum Part {
     Text(String),
     /// The file name without its last extension.
     Stem,
@@ -305,7 +305,7 @@ enum Part {
     Name,
 }
 
-fn parse_template(template: &str) -> Result<Vec<Part>, String> {
+pub(crate) fn parse_template(template: &str) -> Result<Vec<Part>, String> {
     let mut parts = Vec::new();
     let mut rest = template;
     loop {

@@ -75,7 +75,7 @@ where
         let mut reader = Reader::new(rd, parts.read_buf, limits.message_size);
         let mut writer = Writer::new(wr, limits.write_timeout);
         if let Some(d) = deflate {
-            reader.inflate = true;
+            reader.frames.inflate = true;
             writer.deflate = Some(Box::new(d));
         }
         serve(reader, writer).await;
@@ -87,7 +87,7 @@ where
 /// Protocols` answer, or the error answer for a request that is not a
 /// WebSocket handshake.
 #[allow(clippy::result_large_err)]
-fn handshake(
+pub(crate) fn handshake(
     headers: &HeaderMap,
     protocol: Option<&'static str>,
     deflate: bool,
@@ -194,6 +194,9 @@ pub enum ReadError {
     /// control frame, ...): close code 1002.
     #[error("WebSocket protocol error: {0}")]
     Protocol(&'static str),
+    /// A text message that is not UTF-8 (RFC 6455 §8.1): close code 1007.
+    #[error("a text message is not UTF-8")]
+    InvalidUtf8,
     /// A message longer than the limit.
     #[error("message too long: {size} bytes, the limit is {limit}")]
     TooLong {
@@ -207,13 +210,21 @@ pub enum ReadError {
 /// Reads client frames. Holds a buffer only while a frame is arriving.
 pub struct Reader {
     half: OwnedReadHalf,
+    frames: Frames,
+}
+
+/// The bytes-to-messages half of a [`Reader`], without the socket: the
+/// bytes received and not yet parsed, and the message being reassembled.
+pub struct Frames {
     buf: BytesMut,
-    // The message being reassembled from fragments: its bytes so far, and
-    // whether it is compressed.
-    partial: Option<(BytesMut, bool)>,
+    // The message being reassembled from fragments: its bytes so far,
+    // whether it is compressed, whether it is text.
+    partial: Option<(BytesMut, bool, bool)>,
     limit: usize,
     // permessage-deflate was agreed: RSV1 marks a compressed message.
     inflate: bool,
+    // The last message returned was text (opcode 1), not binary.
+    text: bool,
 }
 
 impl Reader {
@@ -222,29 +233,33 @@ impl Reader {
     pub fn new(half: OwnedReadHalf, pre: Bytes, limit: usize) -> Self {
         Reader {
             half,
-            buf: BytesMut::from(&pre[..]),
-            partial: None,
-            limit,
-            inflate: false,
+            frames: Frames::new(&pre, limit, false),
         }
+    }
+
+    /// Whether the last [`Incoming::Data`] was a text message.
+    #[cfg(feature = "fuzzing")]
+    pub fn last_was_text(&self) -> bool {
+        self.frames.last_was_text()
     }
 
     /// The next message or control frame. Cancel-safe: bytes read are kept
     /// in the reader until a whole frame is there.
     pub async fn next(&mut self) -> Result<Incoming, ReadError> {
+        let frames = &mut self.frames;
         loop {
-            if let Some(incoming) = self.parse()? {
+            if let Some(incoming) = frames.parse()? {
                 return Ok(incoming);
             }
-            if self.buf.is_empty() {
+            if frames.buf.is_empty() {
                 // Idle: hold no buffer while waiting for the next bytes.
-                self.buf = BytesMut::new();
+                frames.buf = BytesMut::new();
             }
             self.half.readable().await?;
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-                self.buf.reserve(READ_CHUNK);
+            if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
+                frames.buf.reserve(READ_CHUNK);
             }
-            match self.half.try_read_buf(&mut self.buf) {
+            match self.half.try_read_buf(&mut frames.buf) {
                 Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -252,9 +267,37 @@ impl Reader {
             }
         }
     }
+}
 
-    /// One frame from the buffer, if a whole one is there.
-    fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
+impl Frames {
+    /// Starts with the bytes `pre`; messages over `limit` bytes are
+    /// refused; `inflate` when permessage-deflate was agreed.
+    pub fn new(pre: &[u8], limit: usize, inflate: bool) -> Self {
+        Frames {
+            buf: BytesMut::from(pre),
+            partial: None,
+            limit,
+            inflate,
+            text: false,
+        }
+    }
+
+    /// Whether the last [`Incoming::Data`] was a text message (the echo
+    /// endpoint of the conformance tests answers in kind).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn last_was_text(&self) -> bool {
+        self.text
+    }
+
+    /// Appends bytes received.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// One message or control frame from the bytes received, if a whole
+    /// one is there.
+    pub fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
             let Some(frame) = self.frame()? else {
                 return Ok(None);
@@ -284,20 +327,22 @@ impl Reader {
                 OP_TEXT | OP_BINARY if self.partial.is_some() => {
                     return Err(ReadError::Protocol("new message inside a fragmented one"))
                 }
-                OP_TEXT | OP_BINARY if fin => return self.message(payload, compressed).map(Some),
-                OP_TEXT | OP_BINARY => self.partial = Some((payload, compressed)),
+                OP_TEXT | OP_BINARY if fin => {
+                    return self.message(payload, compressed, opcode == OP_TEXT).map(Some)
+                }
+                OP_TEXT | OP_BINARY => self.partial = Some((payload, compressed, opcode == OP_TEXT)),
                 OP_CONTINUATION if compressed => {
                     return Err(ReadError::Protocol("RSV1 set on a continuation frame"))
                 }
                 OP_CONTINUATION => {
-                    let Some((mut message, compressed)) = self.partial.take() else {
+                    let Some((mut message, compressed, text)) = self.partial.take() else {
                         return Err(ReadError::Protocol("continuation without a message"));
                     };
                     message.extend_from_slice(&payload);
                     if fin {
-                        return self.message(message, compressed).map(Some);
+                        return self.message(message, compressed, text).map(Some);
                     }
-                    self.partial = Some((message, compressed));
+                    self.partial = Some((message, compressed, text));
                 }
                 _ => return Err(ReadError::Protocol("unknown opcode")),
             }
@@ -305,13 +350,23 @@ impl Reader {
     }
 
     /// A whole message, inflated when it came compressed (and refused if
-    /// it inflates past the limit).
-    fn message(&self, payload: BytesMut, compressed: bool) -> Result<Incoming, ReadError> {
-        if !compressed {
-            return Ok(Incoming::Data(payload.freeze()));
+    /// it inflates past the limit), checked to be UTF-8 if it is text.
+    fn message(&mut self, payload: BytesMut, compressed: bool, text: bool) -> Result<Incoming, ReadError> {
+        self.text = text;
+        let bytes = if compressed {
+            self.inflated(&payload)?
+        } else {
+            payload.freeze()
+        };
+        if text && std::str::from_utf8(&bytes).is_err() {
+            return Err(ReadError::InvalidUtf8);
         }
-        match deflate::inflate(&payload, self.limit) {
-            Ok(bytes) => Ok(Incoming::Data(bytes)),
+        Ok(Incoming::Data(bytes))
+    }
+
+    fn inflated(&self, payload: &[u8]) -> Result<Bytes, ReadError> {
+        match deflate::inflate(payload, self.limit) {
+            Ok(bytes) => Ok(bytes),
             Err(InflateError::TooLong) => Err(ReadError::TooLong {
                 size: self.limit + 1,
                 limit: self.limit,
@@ -350,7 +405,7 @@ impl Reader {
             126 | 127 => return Ok(None),
             n => (0, u64::from(n)),
         };
-        let before = self.partial.as_ref().map_or(0, |(m, _)| m.len());
+        let before = self.partial.as_ref().map_or(0, |(m, ..)| m.len());
         let size = usize::try_from(len).unwrap_or(usize::MAX).saturating_add(before);
         if !control && size > self.limit {
             return Err(ReadError::TooLong {
@@ -790,6 +845,38 @@ mod tests {
             let err = r.next().await.unwrap_err().to_string();
             assert!(err.contains(want), "{err} should say {want}");
         }
+    }
+
+    /// Autobahn cases 6.x: a text message that is not UTF-8 fails the
+    /// connection (1007), whole, fragmented or compressed; the same bytes
+    /// in a binary message are data. The reader says which kind it read.
+    #[test]
+    fn text_messages_must_be_utf8_and_binary_ones_need_not() {
+        let bad = [0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xED, 0xA0, 0x80, 0x65];
+        for bytes in [
+            masked(true, OP_TEXT, &bad),
+            [
+                masked(false, OP_TEXT, &bad[..4]),
+                masked(true, OP_CONTINUATION, &bad[4..]),
+            ]
+            .concat(),
+        ] {
+            let mut f = Frames::new(&bytes, 1024, false);
+            assert!(matches!(f.parse(), Err(ReadError::InvalidUtf8)));
+        }
+        let mut compressed = masked(true, OP_TEXT, &deflate::compress(&bad, 1));
+        compressed[0] |= RSV1;
+        let mut f = Frames::new(&compressed, 1024, true);
+        assert!(matches!(f.parse(), Err(ReadError::InvalidUtf8)));
+        let mut f = Frames::new(&masked(true, OP_BINARY, &bad), 1024, false);
+        assert_eq!(
+            f.parse().unwrap(),
+            Some(Incoming::Data(Bytes::copy_from_slice(&bad)))
+        );
+        assert!(!f.last_was_text());
+        f.extend(&masked(true, OP_TEXT, "κόσμε".as_bytes()));
+        assert_eq!(f.parse().unwrap(), Some(Incoming::Data(Bytes::from("κόσμε"))));
+        assert!(f.last_was_text());
     }
 
     #[tokio::test]

@@ -111,7 +111,7 @@ impl TcpListeners {
 }
 
 /// One listener's settings, checked and ready for the hot path.
-struct Endpoint {
+pub(crate) struct Endpoint {
     /// `tcp[i]`, for logs.
     key: String,
     /// Where it listens (the bound address once bound).
@@ -142,7 +142,11 @@ fn invalid(key: String, message: impl Into<String>) -> ConfigError {
 }
 
 impl Endpoint {
-    fn from_config(config: &Config, key: &str, cfg: &TcpListenerConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(
+        config: &Config,
+        key: &str,
+        cfg: &TcpListenerConfig,
+    ) -> Result<Self, ConfigError> {
         let listen = cfg.listen.trim();
         if listen.is_empty() {
             return Err(invalid(
@@ -238,7 +242,7 @@ impl Endpoint {
 
     /// `ev` as this listener writes it, through the shared cache when the
     /// listener has a slot.
-    fn encode(&self, ev: &Event) -> Bytes {
+    pub(crate) fn encode(&self, ev: &Event) -> Bytes {
         match self.slot {
             Some(format) => ev.encoded(format, |ev| self.wire.encode_event(ev)),
             None => self.wire.encode_event(ev),
@@ -420,7 +424,7 @@ fn data_text(data: &[u8]) -> Cow<'_, str> {
 
 /// Why a connection's input ended.
 #[derive(Debug)]
-enum Stop {
+pub(crate) enum Stop {
     /// The peer closed the connection or the socket failed.
     Gone,
     /// A frame, or the unterminated rest of the input, exceeded
@@ -430,14 +434,14 @@ enum Stop {
 
 /// Cuts one connection's byte stream into frames. Holds at most one
 /// unfinished frame plus one read; holds no memory between frames.
-struct Deframer {
+pub(crate) struct Deframer {
     // Bytes read and not yet consumed start at `cursor`.
     pending: Vec<u8>,
     cursor: usize,
 }
 
 impl Deframer {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             pending: Vec::new(),
             cursor: 0,
@@ -477,11 +481,17 @@ impl Deframer {
         Ok(n)
     }
 
-    fn bytes(&self, frame: Range<usize>) -> &[u8] {
+    /// Appends bytes as a read would (the fuzz targets feed it directly).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+
+    pub(crate) fn bytes(&self, frame: Range<usize>) -> &[u8] {
         &self.pending[frame]
     }
 
-    fn compact(&mut self) {
+    pub(crate) fn compact(&mut self) {
         if self.cursor == self.pending.len() {
             self.pending = Vec::new();
         } else {
@@ -491,7 +501,7 @@ impl Deframer {
     }
 
     /// Cuts the next complete frame from what was read, if there is one.
-    fn cut(&mut self, ep: &Endpoint) -> Result<Option<Range<usize>>, Stop> {
+    pub(crate) fn cut(&mut self, ep: &Endpoint) -> Result<Option<Range<usize>>, Stop> {
         let max = ep.max_frame_size;
         let rest = &self.pending[self.cursor..];
         match &ep.wire.markers {

@@ -346,6 +346,7 @@ fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -
         // An oversized message is the client's fault: tell it plainly.
         Ok(Err(ReadError::TooLong { .. })) => Read::Fail(Disconnect::BAD_REQUEST),
         Ok(Err(ReadError::Protocol(why))) => Read::Last(Control::Close(1002, why)),
+        Ok(Err(ReadError::InvalidUtf8)) => Read::Last(Control::Close(1007, "text message is not UTF-8")),
         Ok(Err(ReadError::Io(_))) => Read::Gone,
     }
 }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Autobahn|Testsuite conformance of crier's server-side WebSocket code
+# (net/rfc6455.rs framing, net/deflate.rs permessage-deflate, the same
+# upgrade handling), through the test-only echo endpoint
+# crates/crier-server/examples/ws_echo.rs.
+#
+# Installs autobahntestsuite 0.8.2 into tests-autobahn/.venv (Python 2.7,
+# virtualenv<20.22; ignored by git) if it is not there, starts the echo
+# server on 127.0.0.1 on a free port, runs the fuzzing client over cases
+# 1-10 and 12-13, and compares every case's verdict with
+# tests-autobahn/expected.json. wstest exits 0 even when cases fail, so the
+# verdicts are read from reports/index.json. Exits non-zero on any
+# difference, or if a verdict is not OK, NON-STRICT or INFORMATIONAL.
+#
+#   bash scripts/autobahn.sh            # check
+#   bash scripts/autobahn.sh --update   # rewrite expected.json from this run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=tests-autobahn
+venv=$dir/.venv
+work=$dir/reports
+
+python2=${PYTHON2:-}
+if [ -z "$python2" ]; then
+  for p in python2.7 /root/.pyenv/versions/2.7.18/bin/python "$HOME"/.pyenv/versions/2.7*/bin/python; do
+    if command -v "$p" >/dev/null 2>&1; then python2=$p; break; fi
+  done
+fi
+if [ ! -x "$venv/bin/wstest" ]; then
+  [ -n "$python2" ] || { echo "autobahn: no Python 2.7 found (set PYTHON2)" >&2; exit 1; }
+  "$python2" -m pip install --disable-pip-version-check -q --target "$dir/.tools" 'virtualenv<20.22'
+  PYTHONPATH=$dir/.tools "$python2" -m virtualenv -q "$venv"
+  "$venv/bin/pip" install --disable-pip-version-check -q 'autobahntestsuite==0.8.2'
+fi
+
+cargo build -q --release -p crier-server --features fuzzing --example ws_echo
+rm -rf "$work"
+mkdir -p "$work"
+# The server prints "listening on ADDR" once bound: read it from a FIFO,
+# which blocks until the line is there.
+mkfifo "$work/ready"
+target/release/examples/ws_echo 127.0.0.1:0 > "$work/ready" &
+echo_pid=$!
+trap 'kill "$echo_pid" 2>/dev/null || true; wait "$echo_pid" 2>/dev/null || true' EXIT
+line=
+read -r -t 60 line < "$work/ready" || true
+addr=${line#listening on }
+[ -n "$addr" ] || { echo "autobahn: the echo server did not start" >&2; exit 1; }
+
+sed "s#@ADDR@#$addr#" "$dir/fuzzingclient.json" > "$work/fuzzingclient.json"
+start=$(date +%s)
+(cd "$work" && timeout 600 "../.venv/bin/wstest" -m fuzzingclient -s fuzzingclient.json > wstest.log 2>&1)
+echo "autobahn: wstest took $(( $(date +%s) - start ))s"
+
+"$venv/bin/python" - "$work/reports/index.json" "$dir/expected.json" "${1:-}" <<'PY'
+import json, sys
+from collections import Counter
+got = json.load(open(sys.argv[1]))["crier"]
+verdicts = dict((case, {"behavior": r["behavior"], "behaviorClose": r["behaviorClose"]})
+                for case, r in got.items())
+print("autobahn: %d cases: %s" % (len(verdicts), ", ".join(
+    "%s %d" % kv for kv in sorted(Counter(v["behavior"] for v in verdicts.values()).items()))))
+if sys.argv[3] == "--update":
+    with open(sys.argv[2], "w") as f:
+        json.dump(verdicts, f, indent=2, sort_keys=True)
+        f.write("\n")
+    print("autobahn: wrote " + sys.argv[2])
+    sys.exit(0)
+expected = json.load(open(sys.argv[2]))
+bad = ["%s: not run" % c for c in sorted(set(expected) - set(verdicts))]
+bad += ["%s: %s, expected %s" % (c, verdicts[c], expected.get(c))
+        for c in sorted(verdicts) if verdicts[c] != expected.get(c)]
+bad += ["%s: %s" % (c, v["behavior"]) for c, v in sorted(verdicts.items())
+        if v["behavior"] not in ("OK", "NON-STRICT", "INFORMATIONAL")]
+for b in bad:
+    print("autobahn: " + b)
+sys.exit(1 if bad else 0)
+PY
