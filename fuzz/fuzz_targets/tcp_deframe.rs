@@ -79,8 +79,9 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         assert_eq!(whole, split, "the split changed the frames");
         for f in &whole.0 {
             assert!(f.len() <= max, "a {}-byte frame over {max}", f.len());
+            // Only the CR of a line's CRLF is framing: "a\r\r\n" is "a\r".
             if !setup.delimited {
-                assert!(!f.contains(&b'\n') && !f.ends_with(b"\r"), "{f:?}");
+                assert!(!f.contains(&b'\n'), "{f:?}");
             }
         }
         return Ok(());
