@@ -267,10 +267,10 @@ impl Node {
             proxies,
             hooks,
             emulated: Default::default(),
-            tls: crate::net::tls::Tls::new(&config.http_server.tls).map_err(|e| ConfigError::Invalid {
-                key: e.key.to_owned(),
-                message: e.why,
-            })?,
+            tls: match config.http_server.tls.enabled {
+                true => Some(crate::net::tls::Tls::new(tls_config(&config.http_server.tls)?)),
+                false => None,
+            },
             peers: Default::default(),
             session_key: Default::default(),
             sessions_made: Default::default(),
@@ -492,10 +492,7 @@ impl Node {
         if !tls.enabled {
             return Ok(false);
         }
-        current.reload(tls).map_err(|e| ConfigError::Invalid {
-            key: e.key.to_owned(),
-            message: e.why,
-        })?;
+        current.replace(tls_config(tls)?);
         Ok(true)
     }
 
@@ -538,6 +535,39 @@ impl Node {
             .map(|(seen, info)| (info.clone(), seen.elapsed()))
             .collect()
     }
+}
+
+/// The rustls configuration `http_server.tls` describes: its files (or
+/// inline PEM) read now; a failure names the key at fault.
+pub(crate) fn tls_config(tls: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, ConfigError> {
+    use crate::net::tls::{server_config, Part, Pems};
+    let read = |key: &str, value: &str| {
+        crate::config::TlsConfig::pem(value).map_err(|e| ConfigError::Invalid {
+            key: key.to_owned(),
+            message: format!("cannot read {value}: {e}"),
+        })
+    };
+    let cert = read("http_server.tls.cert_pem", &tls.cert_pem)?;
+    let key = read("http_server.tls.key_pem", tls.key_pem.expose())?;
+    let client_ca = match tls.client_ca_pem.as_str() {
+        "" => None,
+        ca => Some(read("http_server.tls.client_ca_pem", ca)?),
+    };
+    let pems = Pems {
+        cert: &cert,
+        key: &key,
+        client_ca: client_ca.as_deref(),
+    };
+    server_config(&pems).map_err(|e| ConfigError::Invalid {
+        key: match e.part {
+            Part::Cert => "http_server.tls.cert_pem",
+            Part::Key => "http_server.tls.key_pem",
+            Part::ClientCa => "http_server.tls.client_ca_pem",
+            Part::Whole => "http_server.tls",
+        }
+        .to_owned(),
+        message: e.why,
+    })
 }
 
 /// Maps the configuration's channel options onto the hub's.

@@ -405,10 +405,7 @@ pub fn check_config(path: &Path, allow_unknown_keys: bool) -> Result<Report, Con
     let verifier = TokenVerifier::from_config(&config)?;
     // The TLS certificate and key load and match, as `serve` needs.
     if config.http_server.tls.enabled {
-        crate::net::tls::server_config(&config.http_server.tls).map_err(|e| ConfigError::Invalid {
-            key: e.key.to_owned(),
-            message: e.why,
-        })?;
+        crate::node::tls_config(&config.http_server.tls)?;
     }
     let summary = summarize(path, &config, &verifier, warnings.len());
     Ok(Report { warnings, summary })

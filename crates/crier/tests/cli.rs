@@ -518,7 +518,7 @@ fn check_config_checks_watch_sources_as_serve_would() {
 fn check_config_refuses_unknown_keys_unless_allowed() {
     let path = temp_file(
         "crier-cli-good.toml",
-        "[client]\nunknown_thing = 1\n[client.token]\nhmac_secret_keyy = \"k\"\n[http_server.tls]\nenabled = true\n",
+        "[client]\nunknown_thing = 1\n[client.token]\nhmac_secret_keyy = \"k\"\n[http_server.tls_autocert]\nenabled = true\n",
     );
     let file = path.to_str().expect("utf-8 temp path");
     let (status, _, stderr) = run(&["check-config", file], &[]);
@@ -530,7 +530,7 @@ fn check_config_refuses_unknown_keys_unless_allowed() {
         "file, line, key and suggestion: {stderr}"
     );
     assert!(
-        stderr.contains(":5: http_server.tls: a Centrifugo v6 setting (`http_server.tls`)"),
+        stderr.contains(":5: http_server.tls_autocert: a Centrifugo v6 setting (`http_server.tls_autocert`)"),
         "{stderr}"
     );
     let (status, stdout, stderr) = run(&["check-config", file, "--allow-unknown-keys"], &[]);

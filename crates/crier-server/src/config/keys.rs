@@ -236,7 +236,11 @@ mod tests {
             "unknown key; did you mean `client.token.hmac_secret_key`?"
         );
         assert!(explain("channel.namespaces[2].histroy_size").contains("`channel.namespaces[].history_size`"));
-        assert!(explain("http_server.tls.enabled").contains("Centrifugo v6 setting (`http_server.tls`)"));
+        assert!(explain("http_server.tls_autocert.enabled")
+            .contains("Centrifugo v6 setting (`http_server.tls_autocert`)"));
+        assert!(explain("http_server.tls.server_name")
+            .contains("Centrifugo v6 setting (`http_server.tls.server_name`)"));
+        assert!(explain("tls_cert").contains("where this is `http_server.tls.cert_pem`"));
         assert!(explain("channel.proxy.subscribe_stream.endpoint").contains("does not implement yet"));
         assert!(explain("log_level").contains("where this is `log.level`"));
         assert!(explain("log_file").contains("where this is `log.file`"));
