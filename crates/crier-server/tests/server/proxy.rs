@@ -535,3 +535,240 @@ async fn proxy_configuration_mistakes_are_refused_at_startup() {
         assert!(err.to_string().contains(key), "{cfg}: {err}");
     }
 }
+
+/// Hooks written in Rust instead of a backend over HTTP: `connect` admits
+/// `data.user` into `news` (connect data echoing the `X-Auth` header the
+/// transport kept for the proxies), refuses `data.deny` with 1001;
+/// `subscribe` decides `rust:` channels (refusing `rust:denied` with
+/// 1403); `publish` wraps `rust:` publications in `{"by_rust": ...}`;
+/// `rpc` answers `sum`, disconnects on `kick` (4501) and refuses
+/// anything else with 1404. Every question is written down.
+#[derive(Default)]
+struct RustHooks(std::sync::Mutex<Vec<String>>);
+
+impl RustHooks {
+    fn note(&self, caller: &crier_core::Caller<'_>, what: String) {
+        self.0.lock().unwrap().push(format!(
+            "{} {} {} {}: {what}",
+            caller.id, caller.user, caller.transport, caller.protocol
+        ));
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn json_bytes(v: Value) -> Option<bytes::Bytes> {
+    Some(bytes::Bytes::from(v.to_string()))
+}
+
+impl crier_core::Hooks for RustHooks {
+    fn decides(&self, hook: crier_core::Hook<'_>) -> bool {
+        use crier_core::Hook;
+        match hook {
+            Hook::Connect | Hook::Rpc(_) => true,
+            Hook::Subscribe(channel) | Hook::Publish(channel) => channel.starts_with("rust:"),
+            Hook::Refresh | Hook::SubRefresh(_) => false,
+        }
+    }
+
+    fn connect<'a>(
+        &'a self,
+        r: crier_core::ConnectRequest<'a>,
+    ) -> crier_core::Pending<'a, crier_core::Decision<crier_core::ConnectAnswer>> {
+        use crier_core::{ConnectAnswer, Decision, ServerSubscription};
+        Box::pin(async move {
+            self.note(&r.caller, format!("connect {}", r.name));
+            let data: Value = r
+                .data
+                .map(|d| serde_json::from_slice(d).expect("JSON"))
+                .unwrap_or_default();
+            if data["deny"].as_bool() == Some(true) {
+                return Decision::refuse(1001, "not you");
+            }
+            let x_auth = r
+                .caller
+                .context
+                .and_then(|c| c.downcast_ref::<crier_server::Forwarded>())
+                .and_then(|f| f.http.get("x-auth"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            // Answered a little later, as a real lookup would be.
+            tokio::task::yield_now().await;
+            Decision::Allow(ConnectAnswer {
+                user: data["user"].as_str().unwrap_or_default().to_owned(),
+                info: json_bytes(json!({"from": "rust"})),
+                data: json_bytes(json!({"hello": "from rust", "x_auth": x_auth})),
+                channels: [("news".to_owned(), ServerSubscription::default())].into(),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        r: crier_core::SubscribeRequest<'a>,
+    ) -> crier_core::Pending<'a, crier_core::Decision<crier_core::SubscribeAnswer>> {
+        use crier_core::{Decision, SubscribeAnswer};
+        self.note(&r.caller, format!("subscribe {}", r.channel));
+        if r.channel == "rust:denied" {
+            return Decision::refuse(1403, "not in this room").ready();
+        }
+        Decision::Allow(SubscribeAnswer {
+            info: json_bytes(json!({"role": "reader"})),
+            data: json_bytes(json!({"welcome": r.channel})),
+            expire_at: None,
+        })
+        .ready()
+    }
+
+    fn publish<'a>(
+        &'a self,
+        r: crier_core::PublishRequest<'a>,
+    ) -> crier_core::Pending<'a, crier_core::Decision<crier_core::PublishAnswer>> {
+        use crier_core::{Decision, PublishAnswer};
+        self.note(&r.caller, format!("publish {}", r.channel));
+        let original: Value = serde_json::from_slice(r.data).expect("JSON");
+        Decision::Allow(PublishAnswer {
+            data: json_bytes(json!({"by_rust": original})),
+            skip_history: false,
+        })
+        .ready()
+    }
+
+    fn rpc<'a>(
+        &'a self,
+        r: crier_core::RpcRequest<'a>,
+    ) -> crier_core::Pending<'a, crier_core::Decision<crier_core::RpcAnswer>> {
+        use crier_core::{Decision, RpcAnswer};
+        self.note(&r.caller, format!("rpc {}", r.method));
+        let data: Value = r
+            .data
+            .map(|d| serde_json::from_slice(d).expect("JSON"))
+            .unwrap_or_default();
+        match r.method {
+            "sum" => Decision::Allow(RpcAnswer {
+                data: json_bytes(
+                    json!({"sum": data["a"].as_i64().unwrap_or(0) + data["b"].as_i64().unwrap_or(0)}),
+                ),
+            }),
+            "kick" => Decision::disconnect(4501, "go away"),
+            _ => Decision::refuse(1404, "unknown method"),
+        }
+        .ready()
+    }
+}
+
+#[tokio::test]
+async fn hooks_in_rust_decide_connect_subscribe_publish_and_rpc_instead_of_the_proxies() {
+    let (backend, seen) = backend().await;
+    // Every proxy configured: the hooks replace them all.
+    let cfg = format!(
+        "{}\n[[channel.namespaces]]\nname = \"rust\"\npresence = true\n",
+        proxied(backend)
+    );
+    let hooks = std::sync::Arc::new(RustHooks::default());
+    let s = TestServer::start_with_hooks(config(&cfg), hooks.clone()).await;
+
+    // Connect without a token: the Rust hook admits, with server-side
+    // channels, info, data, and the header the transport kept.
+    let mut request = s.ws_url().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("X-Auth", "secret-cookie".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("open");
+    let mut c = Client::from_stream(ws);
+    let reply = c
+        .request(json!({"connect": {"data": {"user": "alice"}, "name": "rusty"}}))
+        .await;
+    let connect = &reply["connect"];
+    c.id = connect["client"].as_str().expect("a client id").to_owned();
+    assert_eq!(
+        connect["data"],
+        json!({"hello": "from rust", "x_auth": "secret-cookie"}),
+        "{reply}"
+    );
+    assert!(
+        connect["subs"]["news"].is_object(),
+        "server-side channel: {reply}"
+    );
+    s.api("publish", json!({"channel": "news", "data": {"n": 1}}))
+        .await;
+    assert_eq!(c.next_pub().await["pub"]["data"], json!({"n": 1}));
+
+    // Subscribe: the hook decides `rust:` channels, with info and data...
+    let r = c.request(json!({"subscribe": {"channel": "rust:room"}})).await;
+    assert_eq!(r["subscribe"]["data"], json!({"welcome": "rust:room"}), "{r}");
+    let (_, presence) = s.api("presence", json!({"channel": "rust:room"})).await;
+    let me = &presence["result"]["presence"][&c.id];
+    assert_eq!(me["user"], json!("alice"), "{presence}");
+    assert_eq!(me["conn_info"], json!({"from": "rust"}));
+    assert_eq!(me["chan_info"], json!({"role": "reader"}));
+    let r = c.request(json!({"subscribe": {"channel": "rust:denied"}})).await;
+    assert_eq!(
+        r["error"],
+        json!({"code": 1403, "message": "not in this room"}),
+        "{r}"
+    );
+    // ...and where it does not decide, the namespace's permissions do.
+    let r = c.request(json!({"subscribe": {"channel": "closed:x"}})).await;
+    assert_eq!(r["error"]["code"], json!(103), "{r}");
+
+    // Publish: the hook's data reaches the subscribers.
+    let r = c
+        .request(json!({"publish": {"channel": "rust:room", "data": {"text": "hi"}}}))
+        .await;
+    assert!(r["publish"].is_object(), "{r}");
+    assert_eq!(
+        c.next_pub().await["pub"]["data"],
+        json!({"by_rust": {"text": "hi"}})
+    );
+
+    // RPC: the hook's result, its refusal, its disconnect.
+    let r = c
+        .request(json!({"rpc": {"method": "sum", "data": {"a": 2, "b": 3}}}))
+        .await;
+    assert_eq!(r["rpc"]["data"], json!({"sum": 5}), "{r}");
+    let r = c.request(json!({"rpc": {"method": "nope"}})).await;
+    assert_eq!(
+        r["error"],
+        json!({"code": 1404, "message": "unknown method"}),
+        "{r}"
+    );
+    let id = &c.id;
+    let asked = hooks.asked();
+    assert_eq!(
+        asked,
+        [
+            // Asked with the id the client then got, before it had a user.
+            format!("{id}  websocket json: connect rusty"),
+            format!("{id} alice websocket json: subscribe rust:room"),
+            format!("{id} alice websocket json: subscribe rust:denied"),
+            format!("{id} alice websocket json: publish rust:room"),
+            format!("{id} alice websocket json: rpc sum"),
+            format!("{id} alice websocket json: rpc nope"),
+        ]
+    );
+    c.send_text(&json!({"id": 99, "rpc": {"method": "kick"}}).to_string())
+        .await;
+    let closed = c.closed().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (4501, "go away"));
+
+    // A refused connect reaches the client with the hook's code.
+    let mut d = Client::open(&s.ws_url()).await;
+    let r = d.request(json!({"connect": {"data": {"deny": true}}})).await;
+    assert_eq!(r["error"], json!({"code": 1001, "message": "not you"}), "{r}");
+    // A token still skips the connect hook.
+    let before = hooks.asked().len();
+    let with_token = Client::connect(&s.ws_url(), &token("bob")).await;
+    assert!(!with_token.id.is_empty());
+    assert_eq!(hooks.asked().len(), before, "a token skips the connect hook");
+
+    // The configured HTTP proxies were never called.
+    for path in ["/connect", "/subscribe", "/publish", "/rpc"] {
+        assert!(seen.of(path).is_empty(), "{path} was called");
+    }
+    s.shutdown().await;
+}

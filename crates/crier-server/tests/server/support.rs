@@ -74,7 +74,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        let server = Server::bind(config).await.expect("server binds");
+        Self::serve(Server::bind(config).await.expect("server binds"))
+    }
+
+    /// A server whose decisions are `hooks`' (`Server::bind_with_hooks`).
+    pub async fn start_with_hooks(config: Config, hooks: Arc<dyn crier_core::Hooks>) -> Self {
+        Self::serve(
+            Server::bind_with_hooks(config, hooks)
+                .await
+                .expect("server binds"),
+        )
+    }
+
+    fn serve(server: Server) -> Self {
         let addr = server.local_addr().expect("bound address");
         let node = server.node().clone();
         let handle = tokio::spawn(async move {
