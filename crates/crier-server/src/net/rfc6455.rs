@@ -19,8 +19,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use crate::net::deflate::{self, InflateError};
@@ -30,6 +31,59 @@ pub use crate::net::deflate::Deflate;
 
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;
+
+/// A stream other than plain TCP under a WebSocket (TLS).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// The receiving side of a connection: a TCP socket, which the reader
+/// waits on without holding a buffer, or another stream (TLS), read into
+/// the frame buffer.
+pub enum ReadHalf {
+    /// Plain TCP.
+    Tcp(OwnedReadHalf),
+    /// Anything else (TLS).
+    Stream(tokio::io::ReadHalf<Box<dyn Stream>>),
+}
+
+/// The sending side of a connection: a TCP socket (`writev`), or another
+/// stream (TLS, flushed after each write).
+pub enum WriteHalf {
+    /// Plain TCP.
+    Tcp(OwnedWriteHalf),
+    /// Anything else (TLS).
+    Stream(tokio::io::WriteHalf<Box<dyn Stream>>),
+}
+
+impl From<OwnedReadHalf> for ReadHalf {
+    fn from(half: OwnedReadHalf) -> Self {
+        ReadHalf::Tcp(half)
+    }
+}
+
+impl From<OwnedWriteHalf> for WriteHalf {
+    fn from(half: OwnedWriteHalf) -> Self {
+        WriteHalf::Tcp(half)
+    }
+}
+
+/// Both halves of an upgraded connection: the raw TCP socket when
+/// `server::serve_http` handed hyper one, the TLS stream when it handed it
+/// that.
+fn halves(upgraded: hyper::upgrade::Upgraded) -> Option<(ReadHalf, WriteHalf, Bytes)> {
+    let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
+        Ok(parts) => {
+            let (rd, wr) = parts.io.into_inner().into_inner().into_split();
+            return Some((rd.into(), wr.into(), parts.read_buf));
+        }
+        Err(upgraded) => upgraded,
+    };
+    type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+    let parts = upgraded.downcast::<TokioIo<WriteDeadline<Tls>>>().ok()?;
+    let stream: Box<dyn Stream> = Box::new(parts.io.into_inner().into_inner());
+    let (rd, wr) = tokio::io::split(stream);
+    Some((ReadHalf::Stream(rd), WriteHalf::Stream(wr), parts.read_buf))
+}
 
 /// What one connection may do, and the subprotocol it speaks.
 #[derive(Debug, Clone, Copy)]
@@ -66,13 +120,13 @@ where
             Ok(u) => u,
             Err(error) => return tracing::debug!(%error, "WebSocket upgrade failed"),
         };
-        // server::serve_http hands hyper plain TCP streams; the raw socket
-        // lets the reader wait without a buffer and the writer use writev.
-        let Ok(parts) = upgraded.downcast::<TokioIo<WriteDeadline>>() else {
-            return tracing::warn!("WebSocket upgrade on a connection that is not plain TCP");
+        // server::serve_http hands hyper plain TCP streams (or TLS ones);
+        // the raw socket lets the reader wait without a buffer and the
+        // writer use writev.
+        let Some((rd, wr, pre)) = halves(upgraded) else {
+            return tracing::warn!("WebSocket upgrade on a connection that is neither TCP nor TLS");
         };
-        let (rd, wr) = parts.io.into_inner().into_inner().into_split();
-        let mut reader = Reader::new(rd, parts.read_buf, limits.message_size);
+        let mut reader = Reader::new(rd, pre, limits.message_size);
         let mut writer = Writer::new(wr, limits.write_timeout);
         if let Some(d) = deflate {
             reader.frames.inflate = true;
@@ -209,7 +263,7 @@ pub enum ReadError {
 
 /// Reads client frames. Holds a buffer only while a frame is arriving.
 pub struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     frames: Frames,
 }
 
@@ -230,9 +284,9 @@ pub struct Frames {
 impl Reader {
     /// Reads from `half`; `pre` holds bytes that arrived with the
     /// handshake; messages over `limit` bytes are refused.
-    pub fn new(half: OwnedReadHalf, pre: Bytes, limit: usize) -> Self {
+    pub fn new(half: impl Into<ReadHalf>, pre: Bytes, limit: usize) -> Self {
         Reader {
-            half,
+            half: half.into(),
             frames: Frames::new(&pre, limit, false),
         }
     }
@@ -255,11 +309,24 @@ impl Reader {
                 // Idle: hold no buffer while waiting for the next bytes.
                 frames.buf = BytesMut::new();
             }
-            self.half.readable().await?;
+            let half = match &mut self.half {
+                ReadHalf::Tcp(half) => half,
+                ReadHalf::Stream(stream) => {
+                    // TLS keeps its own buffers: read into the frame's.
+                    if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
+                        frames.buf.reserve(READ_CHUNK);
+                    }
+                    match stream.read_buf(&mut frames.buf).await? {
+                        0 => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                        _ => continue,
+                    }
+                }
+            };
+            half.readable().await?;
             if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
                 frames.buf.reserve(READ_CHUNK);
             }
-            match self.half.try_read_buf(&mut frames.buf) {
+            match half.try_read_buf(&mut frames.buf) {
                 Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -475,7 +542,7 @@ fn header(opcode: u8, len: usize) -> Bytes {
 /// hands what it must send later (pongs, a close) to the writer task
 /// through [`Controls`].
 pub struct Writer {
-    half: OwnedWriteHalf,
+    half: WriteHalf,
     // A frame not out within this is a client that stopped reading.
     timeout: std::time::Duration,
     // permessage-deflate was agreed, with these settings (boxed: every
@@ -551,9 +618,9 @@ const NEWLINE: Bytes = Bytes::from_static(b"\n");
 impl Writer {
     /// Writes to `half`; a frame that takes longer than `timeout` to go
     /// out fails with `TimedOut`.
-    pub fn new(half: OwnedWriteHalf, timeout: std::time::Duration) -> Self {
+    pub fn new(half: impl Into<WriteHalf>, timeout: std::time::Duration) -> Self {
         Writer {
-            half,
+            half: half.into(),
             timeout,
             deflate: None,
         }
@@ -646,7 +713,10 @@ impl Writer {
         payload.extend_from_slice(&reason.as_bytes()[..end]);
         let payload = Bytes::from(payload);
         self.write(vec![header(OP_CLOSE, payload.len()), payload]).await?;
-        self.half.shutdown().await
+        match &mut self.half {
+            WriteHalf::Tcp(half) => half.shutdown().await,
+            WriteHalf::Stream(stream) => stream.shutdown().await,
+        }
     }
 
     async fn write(&mut self, parts: Vec<Bytes>) -> io::Result<()> {
@@ -661,8 +731,23 @@ impl Writer {
 }
 
 /// Writes every byte of `parts`, with as few `writev` calls as the socket
-/// allows.
-async fn write_all(half: &mut OwnedWriteHalf, mut parts: Vec<Bytes>) -> io::Result<()> {
+/// allows; a TLS stream is flushed after (it may keep records back).
+async fn write_all(half: &mut WriteHalf, parts: Vec<Bytes>) -> io::Result<()> {
+    match half {
+        WriteHalf::Tcp(half) => write_parts(half, parts).await,
+        // Boxed so the TLS path does not grow every connection's writer
+        // task (the plain TCP path is the hot one).
+        WriteHalf::Stream(stream) => {
+            Box::pin(async move {
+                write_parts(stream, parts).await?;
+                stream.flush().await
+            })
+            .await
+        }
+    }
+}
+
+async fn write_parts(half: &mut (impl AsyncWrite + Unpin), mut parts: Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < parts.len() {
         let written = {

@@ -302,3 +302,23 @@ async fn the_pem_itself_works_in_place_of_a_path() {
     );
     s.shutdown().await;
 }
+
+/// centrifuge-python over `wss://` and cent over `https://`, trusting
+/// only the test CA (`tests-interop/py/tls.py`).
+#[tokio::test]
+async fn centrifuge_python_and_cent_work_over_tls() {
+    super::interop::setup().await;
+    let pki = Pki::new("python");
+    let s = TestServer::start(config(&pki.config())).await;
+    let port = s.addr.port();
+    let args = vec![
+        "tests-interop/py/tls.py".to_owned(),
+        format!("wss://127.0.0.1:{port}/connection/websocket"),
+        token("py-tls"),
+        format!("https://127.0.0.1:{port}/api"),
+        API_KEY.to_owned(),
+        pki.path("ca.pem"),
+    ];
+    super::interop::run_program_within("tests-interop/.venv/bin/python", args, Duration::from_secs(40)).await;
+    s.shutdown().await;
+}
