@@ -84,5 +84,5 @@ pub mod fuzzing;
 
 pub use error::ServerError;
 pub use node::Node;
-pub use server::{check_config, Server};
 pub use proxy::Forwarded;
+pub use server::{check_config, Server};
