@@ -54,6 +54,15 @@ async function until(page, what, fn, arg, timeout = 2000) {
     await fail(`${what}: not seen within ${timeout} ms`);
   }
 }
+// Waits until the async `fn`, run in the page, resolves to something
+// truthy (waitForFunction would take the promise itself as truthy).
+async function untilEvaluated(page, what, fn, timeout) {
+  const deadline = Date.now() + timeout;
+  while (!(await page.evaluate(fn))) {
+    if (Date.now() > deadline) await fail(`${what}: not seen within ${timeout} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 const tile = (label) => `[data-figure="${label}"] b`;
 const tileIs = ([sel, value]) => document.querySelector(sel)?.textContent === value;
 
@@ -171,6 +180,12 @@ await page.click('#call');
 const p = await Promise.race([got, new Promise((r) => setTimeout(() => r(null), 3000))]);
 check(p && p.data?.text === 'from the admin UI', `subscriber got ${show(p)}`);
 await until(page, 'the answer', () => document.querySelector('#answer')?.textContent.includes('"offset"'));
+step = 'the delivery to the WebSocket subscriber is timed for the latency chart';
+await untilEvaluated(page, 'a delivery latency in the stats', async () => {
+  const r = await fetch('admin/stats', { headers: { Authorization: 'token ' + sessionStorage.getItem('crier-admin-token') } });
+  const s = await r.json();
+  return s.series.delivery_p50_ms.some((v) => v != null) && s.series.publish_p99_ms.some((v) => v != null);
+}, 3000);
 await page.screenshot({ path: `${shots}/actions.png`, fullPage: true });
 
 step = 'publish through the API and see it in the live tail within 1 s';

@@ -139,6 +139,8 @@ pub struct Event {
     // Encoded frames, one per wire format, filled by the first writer that
     // needs each: encode once, clone the `Bytes` for every other client.
     encoded: [OnceLock<Bytes>; FORMAT_SLOTS],
+    // When the hub made it (the publish), for delivery latency.
+    created: std::time::Instant,
 }
 
 impl Event {
@@ -148,7 +150,15 @@ impl Event {
             channel,
             kind,
             encoded: Default::default(),
+            created: std::time::Instant::now(),
         }
+    }
+
+    /// When the hub made this event (a publish, a join or leave, a
+    /// message): a writer subtracts it from the time it writes the event
+    /// to measure delivery latency.
+    pub fn created(&self) -> std::time::Instant {
+        self.created
     }
 
     /// This event in `format`: encoded by `encode` the first time any client

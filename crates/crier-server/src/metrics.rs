@@ -100,6 +100,7 @@ pub const LIVE_LATENCY_BUCKETS: usize = 24;
 struct Live {
     on: std::sync::atomic::AtomicBool,
     latency: [std::sync::atomic::AtomicU64; LIVE_LATENCY_BUCKETS + 1],
+    delivery: [std::sync::atomic::AtomicU64; LIVE_LATENCY_BUCKETS + 1],
     disconnects: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
@@ -112,8 +113,17 @@ pub struct LiveReading {
     pub disconnects: Vec<(u32, u64)>,
     /// Publishes per bucket (bounds: [`live_latency_bound`]).
     pub latency: Vec<u64>,
+    /// WebSocket writes per bucket of delivery latency (from the publish
+    /// to the write to the socket of the oldest event written).
+    pub delivery: Vec<u64>,
     /// Engine failures.
     pub engine_errors: u64,
+}
+
+/// The live latency bucket of `took`: bucket i holds times up to 2^i µs.
+fn live_bucket(took: std::time::Duration) -> usize {
+    let us = took.as_micros().max(1) as u64;
+    ((64 - (us - 1).leading_zeros()) as usize).min(LIVE_LATENCY_BUCKETS)
 }
 
 /// The upper bound, in seconds, of live latency bucket `i`.
@@ -367,6 +377,17 @@ impl Metrics {
         self.live.on.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether the admin UI's figures are kept ([`Metrics::keep_live`]):
+    /// a writer asks before reading the clock for [`Metrics::delivered`].
+    pub fn live_on(&self) -> bool {
+        self.live.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one write whose oldest event was published `took` ago.
+    pub fn delivered(&self, took: std::time::Duration) {
+        self.live.delivery[live_bucket(took)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The counters the admin UI charts, now.
     pub fn live(&self) -> LiveReading {
         use std::sync::atomic::Ordering::Relaxed;
@@ -378,6 +399,7 @@ impl Metrics {
                 .collect(),
             disconnects: disconnects.iter().map(|(c, n)| (*c, *n)).collect(),
             latency: self.live.latency.iter().map(|b| b.load(Relaxed)).collect(),
+            delivery: self.live.delivery.iter().map(|b| b.load(Relaxed)).collect(),
             engine_errors: self.engine_errors.get(),
         }
     }
@@ -405,11 +427,7 @@ impl Metrics {
                 self.publish_duration.observe(took.as_secs_f64());
             }
             if live {
-                // Bucket i holds times up to 2^i µs.
-                let us = took.as_micros().max(1) as u64;
-                let i = (64 - (us - 1).leading_zeros()) as usize;
-                self.live.latency[i.min(LIVE_LATENCY_BUCKETS)]
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.live.latency[live_bucket(took)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if let Err(e) = result {

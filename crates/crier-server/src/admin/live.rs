@@ -80,8 +80,8 @@ impl History {
     }
 
     /// The series the charts draw, one point per second: `t` (Unix ms),
-    /// publications and deliveries per second, publish time p50/p99 (ms,
-    /// `null` in a second without publishes), slow-consumer drops and
+    /// publications and deliveries per second, delivery latency p50/p99
+    /// and publish time p50/p99 (ms, `null` in a second without any), slow-consumer drops and
     /// disconnects by code per second, and clients, subscriptions and
     /// channels at each reading.
     pub(super) fn series(&self) -> Value {
@@ -95,6 +95,7 @@ impl History {
         let mut t = Vec::new();
         let (mut publications, mut deliveries, mut slow) = (Vec::new(), Vec::new(), Vec::new());
         let (mut p50, mut p99) = (Vec::new(), Vec::new());
+        let (mut d50, mut d99) = (Vec::new(), Vec::new());
         let (mut clients, mut subscriptions, mut channels) = (Vec::new(), Vec::new(), Vec::new());
         let mut codes: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
         for (i, pair) in r.windows(2).enumerate() {
@@ -108,15 +109,12 @@ impl History {
             clients.push(b.clients);
             subscriptions.push(b.subscriptions);
             channels.push(b.channels);
-            let delta: Vec<u64> = b
-                .live
-                .latency
-                .iter()
-                .zip(a.live.latency.iter().chain(std::iter::repeat(&0)))
-                .map(|(y, x)| y.saturating_sub(*x))
-                .collect();
+            let delta = buckets_delta(&a.live.latency, &b.live.latency);
             p50.push(quantile_ms(&delta, 0.50));
             p99.push(quantile_ms(&delta, 0.99));
+            let delta = buckets_delta(&a.live.delivery, &b.live.delivery);
+            d50.push(quantile_ms(&delta, 0.50));
+            d99.push(quantile_ms(&delta, 0.99));
             let before: BTreeMap<u32, u64> = a.live.disconnects.iter().copied().collect();
             for (code, n) in &b.live.disconnects {
                 let d = n.saturating_sub(before.get(code).copied().unwrap_or(0));
@@ -137,6 +135,8 @@ impl History {
             "t": t,
             "publications": publications,
             "deliveries": deliveries,
+            "delivery_p50_ms": d50,
+            "delivery_p99_ms": d99,
             "publish_p50_ms": p50,
             "publish_p99_ms": p99,
             "slow": slow,
@@ -146,6 +146,14 @@ impl History {
             "channels": channels,
         })
     }
+}
+
+/// Per bucket, what was counted between readings `a` and `b`.
+fn buckets_delta(a: &[u64], b: &[u64]) -> Vec<u64> {
+    b.iter()
+        .zip(a.iter().chain(std::iter::repeat(&0)))
+        .map(|(y, x)| y.saturating_sub(*x))
+        .collect()
 }
 
 /// The `q` quantile of a bucketed count, in milliseconds (the upper bound

@@ -398,6 +398,17 @@ async fn write(
                 // messages per frame (docs/benchmarks.md).
                 tokio::task::yield_now().await;
                 let _ = rx.try_drain(&mut items);
+                // Delivery latency for the admin UI: from the publish of
+                // the oldest event in this write to now (measured before
+                // the write, so nothing is held across it).
+                if node.metrics.live_on() {
+                    if let Some(created) = items.iter().find_map(|i| match i {
+                        crier_core::Outbound::Event(e) => Some(e.created()),
+                        crier_core::Outbound::Raw(_) => None,
+                    }) {
+                        node.metrics.delivered(created.elapsed());
+                    }
+                }
                 let sent = match writer.deflate() {
                     // Compressed: a frame per message, so a shared event is
                     // compressed once for all its subscribers.

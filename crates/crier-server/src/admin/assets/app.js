@@ -149,7 +149,7 @@
     const transports = h("div", { id: "transports" });
     const charts = [
       { id: "chart-rates", title: "Publications and deliveries per second", series: [["publications", "publications/s"], ["deliveries", "deliveries/s"]] },
-      { id: "chart-latency", title: "Publish time, ms (engine, then enqueue to every subscriber)", series: [["publish_p50_ms", "p50 (ms)"], ["publish_p99_ms", "p99 (ms)"]] },
+      { id: "chart-latency", title: "Latency, ms", series: [["delivery_p50_ms", "delivery p50"], ["delivery_p99_ms", "delivery p99"], ["publish_p50_ms", "publish p50"], ["publish_p99_ms", "publish p99"]] },
       { id: "chart-disconnects", title: "Disconnects per second, by code", series: "disconnects" },
       { id: "chart-clients", title: "Clients and subscriptions", series: [["clients", "clients"], ["subscriptions", "subscriptions"]] },
     ].map((c) => Object.assign(c, { canvas: h("canvas", { id: c.id, role: "img", "aria-label": c.title }), legend: h("div", { class: "legend" }) }));
