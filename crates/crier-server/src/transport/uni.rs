@@ -15,7 +15,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use crier_core::{ClientId, ClientReceiver, DisconnectReason};
+use crier_core::{ClientId, ClientReceiver, DisconnectReason, Hook};
 use crier_proto::client::{ConnectRequest, ConnectResult, Push};
 use crier_proto::codes::{Disconnect, ErrorCode};
 use crier_proto::encode::{self, Envelope, PING};
@@ -100,13 +100,23 @@ struct Outgoing {
     node: Arc<Node>,
     rx: ClientReceiver,
     id: ClientId,
-    // When the connection is closed as expired (its credentials plus
-    // `client.expired_close_delay`, as on every transport).
-    deadline: Option<std::time::SystemTime>,
+    // When the connection expires, if it does (boxed: most never do).
+    expiry: Option<Box<Expiry>>,
     items: Vec<crier_core::Outbound>,
 }
 
+/// When a uni connection expires: closed as expired then (its
+/// credentials plus `client.expired_close_delay`, as on every transport),
+/// or, with a refresh hook (the refresh proxy), the backend is asked then
+/// to prolong it, through the session kept for that.
+struct Expiry {
+    at: std::time::SystemTime,
+    refresher: Option<Session>,
+}
+
 enum Step {
+    /// Nothing to send (a refresh moved the expiry).
+    Nothing,
     Frame(Vec<Bytes>),
     Ping,
     Close(Disconnect),
@@ -115,7 +125,7 @@ enum Step {
 impl Outgoing {
     /// Waits for the next thing to send.
     async fn next(&mut self, ping: &mut tokio::time::Interval) -> Step {
-        let expiry = self.deadline.map(crate::clock::until);
+        let expiry = self.expiry.as_ref().map(|e| crate::clock::until(e.at));
         let expired = async {
             match expiry {
                 Some(d) => tokio::time::sleep(d).await,
@@ -126,6 +136,22 @@ impl Outgoing {
             r = self.rx.drain(&mut self.items) => r,
             _ = ping.tick() => return Step::Ping,
             _ = expired => {
+                if let Some(Expiry { at, refresher: Some(session) }) = self.expiry.as_deref_mut() {
+                    // The backend prolongs the connection, or ends it.
+                    match Box::pin(session.expire()).await {
+                        Ok(()) => {
+                            match session.deadline() {
+                                Some(next) => *at = next,
+                                None => self.expiry = None,
+                            }
+                            return Step::Nothing;
+                        }
+                        Err(d) => {
+                            self.node.hub.disconnect(self.id, DisconnectReason::Removed);
+                            return Step::Close(d);
+                        }
+                    }
+                }
                 self.node.hub.disconnect(self.id, DisconnectReason::Removed);
                 return Step::Close(Disconnect::EXPIRED);
             }
@@ -160,14 +186,19 @@ async fn open(
     let mut session = Session::new(node.clone(), Codec::Json, transport);
     session.set_http_headers(forwarded);
     let Opened { result, rx, id } = Box::pin(session.open(req, true)).await.map_err(refusal)?;
-    let deadline = session.deadline();
+    // Only a connection with an expiry that a hook prolongs keeps its
+    // session (subscription expiries of uni clients are not refreshed).
+    let expiry = session.deadline().map(|at| {
+        let refresher = node.hooks.decides(Hook::Refresh).then_some(session);
+        Box::new(Expiry { at, refresher })
+    });
     Ok((
         connect_push(result),
         Outgoing {
             node: node.clone(),
             rx,
             id,
-            deadline,
+            expiry,
             items: Vec::new(),
         },
     ))
@@ -256,7 +287,14 @@ async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], fr
                         ));
                     }
                     let mut buf = BytesMut::new();
-                    let done = match out.next(&mut ping).await {
+                    let step = loop {
+                        match out.next(&mut ping).await {
+                            Step::Nothing => continue,
+                            step => break step,
+                        }
+                    };
+                    let done = match step {
+                        Step::Nothing => false,
                         Step::Frame(messages) => {
                             for m in &messages {
                                 framing.put(&mut buf, m);
@@ -383,6 +421,7 @@ async fn serve_websocket(
             },
         };
         let sent = match step {
+            Step::Nothing => Ok(()),
             Step::Frame(mut messages) => writer.text(&mut messages).await,
             Step::Ping => writer.text(&mut vec![Bytes::from_static(PING)]).await,
             Step::Close(d) => {

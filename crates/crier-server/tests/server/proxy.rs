@@ -341,6 +341,44 @@ async fn the_refresh_proxy_extends_a_connection_past_its_expiry_then_ends_it() {
     s.shutdown().await;
 }
 
+/// The same for a unidirectional client (here HTTP streaming), which has
+/// no way to refresh itself: the server asks the backend at the expiry.
+#[tokio::test]
+async fn the_refresh_proxy_extends_a_uni_connection_then_ends_it() {
+    let (backend, seen) = backend().await;
+    let cfg = format!(
+        "{}\n[client.proxy.refresh]\nenabled = true\nendpoint = \"http://{backend}/refresh\"\n[uni_http_stream]\nenabled = true\n",
+        proxied(backend)
+    );
+    let s = TestServer::start(config(&cfg)).await;
+    let body = json!({"data": {"user": "uni-erin", "expiring": true}}).to_string();
+    let mut st = super::uni::UniStream::request(&s, "POST", "/connection/uni_http_stream", &body).await;
+    assert_eq!(st.status, 200);
+    let connected = st.push().await;
+    assert!(connected["connect"]["client"].is_string(), "{connected}");
+    let first_expiry = unix_now() + 1;
+    eventually_within("the first refresh call", Duration::from_secs(5), || {
+        let seen = seen.clone();
+        async move { seen.of("/refresh").len() == 1 }
+    })
+    .await;
+    assert_eq!(seen.of("/refresh")[0]["user"], json!("uni-erin"));
+    assert_eq!(seen.of("/refresh")[0]["transport"], json!("uni_http_stream"));
+    // Still connected past its first expiry: a publication in the
+    // backend's server-side channel arrives.
+    s.api("publish", json!({"channel": "news", "data": {"still": "here"}}))
+        .await;
+    let p = st.push().await;
+    assert_eq!(p["pub"]["data"], json!({"still": "here"}), "{p}");
+    assert!(unix_now() >= first_expiry, "asked before the expiry");
+    // Then the backend says it expired: the stream ends with 3005.
+    let d = st.push().await;
+    assert_eq!(d["disconnect"]["code"], json!(3005), "{d}");
+    assert!(st.next().await.is_none());
+    assert_eq!(seen.of("/refresh").len(), 2);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_sub_refresh_proxy_extends_a_subscription_then_ends_it_with_2501() {
     let (backend, seen) = backend().await;

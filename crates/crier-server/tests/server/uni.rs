@@ -13,13 +13,13 @@ const UNI: &str =
     "[uni_sse]\nenabled = true\n[uni_http_stream]\nenabled = true\n[uni_websocket]\nenabled = true\n";
 
 /// A streaming HTTP response read message by message.
-struct UniStream {
+pub(super) struct UniStream {
     lines: tokio::io::Lines<BufReader<TcpStream>>,
-    status: u16,
+    pub(super) status: u16,
 }
 
 impl UniStream {
-    async fn request(s: &TestServer, method: &str, path: &str, body: &str) -> Self {
+    pub(super) async fn request(s: &TestServer, method: &str, path: &str, body: &str) -> Self {
         let mut tcp = TcpStream::connect(s.addr).await.expect("connect");
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{body}",
@@ -43,7 +43,7 @@ impl UniStream {
 
     /// The next JSON message (SSE `data:` lines or NDJSON lines; chunk
     /// headers and blank lines are skipped); `None` when the body ends.
-    async fn next(&mut self) -> Option<Value> {
+    pub(super) async fn next(&mut self) -> Option<Value> {
         loop {
             let line = tokio::time::timeout(WAIT, self.lines.next_line())
                 .await
@@ -60,7 +60,7 @@ impl UniStream {
     }
 
     /// The next message that is not a ping.
-    async fn push(&mut self) -> Value {
+    pub(super) async fn push(&mut self) -> Value {
         loop {
             let v = self.next().await.expect("stream ended early");
             if v != json!({}) {
