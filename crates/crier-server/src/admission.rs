@@ -7,6 +7,7 @@
 //! only says which credentials it received; it never decides.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -31,6 +32,22 @@ pub(crate) enum Credentials<'a> {
     /// `[[tcp]]` listener without `token`): the anonymous rules of
     /// `client.*` do not apply, the limits do.
     ListenerAnonymous,
+}
+
+/// Where a client connects from, for the logs: its transport, and the
+/// remote address of its socket when the transport knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub transport: Transport,
+    pub remote: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// The `remote` field of a log line: the address, or empty when not
+    /// known. Formatted only for a line that is written.
+    pub fn remote_field(&self) -> String {
+        self.remote.map(|a| a.to_string()).unwrap_or_default()
+    }
 }
 
 /// Why a client was not admitted.
@@ -74,12 +91,8 @@ pub(crate) struct Admitted {
 /// Decides who presents `credentials`: token verification, then
 /// `client.insecure`, `allow_anonymous_connect_without_token` and
 /// `disallow_anonymous_connection_tokens`, then an `expire_at` already past.
-pub(crate) fn identify(
-    node: &Node,
-    transport: Transport,
-    credentials: Credentials<'_>,
-) -> Result<Identity, Refused> {
-    identify_quietly(node, credentials).inspect_err(|refused| log_refusal(node, transport, "", refused))
+pub(crate) fn identify(node: &Node, peer: Peer, credentials: Credentials<'_>) -> Result<Identity, Refused> {
+    identify_quietly(node, credentials).inspect_err(|refused| log_refusal(node, peer, "", refused))
 }
 
 fn identify_quietly(node: &Node, credentials: Credentials<'_>) -> Result<Identity, Refused> {
@@ -130,9 +143,9 @@ fn identify_quietly(node: &Node, credentials: Credentials<'_>) -> Result<Identit
 
 /// Registers `identity` with the hub if `client.connection_limit` and
 /// `client.user_connection_limit` let it in.
-pub(crate) fn register(node: &Node, transport: Transport, identity: Identity) -> Result<Admitted, Refused> {
+pub(crate) fn register(node: &Node, peer: Peer, identity: Identity) -> Result<Admitted, Refused> {
     let user = identity.user.clone();
-    register_quietly(node, identity).inspect_err(|refused| log_refusal(node, transport, &user, refused))
+    register_quietly(node, identity).inspect_err(|refused| log_refusal(node, peer, &user, refused))
 }
 
 fn register_quietly(node: &Node, identity: Identity) -> Result<Admitted, Refused> {
@@ -175,7 +188,7 @@ fn register_quietly(node: &Node, identity: Identity) -> Result<Admitted, Refused
 /// bidirectional client's subscribes must: 3505 over it.
 pub(crate) fn within_channel_limit<'a>(
     node: &Node,
-    transport: Transport,
+    peer: Peer,
     identity: &Identity,
     requested: impl Iterator<Item = &'a String>,
 ) -> Result<(), Refused> {
@@ -189,39 +202,35 @@ pub(crate) fn within_channel_limit<'a>(
     }
     node.metrics.refused("channel_limit");
     let refused = Refused::Disconnect(Disconnect::CHANNEL_LIMIT);
-    log_refusal(node, transport, &identity.user, &refused);
+    log_refusal(node, peer, &identity.user, &refused);
     Err(refused)
 }
 
 /// [`identify`] then [`register`].
-pub(crate) fn admit(
-    node: &Node,
-    transport: Transport,
-    credentials: Credentials<'_>,
-) -> Result<Admitted, Refused> {
-    register(node, transport, identify(node, transport, credentials)?)
+pub(crate) fn admit(node: &Node, peer: Peer, credentials: Credentials<'_>) -> Result<Admitted, Refused> {
+    register(node, peer, identify(node, peer, credentials)?)
 }
 
 /// Logs a refused connection at info (rate-limited node-wide, so a flood
 /// of bad tokens cannot fill the disk): the transport, the user when
-/// known, and the code.
-pub(crate) fn log_refusal(node: &Node, transport: Transport, user: &str, refused: &Refused) {
+/// known, the remote address and the code.
+pub(crate) fn log_refusal(node: &Node, peer: Peer, user: &str, refused: &Refused) {
     let Some(left_out) = node.metrics.client_problem_line() else {
         return;
     };
-    let transport = transport.label();
+    let (transport, remote) = (peer.transport.label(), peer.remote_field());
     match refused {
         Refused::Error(code) => {
             let code = code.code();
-            tracing::info!(transport, user, code, left_out, "connection refused");
+            tracing::info!(transport, user, %remote, code, left_out, "connection refused");
         }
         Refused::Disconnect(d) => {
             let (code, reason) = (d.code, &d.reason);
-            tracing::info!(transport, user, code, %reason, left_out, "connection refused");
+            tracing::info!(transport, user, %remote, code, %reason, left_out, "connection refused");
         }
         Refused::Custom(e) => {
             let (code, reason) = (e.code, &e.message);
-            tracing::info!(transport, user, code, %reason, left_out, "connection refused by the connect proxy");
+            tracing::info!(transport, user, %remote, code, %reason, left_out, "connection refused by the connect proxy");
         }
     }
 }
@@ -255,12 +264,12 @@ pub(crate) fn hooked(node: &Node) -> bool {
 /// with backoff).
 pub(crate) async fn identify_by_proxy(
     node: &Node,
-    transport: Transport,
+    peer: Peer,
     hello: &Hello<'_>,
 ) -> Result<(Identity, Option<Bytes>), Refused> {
-    let outcome = ask_connect_proxy(node, transport, hello).await;
+    let outcome = ask_connect_proxy(node, peer.transport, hello).await;
     if let Err(refused) = &outcome {
-        log_refusal(node, transport, "", refused);
+        log_refusal(node, peer, "", refused);
     }
     outcome
 }

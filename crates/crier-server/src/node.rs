@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AccessPolicy, TokenVerifier};
 use crate::config::{ChannelOptions, Config, ConfigError, OriginPolicy};
-use crate::metrics::{Metrics, Transport};
+use crate::metrics::Metrics;
 use crate::wire;
 use crier_proto::api::NodeResult;
 use crier_proto::codes::ErrorCode;
@@ -452,7 +452,7 @@ impl Node {
     /// at info, rate-limited.
     pub(crate) fn origin_allowed(
         &self,
-        transport: Transport,
+        peer: crate::admission::Peer,
         origin: Option<&str>,
         host: Option<&str>,
     ) -> bool {
@@ -462,9 +462,11 @@ impl Node {
             || (self.config.crier.dev && origin.is_some_and(crate::config::is_local_origin));
         if !allowed {
             if let Some(left_out) = self.metrics.client_problem_line() {
-                let (transport, origin, host) = (transport.label(), origin.unwrap_or(""), host.unwrap_or(""));
+                let (transport, origin, host) =
+                    (peer.transport.label(), origin.unwrap_or(""), host.unwrap_or(""));
                 tracing::info!(
                     transport,
+                    remote = %peer.remote_field(),
                     origin,
                     host,
                     left_out,

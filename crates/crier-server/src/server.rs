@@ -321,9 +321,9 @@ async fn serve_http(listener: TcpListener, app: Router, node: Arc<Node>, shutdow
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_size);
     loop {
-        let stream = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, most likely: back off instead
                     // of spinning, and keep serving the connections we have.
@@ -335,7 +335,8 @@ async fn serve_http(listener: TcpListener, app: Router, node: Arc<Node>, shutdow
             _ = shutdown.cancelled() => return,
         };
         crate::net::prepare(&stream, limits.send_buffer_size);
-        let (http, app, shutdown) = (http.clone(), app.clone(), shutdown.clone());
+        let (http, shutdown) = (http.clone(), shutdown.clone());
+        let app = WithRemote(TowerToHyperService::new(app.clone()), remote);
         match &node.tls {
             None => {
                 let io = WriteDeadline::new(stream, limits.write_timeout);
@@ -368,13 +369,12 @@ async fn serve_http(listener: TcpListener, app: Router, node: Arc<Node>, shutdow
 async fn serve_connection<S>(
     http: hyper::server::conn::http1::Builder,
     io: WriteDeadline<S>,
-    app: Router,
+    app: WithRemote,
     shutdown: CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app);
-    let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let conn = http.serve_connection(TokioIo::new(io), app).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -382,6 +382,29 @@ async fn serve_connection<S>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// The app as hyper serves it on one connection: each request carries the
+/// connection's remote address (axum's [`ConnectInfo`]), for the client
+/// problems the transports log. Once per request, never per delivery.
+///
+/// [`ConnectInfo`]: axum::extract::ConnectInfo
+struct WithRemote(TowerToHyperService<Router>, SocketAddr);
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithRemote {
+    type Response = <TowerToHyperService<Router> as hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+    >>::Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        hyper_util::service::TowerToHyperServiceFuture<Router, hyper::Request<hyper::body::Incoming>>;
+
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.1));
+        self.0.call(request)
     }
 }
 

@@ -4,6 +4,7 @@
 //! client so replies and pushes keep their order. Knows no sockets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -16,7 +17,7 @@ use crier_proto::client::{self as wire, Command, Payload, Reply, ReplyError, Req
 use crier_proto::codes::{Disconnect, ErrorCode, Unsubscribe};
 
 pub(crate) use crate::admission::Refused;
-use crate::admission::{self, Admitted, Credentials, Identity};
+use crate::admission::{self, Admitted, Credentials, Identity, Peer};
 use crate::auth::{ChannelAction, Permission, Rejection, Requester, SubscriptionOptions};
 use crate::clock::{after, unix_now, TokenBucket};
 use crate::config::ChannelOptions;
@@ -75,6 +76,9 @@ pub struct Session {
     codec: Codec,
     // Which transport carries it, for the logs.
     transport: Transport,
+    // The address of the client's socket, for the logs: boxed, as every
+    // connection's task holds its session (a `SocketAddr` is 32 bytes).
+    remote: Option<Box<SocketAddr>>,
     connected: Option<Connected>,
     // `client.command_rate_limit`, when set.
     commands: Option<TokenBucket>,
@@ -96,7 +100,8 @@ struct Extras {
 
 impl Session {
     /// A session that has not connected yet.
-    pub fn new(node: Arc<Node>, codec: Codec, transport: Transport) -> Self {
+    /// `remote`: the address of the client's socket, when known.
+    pub fn new(node: Arc<Node>, codec: Codec, transport: Transport, remote: Option<Box<SocketAddr>>) -> Self {
         let commands = match node.config.client.command_rate_limit {
             0 => None,
             rate => Some(TokenBucket::new(rate)),
@@ -105,6 +110,7 @@ impl Session {
             node,
             codec,
             transport,
+            remote,
             connected: None,
             commands,
             extras: None,
@@ -273,6 +279,14 @@ impl Session {
         Ok(())
     }
 
+    /// Where the client connects from, for the logs.
+    fn peer(&self) -> Peer {
+        Peer {
+            transport: self.transport,
+            remote: self.remote.as_deref().copied(),
+        }
+    }
+
     /// `who` as the hooks see it.
     fn caller<'a>(&'a self, who: &'a Who) -> Caller<'a> {
         Caller {
@@ -287,15 +301,28 @@ impl Session {
     /// Ends the session: the hub forgets the client and its writer closes
     /// the transport with `disconnect`.
     pub fn close(&mut self, disconnect: &Disconnect) {
+        self.end(disconnect, "client disconnected");
+    }
+
+    /// Ends the session the hub already ended with `disconnect` (a slow
+    /// consumer dropped, a server API disconnect), which the transport
+    /// sent: logged as the server's decision.
+    pub fn closed_by_hub(&mut self, disconnect: &Disconnect) {
+        self.end(disconnect, "client disconnected by the server");
+    }
+
+    fn end(&mut self, disconnect: &Disconnect, what: &'static str) {
         if let Some(c) = self.connected.take() {
             self.node.forget_format(c.who.id, self.codec);
             let (transport, code, reason) = (self.transport.label(), disconnect.code, &disconnect.reason);
+            let format = self.codec.label();
             if is_problem(code) {
                 if let Some(left_out) = self.node.metrics.client_problem_line() {
-                    tracing::info!(client = %c.who.id, user = %c.who.user, transport, format = self.codec.label(), code, %reason, left_out, "client disconnected");
+                    let remote = self.peer().remote_field();
+                    tracing::info!(client = %c.who.id, user = %c.who.user, transport, %remote, format, code, %reason, left_out, "{what}");
                 }
             } else {
-                tracing::debug!(client = %c.who.id, user = %c.who.user, transport, format = self.codec.label(), code, %reason, "client disconnected");
+                tracing::debug!(client = %c.who.id, user = %c.who.user, transport, remote = %self.peer().remote_field(), format, code, %reason, "{what}");
             }
             self.node.hub.disconnect(c.who.id, reason_of(disconnect));
         }
@@ -354,22 +381,22 @@ impl Session {
                 },
                 forwarded: &forwarded,
             };
-            admission::identify_by_proxy(&node, self.transport, &hello).await?
+            admission::identify_by_proxy(&node, self.peer(), &hello).await?
         } else {
             (
-                admission::identify(&node, self.transport, Credentials::Token(&req.token))?,
+                admission::identify(&node, self.peer(), Credentials::Token(&req.token))?,
                 None,
             )
         };
         if uni {
-            admission::within_channel_limit(&node, self.transport, &identity, req.subs.keys())?;
+            admission::within_channel_limit(&node, self.peer(), &identity, req.subs.keys())?;
         }
         let Admitted {
             identity,
             id: cid,
             rx,
-        } = admission::register(&node, self.transport, identity)?;
-        tracing::debug!(client = %cid, user = %identity.user, transport = self.transport.label(), "client connected");
+        } = admission::register(&node, self.peer(), identity)?;
+        tracing::debug!(client = %cid, user = %identity.user, transport = self.transport.label(), remote = %self.peer().remote_field(), "client connected");
         let Identity {
             user,
             conn_info,

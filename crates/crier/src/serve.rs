@@ -125,14 +125,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             || (args.dev && (w.key == "client.insecure" || w.key == "admin.insecure"));
         !(w.kind == WarningKind::Advice && said)
     });
-    for warning in &warnings {
-        eprintln!("warning: {warning}");
+    // Through the logger, so `log.file` and the JSON format apply to them.
+    for Warning { key, message, .. } in &warnings {
+        tracing::warn!(%key, "{message}");
     }
     if unreachable {
-        eprintln!(
-            "warning: no client can connect: no token key is configured (client.token.*)\n  \
-             and client.insecure is off. To fix it, set client.token.hmac_secret_key in the\n  \
-             config file (or CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY) and give clients tokens from\n  \
+        tracing::warn!(
+            key = "client.token",
+            "no client can connect: no token key is configured (client.token.*) \
+             and client.insecure is off. To fix it, set client.token.hmac_secret_key in the \
+             config file (or CRIER_CLIENT_TOKEN_HMAC_SECRET_KEY) and give clients tokens from \
              `crier token --user ID`; or, for a local trial only, run `crier serve --dev`."
         );
     }

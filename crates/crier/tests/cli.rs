@@ -680,10 +680,10 @@ fn version_and_token_with_a_secret_need_no_config() {
     assert_eq!(claims.user, "42");
 }
 
-/// Opens a WebSocket to `served` with raw bytes, sends a connect with
-/// `token`, and reads until the server closes; the close code.
-fn ws_connect_code(served: &Served, token: &str) -> u16 {
-    use std::io::{Read as _, Write as _};
+/// Opens a WebSocket to `served` with raw bytes and sends a connect with
+/// `token`; the stream, for [`ws_close_code`] or more frames.
+fn ws_open(served: &Served, token: &str) -> std::net::TcpStream {
+    use std::io::Write as _;
     let addr = &served.http["http://".len()..];
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
@@ -693,12 +693,31 @@ fn ws_connect_code(served: &Served, token: &str) -> u16 {
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
     .expect("handshake");
-    let connect = format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#);
+    ws_send(&mut s, &format!(r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#));
+    s
+}
+
+/// Sends one masked text frame (under 64 KiB).
+fn ws_send(s: &mut std::net::TcpStream, text: &str) {
+    use std::io::Write as _;
     let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | connect.len() as u8];
+    let mut frame = vec![0x81];
+    match u8::try_from(text.len()) {
+        Ok(n) if n < 126 => frame.push(0x80 | n),
+        _ => {
+            let n = u16::try_from(text.len()).expect("a frame under 64 KiB");
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&n.to_be_bytes());
+        }
+    }
     frame.extend_from_slice(&mask);
-    frame.extend(connect.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).expect("connect frame");
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).expect("a frame");
+}
+
+/// Reads until the server closes; the close frame's code.
+fn ws_close_code(s: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read as _;
     let mut all = Vec::new();
     let _ = s.read_to_end(&mut all);
     // The close frame ends the stream: 0x88, length, code.
@@ -706,54 +725,214 @@ fn ws_connect_code(served: &Served, token: &str) -> u16 {
     u16::from_be_bytes([all[at + 2], all[at + 3]])
 }
 
+/// Opens a WebSocket, connects with `token`, and reads until the server
+/// closes; the close code.
+fn ws_connect_code(served: &Served, token: &str) -> u16 {
+    ws_close_code(&mut ws_open(served, token))
+}
+
+/// [`ws_open`] for a token the server accepts: returns once the connect
+/// reply came, with the client's id.
+fn ws_connected(served: &Served, token: &str) -> (std::net::TcpStream, String) {
+    use std::io::Read as _;
+    let mut s = ws_open(served, token);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let at = loop {
+        let n = s.read(&mut buf).expect("the connect reply");
+        assert!(
+            n > 0,
+            "closed before the connect reply: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(at) = text.find(r#""client":""#) {
+            break text[at + r#""client":""#.len()..].to_string();
+        }
+    };
+    let client = at.split('"').next().expect("a client id").to_string();
+    (s, client)
+}
+
+/// Waits for the JSON log line (`crier.log_format = "json"`) whose message
+/// starts with `message` and whose `code` field is `code`; its fields.
+fn logged(served: &mut Served, message: &str, code: u64) -> Value {
+    let line = served.process.wait_for(Stream::Stderr, message, |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+                && v["fields"]["code"] == json!(code)
+        })
+    });
+    json_line(&line)["fields"].clone()
+}
+
+/// How many JSON log lines so far have this message (prefix) and code.
+fn count_logged(served: &Served, message: &str, code: u64) -> usize {
+    served
+        .process
+        .output(Stream::Stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+                && v["fields"]["code"] == json!(code)
+        })
+        .count()
+}
+
+/// Asserts a client-problem line names the client's address (loopback).
+fn assert_remote(fields: &Value) {
+    assert!(
+        fields["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "{fields}"
+    );
+}
+
+#[cfg(unix)]
+fn sighup(served: &mut Served) {
+    let pid = served.process.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    // SIGHUP's line is not rate-limited: everything logged before it is in.
+    served
+        .process
+        .wait_for(Stream::Stderr, "the SIGHUP line", |l| l.contains("SIGHUP"));
+}
+
+#[cfg(unix)]
 #[test]
 fn client_problems_are_logged_once_each_and_a_flood_is_bounded() {
+    use std::io::{Read as _, Write as _};
     let config = temp_file(
         "crier-cli-logs.toml",
-        "[client.token]\nhmac_secret_key = \"log-test-secret-that-is-long\"\n[client]\nallowed_origins = [\"http://good.example\"]\n",
+        "[client.token]\nhmac_secret_key = \"log-test-secret-that-is-long\"\n\
+         [client]\nallowed_origins = [\"http://good.example\"]\nuser_connection_limit = 1\n\
+         [http_api]\ninsecure = true\n[crier]\nlog_format = \"json\"\n",
     );
-    let mut served = serve(&["-c", config.to_str().expect("utf-8")], &[]);
+    let path = config.to_str().expect("utf-8");
+    let mut served = serve(&["-c", path], &[]);
+    let (status, token, stderr) = run(&["token", "-c", path, "--user", "42"], &[]);
+    assert!(status.success(), "{stderr}");
+    let token = token.trim();
+
+    // A bad token: 3500.
     assert_eq!(ws_connect_code(&served, "not-a-token"), 3500);
-    let line = served.process.wait_for(Stream::Stderr, "the refusal line", |l| {
-        l.contains("connection refused")
-    });
+    let line = logged(&mut served, "connection refused", 3500);
+    assert_eq!(line["transport"], "websocket", "{line}");
+    assert_eq!(line["user"], "", "{line}");
     assert!(
-        line.contains("transport=\"websocket\"")
-            && line.contains("code=3500")
-            && line.contains("invalid token"),
+        line["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("invalid token")),
         "{line}"
     );
+    assert_remote(&line);
+
+    // An origin refused: HTTP 403 (no code field: the status says it).
+    let addr = &served.http["http://".len()..];
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).expect("a status line");
+    assert_eq!(&answer, b"HTTP/1.1 403", "refused");
+    let origin = served.process.wait_for(Stream::Stderr, "the origin line", |l| {
+        l.contains("origin refused (HTTP 403)")
+    });
+    let origin = json_line(&origin)["fields"].clone();
+    assert_eq!(origin["transport"], "websocket", "{origin}");
+    assert_eq!(origin["origin"], "http://evil.example", "{origin}");
+    assert_remote(&origin);
+
+    // A limit: user 42 may have one connection (3504 for the second).
+    let (mut first, client) = ws_connected(&served, token);
+    assert_eq!(ws_connect_code(&served, token), 3504);
+    let line = logged(&mut served, "connection refused", 3504);
+    assert_eq!(
+        (&line["transport"], &line["user"]),
+        (&json!("websocket"), &json!("42")),
+        "{line}"
+    );
+    assert_remote(&line);
+
+    // A disconnect with a code, by the server API: the server's decision.
+    let r = api(
+        &served,
+        "disconnect",
+        &json!({"user": "42", "disconnect": {"code": 3600, "reason": "go away"}}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(ws_close_code(&mut first), 3600);
+    let line = logged(&mut served, "client disconnected by the server", 3600);
+    assert_eq!(
+        (&line["client"], &line["user"]),
+        (&json!(client), &json!("42")),
+        "{line}"
+    );
+    assert_eq!(line["transport"], "websocket", "{line}");
+    assert_eq!(line["reason"], "go away", "{line}");
+    assert_remote(&line);
+
+    // A protocol error once connected: 3501.
+    let (mut again, client) = ws_connected(&served, token);
+    ws_send(&mut again, "this is not a command");
+    assert_eq!(ws_close_code(&mut again), 3501);
+    let line = logged(&mut served, "client disconnected", 3501);
+    assert_eq!(
+        (&line["client"], &line["user"]),
+        (&json!(client), &json!("42")),
+        "{line}"
+    );
+    assert_eq!(line["transport"], "websocket", "{line}");
+    assert_remote(&line);
+
+    // Exactly one line each (the connects and the 3000s are at debug).
+    sighup(&mut served);
+    for (message, code) in [
+        ("connection refused", 3500),
+        ("connection refused", 3504),
+        ("client disconnected by the server", 3600),
+        ("client disconnected", 3501),
+    ] {
+        assert_eq!(count_logged(&served, message, code), 1, "{message} {code}");
+    }
+    assert_eq!(
+        served
+            .process
+            .output(Stream::Stderr)
+            .matches("origin refused (HTTP 403)")
+            .count(),
+        1
+    );
+
     // A flood of bad tokens: at most the burst plus the rate's worth.
     let started = Instant::now();
     for _ in 0..200 {
         assert_eq!(ws_connect_code(&served, "not-a-token"), 3500);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // SIGHUP's line is not rate-limited: everything logged before it is in.
-    #[cfg(unix)]
-    {
-        let pid = served.process.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success());
-        served
-            .process
-            .wait_for(Stream::Stderr, "the SIGHUP line", |l| l.contains("SIGHUP"));
-        let refusals = served
-            .process
-            .output(Stream::Stderr)
-            .lines()
-            .filter(|l| l.contains("connection refused"))
-            .count();
-        let bound = 1 + 20 + (20.0 * elapsed).ceil() as usize;
-        assert!(
-            refusals <= bound,
-            "{refusals} lines for 201 refusals in {elapsed:.2} s (bound {bound})"
-        );
-        assert!(refusals >= 20, "the first ones are logged: {refusals}");
-    }
+    sighup(&mut served);
+    let refusals = count_logged(&served, "connection refused", 3500) - 1;
+    let bound = 20 + (20.0 * elapsed).ceil() as usize;
+    assert!(
+        refusals <= bound,
+        "{refusals} lines for 200 refusals in {elapsed:.2} s (bound {bound})"
+    );
+    assert!(refusals >= 15, "the first ones are logged: {refusals}");
 }
 
 #[test]
@@ -862,7 +1041,8 @@ fn log_file_gets_the_lines_as_json_objects() {
     let config = temp_file(
         "crier-cli-json-logs.toml",
         &format!(
-            "[client.token]\nhmac_secret_key = \"log-test-secret-that-is-long\"\n[log]\nfile = \"{}\"\n[crier]\nlog_format = \"json\"\n",
+            "[client]\nunknown_thing = 1\n[client.token]\nhmac_secret_key = \"log-test-secret-that-is-long\"\n\
+             [log]\nfile = \"{}\"\n[crier]\nlog_format = \"json\"\nallow_unknown_keys = true\n",
             log.display()
         ),
     );
@@ -871,8 +1051,10 @@ fn log_file_gets_the_lines_as_json_objects() {
     terminate(&mut served);
     let stderr = served.process.output(Stream::Stderr);
     assert!(
-        !stderr.contains("connection refused") && !stderr.contains("stopped"),
-        "log lines go to log.file, not stderr: {stderr}"
+        !stderr.contains("connection refused")
+            && !stderr.contains("stopped")
+            && !stderr.contains("unknown_thing"),
+        "log lines and config warnings go to log.file, not stderr: {stderr}"
     );
     let text = std::fs::read_to_string(&log).expect("log.file was written");
     let lines: Vec<Value> = text.lines().map(json_line).collect();
@@ -890,6 +1072,13 @@ fn log_file_gets_the_lines_as_json_objects() {
         "{refused}"
     );
     assert!(refused["timestamp"].is_string(), "{refused}");
+    // The config file's warnings go through the same logger.
+    let warning = lines
+        .iter()
+        .find(|l| l["fields"]["key"] == "client.unknown_thing")
+        .unwrap_or_else(|| panic!("no config warning in {text}"));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert!(warning["fields"]["message"].is_string(), "{warning}");
     let last = lines.last().expect("lines");
     assert_eq!(last["fields"]["message"], "stopped", "{text}");
     let _ = std::fs::remove_file(&log);

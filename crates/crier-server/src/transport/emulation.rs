@@ -26,11 +26,13 @@ use crier_proto::client::{Command, Push, Reply, Request};
 use crier_proto::codes::Disconnect;
 use tokio::sync::mpsc;
 
+use crate::admission::Peer;
 use crate::control::{self, Emulated};
 use crate::metrics::Transport;
 use crate::net::stream::Framing;
 use crate::node::Node;
 use crate::session::{Refusal, Session};
+use crate::transport::Remote;
 use crate::wire::{disconnect_of, Codec};
 
 /// Command batches that may wait for one emulated session; a POST beyond
@@ -52,10 +54,10 @@ fn is_protobuf(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"))
 }
 
-fn origin_allowed(node: &Node, transport: Transport, headers: &HeaderMap) -> bool {
+fn origin_allowed(node: &Node, peer: Peer, headers: &HeaderMap) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    node.origin_allowed(transport, origin, host)
+    node.origin_allowed(peer, origin, host)
 }
 
 /// The CORS answer for an allowed cross-origin request (the emulation
@@ -80,8 +82,16 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 
 /// `OPTIONS` on the emulation endpoints: the browser's preflight before a
 /// cross-origin POST with a JSON or binary body.
-pub async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
-    if !origin_allowed(&node, Transport::HttpStream, &headers) {
+pub async fn preflight(
+    State(node): State<Arc<Node>>,
+    Remote(remote): Remote,
+    headers: HeaderMap,
+) -> Response {
+    let peer = Peer {
+        transport: Transport::HttpStream,
+        remote,
+    };
+    if !origin_allowed(&node, peer, &headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
@@ -95,7 +105,12 @@ pub async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Res
 
 /// `POST /connection/http_stream`: the body holds the connect command
 /// (JSON, or protobuf with `Content-Type: application/octet-stream`).
-pub async fn http_stream(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn http_stream(
+    State(node): State<Arc<Node>>,
+    Remote(remote): Remote,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let cfg = &node.config.http_stream;
     if !cfg.enabled {
         return plain(StatusCode::NOT_FOUND, "transport not enabled\n");
@@ -110,7 +125,11 @@ pub async fn http_stream(State(node): State<Arc<Node>>, headers: HeaderMap, body
         true => (Codec::Protobuf, Framing::Binary),
         false => (Codec::Json, Framing::Lines),
     };
-    open(node, headers, Transport::HttpStream, codec, framing, body).await
+    let peer = Peer {
+        transport: Transport::HttpStream,
+        remote,
+    };
+    open(node, headers, peer, codec, framing, body).await
 }
 
 /// `GET /connection/sse?cf_connect=...`: the connect command (JSON) in
@@ -118,6 +137,7 @@ pub async fn http_stream(State(node): State<Arc<Node>>, headers: HeaderMap, body
 pub async fn sse(
     State(node): State<Arc<Node>>,
     Query(query): Query<HashMap<String, String>>,
+    Remote(remote): Remote,
     headers: HeaderMap,
 ) -> Response {
     let cfg = &node.config.sse;
@@ -134,7 +154,10 @@ pub async fn sse(
     open(
         node,
         headers,
-        Transport::Sse,
+        Peer {
+            transport: Transport::Sse,
+            remote,
+        },
         Codec::Json,
         Framing::Sse,
         Bytes::from(connect),
@@ -147,12 +170,12 @@ pub async fn sse(
 async fn open(
     node: Arc<Node>,
     headers: HeaderMap,
-    transport: Transport,
+    peer: Peer,
     codec: Codec,
     framing: Framing,
     initial: Bytes,
 ) -> Response {
-    if !origin_allowed(&node, transport, &headers) {
+    if !origin_allowed(&node, peer, &headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     let mut commands: Vec<Result<Command, crier_proto::Error>> = codec.decode(&initial).collect();
@@ -167,7 +190,7 @@ async fn open(
         _ => return plain(StatusCode::BAD_REQUEST, "the first command must be a connect\n"),
     };
     let (session_id, queue) = node.emulated_session(QUEUED_BATCHES);
-    let mut session = Session::new(node.clone(), codec, transport);
+    let mut session = Session::new(node.clone(), codec, peer.transport, peer.remote.map(Box::new));
     session.set_emulated(session_id.clone());
     session.set_http_headers(node.proxies.forwarded_headers(&headers));
     let body = match session.connect(id, req).await {
@@ -178,7 +201,7 @@ async fn open(
                 node: node.clone(),
                 codec,
                 framing,
-                transport,
+                transport: peer.transport,
                 session,
                 session_id,
                 queue,
@@ -358,14 +381,23 @@ struct JsonEmulation {
 /// node named; 404 for a session no node can be asked about (the client
 /// then reconnects); 429 while the session has too many batches waiting;
 /// 400 for a body that is not an emulation request.
-pub async fn emulation(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn emulation(
+    State(node): State<Arc<Node>>,
+    Remote(remote): Remote,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !node.config.http_stream.enabled && !node.config.sse.enabled {
         return plain(
             StatusCode::NOT_FOUND,
             "emulation not enabled (http_stream, sse)\n",
         );
     }
-    if !origin_allowed(&node, Transport::HttpStream, &headers) {
+    let peer = Peer {
+        transport: Transport::HttpStream,
+        remote,
+    };
+    if !origin_allowed(&node, peer, &headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     if body.len() > node.config.emulation.max_request_body_size {

@@ -610,22 +610,28 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
         Some(token) => Credentials::Token(token),
         None => Credentials::ListenerAnonymous,
     };
-    let Admitted { identity, id, rx } =
-        match admission::admit(&node, crate::metrics::Transport::Tcp, credentials) {
-            Ok(admitted) => admitted,
-            Err(refused) => {
-                tracing::debug!(listener = %ep.key, %peer, ?refused, "tcp client refused");
-                let why = match refused {
-                    Refused::Error(ErrorCode::TokenExpired | ErrorCode::Expired) => "token expired",
-                    Refused::Disconnect(d) if d == Disconnect::CONNECTION_LIMIT => "connection limit reached",
-                    Refused::Disconnect(d) if d == Disconnect::PERMISSION_DENIED => {
-                        "anonymous tokens are not allowed"
-                    }
-                    _ => "invalid token",
-                };
-                return refuse(&mut writer, &ep, why).await;
-            }
-        };
+    let Admitted { identity, id, rx } = match admission::admit(
+        &node,
+        admission::Peer {
+            transport: crate::metrics::Transport::Tcp,
+            remote: Some(peer),
+        },
+        credentials,
+    ) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            tracing::debug!(listener = %ep.key, %peer, ?refused, "tcp client refused");
+            let why = match refused {
+                Refused::Error(ErrorCode::TokenExpired | ErrorCode::Expired) => "token expired",
+                Refused::Disconnect(d) if d == Disconnect::CONNECTION_LIMIT => "connection limit reached",
+                Refused::Disconnect(d) if d == Disconnect::PERMISSION_DENIED => {
+                    "anonymous tokens are not allowed"
+                }
+                _ => "invalid token",
+            };
+            return refuse(&mut writer, &ep, why).await;
+        }
+    };
     let Identity {
         user,
         conn_info,

@@ -8,6 +8,7 @@
 //! request's `subs`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -20,12 +21,14 @@ use crier_proto::client::{ConnectRequest, ConnectResult, Push};
 use crier_proto::codes::{Disconnect, ErrorCode};
 use crier_proto::encode::{self, Envelope, PING};
 
+use crate::admission::Peer;
 use crate::config::UniTransportConfig;
 use crate::metrics::Transport;
 use crate::net::rfc6455::{self, Incoming, Reader, Writer};
 use crate::net::stream::Framing;
 use crate::node::Node;
 use crate::session::{Opened, Refused, Session};
+use crate::transport::Remote;
 use crate::wire::frames::{encode_event_into, UNI_JSON};
 use crate::wire::{disconnect_of, Codec};
 
@@ -77,10 +80,10 @@ fn parse_connect(bytes: &[u8], limit: usize) -> Result<ConnectRequest, Disconnec
     serde_json::from_str(text).map_err(|_| Disconnect::BAD_REQUEST)
 }
 
-fn origin_allowed(node: &Node, transport: Transport, headers: &HeaderMap) -> bool {
+fn origin_allowed(node: &Node, peer: Peer, headers: &HeaderMap) -> bool {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    node.origin_allowed(transport, origin, host)
+    node.origin_allowed(peer, origin, host)
 }
 
 // Forgets the client when the HTTP stream is dropped (the peer went away).
@@ -179,11 +182,16 @@ impl Outgoing {
 /// Opens a session for a uni client; the connect push comes first.
 async fn open(
     node: &Arc<Node>,
-    transport: Transport,
+    peer: Peer,
     req: ConnectRequest,
     forwarded: HeaderMap,
 ) -> Result<(Bytes, Outgoing), Disconnect> {
-    let mut session = Session::new(node.clone(), Codec::Json, transport);
+    let mut session = Session::new(
+        node.clone(),
+        Codec::Json,
+        peer.transport,
+        peer.remote.map(Box::new),
+    );
     session.set_http_headers(forwarded);
     let Opened { result, rx, id } = Box::pin(session.open(req, true)).await.map_err(refusal)?;
     // Only a connection with an expiry that a hook prolongs keeps its
@@ -213,6 +221,7 @@ fn disabled(cfg: &UniTransportConfig) -> Option<Response> {
 pub async fn sse_get(
     State(node): State<Arc<Node>>,
     Query(query): Query<HashMap<String, String>>,
+    Remote(remote): Remote,
     headers: HeaderMap,
 ) -> Response {
     let connect = query
@@ -220,20 +229,35 @@ pub async fn sse_get(
         .map(String::as_bytes)
         .unwrap_or_default()
         .to_vec();
-    stream_response(node, headers, &connect, Framing::Sse).await
+    stream_response(node, (remote, headers), &connect, Framing::Sse).await
 }
 
 /// `POST /connection/uni_sse` with the connect request as the body.
-pub async fn sse_post(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
-    stream_response(node, headers, &body, Framing::Sse).await
+pub async fn sse_post(
+    State(node): State<Arc<Node>>,
+    Remote(remote): Remote,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    stream_response(node, (remote, headers), &body, Framing::Sse).await
 }
 
 /// `POST /connection/uni_http_stream` with the connect request as the body.
-pub async fn http_stream(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
-    stream_response(node, headers, &body, Framing::Lines).await
+pub async fn http_stream(
+    State(node): State<Arc<Node>>,
+    Remote(remote): Remote,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    stream_response(node, (remote, headers), &body, Framing::Lines).await
 }
 
-async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], framing: Framing) -> Response {
+async fn stream_response(
+    node: Arc<Node>,
+    (remote, headers): (Option<SocketAddr>, HeaderMap),
+    connect: &[u8],
+    framing: Framing,
+) -> Response {
     // The uni streams are JSON: SSE events or lines (never binary).
     let (cfg, transport, content_type) = match framing {
         Framing::Sse => (&node.config.uni_sse, Transport::UniSse, "text/event-stream"),
@@ -246,7 +270,8 @@ async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], fr
     if let Some(r) = disabled(cfg) {
         return r;
     }
-    if !origin_allowed(&node, transport, &headers) {
+    let peer = Peer { transport, remote };
+    if !origin_allowed(&node, peer, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let req = match parse_connect(connect, cfg.max_request_body_size) {
@@ -254,7 +279,7 @@ async fn stream_response(node: Arc<Node>, headers: HeaderMap, connect: &[u8], fr
         Err(_) => return (StatusCode::BAD_REQUEST, "invalid connect request\n").into_response(),
     };
     let mut first = BytesMut::new();
-    let body = match open(&node, transport, req, node.proxies.forwarded_headers(&headers)).await {
+    let body = match open(&node, peer, req, node.proxies.forwarded_headers(&headers)).await {
         Err(d) => {
             // Say why in the stream itself, then end it.
             framing.put(&mut first, &disconnect_push(&d));
@@ -338,7 +363,11 @@ pub async fn websocket(
     if let Some(r) = disabled(&node.config.uni_websocket) {
         return r;
     }
-    if !origin_allowed(&node, Transport::UniWebSocket, request.headers()) {
+    let peer = Peer {
+        transport: Transport::UniWebSocket,
+        remote: crate::transport::remote(request.extensions()),
+    };
+    if !origin_allowed(&node, peer, request.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let limits = rfc6455::Limits {
@@ -351,7 +380,7 @@ pub async fn websocket(
     let tracker = node.connections.clone();
     let headers = node.proxies.kept_headers(request.headers());
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
-        serve_websocket(node, reader, writer, preset, headers)
+        serve_websocket(node, reader, writer, preset, (headers, peer.remote.map(Box::new)))
     })
 }
 
@@ -360,7 +389,7 @@ async fn serve_websocket(
     mut reader: Reader,
     mut writer: Writer,
     preset: Option<String>,
-    headers: Option<Box<HeaderMap>>,
+    (headers, remote): (Option<Box<HeaderMap>>, Option<Box<SocketAddr>>),
 ) {
     let cfg = &node.config.client;
     let limit = node.config.uni_websocket.max_request_body_size;
@@ -384,7 +413,11 @@ async fn serve_websocket(
     };
     // Boxed: connecting is done once, and must not size the task for good.
     let forwarded = headers.map(|h| *h).unwrap_or_default();
-    let (connect, mut out) = match Box::pin(open(&node, Transport::UniWebSocket, req, forwarded)).await {
+    let peer = Peer {
+        transport: Transport::UniWebSocket,
+        remote: remote.as_deref().copied(),
+    };
+    let (connect, mut out) = match Box::pin(open(&node, peer, req, forwarded)).await {
         Ok(x) => x,
         Err(d) => {
             let _ = writer.text(&mut vec![disconnect_push(&d)]).await;
@@ -457,7 +490,7 @@ mod tests {
         let (rd, wr) = server.into_split();
         let reader = Reader::new(rd, Bytes::new(), 1024);
         let writer = Writer::new(wr, std::time::Duration::from_secs(1));
-        let serving = serve_websocket(node, reader, writer, None, None);
+        let serving = serve_websocket(node, reader, writer, None, (None, None));
         let size = std::mem::size_of_val(&serving);
         assert!(
             size <= 1_600,

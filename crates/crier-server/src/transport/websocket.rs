@@ -3,6 +3,7 @@
 //! everything the hub queued for the client as one frame per drain. Owns the
 //! socket, the ping/pong and expiry timers; never decides protocol outcomes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,7 @@ use crier_core::ClientReceiver;
 use crier_proto::client::Request as Command;
 use crier_proto::codes::Disconnect;
 
+use crate::admission::Peer;
 use crate::metrics::Transport;
 use crate::net::rfc6455::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
 use crate::node::Node;
@@ -25,7 +27,12 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     let headers = request.headers();
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
     let host = headers.get("host").and_then(|v| v.to_str().ok());
-    if !node.origin_allowed(Transport::WebSocket, origin, host) {
+    let remote = crate::transport::remote(request.extensions());
+    let peer = Peer {
+        transport: Transport::WebSocket,
+        remote,
+    };
+    if !node.origin_allowed(peer, origin, host) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let codec = format(&request);
@@ -40,7 +47,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     let tracker = node.connections.clone();
     let forwarded = node.proxies.kept_headers(request.headers());
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
-        serve(node, codec, reader, writer, forwarded)
+        serve(node, codec, reader, writer, (forwarded, remote.map(Box::new)))
     })
 }
 
@@ -164,9 +171,9 @@ async fn serve(
     codec: Codec,
     mut reader: Reader,
     mut writer: Writer,
-    forwarded: Option<Box<axum::http::HeaderMap>>,
+    (forwarded, remote): (Option<Box<axum::http::HeaderMap>>, Option<Box<SocketAddr>>),
 ) {
-    let mut session = Session::new(node.clone(), codec, Transport::WebSocket);
+    let mut session = Session::new(node.clone(), codec, Transport::WebSocket, remote);
     if let Some(headers) = forwarded {
         session.set_http_headers(*headers);
     }
@@ -196,7 +203,7 @@ async fn serve(
         writer,
         rx,
         cfg.ping_interval,
-        (controls.clone(), drained.clone(), session.client_id()),
+        (controls.clone(), drained.clone()),
     ));
     loop {
         // Connection or subscription tokens lapsing (refresh and sub_refresh
@@ -218,10 +225,10 @@ async fn serve(
                 }
                 continue;
             }
-            _ = &mut writing => {
+            ended = &mut writing => {
                 // The hub closed the queue (slow, shutdown, API disconnect)
                 // or the socket failed: the writer already said goodbye.
-                session.close(&Disconnect::CONNECTION_CLOSED);
+                writer_gone(&mut session, ended.ok().flatten());
                 return;
             }
         };
@@ -241,8 +248,8 @@ async fn serve(
             {
                 AfterFrame::Continue => {}
                 AfterFrame::Closed => break,
-                AfterFrame::WriterGone => {
-                    session.close(&Disconnect::CONNECTION_CLOSED);
+                AfterFrame::WriterGone(by_hub) => {
+                    writer_gone(&mut session, by_hub);
                     return;
                 }
             },
@@ -271,14 +278,25 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(5), writing).await;
 }
 
+/// Ends the session once its writer has ended: with the hub's close when
+/// the hub closed the queue (logged as the server's decision, with the
+/// client's user and address), else as a connection gone.
+fn writer_gone(session: &mut Session, by_hub: Option<Disconnect>) {
+    match by_hub {
+        Some(d) => session.closed_by_hub(&d),
+        None => session.close(&Disconnect::CONNECTION_CLOSED),
+    }
+}
+
 /// What handling one frame of commands left the connection to do.
 enum AfterFrame {
     /// Read on.
     Continue,
     /// The session ended (a command asked for a disconnect).
     Closed,
-    /// The writer task ended: the hub closed the queue or the socket failed.
-    WriterGone,
+    /// The writer task ended: the hub closed the queue (with this) or the
+    /// socket failed.
+    WriterGone(Option<Disconnect>),
 }
 
 /// Hands one frame's commands to the session, in order, waiting for the
@@ -289,7 +307,7 @@ async fn commands(
     session: &mut Session,
     text: &[u8],
     drained: &tokio::sync::Notify,
-    writing: &mut tokio::task::JoinHandle<()>,
+    writing: &mut tokio::task::JoinHandle<Option<Disconnect>>,
 ) -> AfterFrame {
     let max = node.config.client.max_commands_per_frame;
     for (n, cmd) in codec.decode(text).enumerate() {
@@ -312,7 +330,7 @@ async fn commands(
         while session.client_id().is_some_and(|id| node.hub.backlogged(id)) {
             tokio::select! {
                 _ = drained.notified() => {}
-                _ = &mut *writing => return AfterFrame::WriterGone,
+                ended = &mut *writing => return AfterFrame::WriterGone(ended.ok().flatten()),
             }
         }
     }
@@ -352,19 +370,16 @@ fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -
 }
 
 /// Drains the client's queue into one text frame per wake-up, pings on the
-/// interval, and closes with the hub's reason when the queue closes.
+/// interval, and closes with the hub's reason when the queue closes. That
+/// reason, when the hub closed the queue.
 async fn write(
     node: Arc<Node>,
     codec: Codec,
     mut writer: Writer,
     mut rx: ClientReceiver,
     ping_every: Duration,
-    (controls, drained, id): (
-        Arc<Controls>,
-        Arc<tokio::sync::Notify>,
-        Option<crier_core::ClientId>,
-    ),
-) {
+    (controls, drained): (Arc<Controls>, Arc<tokio::sync::Notify>),
+) -> Option<Disconnect> {
     let mut items = Vec::new();
     let mut batch = Vec::new();
     let mut frames = Vec::new();
@@ -376,7 +391,7 @@ async fn write(
             r = rx.drain(&mut items) => r,
             _ = ping.tick() => {
                 if writer.messages(codec.binary(), &mut vec![codec.ping()]).await.is_err() {
-                    return;
+                    return None;
                 }
                 continue;
             }
@@ -384,7 +399,7 @@ async fn write(
                 for control in answers.drain(..) {
                     let last = matches!(control, Control::Close(..));
                     if writer.control(control).await.is_err() || last {
-                        return;
+                        return None;
                     }
                 }
                 continue;
@@ -426,10 +441,10 @@ async fn write(
                     // A client that stopped reading: if the hub dropped it
                     // meanwhile (its queue overflowed: 3008), count that
                     // close even though no frame can reach it.
-                    if let Err(reason) = rx.try_drain(&mut items) {
-                        closed_by_hub(&node, id, &reason);
-                    }
-                    return;
+                    return rx
+                        .try_drain(&mut items)
+                        .err()
+                        .map(|reason| closed_by_hub(&node, &reason));
                 }
                 drained.notify_one();
                 // A burst must not leave its high-water mark behind.
@@ -440,31 +455,21 @@ async fn write(
                 }
             }
             Err(reason) => {
-                let d = closed_by_hub(&node, id, &reason);
+                let d = closed_by_hub(&node, &reason);
                 close(&mut writer, &d).await;
-                return;
+                return Some(d);
             }
         }
     }
 }
 
 /// The hub closed the client's queue with `reason` (slow, shutdown, an API
-/// disconnect): counted, and logged when it means trouble. The close to
-/// send, when the socket still takes one.
-fn closed_by_hub(
-    node: &Node,
-    id: Option<crier_core::ClientId>,
-    reason: &crier_core::DisconnectReason,
-) -> Disconnect {
+/// disconnect): counted here; the reader logs it with the session's
+/// client, user and address. The close to send, when the socket still
+/// takes one.
+fn closed_by_hub(node: &Node, reason: &crier_core::DisconnectReason) -> Disconnect {
     let d = disconnect_of(reason);
     node.metrics.disconnect(d.code);
-    if crate::session::is_problem(d.code) {
-        if let Some(left_out) = node.metrics.client_problem_line() {
-            let client = id.map(|id| id.to_string()).unwrap_or_default();
-            let (code, reason) = (d.code, &d.reason);
-            tracing::info!(client, transport = "websocket", code, %reason, left_out, "client disconnected by the server");
-        }
-    }
     d
 }
 
@@ -497,7 +502,7 @@ mod tests {
     async fn connection_tasks_stay_within_their_memory_budget() {
         let node = Node::new(crate::config::Config::default()).expect("node");
         let (reader, writer, _c1) = halves().await;
-        let serving = serve(node.clone(), Codec::Json, reader, writer, None);
+        let serving = serve(node.clone(), Codec::Json, reader, writer, (None, None));
         let (_, writer, _c2) = halves().await;
         let (_, rx) = node.hub.connect("u", None);
         let writing = write(
@@ -506,7 +511,7 @@ mod tests {
             writer,
             rx,
             Duration::from_secs(25),
-            (Arc::default(), Arc::default(), None),
+            (Arc::default(), Arc::default()),
         );
         let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
         assert!(
