@@ -268,7 +268,10 @@ impl Node {
             hooks,
             emulated: Default::default(),
             tls: match config.http_server.tls.enabled {
-                true => Some(crate::net::tls::Tls::new(tls_config(&config.http_server.tls)?)),
+                true => Some(crate::net::tls::Tls::new(tls_config(
+                    &config.http_server.tls,
+                    "http_server.tls",
+                )?)),
                 false => None,
             },
             peers: Default::default(),
@@ -494,7 +497,7 @@ impl Node {
         if !tls.enabled {
             return Ok(false);
         }
-        current.replace(tls_config(tls)?);
+        current.replace(tls_config(tls, "http_server.tls")?);
         Ok(true)
     }
 
@@ -539,21 +542,31 @@ impl Node {
     }
 }
 
-/// The rustls configuration `http_server.tls` describes: its files (or
-/// inline PEM) read now; a failure names the key at fault.
-pub(crate) fn tls_config(tls: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, ConfigError> {
+/// The rustls configuration a TLS section (`http_server.tls`, or a
+/// `[[tcp]]` listener's `tls`, named by `section`) describes: its files
+/// (or inline PEM) read now; a failure names the key at fault.
+pub(crate) fn tls_config(
+    tls: &crate::config::TlsConfig,
+    section: &str,
+) -> Result<rustls::ServerConfig, ConfigError> {
     use crate::net::tls::{server_config, Part, Pems};
     let read = |key: &str, value: &str| {
         crate::config::TlsConfig::pem(value).map_err(|e| ConfigError::Invalid {
-            key: key.to_owned(),
+            key: format!("{section}.{key}"),
             message: format!("cannot read {value}: {e}"),
         })
     };
-    let cert = read("http_server.tls.cert_pem", &tls.cert_pem)?;
-    let key = read("http_server.tls.key_pem", tls.key_pem.expose())?;
+    if tls.cert_pem.is_empty() || tls.key_pem.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: section.to_owned(),
+            message: "enabled needs cert_pem and key_pem (a file path or the PEM itself)".to_owned(),
+        });
+    }
+    let cert = read("cert_pem", &tls.cert_pem)?;
+    let key = read("key_pem", tls.key_pem.expose())?;
     let client_ca = match tls.client_ca_pem.as_str() {
         "" => None,
-        ca => Some(read("http_server.tls.client_ca_pem", ca)?),
+        ca => Some(read("client_ca_pem", ca)?),
     };
     let pems = Pems {
         cert: &cert,
@@ -562,12 +575,11 @@ pub(crate) fn tls_config(tls: &crate::config::TlsConfig) -> Result<rustls::Serve
     };
     server_config(&pems).map_err(|e| ConfigError::Invalid {
         key: match e.part {
-            Part::Cert => "http_server.tls.cert_pem",
-            Part::Key => "http_server.tls.key_pem",
-            Part::ClientCa => "http_server.tls.client_ca_pem",
-            Part::Whole => "http_server.tls",
-        }
-        .to_owned(),
+            Part::Cert => format!("{section}.cert_pem"),
+            Part::Key => format!("{section}.key_pem"),
+            Part::ClientCa => format!("{section}.client_ca_pem"),
+            Part::Whole => section.to_owned(),
+        },
         message: e.why,
     })
 }

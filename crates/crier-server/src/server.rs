@@ -428,7 +428,7 @@ pub fn check_config(path: &Path, allow_unknown_keys: bool) -> Result<Report, Con
     let verifier = TokenVerifier::from_config(&config)?;
     // The TLS certificate and key load and match, as `serve` needs.
     if config.http_server.tls.enabled {
-        crate::node::tls_config(&config.http_server.tls)?;
+        crate::node::tls_config(&config.http_server.tls, "http_server.tls")?;
     }
     let summary = summarize(path, &config, &verifier, warnings.len());
     Ok(Report { warnings, summary })

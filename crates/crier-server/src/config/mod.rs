@@ -243,6 +243,9 @@ pub struct TcpListenerConfig {
     pub token: bool,
     /// `drop` or `replace`: a publication whose text contains the framing.
     pub unsafe_data: TcpUnsafeData,
+    /// TLS on this listener (the same keys as `http_server.tls`; read at
+    /// start only).
+    pub tls: TlsConfig,
 }
 
 impl Default for TcpListenerConfig {
@@ -260,6 +263,7 @@ impl Default for TcpListenerConfig {
             allow: Vec::new(),
             token: false,
             unsafe_data: TcpUnsafeData::Drop,
+            tls: TlsConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub(crate) mod client;
 pub(crate) mod deadline;
 pub(crate) mod deflate;
+pub(crate) mod halves;
 pub(crate) mod rfc6455;
 pub(crate) mod stream;
 pub(crate) mod tls;

@@ -19,12 +19,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use crate::net::deflate::{self, InflateError};
+pub use crate::net::halves::{ReadHalf, WriteHalf};
 use crate::net::WriteDeadline;
 
 pub use crate::net::deflate::Deflate;
@@ -32,57 +32,21 @@ pub use crate::net::deflate::Deflate;
 /// Bytes asked of the kernel per read while a frame is arriving.
 const READ_CHUNK: usize = 1024;
 
-/// A stream other than plain TCP under a WebSocket (TLS).
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
-
-/// The receiving side of a connection: a TCP socket, which the reader
-/// waits on without holding a buffer, or another stream (TLS), read into
-/// the frame buffer.
-pub enum ReadHalf {
-    /// Plain TCP.
-    Tcp(OwnedReadHalf),
-    /// Anything else (TLS).
-    Stream(tokio::io::ReadHalf<Box<dyn Stream>>),
-}
-
-/// The sending side of a connection: a TCP socket (`writev`), or another
-/// stream (TLS, flushed after each write).
-pub enum WriteHalf {
-    /// Plain TCP.
-    Tcp(OwnedWriteHalf),
-    /// Anything else (TLS).
-    Stream(tokio::io::WriteHalf<Box<dyn Stream>>),
-}
-
-impl From<OwnedReadHalf> for ReadHalf {
-    fn from(half: OwnedReadHalf) -> Self {
-        ReadHalf::Tcp(half)
-    }
-}
-
-impl From<OwnedWriteHalf> for WriteHalf {
-    fn from(half: OwnedWriteHalf) -> Self {
-        WriteHalf::Tcp(half)
-    }
-}
-
 /// Both halves of an upgraded connection: the raw TCP socket when
 /// `server::serve_http` handed hyper one, the TLS stream when it handed it
 /// that.
 fn halves(upgraded: hyper::upgrade::Upgraded) -> Option<(ReadHalf, WriteHalf, Bytes)> {
     let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
         Ok(parts) => {
-            let (rd, wr) = parts.io.into_inner().into_inner().into_split();
-            return Some((rd.into(), wr.into(), parts.read_buf));
+            let (rd, wr) = crate::net::halves::split_tcp(parts.io.into_inner().into_inner());
+            return Some((rd, wr, parts.read_buf));
         }
         Err(upgraded) => upgraded,
     };
     type Tls = tokio_rustls::server::TlsStream<TcpStream>;
     let parts = upgraded.downcast::<TokioIo<WriteDeadline<Tls>>>().ok()?;
-    let stream: Box<dyn Stream> = Box::new(parts.io.into_inner().into_inner());
-    let (rd, wr) = tokio::io::split(stream);
-    Some((ReadHalf::Stream(rd), WriteHalf::Stream(wr), parts.read_buf))
+    let (rd, wr) = crate::net::halves::split_stream(parts.io.into_inner().into_inner());
+    Some((rd, wr, parts.read_buf))
 }
 
 /// What one connection may do, and the subprotocol it speaks.

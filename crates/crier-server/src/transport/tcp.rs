@@ -15,13 +15,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::halves::{ReadHalf, WriteHalf};
 use bytes::Bytes;
 use crier_core::{
     ClientId, ClientInfo, ClientReceiver, DisconnectReason, Event, EventKind, Exclusion, Format, Outbound,
     PublishOptions, SubscribeOptions,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +131,8 @@ pub(crate) struct Endpoint {
     allow: Vec<IpAddr>,
     /// Whether the first frame must be a connection token.
     token: bool,
+    /// TLS, when the listener's `tls.enabled`.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
@@ -233,6 +234,12 @@ impl Endpoint {
             max_frame_size: cfg.max_frame_size,
             allow,
             token: cfg.token,
+            tls: match cfg.tls.enabled {
+                true => Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+                    crate::node::tls_config(&cfg.tls, &format!("{key}.tls"))?,
+                ))),
+                false => None,
+            },
         })
     }
 
@@ -319,7 +326,7 @@ impl Wire {
             None => (0, 1),
         };
         let body = head..out.len() - tail;
-        if !self.has_framing(&out[body.clone()]) {
+        if !self.has_framing(&out[body.clone()]) && self.ends_where_written(&out[head..], body.len()) {
             return Bytes::from(out);
         }
         match self.unsafe_data {
@@ -353,18 +360,30 @@ impl Wire {
         self.framing().iter().any(|m| find(body, m).is_some())
     }
 
-    /// `body` with every framing sequence's bytes replaced by `?`.
-    fn replace_framing(&self, body: &[u8]) -> Vec<u8> {
-        let mut out = body.to_vec();
-        for m in self.framing() {
-            let mut from = 0;
-            while let Some(at) = find(&out[from..], m) {
-                let at = from + at;
-                out[at..at + m.len()].fill(b'?');
-                from = at + m.len();
-            }
+    /// Whether a reader of `after_start` (a body of `len` bytes, then the
+    /// end marker) finds the end marker where it was written, and not
+    /// earlier: a body ending in the end marker's first bytes (`a\0` with
+    /// `\0\0` as the end marker) would otherwise end the frame too soon.
+    fn ends_where_written(&self, after_start: &[u8], len: usize) -> bool {
+        match &self.markers {
+            Some((_, end)) => find(after_start, end) == Some(len),
+            None => true,
         }
-        out
+    }
+
+    /// `body` with every byte that is part of a framing sequence replaced
+    /// by `?` (so no sequence can form, even across the frame's edges).
+    fn replace_framing(&self, body: &[u8]) -> Vec<u8> {
+        let framing = self.framing();
+        body.iter()
+            .map(|b| {
+                if framing.iter().any(|m| m.contains(b)) {
+                    b'?'
+                } else {
+                    *b
+                }
+            })
+            .collect()
     }
 
     /// Appends `text` framed: `start text end`, or `text\n`.
@@ -450,7 +469,7 @@ impl Deframer {
 
     /// The next complete frame's payload (a range of [`Deframer::bytes`]),
     /// reading from `socket` as needed. Cancel-safe: bytes read are kept.
-    async fn next(&mut self, socket: &OwnedReadHalf, ep: &Endpoint) -> Result<Range<usize>, Stop> {
+    async fn next(&mut self, socket: &mut ReadHalf, ep: &Endpoint) -> Result<Range<usize>, Stop> {
         loop {
             if let Some(frame) = self.cut(ep)? {
                 return Ok(frame);
@@ -462,6 +481,16 @@ impl Deframer {
                 .max_frame_size
                 .saturating_add(ep.wire.overhead())
                 .saturating_sub(self.pending.len());
+            let socket = match socket {
+                ReadHalf::Tcp(half) => half,
+                ReadHalf::Stream(stream) => {
+                    // TLS: read what the record holds, up to `room`.
+                    match Box::pin(self.read_stream(stream, room)).await {
+                        Ok(0) | Err(_) => return Err(Stop::Gone),
+                        Ok(_) => continue,
+                    }
+                }
+            };
             socket.readable().await.map_err(|_| Stop::Gone)?;
             match self.read_now(socket, room) {
                 Ok(0) => return Err(Stop::Gone),
@@ -474,11 +503,24 @@ impl Deframer {
 
     // A sync function, so the stack chunk is never part of the connection's
     // future: an idle connection holds no read buffer at all.
-    fn read_now(&mut self, socket: &OwnedReadHalf, room: usize) -> std::io::Result<usize> {
+    fn read_now(&mut self, socket: &tokio::net::tcp::OwnedReadHalf, room: usize) -> std::io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
         let n = socket.try_read(&mut chunk[..room.clamp(1, READ_CHUNK)])?;
         self.pending.extend_from_slice(&chunk[..n]);
         Ok(n)
+    }
+
+    /// Reads at most `room` bytes of a TLS (or other) stream into the
+    /// pending bytes.
+    async fn read_stream(
+        &mut self,
+        stream: &mut tokio::io::ReadHalf<Box<dyn crate::net::halves::Stream>>,
+        room: usize,
+    ) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let room = room.clamp(1, READ_CHUNK);
+        self.pending.reserve(room);
+        (&mut *stream).take(room as u64).read_buf(&mut self.pending).await
     }
 
     /// Appends bytes as a read would (the fuzz targets feed it directly).
@@ -586,7 +628,23 @@ async fn accept(node: Arc<Node>, listener: TcpListener, ep: Arc<Endpoint>, shutd
 /// Serves one TCP connection until either side closes it.
 async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: SocketAddr) {
     crate::net::prepare(&stream, node.config.http_server.send_buffer_size);
-    let (reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = match &ep.tls {
+        None => crate::net::halves::split_tcp(stream),
+        Some(acceptor) => {
+            // The handshake within the stale-connection delay, as a token.
+            // Boxed: the handshake's state is large and lives only now.
+            let handshake = Box::pin(acceptor.accept(stream));
+            match tokio::time::timeout(node.config.client.stale_close_delay, handshake).await {
+                Ok(Ok(tls)) => crate::net::halves::split_stream(tls),
+                Ok(Err(error)) => {
+                    return tracing::debug!(listener = %ep.key, %peer, %error, "tcp TLS handshake failed");
+                }
+                Err(_) => {
+                    return tracing::debug!(listener = %ep.key, %peer, "tcp TLS handshake not done in time")
+                }
+            }
+        }
+    };
     let mut input = Deframer::new();
     let client_cfg = &node.config.client;
 
@@ -595,7 +653,7 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
     // one admission path decides (anonymous rules, limits, expiry).
     let token = if ep.token {
         let first = tokio::select! {
-            r = next_text(&mut input, &reader, &ep) => r,
+            r = next_text(&mut input, &mut reader, &ep) => r,
             _ = tokio::time::sleep(client_cfg.stale_close_delay) => Err("no token received in time"),
             _ = node.shutdown.cancelled() => return,
         };
@@ -675,7 +733,7 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
     let mut writer_done = false;
     let why = loop {
         let frame = tokio::select! {
-            r = input.next(&reader, &ep) => r,
+            r = input.next(&mut reader, &ep) => r,
             _ = &mut write_task => {
                 writer_done = true;
                 break "queue closed by the hub, or the socket failed";
@@ -711,7 +769,7 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
 /// The next frame's text, for the token phase.
 async fn next_text(
     input: &mut Deframer,
-    reader: &OwnedReadHalf,
+    reader: &mut ReadHalf,
     ep: &Endpoint,
 ) -> Result<String, &'static str> {
     loop {
@@ -729,7 +787,7 @@ async fn next_text(
 }
 
 /// Tells the peer why in one frame (`error: ...`), then closes.
-async fn refuse(writer: &mut OwnedWriteHalf, ep: &Endpoint, why: &str) {
+async fn refuse(writer: &mut WriteHalf, ep: &Endpoint, why: &str) {
     let mut out = Vec::new();
     ep.wire.frame(&format!("error: {why}"), &mut out);
     let said = async {
@@ -774,7 +832,7 @@ async fn publish(
 /// Drains the client's queue and writes everything drained with one write,
 /// until the queue closes (peer gone, slow, shutdown, API disconnect) or the
 /// socket fails. TCP has no close code: the socket just closes.
-async fn write(mut socket: OwnedWriteHalf, mut rx: ClientReceiver, ep: Arc<Endpoint>, stall: Duration) {
+async fn write(mut socket: WriteHalf, mut rx: ClientReceiver, ep: Arc<Endpoint>, stall: Duration) {
     let mut items = Vec::new();
     let mut batch: Vec<u8> = Vec::new();
     loop {
@@ -846,6 +904,7 @@ mod tests {
             max_frame_size: max,
             allow: Vec::new(),
             token: false,
+            tls: None,
         }
     }
 
@@ -869,7 +928,7 @@ mod tests {
         let (server, _) = l.accept().await.unwrap();
         let (_, wr) = server.into_split();
         let (_, rx) = node.hub.connect("u", None);
-        let writing = write(wr, rx, ep, Duration::from_secs(1));
+        let writing = write(wr.into(), rx, ep, Duration::from_secs(1));
         let size = std::mem::size_of_val(&writing);
         assert!(
             size <= 512,
@@ -961,8 +1020,18 @@ mod tests {
         long.wire.unsafe_data = TcpUnsafeData::Replace;
         assert_eq!(
             &long.wire.encode_event(&publication("a>b>>c<<"))[..],
-            b"<<a>b??c??>>"
+            b"<<a?b??c??>>"
         );
+        // A body ending in the end marker's first bytes would end the frame
+        // early (found by the tcp_deframe fuzz target): "a>" then ">>"
+        // reads as "a". Dropped, or its framing bytes replaced.
+        long.wire.unsafe_data = TcpUnsafeData::Drop;
+        assert!(long.wire.encode_event(&publication("a>")).is_empty(), "dropped");
+        assert_eq!(&long.wire.encode_event(&publication("a")).to_vec(), b"<<a>>");
+        let mut nul = endpoint(Some(("\u{1}", "\0\0")), TcpEncoding::Utf8, 4096);
+        assert!(nul.wire.encode_event(&publication("\0")).is_empty(), "dropped");
+        nul.wire.unsafe_data = TcpUnsafeData::Replace;
+        assert_eq!(&nul.wire.encode_event(&publication("b\0"))[..], b"\x01b?\0\0");
     }
 
     #[test]

@@ -322,3 +322,44 @@ async fn centrifuge_python_and_cent_work_over_tls() {
     super::interop::run_program_within("tests-interop/.venv/bin/python", args, Duration::from_secs(40)).await;
     s.shutdown().await;
 }
+
+/// A `[[tcp]]` listener with `tls`: a TLS client trusting the test CA
+/// gets the channel's publications as lines and publishes its own; a
+/// plain TCP client gets nothing and the listener goes on.
+#[tokio::test]
+async fn a_tcp_listener_speaks_tls() {
+    let pki = Pki::new("tcp");
+    let cfg = format!(
+        "[[tcp]]\nlisten = \"127.0.0.1:0\"\nchannels = [\"lines\"]\npublish_to = \"lines\"\necho = false\n[tcp.tls]\nenabled = true\ncert_pem = {:?}\nkey_pem = {:?}\n",
+        pki.path("cert.pem"),
+        pki.path("key.pem")
+    );
+    let (s, tcp) = TestServer::start_with_tcp(config(&cfg)).await;
+    // A plain client: the handshake fails, nothing is served to it.
+    let mut plain = TcpStream::connect(tcp[0]).await.unwrap();
+    plain.write_all(b"not tls\n").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await;
+    assert!(!String::from_utf8_lossy(&sink).contains("lines"), "{sink:?}");
+
+    let (tls, _) = connect(&pki, tcp[0]).await;
+    let mut tls = BufReader::new(tls);
+    subscribers(&s, "lines", 1).await;
+    s.api("publish", json!({"channel": "lines", "data": "over tls"}))
+        .await;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_line(&mut line))
+        .await
+        .expect("a line in time")
+        .unwrap();
+    assert_eq!(line, "over tls\n");
+    // Its own line is published (and, echo off, not sent back to it).
+    let mut watcher = Client::connect(&s.ws_url(), &token("watcher")).await;
+    let r = watcher.request(json!({"subscribe": {"channel": "lines"}})).await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    tls.get_mut().write_all(b"from the tls client\n").await.unwrap();
+    tls.get_mut().flush().await.unwrap();
+    let p = watcher.next_pub().await;
+    assert_eq!(p["pub"]["data"], json!("from the tls client"), "{p}");
+    s.shutdown().await;
+}
