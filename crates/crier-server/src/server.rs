@@ -472,10 +472,89 @@ fn summarize(path: &Path, config: &Config, verifier: &TokenVerifier, warning_cou
         a if a.insecure => "on, insecure (no login)",
         _ => "on, with a password",
     };
+    // Passwords in engine URLs are not printed.
+    let hide = |url: &String| match url.split_once("://").zip(url.rsplit_once('@')) {
+        Some(((scheme, _), (_, host))) => format!("{scheme}://***@{host}"),
+        None => url.clone(),
+    };
+    let engine = match config.engine.kind {
+        crate::config::EngineType::Memory => "memory (one node)".to_owned(),
+        crate::config::EngineType::Redis => format!(
+            "redis at {}",
+            config
+                .engine
+                .redis
+                .address
+                .iter()
+                .map(hide)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        crate::config::EngineType::Nats => format!(
+            "nats at {}",
+            config
+                .engine
+                .nats
+                .address
+                .iter()
+                .map(hide)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut transports = vec!["websocket"];
+    for (on, name) in [
+        (config.uni_websocket.enabled, "uni_websocket"),
+        (config.uni_sse.enabled, "uni_sse"),
+        (config.uni_http_stream.enabled, "uni_http_stream"),
+        (config.http_stream.enabled, "http_stream"),
+        (config.sse.enabled, "sse"),
+    ] {
+        if on {
+            transports.push(name);
+        }
+    }
+    let tcp = match config.tcp.len() {
+        0 => "none".to_owned(),
+        _ => config
+            .tcp
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "tcp[{i}] {} ({:?}{})",
+                    t.listen,
+                    t.framing,
+                    if t.tls.enabled { ", tls" } else { "" }
+                )
+                .to_lowercase()
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    let watch = match config.watch.len() {
+        0 => "none".to_owned(),
+        _ => config
+            .watch
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("watch[{i}] {}", w.path))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    let metrics = match &config.prometheus {
+        p if !p.enabled => "off".to_owned(),
+        p if p.listen.trim().is_empty() => "GET /metrics on the main listener".to_owned(),
+        p => format!("GET /metrics on {}", p.listen.trim()),
+    };
     format!(
         "{}: OK\n\
          listen: {}\n\
-         engine: {}\n\
+         engine: {engine}\n\
+         transports: {}\n\
+         tcp listeners: {tcp}\n\
+         file sources: {watch}\n\
+         metrics: {metrics}\n\
          channels: {namespaces}\n\
          connection tokens: {}\n\
          subscription tokens: {}\n\
@@ -486,7 +565,7 @@ fn summarize(path: &Path, config: &Config, verifier: &TokenVerifier, warning_cou
          warnings: {warning_count}",
         path.display(),
         config.http_server.listen_addr(),
-        config.engine.kind.as_str(),
+        transports.join(", "),
         algorithms(verifier.connect_algorithms()),
         algorithms(verifier.subscribe_algorithms()),
         config.client.insecure,
@@ -525,6 +604,43 @@ mod tests {
         let report = check_config(&file, true).expect("valid");
         assert!(report.summary.contains("OK"), "{}", report.summary);
         assert!(report.summary.contains("chat"), "{}", report.summary);
+        assert!(
+            report.summary.contains("engine: memory (one node)"),
+            "{}",
+            report.summary
+        );
+        assert!(
+            report.summary.contains("transports: websocket\n"),
+            "{}",
+            report.summary
+        );
+        assert!(
+            report.summary.contains("tcp listeners: none"),
+            "{}",
+            report.summary
+        );
+        assert!(report.summary.contains("tls: off"), "{}", report.summary);
+        // The Redis engine needs the feature (on in the workspace's builds).
+        #[cfg(feature = "redis")]
+        {
+            let busy = temp_file(
+                "busy.toml",
+                "[engine]\ntype = \"redis\"\n[engine.redis]\naddress = \"redis://:hunter2@127.0.0.1:6379\"\n\
+                 [uni_sse]\nenabled = true\n[prometheus]\nenabled = true\n\
+                 [[tcp]]\nlisten = \"127.0.0.1:10001\"\nchannels = [\"lines\"]\n",
+            );
+            let report = check_config(&busy, false).expect("valid");
+            for line in [
+                "engine: redis at redis://***@127.0.0.1:6379",
+                "transports: websocket, uni_sse",
+                "tcp listeners: tcp[0] 127.0.0.1:10001 (line)",
+                "file sources: none",
+                "metrics: GET /metrics on the main listener",
+            ] {
+                assert!(report.summary.contains(line), "{line}: {}", report.summary);
+            }
+            assert!(!report.summary.contains("hunter2"), "{}", report.summary);
+        }
         assert!(report.summary.contains("HS256"), "{}", report.summary);
         assert_eq!(report.warnings.len(), 1);
         assert_eq!(report.warnings[0].key, "client.connect_proxy_name");
