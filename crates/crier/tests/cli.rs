@@ -1141,3 +1141,82 @@ fn completions_cover_every_subcommand() {
     let (status, _, _) = run(&["completions", "tcsh"], &[]);
     assert_eq!(status.code(), Some(2), "an unknown shell is a usage error");
 }
+
+/// A test CA and a certificate it signed for localhost, written as
+/// `ca.pem`, `cert.pem` and `key.pem` in `dir`, the leaf named `name`.
+fn issue_certificate(dir: &std::path::Path, ca: &(rcgen::Certificate, rcgen::KeyPair), name: &str) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca.0, &ca.1).expect("signed");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key");
+}
+
+/// The common name of the certificate `https://localhost:PORT/health`
+/// shows to curl (trusting only `ca`), or curl's complaint.
+fn served_certificate(port: u16, ca: &std::path::Path) -> String {
+    let out = Command::new("curl")
+        .args(["-sv", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/health"))
+        .output()
+        .expect("curl runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    log.lines()
+        .find_map(|l| l.split("subject: ").nth(1).map(str::to_owned))
+        .unwrap_or_else(|| format!("no certificate: {log}"))
+}
+
+/// `crier serve` with `http_server.tls`: a certificate renewed on disk is
+/// used after SIGHUP, without a restart.
+#[cfg(unix)]
+#[test]
+fn sighup_rereads_the_tls_certificate() {
+    let dir = std::env::temp_dir().join(format!("crier-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = (params.self_signed(&ca_key).expect("ca"), ca_key);
+    std::fs::write(dir.join("ca.pem"), ca.0.pem()).expect("ca");
+    issue_certificate(&dir, &ca, "first");
+    let config = dir.join("crier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http_server.tls]\nenabled = true\ncert_pem = {:?}\nkey_pem = {:?}\n",
+            dir.join("cert.pem"),
+            dir.join("key.pem")
+        ),
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let mut process = Running::spawn("crier serve (tls)", &["serve", "--port", "0", "-c", &config], &[]);
+    let listening = process.wait_for(Stream::Stdout, "the listening line", |l| {
+        l.starts_with("crier listening on ")
+    });
+    let port: u16 = listening
+        .strip_prefix("crier listening on https://127.0.0.1:")
+        .unwrap_or_else(|| panic!("an https:// address: {listening}"))
+        .parse()
+        .expect("a port");
+    let ca_file = dir.join("ca.pem");
+    assert!(served_certificate(port, &ca_file).contains("CN=first"));
+
+    issue_certificate(&dir, &ca, "second");
+    // Until the signal, the running server keeps the certificate it read.
+    assert!(served_certificate(port, &ca_file).contains("CN=first"));
+    let pid = process.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    process.wait_for(Stream::Stderr, "the reload line", |l| {
+        l.contains("SIGHUP: TLS certificate and key re-read")
+    });
+    assert!(served_certificate(port, &ca_file).contains("CN=second"));
+    std::fs::remove_dir_all(&dir).ok();
+}
