@@ -7,7 +7,6 @@
 //! only says which credentials it received; it never decides.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -34,21 +33,7 @@ pub(crate) enum Credentials<'a> {
     ListenerAnonymous,
 }
 
-/// Where a client connects from, for the logs: its transport, and the
-/// remote address of its socket when the transport knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Peer {
-    pub transport: Transport,
-    pub remote: Option<SocketAddr>,
-}
-
-impl Peer {
-    /// The `remote` field of a log line: the address, or empty when not
-    /// known. Formatted only for a line that is written.
-    pub fn remote_field(&self) -> String {
-        self.remote.map(|a| a.to_string()).unwrap_or_default()
-    }
-}
+pub(crate) use crate::metrics::Peer;
 
 /// Why a client was not admitted.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -131,6 +131,22 @@ pub fn live_latency_bound(i: usize) -> f64 {
     1e-6 * f64::from(1u32 << i.min(31))
 }
 
+/// Where a client connects from, for the logs: its transport, and the
+/// remote address of its socket when the transport knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub transport: Transport,
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+impl Peer {
+    /// The `remote` field of a log line: the address, or empty when not
+    /// known. Formatted only for a line that is written.
+    pub fn remote_field(&self) -> String {
+        self.remote.map(|a| a.to_string()).unwrap_or_default()
+    }
+}
+
 type TransportLabel = [(&'static str, &'static str); 1];
 type CodeLabel = [(&'static str, u32); 1];
 type LimitLabel = [(&'static str, &'static str); 1];

@@ -455,7 +455,7 @@ impl Node {
     /// at info, rate-limited.
     pub(crate) fn origin_allowed(
         &self,
-        peer: crate::admission::Peer,
+        peer: crate::metrics::Peer,
         origin: Option<&str>,
         host: Option<&str>,
     ) -> bool {

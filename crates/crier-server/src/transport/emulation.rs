@@ -30,9 +30,9 @@ use crate::admission::Peer;
 use crate::control::{self, Emulated};
 use crate::metrics::Transport;
 use crate::net::stream::Framing;
+use crate::net::Remote;
 use crate::node::Node;
 use crate::session::{Refusal, Session};
-use crate::transport::Remote;
 use crate::wire::{disconnect_of, Codec};
 
 /// Command batches that may wait for one emulated session; a POST beyond

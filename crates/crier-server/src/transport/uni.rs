@@ -26,9 +26,9 @@ use crate::config::UniTransportConfig;
 use crate::metrics::Transport;
 use crate::net::rfc6455::{self, Incoming, Reader, Writer};
 use crate::net::stream::Framing;
+use crate::net::Remote;
 use crate::node::Node;
 use crate::session::{Opened, Refused, Session};
-use crate::transport::Remote;
 use crate::wire::frames::{encode_event_into, UNI_JSON};
 use crate::wire::{disconnect_of, Codec};
 
@@ -365,7 +365,7 @@ pub async fn websocket(
     }
     let peer = Peer {
         transport: Transport::UniWebSocket,
-        remote: crate::transport::remote(request.extensions()),
+        remote: crate::net::remote(request.extensions()),
     };
     if !origin_allowed(&node, peer, request.headers()) {
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();

@@ -27,7 +27,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     let headers = request.headers();
     let origin = headers.get("origin").and_then(|v| v.to_str().ok());
     let host = headers.get("host").and_then(|v| v.to_str().ok());
-    let remote = crate::transport::remote(request.extensions());
+    let remote = crate::net::remote(request.extensions());
     let peer = Peer {
         transport: Transport::WebSocket,
         remote,
