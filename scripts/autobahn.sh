@@ -23,7 +23,8 @@ work=$dir/reports
 python2=${PYTHON2:-}
 if [ -z "$python2" ]; then
   for p in python2.7 /root/.pyenv/versions/2.7.18/bin/python "$HOME"/.pyenv/versions/2.7*/bin/python; do
-    if command -v "$p" >/dev/null 2>&1; then python2=$p; break; fi
+    # It must run: a pyenv shim exists for versions that are not selected.
+    if "$p" -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' >/dev/null 2>&1; then python2=$p; break; fi
   done
 fi
 if [ ! -x "$venv/bin/wstest" ]; then
