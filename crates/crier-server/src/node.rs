@@ -74,6 +74,9 @@ pub struct Node {
     emulated: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<Bytes>>>,
     /// TLS on the HTTP listener (`http_server.tls`), reloadable.
     pub(crate) tls: Option<crate::net::tls::Tls>,
+    /// TLS of the `[[tcp]]` listeners that have it, by index in
+    /// `config.tcp` (registered when they bind), reloadable.
+    pub(crate) tcp_tls: std::sync::Mutex<Vec<(usize, Arc<crate::net::tls::Tls>)>>,
     /// The other nodes of the cluster, as each last said (`Control::Node`,
     /// every [`NODE_INFO_EVERY`]), and when.
     peers: std::sync::Mutex<std::collections::HashMap<String, (Instant, NodeResult)>>,
@@ -275,6 +278,7 @@ impl Node {
                 false => None,
             },
             peers: Default::default(),
+            tcp_tls: Default::default(),
             session_key: Default::default(),
             sessions_made: Default::default(),
             #[cfg(feature = "cluster")]
@@ -485,20 +489,35 @@ impl Node {
         self.started.elapsed()
     }
 
-    /// Reads the TLS certificate, key and client CA that `tls` names
-    /// again (on SIGHUP) and uses them for the connections accepted from
-    /// now on; the open ones keep theirs. `Ok(false)` when this node serves
-    /// no TLS (turning it on or off needs a restart); on an error the
-    /// current certificate stays.
-    pub fn reload_tls(&self, tls: &crate::config::TlsConfig) -> Result<bool, ConfigError> {
-        let Some(current) = &self.tls else {
-            return Ok(false);
+    /// Reads the TLS certificates, keys and client CAs that `config`
+    /// names again (on SIGHUP), for the HTTP listener and every `[[tcp]]`
+    /// listener that serves TLS, and uses them for the connections
+    /// accepted from now on; the open ones keep theirs. Answers how many
+    /// listeners took new files. Turning TLS on or off needs a restart; a
+    /// listener whose new files are unusable keeps its certificate, and
+    /// the first such error is returned (the others are still reloaded).
+    pub fn reload_tls(&self, config: &Config) -> Result<usize, ConfigError> {
+        let mut reloaded = 0;
+        let mut first_error = None;
+        let mut take = |outcome: Result<(), ConfigError>| match outcome {
+            Ok(()) => reloaded += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         };
-        if !tls.enabled {
-            return Ok(false);
+        if let (Some(current), true) = (&self.tls, config.http_server.tls.enabled) {
+            take(tls_config(&config.http_server.tls, "http_server.tls").map(|c| current.replace(c)));
         }
-        current.replace(tls_config(tls, "http_server.tls")?);
-        Ok(true)
+        let listeners = self.tcp_tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (i, current) in listeners {
+            if let Some(tcp) = config.tcp.get(i).filter(|t| t.tls.enabled) {
+                take(tls_config(&tcp.tls, &format!("tcp[{i}].tls")).map(|c| current.replace(c)));
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reloaded),
+        }
     }
 
     /// This node, as the server API's `info` shows it.

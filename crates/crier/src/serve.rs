@@ -243,12 +243,15 @@ fn reload(node: &crier_server::Node, path: Option<&std::path::Path>) {
             return tracing::error!(%error, "SIGHUP: the configuration does not load; nothing changed");
         }
     };
-    match node.reload_tls(&loaded.config.http_server.tls) {
-        Ok(true) => tracing::info!(
+    match node.reload_tls(&loaded.config) {
+        Ok(0) => {}
+        Ok(listeners) => tracing::info!(
+            listeners,
             "SIGHUP: TLS certificate and key re-read; new connections use them, open ones keep theirs"
         ),
-        Ok(false) => {}
-        Err(error) => tracing::error!(%error, "SIGHUP: TLS not reloaded; the current certificate stays"),
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: TLS not reloaded where this names; that listener keeps its certificate")
+        }
     }
     tracing::warn!("SIGHUP: only the TLS files are re-read at run time; restart crier to apply other configuration changes");
 }

@@ -82,6 +82,13 @@ pub async fn bind(node: &Arc<Node>) -> Result<TcpListeners, ServerError> {
                 source,
             })?;
         endpoint.addr = listener.local_addr()?;
+        if let Some(tls) = &endpoint.tls {
+            // SIGHUP reloads it through the node.
+            node.tcp_tls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((i, tls.clone()));
+        }
         tracing::info!(listener = %key, addr = %endpoint.addr, "tcp listener bound");
         bound.push((listener, Arc::new(endpoint)));
     }
@@ -131,8 +138,8 @@ pub(crate) struct Endpoint {
     allow: Vec<IpAddr>,
     /// Whether the first frame must be a connection token.
     token: bool,
-    /// TLS, when the listener's `tls.enabled`.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS, when the listener's `tls.enabled` (reloaded on SIGHUP).
+    tls: Option<Arc<crate::net::tls::Tls>>,
 }
 
 fn invalid(key: String, message: impl Into<String>) -> ConfigError {
@@ -235,9 +242,10 @@ impl Endpoint {
             allow,
             token: cfg.token,
             tls: match cfg.tls.enabled {
-                true => Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
-                    crate::node::tls_config(&cfg.tls, &format!("{key}.tls"))?,
-                ))),
+                true => Some(Arc::new(crate::net::tls::Tls::new(crate::node::tls_config(
+                    &cfg.tls,
+                    &format!("{key}.tls"),
+                )?))),
                 false => None,
             },
         })
@@ -630,10 +638,10 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
     crate::net::prepare(&stream, node.config.http_server.send_buffer_size);
     let (mut reader, mut writer) = match &ep.tls {
         None => crate::net::halves::split_tcp(stream),
-        Some(acceptor) => {
+        Some(tls) => {
             // The handshake within the stale-connection delay, as a token.
             // Boxed: the handshake's state is large and lives only now.
-            let handshake = Box::pin(acceptor.accept(stream));
+            let handshake = Box::pin(tls.acceptor().accept(stream));
             match tokio::time::timeout(node.config.client.stale_close_delay, handshake).await {
                 Ok(Ok(tls)) => crate::net::halves::split_stream(tls),
                 Ok(Err(error)) => {

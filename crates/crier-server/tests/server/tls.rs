@@ -216,8 +216,12 @@ async fn a_certificate_swap_reaches_new_connections_and_open_ones_stay_up() {
 
     let second = pki.issue("second");
     assert_ne!(first, second);
-    let tls = s.node.config.http_server.tls.clone();
-    assert!(s.node.reload_tls(&tls).expect("reloads"), "TLS is on");
+    let running = s.node.config.clone();
+    assert_eq!(
+        s.node.reload_tls(&running).expect("reloads"),
+        1,
+        "the HTTP listener"
+    );
     let (_, shown) = connect(&pki, s.addr).await;
     assert_eq!(shown, second, "a new connection gets the new certificate");
     // The open connections keep theirs and keep working.
@@ -242,7 +246,7 @@ async fn a_certificate_swap_reaches_new_connections_and_open_ones_stay_up() {
 
     // A broken file keeps the current certificate and says why.
     std::fs::write(Path::new(&pki.path("key.pem")), "not a key").unwrap();
-    let err = s.node.reload_tls(&tls).expect_err("refused");
+    let err = s.node.reload_tls(&running).expect_err("refused");
     assert!(err.to_string().contains("http_server.tls.key_pem"), "{err}");
     let (_, shown) = connect(&pki, s.addr).await;
     assert_eq!(shown, second, "the last good certificate stays");
@@ -361,5 +365,24 @@ async fn a_tcp_listener_speaks_tls() {
     tls.get_mut().flush().await.unwrap();
     let p = watcher.next_pub().await;
     assert_eq!(p["pub"]["data"], json!("from the tls client"), "{p}");
+    // A renewed certificate, re-read (as on SIGHUP): new connections to
+    // the listener get it, the open one keeps working.
+    let renewed = pki.issue("renewed");
+    let running = s.node.config.clone();
+    assert_eq!(
+        s.node.reload_tls(&running).expect("reloads"),
+        1,
+        "the tcp listener"
+    );
+    let (_, shown) = connect(&pki, tcp[0]).await;
+    assert_eq!(shown, renewed);
+    s.api("publish", json!({"channel": "lines", "data": "after the swap"}))
+        .await;
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_line(&mut line))
+        .await
+        .expect("a line in time")
+        .unwrap();
+    assert_eq!(line, "after the swap\n");
     s.shutdown().await;
 }
