@@ -721,6 +721,12 @@ pub fn command_frame(buf: &mut BytesMut, c: &Command) {
                 }
                 put_bytes(b, 4, r.name.as_bytes());
                 put_bytes(b, 5, r.version.as_bytes());
+                for (name, value) in &r.headers {
+                    put_message(b, 6, |b| {
+                        put_bytes(b, 1, name.as_bytes());
+                        put_bytes(b, 2, value.as_bytes());
+                    });
+                }
             });
         }
         if let Some(r) = &c.subscribe {
@@ -794,8 +800,8 @@ fn subscribe_request_body(b: &mut BytesMut, r: &SubscribeRequest) {
 }
 
 /// Splits a binary frame from the server into replies (the client side of
-/// the format). Decodes what the server sends: ids, errors, the connect,
-/// subscribe, history and presence results, and every push.
+/// the format). Decodes every field the server's [`reply`] and pushes
+/// write: ids, errors, every result and every push.
 pub fn parse_replies(frame: &[u8]) -> impl Iterator<Item = Result<Reply, Error>> + '_ {
     let mut rest = frame;
     let mut failed = false;
@@ -896,6 +902,31 @@ fn decode_reply(bytes: &[u8]) -> Result<Reply, Error> {
                     }
                     Ok(())
                 })?)
+            }
+            14 => {
+                r.refresh = Some(message(len(v)?, |x: &mut crate::client::RefreshResult, n, v| {
+                    match n {
+                        1 => x.client = string(v)?,
+                        2 => x.version = string(v)?,
+                        3 => x.expires = boolean(v)?,
+                        4 => x.ttl = uint32(v)?,
+                        _ => {}
+                    }
+                    Ok(())
+                })?)
+            }
+            15 => {
+                r.sub_refresh = Some(message(
+                    len(v)?,
+                    |x: &mut crate::client::SubRefreshResult, n, v| {
+                        match n {
+                            1 => x.expires = boolean(v)?,
+                            2 => x.ttl = uint32(v)?,
+                            _ => {}
+                        }
+                        Ok(())
+                    },
+                )?)
             }
             _ => {}
         }
@@ -1011,6 +1042,39 @@ fn decode_push(bytes: &[u8]) -> Result<Push, Error> {
                     }
                 }
                 p.disconnect = Some(d);
+            }
+            10 => {
+                // The `Connect` push: the connect result's fields, numbered
+                // as `connect_push` writes them.
+                p.connect = Some(message(len(v)?, |c: &mut ConnectResult, n, v| {
+                    match n {
+                        1 => c.client = string(v)?,
+                        2 => c.version = string(v)?,
+                        3 => c.data = payload(v)?,
+                        4 => {
+                            let (ch, s) = map_entry(v, |v| decode_subscribe_result(len(v)?))?;
+                            c.subs.insert(ch, s);
+                        }
+                        5 => c.expires = boolean(v)?,
+                        6 => c.ttl = uint32(v)?,
+                        7 => c.ping = uint32(v)?,
+                        8 => c.pong = boolean(v)?,
+                        9 => c.session = string(v)?,
+                        10 => c.node = string(v)?,
+                        _ => {}
+                    }
+                    Ok(())
+                })?)
+            }
+            12 => {
+                p.refresh = Some(message(len(v)?, |r: &mut crate::client::Refresh, n, v| {
+                    match n {
+                        1 => r.expires = boolean(v)?,
+                        2 => r.ttl = uint32(v)?,
+                        _ => {}
+                    }
+                    Ok(())
+                })?)
             }
             _ => {}
         }
