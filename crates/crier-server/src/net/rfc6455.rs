@@ -79,6 +79,7 @@ where
     let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::BAD_REQUEST, "this connection cannot be upgraded\n").into_response();
     };
+    let serving = tracker.clone();
     tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -96,7 +97,10 @@ where
             reader.frames.inflate = true;
             writer.deflate = Some(Box::new(d));
         }
-        serve(reader, writer).await;
+        // A task of its own: the connection's task holds `serve`'s future
+        // alone, not this block's upgrade state beside it, for the
+        // connection's whole life.
+        serving.spawn(serve(reader, writer));
     });
     response
 }
@@ -560,19 +564,17 @@ impl Controls {
         self.ready.notify_one();
     }
 
-    /// Waits until something is queued, then moves all of it into `out`.
-    /// Cancel-safe.
-    pub async fn take(&self, out: &mut Vec<Control>) {
-        loop {
-            {
-                let mut pending = self.lock();
-                if !pending.is_empty() {
-                    out.append(&mut pending);
-                    return;
-                }
-            }
+    /// Waits until a control frame is queued (taken with
+    /// [`Controls::take_now`]).
+    pub async fn ready(&self) {
+        while self.lock().is_empty() {
             self.ready.notified().await;
         }
+    }
+
+    /// The control frames queued now, in order.
+    pub fn take_now(&self) -> Vec<Control> {
+        std::mem::take(&mut *self.lock())
     }
 }
 
@@ -608,6 +610,17 @@ impl Writer {
     /// carries its own length), text ones joined with `\n`. One vectored
     /// write when the socket has room. Empties `messages`.
     pub async fn messages(&mut self, binary: bool, messages: &mut Vec<Bytes>) -> io::Result<()> {
+        let mut out = self.message_frame(binary, messages);
+        if self.try_write(&mut out)? {
+            return Ok(());
+        }
+        self.finish(out).await
+    }
+
+    /// Builds the frame [`Writer::messages`] sends, for
+    /// [`Writer::try_write`]: compressed when this connection agreed on it
+    /// and the frame is long enough. Empties `messages`.
+    pub fn message_frame(&self, binary: bool, messages: &mut Vec<Bytes>) -> Outgoing {
         let separators = if binary {
             0
         } else {
@@ -625,9 +638,7 @@ impl Writer {
                 joined.extend_from_slice(&m);
             }
             let payload = deflate::compress(&joined, d.level);
-            return self
-                .write(vec![header(opcode | RSV1, payload.len()), payload])
-                .await;
+            return Outgoing::new(vec![header(opcode | RSV1, payload.len()), payload]);
         }
         let mut parts = Vec::with_capacity(messages.len() * 2);
         parts.push(header(opcode, len));
@@ -637,7 +648,7 @@ impl Writer {
             }
             parts.push(m);
         }
-        self.write(parts).await
+        Outgoing::new(parts)
     }
 
     /// The compression agreed with this client, if any.
@@ -645,11 +656,10 @@ impl Writer {
         self.deflate.as_deref().copied()
     }
 
-    /// Sends each message as a frame of its own, with RSV1 where it is
-    /// already compressed (a shared encoding, compressed once for every
-    /// subscriber). One vectored write when the socket has room. Empties
-    /// `frames`.
-    pub async fn frames(&mut self, binary: bool, frames: &mut Vec<(Bytes, bool)>) -> io::Result<()> {
+    /// Builds one frame per message, with RSV1 where it is already
+    /// compressed (a shared encoding, compressed once for every
+    /// subscriber), for [`Writer::try_write`]. Empties `frames`.
+    pub fn frames_frame(binary: bool, frames: &mut Vec<(Bytes, bool)>) -> Outgoing {
         let opcode = if binary { OP_BINARY } else { OP_TEXT };
         let mut parts = Vec::with_capacity(frames.len() * 2);
         for (payload, compressed) in frames.drain(..) {
@@ -657,6 +667,38 @@ impl Writer {
             parts.push(header(op, payload.len()));
             parts.push(payload);
         }
+        Outgoing::new(parts)
+    }
+
+    /// Writes as much of `out` as the socket takes now, without waiting:
+    /// `true` when all of it is out. The common case on a client that
+    /// reads: one `writev`, no timer, no future. A TLS stream takes
+    /// nothing here (its records are written by [`Writer::finish`]).
+    pub fn try_write(&mut self, out: &mut Outgoing) -> io::Result<bool> {
+        let WriteHalf::Tcp(half) = &mut self.half else {
+            return Ok(out.is_empty());
+        };
+        while !out.is_empty() {
+            let written = {
+                let slices: Vec<IoSlice<'_>> =
+                    out.parts[out.first..].iter().map(|p| IoSlice::new(p)).collect();
+                match half.try_write_vectored(&slices) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            };
+            out.advance(written);
+        }
+        Ok(true)
+    }
+
+    /// Writes the rest of `out`, waiting for the socket up to the write
+    /// timeout (a client that stopped reading fails with `TimedOut`).
+    pub async fn finish(&mut self, out: Outgoing) -> io::Result<()> {
+        let Outgoing { mut parts, first } = out;
+        parts.drain(..first);
         self.write(parts).await
     }
 
@@ -711,33 +753,63 @@ async fn write_all(half: &mut WriteHalf, parts: Vec<Bytes>) -> io::Result<()> {
     }
 }
 
-async fn write_parts(half: &mut (impl AsyncWrite + Unpin), mut parts: Vec<Bytes>) -> io::Result<()> {
-    let mut first = 0;
-    while first < parts.len() {
+async fn write_parts(half: &mut (impl AsyncWrite + Unpin), parts: Vec<Bytes>) -> io::Result<()> {
+    let mut out = Outgoing::new(parts);
+    while !out.is_empty() {
         let written = {
-            let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+            let slices: Vec<IoSlice<'_>> = out.parts[out.first..].iter().map(|p| IoSlice::new(p)).collect();
             half.write_vectored(&slices).await?
         };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        out.advance(written);
+    }
+    Ok(())
+}
+
+/// One or more frames on their way out: header and payload parts, written
+/// with as few `writev` calls as the socket allows.
+pub struct Outgoing {
+    parts: Vec<Bytes>,
+    // The first part not yet (fully) written.
+    first: usize,
+}
+
+impl Outgoing {
+    fn new(parts: Vec<Bytes>) -> Self {
+        let mut out = Outgoing { parts, first: 0 };
+        out.skip_empty();
+        out
+    }
+
+    /// Everything is out.
+    fn is_empty(&self) -> bool {
+        self.first >= self.parts.len()
+    }
+
+    /// `written` more bytes went out.
+    fn advance(&mut self, written: usize) {
         let mut left = written;
         while left > 0 {
-            let part = &mut parts[first];
+            let part = &mut self.parts[self.first];
             if left >= part.len() {
                 left -= part.len();
-                first += 1;
+                self.first += 1;
             } else {
                 part.advance(left);
                 left = 0;
             }
         }
-        // Skip empty parts so the loop ends when everything is out.
-        while first < parts.len() && parts[first].is_empty() {
-            first += 1;
+        self.skip_empty();
+    }
+
+    // Skips empty parts, so `is_empty` holds once every byte is out.
+    fn skip_empty(&mut self) {
+        while self.first < self.parts.len() && self.parts[self.first].is_empty() {
+            self.first += 1;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -778,19 +850,17 @@ mod tests {
         for i in 0..100_000u32 {
             controls.send(Control::Pong(Bytes::from(i.to_be_bytes().to_vec())));
         }
-        let mut out = Vec::new();
-        controls.take(&mut out).await;
+        controls.ready().await;
         assert_eq!(
-            out,
+            controls.take_now(),
             vec![Control::Pong(Bytes::from(99_999u32.to_be_bytes().to_vec()))]
         );
-        out.clear();
         controls.send(Control::Pong(Bytes::from_static(b"a")));
         controls.send(Control::Close(1000, ""));
         controls.send(Control::Pong(Bytes::from_static(b"b")));
-        controls.take(&mut out).await;
+        controls.ready().await;
         assert_eq!(
-            out,
+            controls.take_now(),
             vec![Control::Pong(Bytes::from_static(b"a")), Control::Close(1000, "")]
         );
     }
@@ -946,6 +1016,46 @@ mod tests {
         let err = outcome.expect_err("a stalled frame fails");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         drop(client);
+    }
+
+    /// The writer task's path: what the socket takes now goes out at once
+    /// (`try_write`), the rest later (`finish`); the client must read
+    /// one intact frame, whatever the split.
+    #[tokio::test]
+    async fn a_frame_the_socket_takes_only_in_part_arrives_whole() {
+        let (mut client, server) = pair().await;
+        let (_rd, wr) = server.into_split();
+        let mut w = Writer::new(wr, std::time::Duration::from_secs(10));
+        let parts: Vec<Bytes> = (0..64u8)
+            .map(|i| Bytes::from(vec![b'a' + i % 26; 256 * 1024]))
+            .collect();
+        let mut out = w.message_frame(false, &mut parts.clone());
+        assert!(
+            !w.try_write(&mut out).unwrap(),
+            "16 MiB cannot fit a loopback socket's buffers"
+        );
+        let expected: usize = parts.iter().map(Bytes::len).sum::<usize>() + parts.len() - 1;
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            while got.len() < 10 + expected {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the server closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        w.finish(out).await.unwrap();
+        let got = reading.await.unwrap();
+        assert_eq!(got.len(), 10 + expected, "one frame, nothing more");
+        assert_eq!(got[0], 0x80 | OP_TEXT);
+        assert_eq!(got[1], 127, "a 64-bit length");
+        assert_eq!(
+            u64::from_be_bytes(got[2..10].try_into().unwrap()),
+            expected as u64
+        );
+        let want = parts.join(&b'\n');
+        assert!(got[10..] == want[..], "the payload arrives intact");
     }
 
     #[tokio::test]

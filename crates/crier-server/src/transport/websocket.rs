@@ -166,116 +166,134 @@ async fn connect(
 }
 
 /// Serves one WebSocket connection until it closes.
-async fn serve(
+///
+/// A function returning an `async move` block, not an `async fn`: rustc
+/// keeps an async fn's arguments twice in its state (as arguments and as
+/// locals), and this future is every connection's for its whole life.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve(
     node: Arc<Node>,
     codec: Codec,
-    mut reader: Reader,
-    mut writer: Writer,
+    reader: Reader,
+    writer: Writer,
     (forwarded, remote): (Option<Box<axum::http::HeaderMap>>, Option<Box<SocketAddr>>),
-) {
-    let mut session = Session::new(node.clone(), codec, Transport::WebSocket, remote);
-    if let Some(headers) = forwarded {
-        session.set_http_headers(*headers);
-    }
-    let cfg = &node.config.client;
-    // A client that sends nothing for a ping interval plus the pong timeout
-    // is gone (it must answer every server ping).
-    let idle = cfg.ping_interval + cfg.pong_timeout;
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let (mut reader, mut writer) = (reader, writer);
+        let mut session = Session::new(node.clone(), codec, Transport::WebSocket, remote);
+        if let Some(headers) = forwarded {
+            session.set_http_headers(*headers);
+        }
+        let cfg = &node.config.client;
+        // A client that sends nothing for a ping interval plus the pong timeout
+        // is gone (it must answer every server ping).
+        let idle = cfg.ping_interval + cfg.pong_timeout;
 
-    // Phase 1, boxed: its futures (connect, replies, the stale timer) are
-    // needed only until connect, and must not size every connection's
-    // task for its whole life.
-    let Some(rx) = Box::pin(connect(&node, codec, &mut session, &mut reader, &mut writer)).await else {
-        return;
-    };
-
-    // Counted from connect until this task ends.
-    let _connection = node.metrics.connection(Transport::WebSocket);
-
-    // Phase 2: a writer task drains the client's queue; this task reads.
-    let controls = Arc::new(Controls::default());
-    // Signalled after each frame the writer sends, for the backpressure
-    // below (a stored permit, so a signal is never lost).
-    let drained = Arc::new(tokio::sync::Notify::new());
-    let mut writing = tokio::spawn(write(
-        node.clone(),
-        codec,
-        writer,
-        rx,
-        cfg.ping_interval,
-        (controls.clone(), drained.clone()),
-    ));
-    loop {
-        // Connection or subscription tokens lapsing (refresh and sub_refresh
-        // move the deadline; it is recomputed on every pass).
-        let deadline = session.deadline();
-        let expired = async {
-            match deadline {
-                Some(t) => tokio::time::sleep(t.duration_since(SystemTime::now()).unwrap_or_default()).await,
-                None => std::future::pending().await,
-            }
+        // Phase 1, boxed: its futures (connect, replies, the stale timer) are
+        // needed only until connect, and must not size every connection's
+        // task for its whole life.
+        let Some(rx) = Box::pin(connect(&node, codec, &mut session, &mut reader, &mut writer)).await else {
+            return;
         };
-        let msg = tokio::select! {
-            m = tokio::time::timeout(idle, reader.next()) => m,
-            _ = expired => {
-                // Boxed: a refresh proxy call must not size every task.
-                if let Err(d) = Box::pin(session.expire()).await {
+
+        // Counted from connect until this task ends.
+        let _connection = node.metrics.connection(Transport::WebSocket);
+
+        // Phase 2: a writer task drains the client's queue; this task reads.
+        let controls = Arc::new(Controls::default());
+        // Signalled after each frame the writer sends, for the backpressure
+        // below (a stored permit, so a signal is never lost).
+        let drained = Arc::new(tokio::sync::Notify::new());
+        let mut writing = tokio::spawn(write(
+            node.clone(),
+            codec,
+            writer,
+            rx,
+            cfg.ping_interval,
+            (controls.clone(), drained.clone()),
+        ));
+        // The timer for lapsing tokens, boxed and only while a token can lapse:
+        // most connections have none, and every byte here is per connection.
+        let mut expiry: Option<(SystemTime, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
+        loop {
+            // Connection or subscription tokens lapsing (refresh and sub_refresh
+            // move the deadline; it is recomputed on every pass).
+            let deadline = session.deadline();
+            if expiry.as_ref().map(|(t, _)| *t) != deadline {
+                expiry = deadline.map(|t| {
+                    let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
+                    (t, Box::pin(tokio::time::sleep(wait)))
+                });
+            }
+            let expired = async {
+                match expiry.as_mut() {
+                    Some((_, sleep)) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                m = tokio::time::timeout(idle, reader.next()) => m,
+                _ = expired => {
+                    expiry = None;
+                    // Boxed: a refresh proxy call must not size every task.
+                    if let Err(d) = Box::pin(session.expire()).await {
+                        session.close(&d);
+                        break;
+                    }
+                    continue;
+                }
+                ended = &mut writing => {
+                    // The hub closed the queue (slow, shutdown, API disconnect)
+                    // or the socket failed: the writer already said goodbye.
+                    writer_gone(&mut session, ended.ok().flatten());
+                    return;
+                }
+            };
+            match read(msg) {
+                // Boxed: the commands' state (a decoded command is over 500
+                // bytes) lives only while a frame is handled, not in every
+                // idle connection's task.
+                Read::Frame(text) => match Box::pin(commands(
+                    &node,
+                    codec,
+                    &mut session,
+                    &text,
+                    &drained,
+                    &mut writing,
+                ))
+                .await
+                {
+                    AfterFrame::Continue => {}
+                    AfterFrame::Closed => break,
+                    AfterFrame::WriterGone(by_hub) => {
+                        writer_gone(&mut session, by_hub);
+                        return;
+                    }
+                },
+                Read::Skip => {}
+                Read::Answer(control) => controls.send(control),
+                Read::Last(control) => {
+                    // The writer sends this close and ends; only then is the
+                    // client removed, so its queue closing (3000) cannot race
+                    // the close code the client must see (1002, or its echo).
+                    controls.send(control);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut writing).await;
+                    session.close(&Disconnect::CONNECTION_CLOSED);
+                    return;
+                }
+                Read::Gone => {
+                    session.close(&Disconnect::CONNECTION_CLOSED);
+                    break;
+                }
+                Read::Fail(d) => {
                     session.close(&d);
                     break;
                 }
-                continue;
-            }
-            ended = &mut writing => {
-                // The hub closed the queue (slow, shutdown, API disconnect)
-                // or the socket failed: the writer already said goodbye.
-                writer_gone(&mut session, ended.ok().flatten());
-                return;
-            }
-        };
-        match read(msg) {
-            // Boxed: the commands' state (a decoded command is over 500
-            // bytes) lives only while a frame is handled, not in every
-            // idle connection's task.
-            Read::Frame(text) => match Box::pin(commands(
-                &node,
-                codec,
-                &mut session,
-                &text,
-                &drained,
-                &mut writing,
-            ))
-            .await
-            {
-                AfterFrame::Continue => {}
-                AfterFrame::Closed => break,
-                AfterFrame::WriterGone(by_hub) => {
-                    writer_gone(&mut session, by_hub);
-                    return;
-                }
-            },
-            Read::Skip => {}
-            Read::Answer(control) => controls.send(control),
-            Read::Last(control) => {
-                // The writer sends this close and ends; only then is the
-                // client removed, so its queue closing (3000) cannot race
-                // the close code the client must see (1002, or its echo).
-                controls.send(control);
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut writing).await;
-                session.close(&Disconnect::CONNECTION_CLOSED);
-                return;
-            }
-            Read::Gone => {
-                session.close(&Disconnect::CONNECTION_CLOSED);
-                break;
-            }
-            Read::Fail(d) => {
-                session.close(&d);
-                break;
             }
         }
+        // Let the writer flush the close frame, but not forever.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writing).await;
     }
-    // Let the writer flush the close frame, but not forever.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writing).await;
 }
 
 /// Ends the session once its writer has ended: with the hub's close when
@@ -372,95 +390,118 @@ fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -
 /// Drains the client's queue into one text frame per wake-up, pings on the
 /// interval, and closes with the hub's reason when the queue closes. That
 /// reason, when the hub closed the queue.
-async fn write(
+///
+/// Every connection holds this future for its whole life, so it holds
+/// little: an `async move` block (an async fn would keep its arguments
+/// twice), a frame that fits the socket is written at once without a
+/// future (`Writer::try_write`), and what waits — the rest of a frame a
+/// slow client has not taken, pings, pongs, the close — waits boxed.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn write(
     node: Arc<Node>,
     codec: Codec,
-    mut writer: Writer,
-    mut rx: ClientReceiver,
+    writer: Writer,
+    rx: ClientReceiver,
     ping_every: Duration,
     (controls, drained): (Arc<Controls>, Arc<tokio::sync::Notify>),
-) -> Option<Disconnect> {
-    let mut items = Vec::new();
-    let mut batch = Vec::new();
-    let mut frames = Vec::new();
-    let mut answers = Vec::new();
-    let start = tokio::time::Instant::now() + ping_every;
-    let mut ping = tokio::time::interval_at(start, ping_every);
-    loop {
-        let outcome = tokio::select! {
-            r = rx.drain(&mut items) => r,
-            _ = ping.tick() => {
-                if writer.messages(codec.binary(), &mut vec![codec.ping()]).await.is_err() {
-                    return None;
-                }
-                continue;
-            }
-            _ = controls.take(&mut answers) => {
-                for control in answers.drain(..) {
-                    let last = matches!(control, Control::Close(..));
-                    if writer.control(control).await.is_err() || last {
+) -> impl std::future::Future<Output = Option<Disconnect>> + Send {
+    async move {
+        let (mut writer, mut rx) = (writer, rx);
+        let mut items = Vec::new();
+        let mut batch = Vec::new();
+        let mut frames = Vec::new();
+        let start = tokio::time::Instant::now() + ping_every;
+        let mut ping = tokio::time::interval_at(start, ping_every);
+        loop {
+            let outcome = tokio::select! {
+                r = rx.drain(&mut items) => r,
+                _ = ping.tick() => {
+                    if Box::pin(writer.messages(codec.binary(), &mut vec![codec.ping()])).await.is_err() {
                         return None;
                     }
+                    continue;
                 }
-                continue;
-            }
-        };
-        match outcome {
-            Ok(_) => {
-                // Let the publisher that woke us finish its fan-out round
-                // first: whatever it queues meanwhile joins this frame. One
-                // extra poll per frame; under load, about twice the
-                // messages per frame (docs/benchmarks.md).
-                tokio::task::yield_now().await;
-                let _ = rx.try_drain(&mut items);
-                // Delivery latency for the admin UI: from the publish of
-                // the oldest event in this write to now (measured before
-                // the write, so nothing is held across it).
-                if node.metrics.live_on() {
-                    if let Some(created) = items.iter().find_map(|i| match i {
-                        crier_core::Outbound::Event(e) => Some(e.created()),
-                        crier_core::Outbound::Raw(_) => None,
-                    }) {
-                        node.metrics.delivered(created.elapsed());
+                _ = controls.ready() => {
+                    if Box::pin(answer(&mut writer, &controls)).await.is_err() {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(_) => {
+                    // Let the publisher that woke us finish its fan-out round
+                    // first: whatever it queues meanwhile joins this frame. One
+                    // extra poll per frame; under load, about twice the
+                    // messages per frame (docs/benchmarks.md).
+                    tokio::task::yield_now().await;
+                    let _ = rx.try_drain(&mut items);
+                    // Delivery latency for the admin UI: from the publish of
+                    // the oldest event in this write to now (measured before
+                    // the write, so nothing is held across it).
+                    if node.metrics.live_on() {
+                        if let Some(created) = items.iter().find_map(|i| match i {
+                            crier_core::Outbound::Event(e) => Some(e.created()),
+                            crier_core::Outbound::Raw(_) => None,
+                        }) {
+                            node.metrics.delivered(created.elapsed());
+                        }
+                    }
+                    let mut out = match writer.deflate() {
+                        // Compressed: a frame per message, so a shared event is
+                        // compressed once for all its subscribers.
+                        Some(d) => {
+                            frames.extend(items.drain(..).map(|item| codec.outbound_deflated(&item, d)));
+                            Writer::frames_frame(codec.binary(), &mut frames)
+                        }
+                        // The shared encodings themselves go out: no copy.
+                        None => {
+                            batch.extend(items.drain(..).map(|item| codec.outbound(&item)));
+                            writer.message_frame(codec.binary(), &mut batch)
+                        }
+                    };
+                    let sent = match writer.try_write(&mut out) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Box::pin(writer.finish(out)).await,
+                        Err(e) => Err(e),
+                    };
+                    if sent.is_err() {
+                        // A client that stopped reading: if the hub dropped it
+                        // meanwhile (its queue overflowed: 3008), count that
+                        // close even though no frame can reach it.
+                        return rx
+                            .try_drain(&mut items)
+                            .err()
+                            .map(|reason| closed_by_hub(&node, &reason));
+                    }
+                    drained.notify_one();
+                    // A burst must not leave its high-water mark behind.
+                    if items.capacity() > KEEP_ITEMS {
+                        items = Vec::new();
+                        batch = Vec::new();
+                        frames = Vec::new();
                     }
                 }
-                let sent = match writer.deflate() {
-                    // Compressed: a frame per message, so a shared event is
-                    // compressed once for all its subscribers.
-                    Some(d) => {
-                        frames.extend(items.drain(..).map(|item| codec.outbound_deflated(&item, d)));
-                        writer.frames(codec.binary(), &mut frames).await
-                    }
-                    // The shared encodings themselves go out: no copy.
-                    None => {
-                        batch.extend(items.drain(..).map(|item| codec.outbound(&item)));
-                        writer.messages(codec.binary(), &mut batch).await
-                    }
-                };
-                if sent.is_err() {
-                    // A client that stopped reading: if the hub dropped it
-                    // meanwhile (its queue overflowed: 3008), count that
-                    // close even though no frame can reach it.
-                    return rx
-                        .try_drain(&mut items)
-                        .err()
-                        .map(|reason| closed_by_hub(&node, &reason));
+                Err(reason) => {
+                    let d = closed_by_hub(&node, &reason);
+                    Box::pin(close(&mut writer, &d)).await;
+                    return Some(d);
                 }
-                drained.notify_one();
-                // A burst must not leave its high-water mark behind.
-                if items.capacity() > KEEP_ITEMS {
-                    items = Vec::new();
-                    batch = Vec::new();
-                    frames = Vec::new();
-                }
-            }
-            Err(reason) => {
-                let d = closed_by_hub(&node, &reason);
-                close(&mut writer, &d).await;
-                return Some(d);
             }
         }
     }
+}
+
+/// Sends the control frames the reader asked for (pongs, a close). `Err`
+/// when the writer must end: the socket failed, or the close went out.
+async fn answer(writer: &mut Writer, controls: &Controls) -> Result<(), ()> {
+    for control in controls.take_now() {
+        let last = matches!(control, Control::Close(..));
+        if writer.control(control).await.is_err() || last {
+            return Err(());
+        }
+    }
+    Ok(())
 }
 
 /// The hub closed the client's queue with `reason` (slow, shutdown, an API
@@ -515,12 +556,12 @@ mod tests {
         );
         let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
         assert!(
-            serve_size <= 1_200,
-            "the reader task's future is {serve_size} bytes (budget 1,200)"
+            serve_size <= 1_100,
+            "the reader task's future is {serve_size} bytes (budget 1,100)"
         );
         assert!(
-            write_size <= 1_024,
-            "the writer task's future is {write_size} bytes (budget 1,024)"
+            write_size <= 600,
+            "the writer task's future is {write_size} bytes (budget 600)"
         );
     }
 }
