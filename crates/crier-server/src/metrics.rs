@@ -597,12 +597,25 @@ impl Collector for HubCollector {
 }
 
 /// Resident memory and CPU time of this process, from `/proc` (Linux only;
-/// elsewhere nothing is exposed).
+/// elsewhere nothing is exposed), and the tasks alive in the runtime that
+/// scrapes (the node's).
 #[derive(Debug)]
 struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        // Tasks that were spawned and have not finished: each connection,
+        // subscription pump and background loop holds some, so a count that
+        // does not come back after its load ends is a task leak (the soak,
+        // scripts/soak.sh, checks it). Outside a runtime there is no count.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            gauge(
+                &mut enc,
+                "crier_tasks",
+                "Tokio tasks alive in the node's runtime.",
+                runtime.metrics().num_alive_tasks() as u64,
+            )?;
+        }
         if let Some(bytes) = process::resident_memory_bytes() {
             let unit = Unit::Bytes;
             let m = enc.encode_descriptor(
@@ -731,6 +744,26 @@ mod tests {
         let text = m.render();
         assert_eq!(sample(&text, "crier_engine_errors_total", &[]), 2.0);
         assert_eq!(sample(&text, "crier_publish_duration_seconds_count", &[]), 1.0);
+    }
+
+    #[test]
+    fn alive_tasks_are_counted_in_a_runtime_only() {
+        let m = Metrics::new(Hub::default(), None, true);
+        assert!(!m.render().contains("crier_tasks"), "no runtime, no count");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let before = sample(&m.render(), "crier_tasks", &[]);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let _ = rx.await;
+            });
+            assert_eq!(sample(&m.render(), "crier_tasks", &[]), before + 1.0);
+            tx.send(()).expect("the task waits");
+            task.await.expect("the task ends");
+            assert_eq!(sample(&m.render(), "crier_tasks", &[]), before);
+        });
     }
 
     #[test]
