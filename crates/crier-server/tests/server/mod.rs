@@ -5,6 +5,8 @@ mod architecture;
 mod catalogue;
 mod compression;
 mod emulation;
+#[cfg(feature = "redis")]
+mod faults;
 mod health;
 mod hostile;
 mod interop;
