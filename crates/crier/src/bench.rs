@@ -5,7 +5,10 @@
 //! in the same format) for a fixed duration with
 //! payloads that carry their send time, and reports deliveries, loss,
 //! publish-to-delivery latency and, given the server's pid, the server's
-//! CPU per delivery and memory per connection.
+//! CPU per delivery and memory per connection. With `--protocol raw` the
+//! same subscribers and WebSocket publishers speak no protocol at all, to
+//! measure a bare broadcast server (Bun's `server.publish`, for one) with the
+//! same client.
 //!
 //! - [`client`] opens one client connection (small buffers, chosen source
 //!   address) and runs its connect/subscribe commands;
@@ -82,6 +85,15 @@ use report::Report;
 /// what a slow consumer costs the others; --plot writes the latency
 /// distribution as an SVG file; --compression has WebSocket subscribers
 /// offer permessage-deflate (the server needs websocket.compression = true).
+///
+/// --protocol raw loads a plain WebSocket broadcast server instead (such as
+/// scripts/peers/bun/server.js, where any message one socket sends goes to
+/// every other socket) with the same subscriber and publisher code:
+/// subscribers open the WebSocket and send nothing, and every text message
+/// they receive is one delivery; publishers (--publish-via ws) send each
+/// payload alone as one text message and expect no reply, so publications
+/// count as accepted once written and the window is kept by deliveries
+/// alone. No connect or subscribe commands, one channel.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The server's WebSocket endpoint; repeat it for several nodes of one
@@ -165,6 +177,11 @@ pub struct Args {
     /// the URL).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Format::Json)]
     format: Format,
+    /// What WebSocket connections speak: crier's client protocol v2, or
+    /// nothing at all (raw: a bare broadcast server, see above; needs
+    /// --publish-via ws and --channels 1).
+    #[arg(long, value_name = "PROTOCOL", value_enum, default_value_t = Protocol::Client)]
+    protocol: Protocol,
     /// WebSocket subscribers offer permessage-deflate (RFC 7692) and fail
     /// unless the server agrees (it needs `websocket.compression = true`);
     /// publishers stay uncompressed. For --transport ws only.
@@ -209,6 +226,26 @@ impl Transport {
             Transport::Ws => "WebSocket",
             Transport::Sse => "uni_sse",
             Transport::Tcp => "plain TCP",
+        }
+    }
+}
+
+/// What the WebSocket connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// crier's (Centrifugo's) client protocol v2: connect, subscribe,
+    /// publish commands and their replies.
+    Client,
+    /// No protocol: a publication is its payload, one text message each
+    /// way; for comparing against a bare WebSocket broadcast server.
+    Raw,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Client => "client",
+            Protocol::Raw => "raw",
         }
     }
 }
@@ -290,6 +327,8 @@ pub(crate) struct Plan {
     transport: Transport,
     /// The client protocol's format on WebSocket connections.
     format: Format,
+    /// Client protocol v2, or raw payloads (`--protocol raw`).
+    protocol: Protocol,
     /// Subscribers offer permessage-deflate (`--compression`).
     compression: bool,
     /// The `[[tcp]]` listener, for --transport tcp.
@@ -375,6 +414,27 @@ impl Plan {
                 args.transport.describe()
             );
         }
+        if args.protocol == Protocol::Raw {
+            let refused = [
+                (
+                    args.publish_via != Via::Ws,
+                    "--publish-via ws (a raw server has no HTTP API)",
+                ),
+                (args.transport != Transport::Ws, "--transport ws"),
+                (
+                    args.format != Format::Json,
+                    "--format json (payloads go as text messages)",
+                ),
+                (args.compression, "no --compression"),
+                (
+                    args.channels != 1,
+                    "--channels 1 (a raw server broadcasts to every socket)",
+                ),
+            ];
+            if let Some((_, what)) = refused.iter().find(|(bad, _)| *bad) {
+                bail!("--protocol raw needs {what}");
+            }
+        }
         let nodes = args
             .url
             .iter()
@@ -428,6 +488,7 @@ impl Plan {
             nodes,
             transport: args.transport,
             format: args.format,
+            protocol: args.protocol,
             compression: args.compression,
             tcp_addr,
             slow: args.slow,
@@ -496,10 +557,11 @@ impl Plan {
     /// `what`, followed by the format when it is a client protocol
     /// WebSocket connection.
     fn with_format(&self, websocket: bool, what: &str) -> String {
-        match (websocket, self.format) {
-            (false, _) => what.to_string(),
-            (true, Format::Json) => format!("{what} (JSON)"),
-            (true, Format::Protobuf) => format!("{what} (protobuf)"),
+        match (websocket, self.protocol, self.format) {
+            (false, _, _) => what.to_string(),
+            (true, Protocol::Raw, _) => format!("{what} (raw)"),
+            (true, Protocol::Client, Format::Json) => format!("{what} (JSON)"),
+            (true, Protocol::Client, Format::Protobuf) => format!("{what} (protobuf)"),
         }
     }
 
@@ -887,6 +949,7 @@ mod tests {
             allow_remote: false,
             transport: Transport::Ws,
             format: Format::Json,
+            protocol: Protocol::Client,
             compression: false,
             tcp_addr: None,
             slow: 0,
@@ -951,6 +1014,63 @@ mod tests {
     }
 
     #[test]
+    fn raw_is_websocket_publishers_and_one_channel() {
+        let args = |publish_via, channels| Args {
+            url: vec!["ws://127.0.0.1:1/".into()],
+            api: None,
+            api_key: None,
+            token: None,
+            subscribers: 2,
+            channels,
+            channel_prefix: "b".into(),
+            publishers: 1,
+            rate: 0,
+            window: 64,
+            duration: Duration::from_secs(1),
+            size: 64,
+            publish_via,
+            server_pid: None,
+            json: false,
+            source_ips: 8,
+            connect_concurrency: 1,
+            threads: None,
+            allow_remote: false,
+            transport: Transport::Ws,
+            format: Format::Json,
+            protocol: Protocol::Raw,
+            compression: false,
+            tcp_addr: None,
+            slow: 0,
+            plot: None,
+        };
+        let plan = Plan::new(args(Via::Ws, 1)).unwrap();
+        assert_eq!(plan.describe_transport(), "WebSocket (raw)");
+        assert_eq!(plan.describe_via(), "WebSocket (raw)");
+        assert_eq!(plan.first_node().ws_url, "ws://127.0.0.1:1/connection/websocket");
+        for (args, needs) in [
+            (args(Via::Api, 1), "--publish-via ws"),
+            (args(Via::Ws, 2), "--channels 1"),
+            (
+                Args {
+                    format: Format::Protobuf,
+                    ..args(Via::Ws, 1)
+                },
+                "--format json",
+            ),
+            (
+                Args {
+                    compression: true,
+                    ..args(Via::Ws, 1)
+                },
+                "no --compression",
+            ),
+        ] {
+            let e = Plan::new(args).err().unwrap().to_string();
+            assert!(e.contains("--protocol raw needs") && e.contains(needs), "{e}");
+        }
+    }
+
+    #[test]
     fn protobuf_is_for_websocket_connections() {
         let args = |transport, publish_via| Args {
             url: vec!["127.0.0.1:1".into()],
@@ -974,6 +1094,7 @@ mod tests {
             allow_remote: false,
             transport,
             format: Format::Protobuf,
+            protocol: Protocol::Client,
             compression: false,
             tcp_addr: None,
             slow: 0,

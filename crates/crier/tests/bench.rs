@@ -141,15 +141,13 @@ impl Drop for TempDir {
 
 /// Runs `crier bench` against `server` and returns its JSON report.
 fn bench(server: &Server, extra: &[&str]) -> Value {
-    let pid = server.process.0.id().to_string();
-    let mut args = vec![
-        "bench",
-        "--url",
-        server.websocket.as_str(),
-        "--server-pid",
-        pid.as_str(),
-        "--json",
-    ];
+    bench_at(&server.websocket, server.process.0.id(), extra)
+}
+
+/// Runs `crier bench --url url --server-pid pid` and returns its JSON report.
+fn bench_at(url: &str, pid: u32, extra: &[&str]) -> Value {
+    let pid = pid.to_string();
+    let mut args = vec!["bench", "--url", url, "--server-pid", pid.as_str(), "--json"];
     args.extend_from_slice(extra);
     let mut child = crier(&args)
         .stdout(Stdio::piped())
@@ -217,6 +215,109 @@ fn fixed_rate_over_the_api_reaches_every_subscriber() {
             .is_some_and(|b| b > 0),
         "{report}"
     );
+}
+
+/// A bare WebSocket broadcast server, as scripts/peers/bun/server.js is,
+/// on its own runtime (stopped on drop): a socket is subscribed from its TCP
+/// accept, before its handshake, so no client that finished its handshake
+/// can miss a message; a socket that sends is a publisher, unsubscribed, and
+/// every text message it sends goes to every subscriber as it came.
+struct RawBroadcast {
+    url: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn raw_broadcast() -> RawBroadcast {
+    use futures_util::{SinkExt, StreamExt};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the raw server");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind the raw server");
+    let addr = listener.local_addr().expect("its address");
+    let subscribers: Arc<Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<Message>>>> = Arc::default();
+    runtime.spawn(async move {
+        for id in 0u64.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            subscribers.lock().unwrap().insert(id, tx);
+            let subscribers = subscribers.clone();
+            tokio::spawn(async move {
+                if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                    let (mut sink, mut stream) = ws.split();
+                    tokio::spawn(async move {
+                        while let Some(message) = rx.recv().await {
+                            if sink.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    while let Some(Ok(message)) = stream.next().await {
+                        if message.is_text() {
+                            let mut subscribers = subscribers.lock().unwrap();
+                            subscribers.remove(&id);
+                            for tx in subscribers.values() {
+                                let _ = tx.send(message.clone());
+                            }
+                        }
+                    }
+                }
+                subscribers.lock().unwrap().remove(&id);
+            });
+        }
+    });
+    RawBroadcast {
+        url: format!("ws://{addr}/"),
+        _runtime: runtime,
+    }
+}
+
+#[test]
+fn raw_protocol_counts_every_message_of_a_bare_broadcast_server() {
+    let server = raw_broadcast();
+    // The server runs in this process: its CPU and memory are ours.
+    let report = bench_at(
+        &server.url,
+        std::process::id(),
+        &[
+            "--protocol",
+            "raw",
+            "--publish-via",
+            "ws",
+            "--subscribers",
+            "8",
+            "--publishers",
+            "2",
+            "--rate",
+            "0",
+            "--window",
+            "8",
+            "--duration",
+            "1s",
+        ],
+    );
+    assert_eq!(report["protocol"], "raw", "{report}");
+    let sent = number(&report, "sent");
+    assert!(sent > 0, "{report}");
+    assert_eq!(number(&report, "unanswered"), 0, "{report}");
+    assert_eq!(number(&report, "loss"), 0, "{report}");
+    assert_eq!(number(&report, "deliveries"), sent * 8, "{report}");
+    assert_eq!(
+        report["messages_per_frame"].as_f64(),
+        Some(1.0),
+        "a raw message is one payload: {report}"
+    );
+    assert!(report["latency_us"]["p99"].as_u64().is_some(), "{report}");
+    assert!(report["server_cpu_seconds"].as_f64().is_some(), "{report}");
 }
 
 #[test]

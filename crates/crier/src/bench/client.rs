@@ -3,6 +3,8 @@
 //! the commands that set a connection up (connect, subscribe), in either
 //! wire format (`--format`).
 //!
+//! With `--protocol raw` a connection is the handshake alone.
+//!
 //! Setup replies are decoded into typed replies, as `crier subscribe` does:
 //! there are two per connection. What arrives after setup is the caller's
 //! business, and must not be decoded this way.
@@ -71,6 +73,23 @@ pub async fn tcp_with(
         .with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
     Ok(stream)
+}
+
+/// Opens a WebSocket connection to `node` and sends nothing: a
+/// `--protocol raw` subscriber (publishers pass a `write_buffer`, see
+/// [`websocket_config`]: theirs hold a batch of messages until flushed).
+pub async fn open_raw(
+    node: &Node,
+    source: Option<Ipv4Addr>,
+    recv_buffer: Option<u32>,
+    write_buffer: usize,
+) -> anyhow::Result<Ws> {
+    let stream = tcp_with(node.ws_addr, source, recv_buffer).await?;
+    let config = websocket_config().write_buffer_size(write_buffer);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(node.ws_url.as_str(), stream, Some(config))
+        .await
+        .with_context(|| format!("WebSocket handshake with {} failed", node.ws_url))?;
+    Ok(ws)
 }
 
 /// Opens a WebSocket connection to `node` in the plan's format and sends

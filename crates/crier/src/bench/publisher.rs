@@ -9,6 +9,8 @@
 //! bytes, never parsed into a JSON tree. WebSocket publishers speak the
 //! plan's `--format`: with protobuf, commands are encoded by `crier_proto`
 //! and replies decoded by it (a publish reply decodes without allocating).
+//! With `--protocol raw` a WebSocket publisher writes bare payloads and
+//! reads nothing back: there is no answer to wait for.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, Ws, CONNECT_ID};
-use super::{Flow, Plan, Via};
+use super::{Flow, Plan, Protocol, Via};
 use crate::subscribe::{self, Format};
 
 /// The first publish command's id on a WebSocket publisher.
@@ -122,6 +124,7 @@ pub fn spawn(
         let pacer = Pacer::new(&plan, index, start, end);
         match plan.via {
             Via::Api => http(plan, flow, index, pacer, deadline).await,
+            Via::Ws if plan.protocol == Protocol::Raw => raw_websocket(plan, flow, index, pacer).await,
             Via::Ws => websocket(plan, flow, index, pacer, deadline).await,
         }
     })
@@ -618,6 +621,79 @@ async fn read_ws(
             window.add_permits(1);
         }
     }
+}
+
+/// What a `--protocol raw` publisher's write buffer holds before it writes:
+/// a whole batch of 64-byte payloads goes out in one write, as a batch of
+/// joined publish commands does on the client protocol.
+const RAW_WRITE_BUFFER: usize = 64 * 1024;
+
+/// A `--protocol raw` publisher: each publication is its payload alone, one
+/// text message, and a batch is flushed in one write. A raw server answers
+/// nothing, so a publication counts as accepted once written and its window
+/// permit comes back at once: only the delivery window paces it.
+async fn raw_websocket(plan: Arc<Plan>, flow: Arc<Flow>, index: usize, mut pacer: Pacer) -> Outcome {
+    let mut outcome = Outcome::new(plan.channels.len());
+    let source = plan.source(plan.subscribers + index);
+    let ws = match client::open_raw(plan.first_node(), source, None, RAW_WRITE_BUFFER).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            outcome.failure = Some(format!("publisher connection failed: {e:#}"));
+            return outcome;
+        }
+    };
+    let (mut sink, mut stream) = ws.split();
+    // Nothing is expected from the server, but reading answers its pings
+    // and notices a close.
+    let closed = async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(_))) | None => {
+                    return "the server closed the publisher connection".to_string()
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return format!("publisher connection lost: {e}"),
+            }
+        }
+    };
+    tokio::pin!(closed);
+    loop {
+        let n = tokio::select! {
+            n = pacer.next(&flow) => n,
+            why = &mut closed => {
+                outcome.failure = Some(why);
+                break;
+            }
+        };
+        let Some(n) = n else { break };
+        let sent = unix_nanos();
+        let mut failed = None;
+        for _ in 0..n {
+            let seq = plan_seq(&plan, index, outcome.written);
+            let channel = plan.channel_of_publication(seq);
+            let mut data = String::with_capacity(plan.size + 8);
+            payload::write(&mut data, sent, seq, plan.size);
+            flow.written(1, plan.fanout[channel]);
+            outcome.written += 1;
+            outcome.answered += 1;
+            outcome.accepted[channel] += 1;
+            if let Err(e) = sink.feed(Message::text(data)).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let written = match failed {
+            Some(e) => Err(e),
+            None => sink.flush().await,
+        };
+        if let Err(e) = written {
+            outcome.failure = Some(format!("cannot write to the publisher connection: {e}"));
+            break;
+        }
+        pacer.window.add_permits(n);
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(100), sink.close()).await;
+    outcome
 }
 
 /// Publish commands joined into one WebSocket frame, in the plan's format.

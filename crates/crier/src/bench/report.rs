@@ -248,6 +248,7 @@ impl Report {
         // Set apart: one more key in the literal passes `json!`'s
         // recursion limit.
         report["format"] = plan.format.name().into();
+        report["protocol"] = plan.protocol.name().into();
         report["compression"] = plan.compression.into();
         report
     }

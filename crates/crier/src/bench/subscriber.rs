@@ -9,6 +9,10 @@
 //! histogram (merged once, at the end). The only shared write per frame is
 //! one atomic add for the flow control.
 //!
+//! With `--protocol raw` a WebSocket subscriber is subscribed by its
+//! handshake alone, and each text message is a bare payload: the same scan
+//! finds its one send time.
+//!
 //! Subscribers speak WebSocket (client protocol v2, JSON or protobuf), `uni_sse` or a plain
 //! TCP listener's lines (`--transport`); the last two are byte streams
 //! ([`stream`](super::stream)), scanned line by line the same way. With
@@ -40,7 +44,7 @@ use super::protobuf;
 use super::stream::{self, StreamConn};
 use crier_loadgen::payload::{self, unix_nanos};
 
-use super::{Flow, Plan, Transport};
+use super::{Flow, Plan, Protocol, Transport};
 
 /// How long one connection may take to connect and subscribe.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -282,6 +286,10 @@ async fn setup(
             let mut ws = deflate::connect(plan, node, source, recv_buffer, plan.format).await?;
             ws.subscribe(plan.format, &plan.channel_names[k]).await?;
             Conn::Deflate(Box::new(ws))
+        }
+        Transport::Ws if plan.protocol == Protocol::Raw => {
+            let node = plan.node_of_subscriber(i);
+            Conn::Ws(Box::new(client::open_raw(node, source, recv_buffer, 0).await?))
         }
         Transport::Ws => {
             let node = plan.node_of_subscriber(i);
