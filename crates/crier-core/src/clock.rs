@@ -55,3 +55,30 @@ impl<C: Clock> Clock for std::sync::Arc<C> {
         (**self).now_ms()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_reads_the_wall_clock_in_milliseconds() {
+        let ms = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis() as u64
+        };
+        let before = ms();
+        let now = SystemClock.now_ms();
+        let after = ms();
+        assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_is_shared_through_an_arc() {
+        let clock = std::sync::Arc::new(ManualClock::new(1_000));
+        assert_eq!(clock.now_ms(), 1_000);
+        clock.advance(250);
+        assert_eq!(Clock::now_ms(&clock), 1_250);
+    }
+}

@@ -205,3 +205,54 @@ impl Outbound {
         Outbound::Raw(Box::new(bytes))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_id_displays_as_its_number() {
+        assert_eq!(ClientId(42).to_string(), "42");
+        assert_eq!(
+            format!("client {}", ClientId(u64::MAX)),
+            "client 18446744073709551615"
+        );
+    }
+
+    #[test]
+    fn an_exclusion_is_empty_only_when_it_names_no_client_and_no_user() {
+        assert!(Exclusion::default().is_empty());
+        let by_client = Exclusion {
+            clients: vec![ClientId(1)],
+            ..Default::default()
+        };
+        let by_user = Exclusion {
+            users: vec!["ann".into()],
+            ..Default::default()
+        };
+        assert!(!by_client.is_empty());
+        assert!(!by_user.is_empty());
+    }
+
+    #[test]
+    fn an_event_weighs_its_payload_its_channel_name_and_a_fixed_overhead() {
+        let publication = Event::new(
+            Some("chan".into()),
+            EventKind::Publication(Publication::new("0123456789")),
+        );
+        assert_eq!(publication.weight(), 10 + 4 + 64);
+        let message = Event::new(None, EventKind::Message(Bytes::from_static(b"hello")));
+        assert_eq!(message.weight(), 5 + 64);
+        let info = Arc::new(ClientInfo {
+            client: ClientId(1),
+            user: "u".into(),
+            conn_info: None,
+            chan_info: None,
+        });
+        let join = Event::new(Some("ab".into()), EventKind::Join(info.clone()));
+        assert_eq!(join.weight(), 64 + 2 + 64);
+        let leave = Event::new(Some("ab".into()), EventKind::Leave(info));
+        assert_eq!(Outbound::Event(Arc::new(leave)).weight(), 64 + 2 + 64);
+        assert_eq!(Outbound::raw(Bytes::from_static(b"abc")).weight(), 3);
+    }
+}

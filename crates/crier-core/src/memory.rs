@@ -612,6 +612,161 @@ mod tests {
     }
 
     #[test]
+    fn history_bytes_count_payload_publisher_tags_and_overheads_exactly() {
+        let clock = Arc::new(ManualClock::new(0));
+        let e = MemoryEngine::with_limit(clock.clone(), HistoryLimit { max_bytes: 1 << 20 });
+        let o = opts(2, Some(1_000));
+        let mut first = Publication::new("0123456789");
+        first.info = Some(Arc::new(ClientInfo {
+            client: ClientId(1),
+            user: "ann".into(),
+            conn_info: Some(bytes::Bytes::from_static(b"conn!")),
+            chan_info: Some(bytes::Bytes::from_static(b"channel")),
+        }));
+        first.tags = Some(vec![("k".into(), "vv".into())].into());
+        // The entry: overhead, payload, user + conn info + chan info, and
+        // each tag's key + value + 16.
+        let first_cost = ENTRY_OVERHEAD + 10 + (3 + 5 + 7) + (1 + 2 + 16);
+        let stream = STREAM_OVERHEAD + "chan".len();
+        e.publish("chan", &o, first, false).unwrap();
+        assert_eq!(e.history_usage().bytes, first_cost + stream);
+        assert_eq!(e.stream_count(), 1);
+
+        e.publish("chan", &o, Publication::new("ab"), false).unwrap();
+        assert_eq!(e.history_usage().bytes, first_cost + ENTRY_OVERHEAD + 2 + stream);
+        // history_size 2: the first entry goes, and its bytes with it.
+        clock.advance(500);
+        e.publish("chan", &o, Publication::new("abc"), false).unwrap();
+        assert_eq!(
+            e.history_usage().bytes,
+            (ENTRY_OVERHEAD + 2) + (ENTRY_OVERHEAD + 3) + stream
+        );
+        // "ab" expires (published at 0, TTL 1 s), "abc" (at 500) not yet.
+        clock.advance(600);
+        let page = e.history("chan", &o, &HistoryQuery::default()).unwrap();
+        assert_eq!(page.publications.len(), 1);
+        assert_eq!(e.history_usage().bytes, ENTRY_OVERHEAD + 3 + stream);
+        e.remove_history("chan").unwrap();
+        assert_eq!(e.history_usage(), HistoryUsage::default());
+    }
+
+    #[test]
+    fn the_limit_evicts_the_least_recently_published_streams_down_to_ninety_percent() {
+        let e = MemoryEngine::with_limit(
+            Arc::new(ManualClock::new(0)),
+            HistoryLimit {
+                max_bytes: 10 * (ENTRY_OVERHEAD + 100 + STREAM_OVERHEAD + 3),
+            },
+        );
+        let held = ENTRY_OVERHEAD + 100 + STREAM_OVERHEAD + 3;
+        let o = opts(10, None);
+        // A live stream without history holds nothing and is never evicted.
+        e.retain("idl");
+        for i in 0..10 {
+            e.publish(&format!("c{i:02}"), &o, Publication::new(vec![b'x'; 100]), false)
+                .unwrap();
+        }
+        assert_eq!(
+            e.history_usage().bytes,
+            10 * held,
+            "exactly at the limit: nothing evicted"
+        );
+        assert_eq!(e.history_usage().evicted_streams, 0);
+        // One more stream passes the limit: the two oldest go, which brings
+        // the count down to 90 % of the limit.
+        e.publish("c10", &o, Publication::new(vec![b'x'; 100]), false)
+            .unwrap();
+        assert_eq!(
+            e.history_usage(),
+            HistoryUsage {
+                bytes: 9 * held,
+                evicted_streams: 2,
+            }
+        );
+        for (name, kept) in [("c00", 0), ("c01", 0), ("c02", 1), ("c10", 1)] {
+            let page = e.history(name, &o, &HistoryQuery::default()).unwrap();
+            assert_eq!(page.publications.len(), kept, "{name}");
+        }
+        assert_eq!(
+            e.stream_count(),
+            9 + 1,
+            "nine streams with history, and the live one"
+        );
+    }
+
+    #[test]
+    fn a_publication_not_kept_leaves_the_history_already_kept() {
+        let e = MemoryEngine::default();
+        e.publish("c", &opts(10, None), Publication::new("a"), false)
+            .unwrap();
+        // Without history (options of no history, or skip_history): the
+        // offset moves on, the stream keeps what it holds.
+        e.publish("c", &opts(0, None), Publication::new("b"), false)
+            .unwrap();
+        e.publish("c", &opts(10, None), Publication::new("c"), true)
+            .unwrap();
+        let page = e.history("c", &opts(10, None), &HistoryQuery::default()).unwrap();
+        let data: Vec<_> = page.publications.iter().map(|p| p.data.clone()).collect();
+        assert_eq!(data, vec!["a"]);
+        assert_eq!(page.position.offset, 3);
+    }
+
+    #[test]
+    fn epochs_are_mixed_with_splitmix64() {
+        // The reference outputs of SplitMix64 seeded with 0 (each call
+        // advances the state by the golden-ratio increment, as here).
+        assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(splitmix64(0x9e37_79b9_7f4a_7c15), 0x6e78_9e6a_a1b9_65f4);
+        assert_eq!(splitmix64(0x3c6e_f372_fe94_f82a), 0x06c4_5d18_8009_454f);
+    }
+
+    #[test]
+    fn history_of_a_stream_this_engine_does_not_hold() {
+        let e = MemoryEngine::default();
+        let o = opts(10, None);
+        let since = |offset| HistoryQuery {
+            since: Some(StreamPosition {
+                offset,
+                epoch: "any".into(),
+            }),
+            ..Default::default()
+        };
+        // From the start: nothing was missed.
+        assert_eq!(e.history("c", &o, &since(0)), Ok(HistoryPage::default()));
+        assert_eq!(
+            e.history("c", &o, &HistoryQuery::default()),
+            Ok(HistoryPage::default())
+        );
+        // From a position: what came after it is gone.
+        assert_eq!(
+            e.history("c", &o, &since(3)),
+            Err(EngineError::UnrecoverablePosition)
+        );
+    }
+
+    #[test]
+    fn reverse_history_since_a_position_reads_what_came_before_it() {
+        let e = MemoryEngine::default();
+        let o = opts(10, None);
+        let mut epoch = None;
+        for i in 1..=5u8 {
+            let (_, pos) = e.publish("c", &o, Publication::new(vec![i]), false).unwrap();
+            epoch = Some(pos.epoch);
+        }
+        let q = HistoryQuery {
+            since: Some(StreamPosition {
+                offset: 3,
+                epoch: epoch.unwrap(),
+            }),
+            reverse: true,
+            limit: None,
+        };
+        let page = e.history("c", &o, &q).unwrap();
+        let offs: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offs, vec![2, 1]);
+    }
+
+    #[test]
     fn presence_add_remove() {
         let e = MemoryEngine::default();
         let info = Arc::new(ClientInfo {

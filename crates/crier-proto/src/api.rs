@@ -1270,4 +1270,47 @@ mod tests {
             r#"{"channel":"c","data":{"a":1},"exclude_users":["u"]}"#
         );
     }
+
+    #[test]
+    fn subscribe_refuses_b64info_and_b64data_each_on_its_own() {
+        let refused = "b64info and b64data are not supported: crier carries JSON only";
+        for body in [
+            r#"{"user":"u","channel":"c","b64info":"aGk="}"#,
+            r#"{"user":"u","channel":"c","b64data":"aGk="}"#,
+        ] {
+            assert!(
+                matches!(parse(Method::Subscribe, body), Err(Error::InvalidApiRequest(m)) if m == refused),
+                "{body}"
+            );
+        }
+        assert!(parse(Method::Subscribe, r#"{"user":"u","channel":"c"}"#).is_ok());
+    }
+
+    #[test]
+    fn zero_expiries_and_limits_are_left_out_of_a_written_request() {
+        // Requests are written by clients of the API (the CLI): 0 means
+        // "never" or "position only" and is omitted, as Centrifugo's are.
+        let mut sub = SubscribeRequest {
+            user: "u".into(),
+            channel: "c".into(),
+            ..Default::default()
+        };
+        assert_eq!(to_value(&sub), json!({"user": "u", "channel": "c"}));
+        sub.expire_at = 1_700_000_000;
+        assert_eq!(to_value(&sub)["expire_at"], 1_700_000_000i64);
+        let mut refresh = RefreshRequest {
+            user: "u".into(),
+            ..Default::default()
+        };
+        assert_eq!(to_value(&refresh), json!({"user": "u"}));
+        refresh.expire_at = -1;
+        assert_eq!(to_value(&refresh)["expire_at"], -1);
+        let mut history = HistoryRequest {
+            channel: "c".into(),
+            ..Default::default()
+        };
+        assert_eq!(to_value(&history), json!({"channel": "c"}));
+        history.limit = -1;
+        assert_eq!(to_value(&history)["limit"], -1);
+    }
 }

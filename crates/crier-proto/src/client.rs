@@ -1336,4 +1336,34 @@ mod tests {
         assert_eq!(info.user, "u");
         assert_eq!(serde_json::to_string(&reply).unwrap(), text);
     }
+
+    #[test]
+    fn a_payload_gives_its_bytes_back() {
+        let p = Payload::new(Bytes::from_static(b"\x00binary"));
+        assert_eq!(p.as_bytes(), b"\x00binary");
+        assert_eq!(p.as_str(), Some("\u{0}binary"));
+        assert_eq!(p.into_bytes(), Bytes::from_static(b"\x00binary"));
+        assert_eq!(Payload::new(Bytes::from_static(b"\xff")).as_str(), None);
+    }
+
+    #[test]
+    fn a_history_limit_of_zero_is_omitted_and_any_other_kept() {
+        let mut c = Command {
+            id: 1,
+            history: Some(HistoryRequest {
+                channel: "c".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"id":1,"history":{"channel":"c"}}"#
+        );
+        c.history.as_mut().unwrap().limit = -1;
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"id":1,"history":{"channel":"c","limit":-1}}"#
+        );
+    }
 }

@@ -79,4 +79,14 @@ mod tests {
             crate::api::Request::parse(crate::api::Method::Publish, body.as_bytes()).expect_err("too deep");
         assert!(err.to_string().contains("deeper than 128"), "{err}");
     }
+
+    #[test]
+    fn closing_a_level_makes_room_for_its_siblings() {
+        // 300 arrays side by side are 2 levels deep, not 301.
+        let siblings = format!("[{}[]]", "[],".repeat(300));
+        assert!(within(siblings.as_bytes(), 2));
+        assert!(!within(siblings.as_bytes(), 1));
+        let objects = format!("[{}{{}}]", "{},".repeat(300));
+        assert!(within(objects.as_bytes(), 2));
+    }
 }

@@ -711,4 +711,26 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["push"]["disconnect"]["code"], 3001);
     }
+
+    #[test]
+    fn is_json_tells_one_json_value_from_anything_else() {
+        for yes in [&b"{}"[..], b"[1,2]", b"\"text\"", b"12.5", b"null", b" true "] {
+            assert!(is_json(yes), "{yes:?}");
+        }
+        for no in [&b""[..], b"\x00\x01binary", b"\xff", b"{", b"1 2", b"hello"] {
+            assert!(!is_json(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn json_string_uses_the_short_escapes_where_json_has_them() {
+        let mut buf = BytesMut::new();
+        json_string(&mut buf, "a\rb\tc\nd\"e\\f\u{1}g\u{1f}é");
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            r#""a\rb\tc\nd\"e\\f\u0001g\u001fé""#
+        );
+        let back: String = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(back, "a\rb\tc\nd\"e\\f\u{1}g\u{1f}é");
+    }
 }

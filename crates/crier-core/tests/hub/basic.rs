@@ -687,3 +687,157 @@ fn queue_depths_reports_each_clients_waiting_items_without_draining() {
     hub.queue_depths(|_| seen += hub.client_count());
     assert_eq!(seen, 2 * 2);
 }
+
+#[test]
+fn user_count_counts_distinct_users_with_the_anonymous_as_one() {
+    let hub = Hub::default();
+    assert_eq!(hub.user_count(), 0);
+    let (_ann1, _r1) = hub.connect("ann", None);
+    let (_ann2, _r2) = hub.connect("ann", None);
+    let (bob, _r3) = hub.connect("bob", None);
+    let (anon1, _r4) = hub.connect("", None);
+    let (_anon2, _r5) = hub.connect("", None);
+    assert_eq!(hub.user_count(), 3);
+    hub.disconnect(anon1, DisconnectReason::Removed);
+    assert_eq!(hub.user_count(), 3, "another anonymous connection remains");
+    hub.disconnect(bob, DisconnectReason::Removed);
+    assert_eq!(hub.user_count(), 2);
+}
+
+#[test]
+fn channel_options_are_the_namespaces_or_say_why_the_channel_is_refused() {
+    let hub = Hub::new(with_history(7));
+    let room = hub.channel_options("room:1").unwrap();
+    assert!(room.presence && room.join_leave);
+    assert_eq!(room.history_size, 7);
+    let top = hub.channel_options("plain").unwrap();
+    assert!(!top.presence && !top.join_leave);
+    assert_eq!(top.history_size, 7);
+    assert!(matches!(
+        hub.channel_options("nope:1"),
+        Err(HubError::UnknownChannel(c)) if c == "nope:1"
+    ));
+    assert!(matches!(hub.channel_options(""), Err(HubError::InvalidChannel)));
+}
+
+#[test]
+fn send_raw_queues_bytes_in_order_with_everything_else() {
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    hub.subscribe(a, "c", SubscribeOptions::default()).unwrap();
+    hub.send_raw(a, Bytes::from("reply 1")).unwrap();
+    hub.publish("c", "p", PublishOptions::default()).unwrap();
+    hub.send_raw(a, Bytes::from("reply 2")).unwrap();
+    let seen = take(&mut ra);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0], Seen::Raw(Bytes::from("reply 1")));
+    assert!(matches!(&seen[1], Seen::Pub { data, .. } if data == "p"));
+    assert_eq!(seen[2], Seen::Raw(Bytes::from("reply 2")));
+    let gone = ClientId(999_999);
+    assert_eq!(
+        hub.send_raw(gone, Bytes::from("x")),
+        Err(HubError::UnknownClient(gone))
+    );
+}
+
+#[test]
+fn remove_history_drops_what_the_channel_kept() {
+    let hub = Hub::new(with_history(10));
+    hub.publish("c", "one", PublishOptions::default()).unwrap();
+    hub.publish("c", "two", PublishOptions::default()).unwrap();
+    let page = hub.history("c", &HistoryQuery::default()).unwrap();
+    assert_eq!(
+        pub_data(&describe_publications(page.publications)),
+        ["one", "two"]
+    );
+    hub.remove_history("c").unwrap();
+    let page = hub.history("c", &HistoryQuery::default()).unwrap();
+    assert!(page.publications.is_empty());
+    assert!(matches!(
+        hub.remove_history("nope:1"),
+        Err(HubError::UnknownChannel(_))
+    ));
+}
+
+fn describe_publications(ps: Vec<Publication>) -> Vec<Seen> {
+    ps.into_iter()
+        .map(|p| Seen::Pub {
+            channel: String::new(),
+            offset: p.offset,
+            data: p.data,
+        })
+        .collect()
+}
+
+#[test]
+fn backlogged_holds_while_more_than_half_of_a_queue_limit_waits() {
+    let hub = Hub::new(HubConfig {
+        queue_limits: QueueLimits {
+            max_messages: 4,
+            max_bytes: 1 << 20,
+        },
+        ..Default::default()
+    });
+    let (a, mut ra) = hub.connect("a", None);
+    assert!(!hub.backlogged(a));
+    hub.send_raw(a, Bytes::from("1")).unwrap();
+    hub.send_raw(a, Bytes::from("2")).unwrap();
+    assert!(!hub.backlogged(a), "half is not more than half");
+    hub.send_raw(a, Bytes::from("3")).unwrap();
+    assert!(hub.backlogged(a));
+    assert_eq!(take(&mut ra).len(), 3);
+    assert!(!hub.backlogged(a), "drained");
+    assert!(
+        !hub.backlogged(ClientId(999_999)),
+        "an unknown client is not backlogged"
+    );
+}
+
+#[test]
+fn sweep_frees_expired_history_without_waiting_for_a_publish() {
+    let clock = Arc::new(ManualClock::new(0));
+    let engine = Arc::new(MemoryEngine::new(clock.clone()));
+    let hub = Hub::with_engine(
+        HubConfig {
+            channels: ChannelConfig::new(ChannelOptions {
+                history_size: 10,
+                history_ttl: Some(Duration::from_secs(1)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        engine.clone(),
+    );
+    hub.publish("c", "x", PublishOptions::default()).unwrap();
+    clock.advance(2_000);
+    assert_eq!(engine.stream_count(), 1, "time alone frees nothing");
+    hub.sweep();
+    assert_eq!(engine.stream_count(), 0);
+}
+
+#[test]
+fn a_publication_without_offset_reaches_every_subscriber_but_the_excluded() {
+    let hub = Hub::new(with_history(10));
+    let (ann, mut ra) = hub.connect("ann", None);
+    let (bob, mut rb) = hub.connect("bob", None);
+    hub.publish("c", "before", PublishOptions::default()).unwrap();
+    hub.subscribe(ann, "c", SubscribeOptions::default()).unwrap();
+    hub.subscribe(bob, "c", SubscribeOptions::default()).unwrap();
+    // Offset 0: no position assigned (made elsewhere), never filtered by
+    // position, still filtered by its exclusion.
+    let mut p = Publication::new("no offset");
+    p.exclusion = Some(Arc::new(Exclusion {
+        users: vec!["bob".into()],
+        ..Default::default()
+    }));
+    assert_eq!(hub.deliver("c", p), 1);
+    assert_eq!(
+        take(&mut ra),
+        vec![Seen::Pub {
+            channel: "c".into(),
+            offset: 0,
+            data: Bytes::from("no offset"),
+        }]
+    );
+    assert!(take(&mut rb).is_empty());
+}

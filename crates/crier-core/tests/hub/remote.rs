@@ -10,7 +10,7 @@ use std::thread;
 
 use bytes::Bytes;
 use crier_core::{
-    settle_recovery, Catchup, Delivery, HistoryPage, Hub, HubError, Publication, StreamPosition,
+    settle_recovery, Catchup, Delivery, EngineError, HistoryPage, Hub, HubError, Publication, StreamPosition,
     SubscribeOptions,
 };
 
@@ -234,4 +234,71 @@ fn race_every_subscriber_sees_every_offset_once() {
         seen.extend(offsets(&mut rx));
         assert_eq!(seen, (1..=N).collect::<Vec<_>>());
     }
+}
+
+#[test]
+fn a_pending_subscribe_buffers_exactly_its_limit() {
+    // 4096 publications arriving while subscribing are kept and follow the
+    // reply; one more fails the subscribe.
+    let hub = Hub::default();
+    let (a, mut ra) = hub.connect("a", None);
+    hub.begin_subscribe(a, "c").unwrap();
+    for o in 1..=4096 {
+        hub.deliver_at("c", "e1", publication(o));
+    }
+    hub.finish_subscribe(a, "c", SubscribeOptions::default(), page(1, 0), false, |_| None)
+        .unwrap();
+    assert_eq!(offsets(&mut ra), (1..=4096).collect::<Vec<_>>());
+    let (b, _rb) = hub.connect("b", None);
+    hub.begin_subscribe(b, "c").unwrap();
+    for o in 4097..=4096 + 4097 {
+        hub.deliver_at("c", "e1", publication(o));
+    }
+    let err = hub
+        .finish_subscribe(b, "c", SubscribeOptions::default(), page(1, 4096), false, |_| {
+            None
+        })
+        .unwrap_err();
+    assert!(matches!(err, HubError::Engine(_)), "{err:?}");
+    assert_eq!(hub.subscriber_count("c"), 1, "only a");
+}
+
+#[test]
+fn a_history_read_of_another_epoch_fails_the_subscribe_and_leaves_no_trace() {
+    let hub = Hub::default();
+    let (a, _ra) = hub.connect("a", None);
+    hub.begin_subscribe(a, "c").unwrap();
+    // Deliveries show this node the stream at epoch e1 ...
+    assert_eq!(hub.deliver_at("c", "e1", publication(1)), Delivery::Delivered(0));
+    // ... but the history read saw e2: the stream was reset in between.
+    let other = HistoryPage {
+        publications: Vec::new(),
+        position: StreamPosition {
+            offset: 5,
+            epoch: "e2".into(),
+        },
+    };
+    let err = hub
+        .finish_subscribe(a, "c", SubscribeOptions::default(), other, false, |_| None)
+        .unwrap_err();
+    assert!(
+        matches!(err, HubError::Engine(EngineError::Unavailable(_))),
+        "{err:?}"
+    );
+    assert!(hub.channels().is_empty());
+    assert_eq!(hub.stream_mark("c"), None);
+}
+
+#[test]
+fn the_stream_mark_follows_finished_subscribes_and_deliveries() {
+    let hub = Hub::default();
+    assert_eq!(hub.stream_mark("c"), None, "no local subscribers");
+    let (a, _ra) = hub.connect("a", None);
+    hub.begin_subscribe(a, "c").unwrap();
+    assert_eq!(hub.stream_mark("c"), None, "nothing seen yet");
+    hub.finish_subscribe(a, "c", SubscribeOptions::default(), page(1, 7), false, |_| None)
+        .unwrap();
+    assert_eq!(hub.stream_mark("c"), Some(pos(7)));
+    assert_eq!(hub.deliver_at("c", "e1", publication(8)), Delivery::Delivered(1));
+    assert_eq!(hub.stream_mark("c"), Some(pos(8)));
 }

@@ -913,6 +913,13 @@ fn wide_varints_are_truncated_to_the_field_width_as_protobuf_does() {
     len_field(&mut body, 5, &sub);
     let c = commands_of(&delimited(&body));
     assert_eq!(c[0].subscribe.as_ref().map(|s| s.recover), Some(true));
+    // An explicit 0 is false, and the last value of a field wins.
+    int_field(&mut sub, 3, 0);
+    let mut body = Vec::new();
+    int_field(&mut body, 1, 1);
+    len_field(&mut body, 5, &sub);
+    let c = commands_of(&delimited(&body));
+    assert_eq!(c[0].subscribe.as_ref().map(|s| s.recover), Some(false));
 }
 
 #[test]
