@@ -207,4 +207,11 @@ mod tests {
         let none = ChannelNames::new("::", "");
         assert_eq!(none.namespace_of("$a::b"), Some("$a"));
     }
+
+    #[test]
+    fn the_boundary_is_the_one_given_or_the_default() {
+        assert_eq!(ChannelNames::default().boundary(), ":");
+        assert_eq!(ChannelNames::new("/", "#").boundary(), "/");
+        assert_eq!(ChannelNames::new("", "#").boundary(), ":");
+    }
 }

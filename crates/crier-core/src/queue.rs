@@ -393,4 +393,38 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(rx.drain_blocking(&mut out, Duration::from_millis(1)), Ok(0));
     }
+
+    #[test]
+    fn a_queue_filled_exactly_to_its_byte_limit_stays_open() {
+        let (tx, mut rx) = queue(QueueLimits {
+            max_messages: 100,
+            max_bytes: 10,
+        });
+        tx.push(raw("abcd")).unwrap();
+        tx.push(raw("efghij")).unwrap();
+        assert_eq!(tx.len(), 2, "4 + 6 bytes: at the limit, not over it");
+        assert_eq!(tx.push(raw("k")), Err(PushError::Full));
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Err(DisconnectReason::Slow));
+    }
+
+    #[test]
+    fn over_half_means_more_than_half_of_either_limit() {
+        let (tx, mut rx) = queue(QueueLimits {
+            max_messages: 4,
+            max_bytes: 100,
+        });
+        assert!(!tx.over_half());
+        tx.push(raw("a")).unwrap();
+        tx.push(raw("b")).unwrap();
+        assert!(!tx.over_half(), "2 of 4 items");
+        tx.push(raw("c")).unwrap();
+        assert!(tx.over_half(), "3 of 4 items");
+        let mut out = Vec::new();
+        rx.try_drain(&mut out).unwrap();
+        tx.push(Outbound::raw(Bytes::from(vec![0u8; 50]))).unwrap();
+        assert!(!tx.over_half(), "50 of 100 bytes");
+        tx.push(raw("x")).unwrap();
+        assert!(tx.over_half(), "51 of 100 bytes");
+    }
 }
