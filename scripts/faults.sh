@@ -23,7 +23,7 @@
 # Results: DIR/<engine>/<mode>/result.json (default DIR: target/faults).
 #
 # Installs iproute2 with apt when `ip` or `tc` is missing, builds
-# target/release/crier when missing, runs tests-interop/setup.sh when the
+# target/release/crier (a no-op when current), runs tests-interop/setup.sh when the
 # SDK's venv is missing. Only what this script made is removed (its
 # namespace, hence its veths) and only its own processes are stopped.
 set -euo pipefail
@@ -63,9 +63,8 @@ for e in $engines; do
     *) echo "scripts/faults.sh: unknown engine $e (redis, nats)" >&2; exit 2 ;;
   esac
 done
-if [ ! -x target/release/crier ]; then
-  cargo build --release -p crier
-fi
+# A no-op when the binary is current; builds it on a fresh clone.
+cargo build --release -p crier
 python=tests-interop/.venv/bin/python
 if ! "$python" -c 'import centrifuge' 2>/dev/null; then
   bash tests-interop/setup.sh

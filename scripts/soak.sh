@@ -20,7 +20,7 @@
 #   --churn        concurrently churning clients (default 48)
 #
 # The load generator is scripts/soak/soak.py (Python 3 standard library).
-# Builds target/release/crier when it is missing. Everything stops by
+# Builds target/release/crier (cargo build --release -p crier) first. Everything stops by
 # itself; only the processes this script started are stopped, by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,9 +50,8 @@ command -v redis-server >/dev/null 2>&1 || {
   exit 1
 }
 command -v python3 >/dev/null 2>&1 || { echo "scripts/soak.sh: python3 is needed" >&2; exit 1; }
-if [ ! -x target/release/crier ]; then
-  cargo build --release -p crier
-fi
+# A no-op when the binary is current; builds it on a fresh clone.
+cargo build --release -p crier
 
 rm -rf "$out"
 mkdir -p "$out"

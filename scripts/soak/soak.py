@@ -647,7 +647,9 @@ def plot(sampler, path, title):
             f'<rect x="{x(t):.1f}" y="{top}" width="{max(0, x(t2) - x(t)):.1f}" height="{H - top - 40}" '
             f'fill="{phase_fill.get(phase, "#fff")}"/>'
         )
-        out.append(f'<text x="{(x(t) + x(t2)) / 2:.1f}" y="{top - 6}" text-anchor="middle">{phase}</text>')
+        narrow = x(t2) - x(t) < 60
+        label_y = top - 6 - (12 if narrow and phase in ("baseline", "after") else 0)
+        out.append(f'<text x="{(x(t) + x(t2)) / 2:.1f}" y="{label_y}" text-anchor="middle">{phase}</text>')
     for t, _ in sampler.marks:
         out.append(
             f'<line x1="{x(t):.1f}" y1="{top}" x2="{x(t):.1f}" y2="{H - 40}" stroke="#888" stroke-dasharray="2,3"/>'
@@ -679,11 +681,11 @@ def plot(sampler, path, title):
     for k in range(11):
         t = tmax * k / 10
         out.append(f'<text x="{x(t):.1f}" y="{H - 24}" text-anchor="middle">{t:.0f}</text>')
-    out.append(f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">seconds (dashed: Redis killed and restarted)</text>')
+    out.append(f'<text x="{W - right}" y="{H - 8}" text-anchor="end">seconds (dashed: Redis killed and restarted)</text>')
     for node in sorted({r["node"] for r in rows}):
-        lx = W - right - 240 + node * 80
-        out.append(f'<line x1="{lx}" y1="34" x2="{lx + 20}" y2="34" stroke="{colours[node % len(colours)]}" stroke-width="2"/>')
-        out.append(f'<text x="{lx + 24}" y="38">node {node + 1}</text>')
+        lx = left + node * 80
+        out.append(f'<line x1="{lx}" y1="{H - 12}" x2="{lx + 20}" y2="{H - 12}" stroke="{colours[node % len(colours)]}" stroke-width="2"/>')
+        out.append(f'<text x="{lx + 24}" y="{H - 8}">node {node + 1}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -884,6 +886,8 @@ def main():
     if total_3008 < dropped:
         failures.append(f"nodes count {total_3008} disconnects 3008, clients saw {dropped}")
     summary["slow_consumers_dropped_3008"] = dropped
+    summary["phases"] = sampler.phases
+    summary["redis_restarts_at"] = [t for t, _ in sampler.marks]
     summary["slow_consumers_cut_by_2500_or_end"] = cut
     summary["failures"] = failures
 
@@ -910,5 +914,28 @@ def main():
     return 1 if failures else 0
 
 
+def replot(directory, title):
+    """Draws DIR/soak.svg again from DIR/samples.csv and DIR/summary.json."""
+
+    class Saved:
+        pass
+
+    saved = Saved()
+    with open(os.path.join(directory, "samples.csv")) as f:
+        saved.rows = [
+            {"t": float(r["t_s"]), "phase": r["phase"], "node": int(r["node"]),
+             **{k: int(r[k]) for k in ("rss_kib", "fds", "tasks", "connections")}}
+            for r in csv.DictReader(f)
+        ]
+    with open(os.path.join(directory, "summary.json")) as f:
+        summary = json.load(f)
+    saved.phases = [tuple(p) for p in summary["phases"]]
+    saved.marks = [(t, "redis restart") for t in summary["redis_restarts_at"]]
+    plot(saved, os.path.join(directory, "soak.svg"), title)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--replot"]:
+        replot(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "crier soak")
+        sys.exit(0)
     sys.exit(main())
