@@ -436,6 +436,7 @@ fn write(
                     // messages per frame (docs/benchmarks.md).
                     tokio::task::yield_now().await;
                     let _ = rx.try_drain(&mut items);
+                    let messages = items.len();
                     // Delivery latency for the admin UI: from the publish of
                     // the oldest event in this write to now (measured before
                     // the write, so nothing is held across it).
@@ -475,8 +476,12 @@ fn write(
                             .map(|reason| closed_by_hub(&node, &reason));
                     }
                     drained.notify_one();
-                    // A burst must not leave its high-water mark behind.
-                    if items.capacity() > KEEP_ITEMS {
+                    // A burst must not leave its high-water mark behind, and
+                    // a client sent one message at a time (most of them, most
+                    // of the time) keeps no buffers while idle: about 220
+                    // bytes per connection, for two small allocations per
+                    // frame.
+                    if messages <= 1 || items.capacity() > KEEP_ITEMS {
                         items = Vec::new();
                         batch = Vec::new();
                         frames = Vec::new();
