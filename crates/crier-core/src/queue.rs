@@ -427,4 +427,58 @@ mod tests {
         tx.push(raw("x")).unwrap();
         assert!(tx.over_half(), "51 of 100 bytes");
     }
+
+    #[test]
+    fn the_receiver_tells_how_much_waits() {
+        let (tx, rx) = queue(QueueLimits::default());
+        assert_eq!((rx.len(), rx.is_empty()), (0, true));
+        tx.push(raw("a")).unwrap();
+        tx.push(raw("b")).unwrap();
+        assert_eq!((rx.len(), rx.is_empty()), (2, false));
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_push_wakes_the_task_that_polled_last() {
+        // The receiver moves to another task (a new waker): the push must
+        // wake that one, not the first.
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let first = Arc::new(Count(Default::default()));
+        let second = Arc::new(Count(Default::default()));
+        let mut out = Vec::new();
+        for w in [&first, &second] {
+            let waker = Waker::from(w.clone());
+            let mut cx = Context::from_waker(&waker);
+            assert!(rx.poll_drain(&mut cx, &mut out).is_pending());
+        }
+        tx.push(raw("a")).unwrap();
+        let wakes = |c: &Arc<Count>| c.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!((wakes(&first), wakes(&second)), (0, 1));
+    }
+
+    #[test]
+    fn the_thread_waker_unparks_its_thread_by_value_and_by_reference() {
+        // An unpark before the park makes the park return at once; without
+        // it the park would wait the full 10 s.
+        let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+        waker.wake_by_ref();
+        let start = Instant::now();
+        thread::park_timeout(Duration::from_secs(10));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "wake_by_ref did not unpark"
+        );
+        waker.wake();
+        let start = Instant::now();
+        thread::park_timeout(Duration::from_secs(10));
+        assert!(start.elapsed() < Duration::from_secs(5), "wake did not unpark");
+    }
 }

@@ -67,3 +67,26 @@ impl<K: Hash + Eq, V> MutexShards<K, V> {
         self.shards.iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_spread_over_the_shards() {
+        // What the sharding is for: unrelated channels and clients land in
+        // different shards, so they do not contend for one lock.
+        let mut used = [0usize; SHARDS];
+        for i in 0..1_000 {
+            used[index(format!("chat:{i}").as_str())] += 1;
+            used[index(&(i as u64))] += 1;
+        }
+        let shards_used = used.iter().filter(|&&n| n > 0).count();
+        assert!(
+            shards_used >= SHARDS * 3 / 4,
+            "{shards_used} of {SHARDS} shards used"
+        );
+        let fullest = used.iter().max().copied().unwrap_or(0);
+        assert!(fullest < 2_000 / 8, "one shard holds {fullest} of 2000 keys");
+    }
+}

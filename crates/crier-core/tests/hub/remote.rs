@@ -302,3 +302,47 @@ fn the_stream_mark_follows_finished_subscribes_and_deliveries() {
     assert_eq!(hub.deliver_at("c", "e1", publication(8)), Delivery::Delivered(1));
     assert_eq!(hub.stream_mark("c"), Some(pos(8)));
 }
+
+/// A client disconnected while its two-phase subscribe finishes must never
+/// be left seated in the channel (it would hold the channel, and its
+/// presence, forever). Each round starts the disconnect and the finish at
+/// the same moment, so the disconnect lands before, during and after the
+/// finish across rounds; whichever wins, nothing of the client remains.
+#[test]
+fn a_client_leaving_while_its_subscribe_finishes_is_never_seated() {
+    const ROUNDS: usize = 5_000;
+    let hub = Hub::default();
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let done = Arc::new(std::sync::Barrier::new(2));
+    let (ids, next_id) = mpsc::channel();
+    let leaver = {
+        let (hub, start, done) = (hub.clone(), start.clone(), done.clone());
+        thread::spawn(move || {
+            for id in next_id {
+                start.wait();
+                hub.disconnect(id, crier_core::DisconnectReason::Removed);
+                done.wait();
+            }
+        })
+    };
+    for round in 0..ROUNDS {
+        let (id, _rx) = hub.connect("u", None);
+        hub.begin_subscribe(id, "c").unwrap();
+        ids.send(id).unwrap();
+        start.wait();
+        // Shift the finish against the disconnect by a different amount
+        // each round, so the disconnect lands at every point of it.
+        for _ in 0..(round * 7_919) % 4_000 {
+            std::hint::spin_loop();
+        }
+        let finished =
+            hub.finish_subscribe(id, "c", SubscribeOptions::default(), page(1, 0), false, |_| None);
+        done.wait();
+        assert_eq!(hub.subscriber_count("c"), 0, "round {round}: {finished:?}");
+        assert!(hub.channels().is_empty(), "round {round}");
+    }
+    drop(ids);
+    leaver.join().unwrap();
+    assert_eq!(hub.stats().subscriptions, 0);
+    assert_eq!(hub.client_count(), 0);
+}
