@@ -471,4 +471,8 @@ async fn a_slow_redis_is_announced_and_recovered_from_without_loss_or_duplicates
     assert_eq!(via("a"), 1);
     assert_eq!(top, published_by_b + 1);
     a.shutdown().await;
+    let Ok(b) = Arc::try_unwrap(b) else {
+        panic!("the publisher is done with B")
+    };
+    b.shutdown().await;
 }
