@@ -14,8 +14,10 @@
 //! expired) is answered as the SDKs do: a new subscribe that recovers from
 //! the last offset seen, so nothing is missed or printed twice. A
 //! disconnect with a reconnect code (or a lost connection) reconnects with
-//! backoff and recovers the same way; a terminal one ends the command,
-//! non-zero (`--no-reconnect` ends it on any disconnect).
+//! backoff and recovers the same way, and so does an error 100 or a
+//! temporary one (a node that lost its broker answers a resubscribe with
+//! 100 until it is back); a terminal one ends the command, non-zero
+//! (`--no-reconnect` ends it on any disconnect).
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
@@ -295,6 +297,7 @@ async fn connection(url: &str, args: &Args, state: &mut Session, first: bool) ->
                         .try_for_each(|p| print_line(p).map_err(anyhow::Error::new))
                 }
                 Action::Print(publication) => print_line(&publication).map_err(anyhow::Error::new),
+                Action::Reconnect(e) => return End::Retry(e),
                 Action::Send(command) => sink
                     .send(format.command(&command))
                     .await
@@ -347,6 +350,10 @@ enum Action {
     Resubscribe(Command, String),
     /// Send this command.
     Send(Command),
+    /// The server failed for now (error 100, or one marked temporary, as
+    /// when it lost its broker): reconnect after the backoff and recover,
+    /// as the SDKs retry such errors.
+    Reconnect(anyhow::Error),
 }
 
 /// The client's protocol state between frames.
@@ -369,6 +376,16 @@ impl Session {
             return Ok(Action::Send(pong()));
         }
         if let Some(error) = &reply.error {
+            if error.temporary || error.code == INTERNAL {
+                let what = match reply.id {
+                    CONNECT_ID => "connect".to_string(),
+                    _ => format!("subscribe to {}", self.channel),
+                };
+                return Ok(Action::Reconnect(anyhow!(
+                    "{what} failed for now: {}",
+                    describe_error(error)
+                )));
+            }
             let (what, hint) = match reply.id {
                 CONNECT_ID => ("connect refused".to_string(), ""),
                 SUBSCRIBE_ID if error.code == PERMISSION_DENIED && self.sub_token.is_none() => (
@@ -496,6 +513,9 @@ fn data_field(data: Option<&Payload>) -> String {
 
 /// Protocol error 103.
 const PERMISSION_DENIED: u32 = 103;
+/// Protocol error 100: the server failed (its broker did not answer), not
+/// the client; worth retrying.
+const INTERNAL: u32 = 100;
 
 /// An error reply as `N message`.
 fn describe_error(error: &ReplyError) -> String {
@@ -738,6 +758,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("2000 server unsubscribe"), "{e}");
+    }
+
+    /// Error 100 or a temporary error (a node that lost its broker answers
+    /// a resubscribe with 100) is retried, not fatal.
+    #[test]
+    fn a_temporary_or_internal_error_reconnects_instead_of_failing() {
+        for reply in [
+            r#"{"id":2,"error":{"code":100,"message":"internal server error"}}"#,
+            r#"{"id":2,"error":{"code":111,"message":"too many requests","temporary":true}}"#,
+            r#"{"id":1,"error":{"code":100,"message":"internal server error"}}"#,
+        ] {
+            match handle(&mut session(), reply) {
+                Ok(Action::Reconnect(e)) => assert!(e.to_string().contains("failed for now"), "{e}"),
+                other => panic!("{reply}: {:?}", other.map(|_| "another action")),
+            }
+        }
     }
 
     #[test]
