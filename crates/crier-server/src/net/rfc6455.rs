@@ -13,13 +13,14 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::task::{ready, Context, Poll};
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
@@ -266,12 +267,20 @@ impl Reader {
     }
 
     /// The next message or control frame. Cancel-safe: bytes read are kept
-    /// in the reader until a whole frame is there.
+    /// in the reader until a whole frame is there. The future is a
+    /// reference to the reader and nothing else: every connection waits
+    /// on one while idle ([`Reader::poll_next`] does the work).
     pub async fn next(&mut self) -> Result<Incoming, ReadError> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Reader::next`] as a poll: ready with the next message or control
+    /// frame, or pending with `cx` registered for the socket.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, ReadError>> {
         let frames = &mut self.frames;
         loop {
             if let Some(incoming) = frames.parse()? {
-                return Ok(incoming);
+                return Poll::Ready(Ok(incoming));
             }
             if frames.buf.is_empty() {
                 // Idle: hold no buffer while waiting for the next bytes.
@@ -284,21 +293,30 @@ impl Reader {
                     if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
                         frames.buf.reserve(READ_CHUNK);
                     }
-                    match stream.read_buf(&mut frames.buf).await? {
-                        0 => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                    let pinned = std::pin::Pin::new(stream);
+                    match ready!(tokio_util::io::poll_read_buf(pinned, cx, &mut frames.buf))? {
+                        0 => return Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()))),
                         _ => continue,
                     }
                 }
             };
-            half.readable().await?;
+            // Wait for bytes without a buffer: a one-byte peek on the
+            // stack registers `cx` until the socket is readable (a syscall
+            // per incoming burst; clients send rarely).
+            let mut probe = [0u8; 1];
+            let mut probe = tokio::io::ReadBuf::new(&mut probe);
+            ready!(half.poll_peek(cx, &mut probe))?;
+            if probe.filled().is_empty() {
+                return Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())));
+            }
             if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
                 frames.buf.reserve(READ_CHUNK);
             }
             match half.try_read_buf(&mut frames.buf) {
-                Ok(0) => return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(0) => return Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()))),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }

@@ -561,8 +561,8 @@ mod tests {
         );
         let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
         assert!(
-            serve_size <= 1_100,
-            "the reader task's future is {serve_size} bytes (budget 1,100)"
+            serve_size <= 950,
+            "the reader task's future is {serve_size} bytes (budget 950)"
         );
         assert!(
             write_size <= 600,
