@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 subscribers=5000
-budget=${MEMORY_BUDGET_BYTES:-4600}
+budget=${MEMORY_BUDGET_BYTES:-4000}
 while [ $# -gt 0 ]; do
   case "$1" in
     --subscribers) subscribers=$2; shift 2 ;;
