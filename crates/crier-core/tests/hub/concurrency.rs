@@ -3,9 +3,9 @@
 //! no gap, and the registry must be empty at the end.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crier_core::*;
 use rand::rngs::SmallRng;
@@ -69,20 +69,15 @@ fn concurrent_publish_subscribe_disconnect_keeps_order_and_leaks_nothing() {
     let hub = Hub::new(config());
     let done = Arc::new(AtomicBool::new(false));
     let channels = ["c", "room:1"];
-    let publishers: Vec<_> = (0..3)
-        .map(|t| {
-            let p = hub.publisher();
-            thread::spawn(move || {
-                for i in 0..3000 {
-                    p.publish(channels[i % 2], format!("{t}-{i}")).unwrap();
-                }
-            })
-        })
-        .collect();
+    // The publishers start once every client made its first subscription,
+    // so each first subscription has publications to check however the
+    // threads are scheduled.
+    let (subscribed, first_subscriptions) = mpsc::channel();
     let clients: Vec<_> = (0..4u64)
         .map(|seed| {
             let hub = hub.clone();
             let done = done.clone();
+            let subscribed = subscribed.clone();
             thread::spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(seed);
                 let mut checked = 0usize;
@@ -94,7 +89,17 @@ fn concurrent_publish_subscribe_disconnect_keeps_order_and_leaks_nothing() {
                         .unwrap()
                         .position
                         .offset;
-                    let offs = collect(&mut rx, channel, &done, rng.gen_range(1..4));
+                    let mut offs = collect(&mut rx, channel, &done, rng.gen_range(1..4));
+                    if round == 0 {
+                        subscribed.send(()).unwrap();
+                        // Every publication of the channel from now on is
+                        // queued for this client: wait for the first.
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while offs.is_empty() {
+                            assert!(Instant::now() < deadline, "no publication in 10 s");
+                            offs = collect(&mut rx, channel, &done, 1);
+                        }
+                    }
                     for (expected, off) in (start + 1..).zip(&offs) {
                         assert_eq!(*off, expected, "gap or duplicate in {channel} after {start}");
                     }
@@ -111,6 +116,21 @@ fn concurrent_publish_subscribe_disconnect_keeps_order_and_leaks_nothing() {
                     }
                 }
                 checked
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        first_subscriptions
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a client did not subscribe within 10 s");
+    }
+    let publishers: Vec<_> = (0..3)
+        .map(|t| {
+            let p = hub.publisher();
+            thread::spawn(move || {
+                for i in 0..3000 {
+                    p.publish(channels[i % 2], format!("{t}-{i}")).unwrap();
+                }
             })
         })
         .collect();
