@@ -201,6 +201,11 @@ fn unknown_namespace_invalid_name_and_unknown_client() {
         hub.publish(&long, "x", PublishOptions::default()),
         Err(HubError::InvalidChannel)
     );
+    let longest = "x".repeat(255);
+    assert!(
+        hub.publish(&longest, "x", PublishOptions::default()).is_ok(),
+        "255 bytes is the longest name, and allowed"
+    );
     assert_eq!(
         hub.subscribe(ClientId(42), "c", SubscribeOptions::default()),
         Err(HubError::UnknownClient(ClientId(42)))
@@ -840,4 +845,13 @@ fn a_publication_without_offset_reaches_every_subscriber_but_the_excluded() {
         }]
     );
     assert!(take(&mut rb).is_empty());
+}
+
+#[test]
+fn channel_config_is_the_one_the_hub_was_made_with() {
+    let hub = Hub::new(with_history(7));
+    let config = hub.channel_config();
+    assert_eq!(config.without_namespace.history_size, 7);
+    assert!(config.resolve("room:1").is_some_and(|o| o.presence));
+    assert!(config.resolve("nope:1").is_none());
 }
