@@ -481,4 +481,21 @@ mod tests {
         thread::park_timeout(Duration::from_secs(10));
         assert!(start.elapsed() < Duration::from_secs(5), "wake did not unpark");
     }
+
+    #[test]
+    fn a_drained_burst_releases_its_buffer_and_a_small_one_keeps_it() {
+        // What an idle client holds: after a drain, the receiver keeps the
+        // drained buffer for the next swap only while it is small.
+        for n in [3, 60, 64, 65, 1_000] {
+            let (tx, mut rx) = queue(QueueLimits::default());
+            for _ in 0..n {
+                tx.push(raw("x")).unwrap();
+            }
+            let capacity = tx.shared.state.lock().items.capacity();
+            let mut out = Vec::new();
+            assert_eq!(rx.try_drain(&mut out), Ok(n));
+            let kept = if capacity > SPARE_KEEP { 0 } else { capacity };
+            assert_eq!(rx.spare.capacity(), kept, "{n} items in a buffer of {capacity}");
+        }
+    }
 }
