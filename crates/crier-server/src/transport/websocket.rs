@@ -174,12 +174,11 @@ async fn connect(
 fn serve(
     node: Arc<Node>,
     codec: Codec,
-    reader: Reader,
-    writer: Writer,
+    mut reader: Reader,
+    mut writer: Writer,
     (forwarded, remote): (Option<Box<axum::http::HeaderMap>>, Option<Box<SocketAddr>>),
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let (mut reader, mut writer) = (reader, writer);
         let mut session = Session::new(node.clone(), codec, Transport::WebSocket, remote);
         if let Some(headers) = forwarded {
             session.set_http_headers(*headers);
@@ -400,13 +399,12 @@ fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -
 fn write(
     node: Arc<Node>,
     codec: Codec,
-    writer: Writer,
-    rx: ClientReceiver,
+    mut writer: Writer,
+    mut rx: ClientReceiver,
     ping_every: Duration,
     (controls, drained): (Arc<Controls>, Arc<tokio::sync::Notify>),
 ) -> impl std::future::Future<Output = Option<Disconnect>> + Send {
     async move {
-        let (mut writer, mut rx) = (writer, rx);
         let mut items = Vec::new();
         let mut batch = Vec::new();
         let mut frames = Vec::new();
@@ -561,12 +559,12 @@ mod tests {
         );
         let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
         assert!(
-            serve_size <= 950,
-            "the reader task's future is {serve_size} bytes (budget 950)"
+            serve_size <= 800,
+            "the reader task's future is {serve_size} bytes (budget 800)"
         );
         assert!(
-            write_size <= 600,
-            "the writer task's future is {write_size} bytes (budget 600)"
+            write_size <= 500,
+            "the writer task's future is {write_size} bytes (budget 500)"
         );
     }
 }
