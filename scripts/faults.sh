@@ -101,8 +101,24 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+# two_free_ports: two distinct ports on 127.0.0.1 that were free a moment
+# ago (both held at once, so the kernel cannot hand out the same one twice).
+two_free_ports() {
+  python3 -c 'import socket; a=socket.socket(); a.bind(("127.0.0.1", 0)); b=socket.socket(); b.bind(("127.0.0.1", 0)); print(a.getsockname()[1], b.getsockname()[1])'
+}
+
+# wait_node PID LOG PORT: until the crier node PID says it listens on PORT
+# (bounded); fails if it exits first (say, its port was taken meanwhile),
+# so a client never talks to another process on that port.
+wait_node() {
+  for _ in $(seq 100); do
+    grep -q "crier listening on http://127.0.0.1:$3" "$2" 2>/dev/null && return 0
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "a crier node did not start on port $3; its log ($2):" >&2
+  cat "$2" >&2
+  return 1
 }
 
 # wait_port HOST PORT [NETNS]: until something accepts there (bounded).
@@ -209,17 +225,17 @@ for engine in $engines; do
       ;;
   esac
 
-  port_a=$(free_port)
-  port_b=$(free_port)
+  read -r port_a port_b < <(two_free_ports)
   write_config "$dir/node-a.toml" "$port_a" "$engine" "$addr_a"
   write_config "$dir/node-b.toml" "$port_b" "$engine" "$addr_b"
   target/release/crier serve --config "$dir/node-a.toml" >"$dir/node-a.log" 2>&1 &
-  pids+=($!)
+  pid_a=$!
+  pids+=("$pid_a")
   target/release/crier serve --config "$dir/node-b.toml" >"$dir/node-b.log" 2>&1 &
-  pids+=($!)
-  for port in "$port_a" "$port_b"; do
-    wait_port 127.0.0.1 "$port" || { echo "a crier node did not start; logs in $dir" >&2; exit 1; }
-  done
+  pid_b=$!
+  pids+=("$pid_b")
+  wait_node "$pid_a" "$dir/node-a.log" "$port_a" || exit 1
+  wait_node "$pid_b" "$dir/node-b.log" "$port_b" || exit 1
 
   for mode in $modes; do
     case "$mode" in
