@@ -8,7 +8,8 @@
 #   scripts/memory-budget.sh [--subscribers 5000] [--budget BYTES]
 #
 # The budget (MEMORY_BUDGET_BYTES, default below) is the figure measured
-# when it was last lowered plus about 10 % for the allocator's noise; lower
+# when it was last lowered plus about 15 % for the noise between sittings
+# (the same build measured 3,522-3,751 bytes on different runs); lower
 # it when a change makes connections lighter, never raise it without a
 # note in docs/benchmarks.md saying why. Runs twice and takes the lower
 # figure (a run can catch the allocator mid-growth). Loopback only; the
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 subscribers=5000
-budget=${MEMORY_BUDGET_BYTES:-4000}
+budget=${MEMORY_BUDGET_BYTES:-4300}
 while [ $# -gt 0 ]; do
   case "$1" in
     --subscribers) subscribers=$2; shift 2 ;;
