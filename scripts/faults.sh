@@ -165,12 +165,17 @@ EOF
 }
 
 status=0
+round=0
 for engine in $engines; do
   dir="$out/$engine"
   mkdir -p "$dir"
-  tag=$(( $$ % 10000 ))
+  # Names and addresses of their own per engine: the previous engine's
+  # namespace (and its veths) may outlive `ip netns del` for a moment
+  # while its broker exits.
+  round=$((round + 1))
+  tag="$(( $$ % 10000 ))${engine:0:1}"
   ns="crier-faults-$tag"
-  net=$(( 20 + $$ % 200 ))
+  net=$(( 20 + ($$ + round) % 200 ))
   va="cfa$tag" vb="cfb$tag"
   ip netns add "$ns"
   ip -n "$ns" link set lo up
