@@ -67,16 +67,8 @@ api_key=bench-cluster-key
 redis_pid=""
 nats_pid=""
 crier_pids=()
-# stop PID...: SIGTERM, up to 10 s to exit, then SIGKILL.
-stop() {
-  local p
-  for p in "$@"; do kill "$p" 2>/dev/null || true; done
-  for p in "$@"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-}
+# stop PID...: scripts/lib/stop.sh
+. scripts/lib/stop.sh
 stop_crier() {
   [ ${#crier_pids[@]} -eq 0 ] || stop "${crier_pids[@]}"
   crier_pids=()

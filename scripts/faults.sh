@@ -79,15 +79,8 @@ io_timeout=1
 ns=""
 pids=()
 
-stop() {
-  local p
-  for p in "$@"; do kill "$p" 2>/dev/null || true; done
-  for p in "$@"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-}
+# stop PID...: scripts/lib/stop.sh
+. scripts/lib/stop.sh
 cleanup() {
   [ ${#pids[@]} -eq 0 ] || stop "${pids[@]}"
   pids=()
