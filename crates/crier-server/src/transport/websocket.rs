@@ -3,8 +3,10 @@
 //! everything the hub queued for the client as one frame per drain. Owns the
 //! socket, the ping/pong and expiry timers; never decides protocol outcomes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{Request, State};
@@ -408,18 +410,39 @@ fn write(
         let mut items = Vec::new();
         let mut batch = Vec::new();
         let mut frames = Vec::new();
-        let start = tokio::time::Instant::now() + ping_every;
-        let mut ping = tokio::time::interval_at(start, ping_every);
+        // Whether the last frame carried more than one message.
+        let mut loaded = false;
+        // Boxed, as tokio's `Interval` boxes its own: reset after each ping.
+        let mut ping = Box::pin(tokio::time::sleep(ping_every));
         loop {
-            let outcome = tokio::select! {
-                r = rx.drain(&mut items) => r,
-                _ = ping.tick() => {
-                    if Box::pin(writer.messages(codec.binary(), &mut vec![codec.ping()])).await.is_err() {
+            // Polled by hand, not with `select!`: a wake-up from the queue
+            // (once per delivery at low rates) polls nothing else, creates
+            // no future and takes no lock beyond the queue's.
+            let wake = std::future::poll_fn(|cx| {
+                if controls.poll_ready(cx).is_ready() {
+                    return Poll::Ready(Wake::Controls);
+                }
+                if let Poll::Ready(r) = rx.poll_drain(cx, &mut items) {
+                    return Poll::Ready(Wake::Queue(r));
+                }
+                // Only when about to wait: while the queue keeps the writer
+                // busy, the deadline is checked after each frame instead.
+                ping.as_mut().poll(cx).map(|()| Wake::Ping)
+            })
+            .await;
+            let outcome = match wake {
+                Wake::Queue(r) => r,
+                Wake::Ping => {
+                    if Box::pin(writer.messages(codec.binary(), &mut vec![codec.ping()]))
+                        .await
+                        .is_err()
+                    {
                         return None;
                     }
+                    ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
                     continue;
                 }
-                _ = controls.ready() => {
+                Wake::Controls => {
                     if Box::pin(answer(&mut writer, &controls)).await.is_err() {
                         return None;
                     }
@@ -428,13 +451,19 @@ fn write(
             };
             match outcome {
                 Ok(_) => {
-                    // Let the publisher that woke us finish its fan-out round
-                    // first: whatever it queues meanwhile joins this frame. One
-                    // extra poll per frame; under load, about twice the
-                    // messages per frame (docs/benchmarks.md).
-                    tokio::task::yield_now().await;
-                    let _ = rx.try_drain(&mut items);
+                    // Under load (the last frame carried more than one
+                    // message, or several wait now), let the publisher that
+                    // woke us finish its fan-out round first: whatever it
+                    // queues meanwhile joins this frame. One extra poll per
+                    // frame; under load, about twice the messages per frame
+                    // (docs/benchmarks.md). At low rates every frame carries
+                    // one message and the extra poll would only cost.
+                    if loaded || items.len() > 1 {
+                        tokio::task::yield_now().await;
+                        let _ = rx.try_drain(&mut items);
+                    }
                     let messages = items.len();
+                    loaded = messages > 1;
                     // Delivery latency for the admin UI: from the publish of
                     // the oldest event in this write to now (measured before
                     // the write, so nothing is held across it).
@@ -474,6 +503,16 @@ fn write(
                             .map(|reason| closed_by_hub(&node, &reason));
                     }
                     drained.notify_one();
+                    // A client the queue keeps busy still gets its pings.
+                    if ping.deadline() <= tokio::time::Instant::now() {
+                        if Box::pin(writer.messages(codec.binary(), &mut vec![codec.ping()]))
+                            .await
+                            .is_err()
+                        {
+                            return None;
+                        }
+                        ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
+                    }
                     // A burst must not leave its high-water mark behind, and
                     // a client sent one message at a time (most of them, most
                     // of the time) keeps no buffers while idle: about 220
@@ -493,6 +532,16 @@ fn write(
             }
         }
     }
+}
+
+/// What woke the writer.
+enum Wake {
+    /// The queue: items drained, or the reason it closed.
+    Queue(Result<usize, crier_core::DisconnectReason>),
+    /// The ping interval passed.
+    Ping,
+    /// The reader queued a pong or a close.
+    Controls,
 }
 
 /// Sends the control frames the reader asked for (pongs, a close). `Err`
