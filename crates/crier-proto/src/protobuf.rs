@@ -836,27 +836,7 @@ fn decode_reply(bytes: &[u8]) -> Result<Reply, Error> {
                 r.error = Some(e);
             }
             4 => r.push = Some(decode_push(len(v)?)?),
-            5 => {
-                r.connect = Some(message(len(v)?, |c: &mut ConnectResult, n, v| {
-                    match n {
-                        1 => c.client = string(v)?,
-                        2 => c.version = string(v)?,
-                        3 => c.expires = boolean(v)?,
-                        4 => c.ttl = uint32(v)?,
-                        5 => c.data = payload(v)?,
-                        6 => {
-                            let (ch, s) = map_entry(v, |v| decode_subscribe_result(len(v)?))?;
-                            c.subs.insert(ch, s);
-                        }
-                        7 => c.ping = uint32(v)?,
-                        8 => c.pong = boolean(v)?,
-                        9 => c.session = string(v)?,
-                        10 => c.node = string(v)?,
-                        _ => {}
-                    }
-                    Ok(())
-                })?)
-            }
+            5 => r.connect = Some(decode_connect(len(v)?, false)?),
             6 => r.subscribe = Some(decode_subscribe_result(len(v)?)?),
             7 => r.unsubscribe = Some(Default::default()),
             8 => r.publish = Some(Default::default()),
@@ -982,6 +962,38 @@ fn decode_subscribe_result(bytes: &[u8]) -> Result<SubscribeResult, Error> {
     })
 }
 
+/// A connect reply's result, or with `push` the `Connect` push: the same
+/// fields, numbered as `connect_push` writes them (data, subs, expires and
+/// ttl are 3–6 there, 5, 6, 3, 4 in the result).
+fn decode_connect(bytes: &[u8], push: bool) -> Result<ConnectResult, Error> {
+    message(bytes, |c: &mut ConnectResult, n, v| {
+        let n = match (push, n) {
+            (true, 3) => 5,
+            (true, 4) => 6,
+            (true, 5) => 3,
+            (true, 6) => 4,
+            (_, n) => n,
+        };
+        match n {
+            1 => c.client = string(v)?,
+            2 => c.version = string(v)?,
+            3 => c.expires = boolean(v)?,
+            4 => c.ttl = uint32(v)?,
+            5 => c.data = payload(v)?,
+            6 => {
+                let (ch, s) = map_entry(v, |v| decode_subscribe_result(len(v)?))?;
+                c.subs.insert(ch, s);
+            }
+            7 => c.ping = uint32(v)?,
+            8 => c.pong = boolean(v)?,
+            9 => c.session = string(v)?,
+            10 => c.node = string(v)?,
+            _ => {}
+        }
+        Ok(())
+    })
+}
+
 fn decode_push(bytes: &[u8]) -> Result<Push, Error> {
     message(bytes, |p: &mut Push, n, v| {
         match n {
@@ -1043,29 +1055,7 @@ fn decode_push(bytes: &[u8]) -> Result<Push, Error> {
                 }
                 p.disconnect = Some(d);
             }
-            10 => {
-                // The `Connect` push: the connect result's fields, numbered
-                // as `connect_push` writes them.
-                p.connect = Some(message(len(v)?, |c: &mut ConnectResult, n, v| {
-                    match n {
-                        1 => c.client = string(v)?,
-                        2 => c.version = string(v)?,
-                        3 => c.data = payload(v)?,
-                        4 => {
-                            let (ch, s) = map_entry(v, |v| decode_subscribe_result(len(v)?))?;
-                            c.subs.insert(ch, s);
-                        }
-                        5 => c.expires = boolean(v)?,
-                        6 => c.ttl = uint32(v)?,
-                        7 => c.ping = uint32(v)?,
-                        8 => c.pong = boolean(v)?,
-                        9 => c.session = string(v)?,
-                        10 => c.node = string(v)?,
-                        _ => {}
-                    }
-                    Ok(())
-                })?)
-            }
+            10 => p.connect = Some(decode_connect(len(v)?, true)?),
             12 => {
                 p.refresh = Some(message(len(v)?, |r: &mut crate::client::Refresh, n, v| {
                     match n {
