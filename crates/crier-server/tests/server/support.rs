@@ -505,6 +505,7 @@ pub async fn assert_still_served(s: &TestServer, watcher: &mut Client) {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago, for a child server.
+#[cfg(any(feature = "redis", feature = "nats"))]
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     l.local_addr().expect("local addr").port()
