@@ -394,6 +394,57 @@ async fn missing_pong_disconnects_with_3012() {
     s.shutdown().await;
 }
 
+/// A connection its queue keeps busy still gets its pings: the writer
+/// checks the ping deadline after each frame, not only while it waits. The
+/// test client sends nothing but pongs, so without pings the server would
+/// close it after ping_interval + pong_timeout (2 s here) with 3012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_kept_busy_by_publications_still_gets_its_pings() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let s = TestServer::start(config("[client]\nping_interval = \"1s\"\npong_timeout = \"1s\"")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("busy")).await;
+    c.request(json!({"subscribe": {"channel": "news"}})).await;
+    // A publisher always up to 200 publications ahead of the client, so the
+    // writer nearly always finds its queue non-empty.
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (hub, received, stop) = (s.node.hub.clone(), received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Relaxed) {
+                if sent - received.load(Relaxed) < 200 {
+                    hub.publish("news", format!("{sent}"), Default::default())
+                        .unwrap();
+                    sent += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            sent
+        })
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(3500);
+    let mut n = 0u64;
+    while std::time::Instant::now() < until {
+        let p = c.next_pub().await;
+        assert_eq!(p["pub"]["data"], json!(n), "in order, none lost");
+        n += 1;
+        received.store(n, Relaxed);
+    }
+    stop.store(true, Relaxed);
+    let sent = publisher.join().expect("publisher");
+    assert!(n > 1000, "the connection was busy: {n} publications in 3.5 s");
+    for k in n..sent {
+        assert_eq!(c.next_pub().await["pub"]["data"], json!(k));
+    }
+    // Still connected after 3.5 s of answering pings only.
+    let r = c.request(json!({"subscribe": {"channel": "other"}})).await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn slow_client_is_disconnected_with_3008_others_unaffected() {
     let s = TestServer::start(config("[client]\nqueue_max_size = 65536")).await;
