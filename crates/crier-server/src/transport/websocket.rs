@@ -433,13 +433,12 @@ fn write(
             let outcome = match wake {
                 Wake::Queue(r) => r,
                 Wake::Ping => {
-                    if Box::pin(writer.messages(codec.binary(), &mut vec![codec.ping()]))
+                    if Box::pin(send_ping(&mut writer, codec, &mut ping, ping_every))
                         .await
                         .is_err()
                     {
                         return None;
                     }
-                    ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
                     continue;
                 }
                 Wake::Controls => {
@@ -504,14 +503,12 @@ fn write(
                     }
                     drained.notify_one();
                     // A client the queue keeps busy still gets its pings.
-                    if ping.deadline() <= tokio::time::Instant::now() {
-                        if Box::pin(writer.messages(codec.binary(), &mut vec![codec.ping()]))
+                    if ping.deadline() <= tokio::time::Instant::now()
+                        && Box::pin(send_ping(&mut writer, codec, &mut ping, ping_every))
                             .await
                             .is_err()
-                        {
-                            return None;
-                        }
-                        ping.as_mut().reset(tokio::time::Instant::now() + ping_every);
+                    {
+                        return None;
                     }
                     // A burst must not leave its high-water mark behind, and
                     // a client sent one message at a time (most of them, most
@@ -532,6 +529,18 @@ fn write(
             }
         }
     }
+}
+
+/// Sends a ping and sets the next one `every` from now.
+async fn send_ping(
+    writer: &mut Writer,
+    codec: Codec,
+    next: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+) -> std::io::Result<()> {
+    writer.messages(codec.binary(), &mut vec![codec.ping()]).await?;
+    next.as_mut().reset(tokio::time::Instant::now() + every);
+    Ok(())
 }
 
 /// What woke the writer.

@@ -346,12 +346,21 @@ async fn a_publication_on_one_node_reaches_the_other_in_order_once() {
     a.publish("unheard", Bytes::from_static(b"u"), &history_opts(10))
         .await
         .unwrap();
-    for i in 1..=30u64 {
+    // Order holds within a channel, not across channels: each channel's
+    // subscription forwards on its own task, so under load "other" may
+    // overtake the end of "x.y".
+    let (mut xy, mut other) = (Vec::new(), 0);
+    for _ in 0..31 {
         let (channel, offset, _, data) = next_publication(&mut events).await;
-        assert_eq!((channel.as_str(), offset), ("x.y", i));
-        assert_eq!(data, Bytes::from(i.to_string()));
+        match channel.as_str() {
+            "x.y" => xy.push((offset, data)),
+            "other" => other += 1,
+            c => panic!("a publication of {c}, which b did not subscribe to"),
+        }
     }
-    assert_eq!(next_publication(&mut events).await.0, "other");
+    let want: Vec<_> = (1..=30u64).map(|i| (i, Bytes::from(i.to_string()))).collect();
+    assert_eq!(xy, want, "x.y in order, each once");
+    assert_eq!(other, 1);
 
     // After unsubscribing, nothing more of that channel arrives: the next
     // event is the other channel's.
