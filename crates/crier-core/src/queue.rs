@@ -208,8 +208,19 @@ impl ClientReceiver {
                 None => Ok(0),
             };
         }
-        std::mem::swap(&mut st.items, &mut self.spare);
         st.bytes = 0;
+        if st.items.len() == 1 {
+            // One item at a time: a client at a low rate, which is most
+            // clients most of the time. Keep no buffer on either side
+            // while it is idle (128 bytes a connection, for one small
+            // allocation per delivery).
+            let one = std::mem::take(&mut st.items);
+            drop(st);
+            self.spare = VecDeque::new();
+            out.extend(one);
+            return Ok(1);
+        }
+        std::mem::swap(&mut st.items, &mut self.spare);
         drop(st);
         let n = self.spare.len();
         out.extend(self.spare.drain(..));
@@ -483,10 +494,35 @@ mod tests {
     }
 
     #[test]
+    fn a_client_sent_one_item_at_a_time_keeps_no_buffer_while_idle() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let mut out = Vec::new();
+        // A burst first leaves a spare buffer behind; the next single
+        // delivery releases it and its own.
+        for _ in 0..3 {
+            tx.push(raw("x")).unwrap();
+        }
+        assert_eq!(rx.try_drain(&mut out), Ok(3));
+        assert!(rx.spare.capacity() > 0);
+        for k in 0..3 {
+            tx.push(raw("y")).unwrap();
+            assert_eq!(rx.try_drain(&mut out), Ok(1), "delivery {k}");
+            assert_eq!(tx.shared.state.lock().items.capacity(), 0, "delivery {k}");
+            assert_eq!(rx.spare.capacity(), 0, "delivery {k}");
+        }
+        assert_eq!(out.len(), 6);
+        // Still a queue: closing after a single item reports it first.
+        tx.push(raw("z")).unwrap();
+        tx.close(DisconnectReason::Shutdown);
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        assert_eq!(rx.try_drain(&mut out), Err(DisconnectReason::Shutdown));
+    }
+
+    #[test]
     fn a_drained_burst_releases_its_buffer_and_a_small_one_keeps_it() {
         // What an idle client holds: after a drain, the receiver keeps the
         // drained buffer for the next swap only while it is small.
-        for n in [3, 60, 64, 65, 1_000] {
+        for n in [2, 3, 60, 64, 65, 1_000] {
             let (tx, mut rx) = queue(QueueLimits::default());
             for _ in 0..n {
                 tx.push(raw("x")).unwrap();
