@@ -744,8 +744,9 @@ impl Writer {
                     n += 1;
                 }
                 // sendmsg, not writev: a socket written through the VFS
-                // pays its file bookkeeping (about 5 % of a delivery's
-                // kernel time at low rates, docs/benchmarks.md).
+                // pays its file bookkeeping (`vfs_writev`, `fdget_pos`:
+                // 7 % of the server's samples at low rates, against 5 %
+                // for the sendmsg path; docs/benchmarks.md).
                 let socket: &TcpStream = half.as_ref();
                 match socket.try_io(tokio::io::Interest::WRITABLE, || {
                     socket2::SockRef::from(socket).send_vectored(&slices[..n])
