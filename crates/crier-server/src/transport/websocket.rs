@@ -201,17 +201,15 @@ fn serve(
         let _connection = node.metrics.connection(Transport::WebSocket);
 
         // Phase 2: a writer task drains the client's queue; this task reads.
-        let controls = Arc::new(Controls::default());
-        // Signalled after each frame the writer sends, for the backpressure
-        // below (a stored permit, so a signal is never lost).
-        let drained = Arc::new(tokio::sync::Notify::new());
+        let shared = Arc::new(Between::default());
+        let (controls, drained) = (&shared.controls, &shared.drained);
         let mut writing = tokio::spawn(write(
             node.clone(),
             codec,
             writer,
             rx,
             cfg.ping_interval,
-            (controls.clone(), drained.clone()),
+            shared.clone(),
         ));
         // The timer for lapsing tokens, boxed and only while a token can lapse:
         // most connections have none, and every byte here is per connection.
@@ -254,23 +252,16 @@ fn serve(
                 // Boxed: the commands' state (a decoded command is over 500
                 // bytes) lives only while a frame is handled, not in every
                 // idle connection's task.
-                Read::Frame(text) => match Box::pin(commands(
-                    &node,
-                    codec,
-                    &mut session,
-                    &text,
-                    &drained,
-                    &mut writing,
-                ))
-                .await
-                {
-                    AfterFrame::Continue => {}
-                    AfterFrame::Closed => break,
-                    AfterFrame::WriterGone(by_hub) => {
-                        writer_gone(&mut session, by_hub);
-                        return;
+                Read::Frame(text) => {
+                    match Box::pin(commands(&node, codec, &mut session, &text, drained, &mut writing)).await {
+                        AfterFrame::Continue => {}
+                        AfterFrame::Closed => break,
+                        AfterFrame::WriterGone(by_hub) => {
+                            writer_gone(&mut session, by_hub);
+                            return;
+                        }
                     }
-                },
+                }
                 Read::Skip => {}
                 Read::Answer(control) => controls.send(control),
                 Read::Last(control) => {
@@ -404,9 +395,10 @@ fn write(
     mut writer: Writer,
     mut rx: ClientReceiver,
     ping_every: Duration,
-    (controls, drained): (Arc<Controls>, Arc<tokio::sync::Notify>),
+    shared: Arc<Between>,
 ) -> impl std::future::Future<Output = Option<Disconnect>> + Send {
     async move {
+        let (controls, drained) = (&shared.controls, &shared.drained);
         let mut items = Vec::new();
         let mut batch = Vec::new();
         let mut frames = Vec::new();
@@ -442,7 +434,7 @@ fn write(
                     continue;
                 }
                 Wake::Controls => {
-                    if Box::pin(answer(&mut writer, &controls)).await.is_err() {
+                    if Box::pin(answer(&mut writer, controls)).await.is_err() {
                         return None;
                     }
                     continue;
@@ -543,6 +535,16 @@ async fn send_ping(
     Ok(())
 }
 
+/// What a connection's reader and writer tasks share, in one allocation.
+#[derive(Default)]
+struct Between {
+    /// The pongs and the close the reader asks the writer to send.
+    controls: Controls,
+    /// Signalled after each frame the writer sends, for the reader's
+    /// backpressure (a stored permit, so a signal is never lost).
+    drained: tokio::sync::Notify,
+}
+
 /// What woke the writer.
 enum Wake {
     /// The queue: items drained, or the reason it closed.
@@ -613,7 +615,7 @@ mod tests {
             writer,
             rx,
             Duration::from_secs(25),
-            (Arc::default(), Arc::default()),
+            Arc::default(),
         );
         let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
         assert!(
