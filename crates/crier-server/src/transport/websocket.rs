@@ -408,8 +408,9 @@ fn write(
         let mut ping = Box::pin(tokio::time::sleep(ping_every));
         loop {
             // Polled by hand, not with `select!`: a wake-up from the queue
-            // (once per delivery at low rates) polls nothing else, creates
-            // no future and takes no lock beyond the queue's.
+            // (once per delivery at low rates) checks the control flag and
+            // drains the queue, creates no future and takes no lock beyond
+            // the queue's.
             let wake = std::future::poll_fn(|cx| {
                 if controls.poll_ready(cx).is_ready() {
                     return Poll::Ready(Wake::Controls);
