@@ -551,6 +551,7 @@ pub enum Control {
 /// Bounded: at most one pong (the latest ping's, which RFC 6455 §5.5.3
 /// allows answering alone) and one close wait, however many pings a client
 /// that never reads sends.
+#[derive(Default)]
 pub struct Controls {
     pending: std::sync::Mutex<Vec<Control>>,
     // Whether `pending` holds anything: the writer checks this on every
@@ -616,16 +617,6 @@ impl Controls {
         let mut pending = self.lock();
         self.queued.store(false, std::sync::atomic::Ordering::Release);
         std::mem::take(&mut *pending)
-    }
-}
-
-impl Default for Controls {
-    fn default() -> Self {
-        Controls {
-            pending: std::sync::Mutex::new(Vec::new()),
-            queued: std::sync::atomic::AtomicBool::new(false),
-            waker: futures_util::task::AtomicWaker::new(),
-        }
     }
 }
 
