@@ -1111,6 +1111,10 @@ impl Hub {
             _ => (None, u64::MAX),
         };
         let mut delivered = 0;
+        // A small fan-out writes to quiet connections at once from this
+        // thread; a large one wakes their writers, so both cores share it
+        // (docs/benchmarks.md).
+        let at_once = st.subscribers.len() <= AT_ONCE_FAN_OUT;
         for (id, sub) in &st.subscribers {
             if offset <= sub.since
                 || skip == Some(*id)
@@ -1118,7 +1122,7 @@ impl Hub {
             {
                 continue;
             }
-            match sub.queue.push(Outbound::Event(ev.clone())) {
+            match sub.queue.push_as(Outbound::Event(ev.clone()), at_once) {
                 Ok(()) => delivered += 1,
                 Err(e) => note_failed(&sub.client, e, dropped),
             }
@@ -1301,6 +1305,12 @@ impl Hub {
         self.inner.engine.sweep();
     }
 }
+
+/// The largest fan-out whose deliveries are written at once (see
+/// [`crate::WriteNow`]) by the publishing thread. Larger ones wake each
+/// subscriber's writer instead: one thread writing to a thousand sockets in
+/// turn falls behind two writing in parallel (docs/benchmarks.md).
+const AT_ONCE_FAN_OUT: usize = 128;
 
 // Pushes one item; notes the client for removal (once) when it cannot take
 // it.

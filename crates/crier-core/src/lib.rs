@@ -71,5 +71,5 @@ pub use hub::{
 };
 pub use memory::{HistoryLimit, HistoryUsage, MemoryEngine};
 pub use options::{ChannelConfig, ChannelNames, ChannelOptions};
-pub use queue::{ClientReceiver, DisconnectReason, QueueLimits};
+pub use queue::{ClientReceiver, DisconnectReason, QueueLimits, WriteNow};
 pub use stats::HubStats;

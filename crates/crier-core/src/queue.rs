@@ -2,6 +2,10 @@
 //! blocking, the client's writer drains everything queued at once. Wakes the
 //! writer on push (async task or plain thread); never polls, never grows past
 //! its limits: overflowing marks the client slow and frees what was queued.
+//!
+//! A transport may also let the queue write at once ([`WriteNow`]): an item
+//! pushed while nothing waits and nobody writes goes straight to the
+//! connection from the pushing thread, with no wake-up of the writer.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -75,9 +79,36 @@ pub(crate) enum PushError {
     Closed,
 }
 
+/// Writes an item to a client's connection at once, from the thread that
+/// queues it (the hub's fan-out, a reply), without blocking: what a
+/// transport gives [`ClientReceiver::write_now`]. crier-core does no I/O;
+/// this is the transport's.
+pub trait WriteNow: Send + Sync {
+    /// Writes `item` now, without waiting for the socket. `true` when all
+    /// of it went out. `false` when some or all of it did not (the socket
+    /// was full) or the socket failed: the implementation keeps what is
+    /// left, and the receiver's next drain (the queue wakes its writer) must
+    /// send that first, or end the connection.
+    fn write_now(&self, item: &Outbound) -> bool;
+}
+
 struct State {
     items: VecDeque<Outbound>,
     bytes: usize,
+    // The receiver's writer owns the connection: it drained items and has
+    // not said `written` yet, or holds it for a frame of its own (a ping).
+    // While it does, pushes queue (in order) instead of writing at once.
+    busy: bool,
+    // A write at once left something behind: the next drain reports ready,
+    // even with nothing queued, so the writer sends the rest first.
+    handoff: bool,
+    // Writes at once, when the transport allows them (never while `busy`,
+    // never past a queued item, so the order is the queue's).
+    now: Option<Arc<dyn WriteNow>>,
+    // When the connection was last written to ([`millis`]): a client
+    // written to within [`QUIET_MS`] is under load, and its pushes go
+    // through its writer, which joins them into one frame per wake-up.
+    last_write: u32,
     // Set once; the receiver reports it after draining what is left. Boxed
     // so the state the hot path touches stays within one cache line.
     closed: Option<Box<DisconnectReason>>,
@@ -108,6 +139,37 @@ pub struct ClientReceiver {
     spare: VecDeque<Outbound>,
 }
 
+/// A client written to less than this long ago (in milliseconds, so
+/// between 4 and 5 ms) is under load: its pushes wake its writer, which
+/// joins what a fan-out round queues into one frame, instead of each
+/// being written at once (one `sendmsg`, and one wake-up of the client,
+/// per delivery; docs/benchmarks.md).
+const QUIET_MS: u32 = 5;
+
+/// Milliseconds on a process-wide monotonic clock (wrapping after 49
+/// days; compared with `wrapping_sub`).
+fn millis() -> u32 {
+    #[cfg(test)]
+    if let Some(now) = tests::CLOCK.with(|c| c.get()) {
+        return now;
+    }
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // Starts at QUIET_MS, so a new client's first push may go out at once.
+    (EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32).wrapping_add(QUIET_MS)
+}
+
+/// How much longer than [`QUIET_MS`] a client whose writer batched stays
+/// with its writer: at high rates a client's frames join tens of messages
+/// and come further apart than `QUIET_MS`, and a write at once between two
+/// would only split them.
+const LOADED_MS: u32 = 50;
+
+/// Whether a connection last written to at `last` ([`millis`], possibly
+/// ahead of now: see [`LOADED_MS`]) is quiet.
+fn quiet(last: u32) -> bool {
+    (millis().wrapping_sub(last) as i32) >= QUIET_MS as i32
+}
+
 // A spare deque larger than this is released instead of being kept idle.
 const SPARE_KEEP: usize = 64;
 
@@ -116,6 +178,10 @@ pub(crate) fn queue(limits: QueueLimits) -> (QueueSender, ClientReceiver) {
         state: Mutex::new(State {
             items: VecDeque::new(),
             bytes: 0,
+            busy: false,
+            handoff: false,
+            now: None,
+            last_write: 0,
             closed: None,
             waker: None,
         }),
@@ -136,6 +202,12 @@ impl QueueSender {
     /// Enqueues without blocking. On overflow the queue closes as slow and
     /// drops what it held, so a stuck client pins no more memory.
     pub(crate) fn push(&self, item: Outbound) -> Result<(), PushError> {
+        self.push_as(item, true)
+    }
+
+    /// [`push`](Self::push), written at once only if `at_once` (and the
+    /// queue allows it: see [`WriteNow`]).
+    pub(crate) fn push_as(&self, item: Outbound, at_once: bool) -> Result<(), PushError> {
         let weight = item.weight();
         let waker = {
             let mut st = self.shared.state.lock();
@@ -155,6 +227,27 @@ impl QueueSender {
                     w.wake();
                 }
                 return Err(PushError::Full);
+            }
+            if at_once && st.items.is_empty() && !st.busy && st.now.is_some() && quiet(st.last_write) {
+                if let Some(now) = &st.now {
+                    // Nothing waits, nobody writes, and the client is not
+                    // under load: out at once, under the lock, so no later
+                    // push can overtake it. Only what the socket did not
+                    // take wakes the writer.
+                    let written = now.write_now(&item);
+                    st.last_write = millis();
+                    if written {
+                        return Ok(());
+                    }
+                    st.busy = true;
+                    st.handoff = true;
+                    let w = st.waker.take();
+                    drop(st);
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                    return Ok(());
+                }
             }
             st.items.push_back(item);
             st.bytes += weight;
@@ -200,15 +293,26 @@ impl ClientReceiver {
     /// Moves everything queued into `out` without waiting. Returns how many
     /// items were moved, or the disconnect reason once the queue is closed
     /// and empty.
+    ///
+    /// With [`write_now`](Self::write_now) installed, draining items (or a
+    /// write at once's leftover, reported as `Ok(0)`) makes this receiver
+    /// the connection's writer until it calls [`written`](Self::written).
     pub fn try_drain(&mut self, out: &mut Vec<Outbound>) -> Result<usize, DisconnectReason> {
         let mut st = self.shared.state.lock();
+        // Reported by this drain, with or without items: the writer sends
+        // the transport's rest before them.
+        let handoff = std::mem::take(&mut st.handoff);
         if st.items.is_empty() {
+            if handoff {
+                return Ok(0);
+            }
             return match &st.closed {
                 Some(reason) => Err((**reason).clone()),
                 None => Ok(0),
             };
         }
         st.bytes = 0;
+        st.busy = true;
         if st.items.len() == 1 {
             // One item at a time: a client at a low rate, which is most
             // clients most of the time. Keep no buffer on either side
@@ -239,7 +343,7 @@ impl ClientReceiver {
     ) -> Poll<Result<usize, DisconnectReason>> {
         {
             let mut st = self.shared.state.lock();
-            if st.items.is_empty() && st.closed.is_none() {
+            if st.items.is_empty() && st.closed.is_none() && !st.handoff {
                 match &st.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => st.waker = Some(cx.waker().clone()),
@@ -278,6 +382,39 @@ impl ClientReceiver {
         }
     }
 
+    /// Lets pushes write to the connection at once through `now` while
+    /// nothing waits and this receiver's writer is not writing (see
+    /// [`WriteNow`]). The writer then brackets everything it writes itself:
+    /// a drain (or [`hold`](Self::hold), for a frame of its own) before,
+    /// [`written`](Self::written) after. Dropping the receiver removes
+    /// `now` (under the queue's lock: no write at once is under way after).
+    pub fn write_now(&mut self, now: Arc<dyn WriteNow>) {
+        self.shared.state.lock().now = Some(now);
+    }
+
+    /// Makes this receiver's writer the connection's writer (for a frame of
+    /// its own: a ping, a pong, a close), waiting for a write at once under
+    /// way on another thread to end.
+    pub fn hold(&mut self) {
+        self.shared.state.lock().busy = true;
+    }
+
+    /// The writer has written everything it drained or held for: pushes
+    /// may write at once again, unless items queued meanwhile (the next
+    /// drain takes them). `batched`: what it wrote joined several
+    /// messages, so the client is under load and stays with its writer for
+    /// [`LOADED_MS`].
+    pub fn written(&mut self, batched: bool) {
+        let mut st = self.shared.state.lock();
+        if st.now.is_some() {
+            let extra = if batched { LOADED_MS } else { 0 };
+            st.last_write = millis().wrapping_add(extra);
+        }
+        if st.items.is_empty() && !st.handoff {
+            st.busy = false;
+        }
+    }
+
     /// Items waiting right now.
     pub fn len(&self) -> usize {
         self.shared.state.lock().items.len()
@@ -298,6 +435,7 @@ impl Drop for ClientReceiver {
         st.items = VecDeque::new();
         st.bytes = 0;
         st.waker = None;
+        st.now = None;
     }
 }
 
@@ -533,5 +671,223 @@ mod tests {
             let kept = if capacity > SPARE_KEEP { 0 } else { capacity };
             assert_eq!(rx.spare.capacity(), kept, "{n} items in a buffer of {capacity}");
         }
+    }
+
+    thread_local! {
+        /// The clock [`millis`] reads in this test thread, when set.
+        pub(super) static CLOCK: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Sets this thread's clock to `ms`.
+    fn at(ms: u32) {
+        CLOCK.with(|c| c.set(Some(ms)));
+    }
+
+    /// A transport's write at once that records what it wrote and takes
+    /// only as many items as it is told to.
+    #[derive(Default)]
+    struct Socket {
+        wrote: Mutex<Vec<Bytes>>,
+        room: std::sync::atomic::AtomicUsize,
+    }
+
+    impl WriteNow for Socket {
+        fn write_now(&self, item: &Outbound) -> bool {
+            use std::sync::atomic::Ordering::SeqCst;
+            let Outbound::Raw(b) = item else { unreachable!() };
+            self.wrote.lock().push((**b).clone());
+            self.room
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        }
+    }
+
+    fn socket(room: usize) -> Arc<Socket> {
+        let s = Arc::new(Socket::default());
+        s.room.store(room, std::sync::atomic::Ordering::SeqCst);
+        s
+    }
+
+    fn wrote(s: &Socket) -> Vec<Bytes> {
+        s.wrote.lock().clone()
+    }
+
+    #[test]
+    fn a_push_to_an_idle_queue_is_written_at_once_without_a_wake_up() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let sock = socket(10);
+        rx.write_now(sock.clone());
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        at(1_000);
+        tx.push(raw("a")).unwrap();
+        at(1_000 + QUIET_MS);
+        tx.push(raw("b")).unwrap();
+        assert_eq!(wrote(&sock), vec![Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(
+            (tx.len(), count.0.load(std::sync::atomic::Ordering::SeqCst)),
+            (0, 0)
+        );
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+    }
+
+    #[test]
+    fn a_client_under_load_gets_its_pushes_through_its_writer_in_one_drain() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let sock = socket(10);
+        rx.write_now(sock.clone());
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        at(5_000);
+        tx.push(raw("a")).unwrap();
+        at(5_000 + QUIET_MS - 1);
+        tx.push(raw("b")).unwrap();
+        tx.push(raw("c")).unwrap();
+        assert_eq!(
+            wrote(&sock),
+            vec![Bytes::from("a")],
+            "b and c came within {QUIET_MS} ms of a"
+        );
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the writer is woken"
+        );
+        assert_eq!(rx.try_drain(&mut out), Ok(2));
+        // The writer's own write counts too: quiet only QUIET_MS after it.
+        at(6_000);
+        rx.written(false);
+        tx.push(raw("d")).unwrap();
+        assert_eq!(tx.len(), 1);
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        rx.written(false);
+        at(6_000 + QUIET_MS);
+        tx.push(raw("e")).unwrap();
+        assert_eq!(wrote(&sock).len(), 2, "quiet again: e is written at once");
+        // A writer that joined several messages keeps the client longer.
+        at(7_000);
+        rx.hold();
+        tx.push(raw("f")).unwrap();
+        tx.push(raw("g")).unwrap();
+        assert_eq!(rx.try_drain(&mut out), Ok(2));
+        rx.written(true);
+        at(7_000 + QUIET_MS + LOADED_MS - 1);
+        tx.push(raw("h")).unwrap();
+        assert_eq!((wrote(&sock).len(), tx.len()), (2, 1), "h waits for the writer");
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        rx.written(false);
+        at(8_000);
+        tx.push(raw("i")).unwrap();
+        assert_eq!(wrote(&sock).len(), 3, "i is written at once");
+    }
+
+    #[test]
+    fn while_the_writer_writes_pushes_queue_behind_it_in_order() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let sock = socket(10);
+        rx.write_now(sock.clone());
+        rx.hold(); // the writer sends a frame of its own (a ping)
+        tx.push(raw("a")).unwrap();
+        rx.written(false); // something waits: still the writer's to send
+        tx.push(raw("b")).unwrap();
+        assert!(wrote(&sock).is_empty(), "nothing may overtake a queued item");
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(2));
+        tx.push(raw("c")).unwrap();
+        assert!(
+            wrote(&sock).is_empty(),
+            "the writer has not written what it drained"
+        );
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        at(20_000);
+        rx.written(false);
+        at(20_000 + QUIET_MS);
+        tx.push(raw("d")).unwrap();
+        assert_eq!(wrote(&sock), vec![Bytes::from("d")]);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn what_a_full_socket_did_not_take_wakes_the_writer_and_holds_later_pushes() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let sock = socket(0);
+        rx.write_now(sock.clone());
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        tx.push(raw("a")).unwrap();
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the writer is woken"
+        );
+        tx.push(raw("b")).unwrap();
+        assert_eq!(wrote(&sock), vec![Bytes::from("a")], "b waits for the writer");
+        // The writer is ready even though "a" never entered the queue (it
+        // sends the transport's rest first), then drains "b".
+        let poll = rx.poll_drain(&mut Context::from_waker(&waker), &mut out);
+        assert_eq!(poll, Poll::Ready(Ok(1)));
+        assert_eq!(out.len(), 1);
+        at(10_000);
+        rx.written(false);
+        sock.room.store(1, std::sync::atomic::Ordering::SeqCst);
+        at(10_000 + QUIET_MS);
+        tx.push(raw("c")).unwrap();
+        assert_eq!(wrote(&sock).len(), 2, "idle again: c is written at once");
+    }
+
+    #[test]
+    fn a_handoff_with_nothing_queued_is_reported_once() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        rx.write_now(socket(0));
+        tx.push(raw("a")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(0));
+        let waker = Waker::from(Arc::new(Count(Default::default())));
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        // Still the writer's until it says written: a push queues.
+        tx.push(raw("b")).unwrap();
+        assert_eq!(tx.len(), 1);
+    }
+
+    #[test]
+    fn dropping_the_receiver_lets_go_of_the_transport() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let sock = socket(10);
+        rx.write_now(sock.clone());
+        assert_eq!(Arc::strong_count(&sock), 2);
+        drop(rx);
+        assert_eq!(
+            Arc::strong_count(&sock),
+            1,
+            "no write at once can follow the receiver"
+        );
+        assert_eq!(tx.push(raw("a")), Err(PushError::Closed));
+        assert!(wrote(&sock).is_empty());
+    }
+
+    #[test]
+    fn a_closed_queue_writes_nothing_at_once() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let sock = socket(10);
+        rx.write_now(sock.clone());
+        tx.close(DisconnectReason::Shutdown);
+        assert_eq!(tx.push(raw("a")), Err(PushError::Closed));
+        assert!(wrote(&sock).is_empty());
     }
 }

@@ -4,6 +4,10 @@
 //! caller's buffer and flushed after each write. Used by the WebSocket
 //! endpoints and the `[[tcp]]` listeners.
 
+use std::io::IoSlice;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -22,11 +26,14 @@ pub enum ReadHalf {
     Stream(tokio::io::ReadHalf<Box<dyn Stream>>),
 }
 
-/// The sending side of a connection: a TCP socket (`writev`), or another
+/// The sending side of a connection: a TCP socket (`sendmsg`), or another
 /// stream (TLS, flushed after each write).
 pub enum WriteHalf {
-    /// Plain TCP.
-    Tcp(OwnedWriteHalf),
+    /// Plain TCP, shared: every write takes `&TcpStream`, so a connection's
+    /// writer and its writes at once from other threads
+    /// (`rfc6455::Direct`) hold the same socket, which stays open while
+    /// either does.
+    Tcp(Arc<OwnedWriteHalf>),
     /// Anything else (TLS).
     Stream(tokio::io::WriteHalf<Box<dyn Stream>>),
 }
@@ -39,7 +46,7 @@ impl From<OwnedReadHalf> for ReadHalf {
 
 impl From<OwnedWriteHalf> for WriteHalf {
     fn from(half: OwnedWriteHalf) -> Self {
-        WriteHalf::Tcp(half)
+        WriteHalf::Tcp(Arc::new(half))
     }
 }
 
@@ -53,7 +60,45 @@ pub fn split_stream(stream: impl Stream) -> (ReadHalf, WriteHalf) {
 /// The halves of a plain TCP stream.
 pub fn split_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
     let (rd, wr) = stream.into_split();
-    (ReadHalf::Tcp(rd), WriteHalf::Tcp(wr))
+    (ReadHalf::Tcp(rd), wr.into())
+}
+
+/// Sends `parts` on `socket`, as few `sendmsg` calls as the socket allows,
+/// waiting for room. Empties `parts`.
+pub async fn send_all(socket: &TcpStream, parts: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < parts.len() {
+        socket.writable().await?;
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+            socket2::SockRef::from(socket).send_vectored(&slices)
+        });
+        let mut left = match sent {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        while left > 0 {
+            let part = &mut parts[first];
+            let n = left.min(part.len());
+            part.advance(n);
+            left -= n;
+            if part.is_empty() {
+                first += 1;
+            }
+        }
+        while first < parts.len() && parts[first].is_empty() {
+            first += 1;
+        }
+    }
+    parts.clear();
+    Ok(())
+}
+
+/// Shuts the sending side of `socket` down (a FIN).
+pub fn shutdown_tcp(socket: &TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
 }
 
 impl WriteHalf {
@@ -61,7 +106,31 @@ impl WriteHalf {
     pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         match self {
-            WriteHalf::Tcp(half) => half.write_all(bytes).await,
+            WriteHalf::Tcp(half) => {
+                let socket: &TcpStream = (**half).as_ref();
+                // At once when the socket has room: no future.
+                let rest = match socket.try_write(bytes) {
+                    Ok(n) if n == bytes.len() => return Ok(()),
+                    Ok(n) => &bytes[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => bytes,
+                    Err(e) => return Err(e),
+                };
+                // Waiting, boxed: it must not grow every caller's task.
+                Box::pin(async move {
+                    let mut rest = rest;
+                    while !rest.is_empty() {
+                        socket.writable().await?;
+                        match socket.try_write(rest) {
+                            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                            Ok(n) => rest = &rest[n..],
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+            }
             // Boxed so the rare TLS path does not grow the callers' tasks.
             WriteHalf::Stream(stream) => {
                 Box::pin(async move {
@@ -77,7 +146,7 @@ impl WriteHalf {
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         match self {
-            WriteHalf::Tcp(half) => half.shutdown().await,
+            WriteHalf::Tcp(half) => shutdown_tcp((**half).as_ref()),
             WriteHalf::Stream(stream) => stream.shutdown().await,
         }
     }

@@ -504,6 +504,28 @@ const OP_PONG: u8 = 0xA;
 /// RSV1 in a frame's first byte: a compressed message (RFC 7692).
 const RSV1: u8 = 0x40;
 
+/// Writes the header of an unmasked server frame with `len` payload bytes
+/// into `out`; its length.
+fn header_into(out: &mut [u8; 10], opcode: u8, len: usize) -> usize {
+    out[0] = 0x80 | opcode;
+    match len {
+        0..=125 => {
+            out[1] = len as u8;
+            2
+        }
+        126..=0xFFFF => {
+            out[1] = 126;
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            out[1] = 127;
+            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    }
+}
+
 /// The header of an unmasked server frame with `len` payload bytes;
 /// `opcode` may carry [`RSV1`].
 fn header(opcode: u8, len: usize) -> Bytes {
@@ -738,7 +760,7 @@ impl Writer {
                 // pays its file bookkeeping (`vfs_writev`, `fdget_pos`:
                 // 7 % of the server's samples at low rates, against 5 %
                 // for the sendmsg path; docs/benchmarks.md).
-                let socket: &TcpStream = half.as_ref();
+                let socket: &TcpStream = (**half).as_ref();
                 match socket.try_io(tokio::io::Interest::WRITABLE, || {
                     socket2::SockRef::from(socket).send_vectored(&slices[..n])
                 }) {
@@ -779,8 +801,34 @@ impl Writer {
         let payload = Bytes::from(payload);
         self.write(vec![header(OP_CLOSE, payload.len()), payload]).await?;
         match &mut self.half {
-            WriteHalf::Tcp(half) => half.shutdown().await,
+            WriteHalf::Tcp(half) => crate::net::halves::shutdown_tcp((**half).as_ref()),
             WriteHalf::Stream(stream) => stream.shutdown().await,
+        }
+    }
+
+    /// A handle that sends frames on this connection's socket from other
+    /// threads while this writer waits ([`Direct`]): plain TCP without
+    /// compression only (a TLS stream's state, or a compressor, is this
+    /// writer's alone).
+    pub fn direct(&self, binary: bool) -> Option<Direct> {
+        match &self.half {
+            WriteHalf::Tcp(half) if self.deflate.is_none() => Some(Direct {
+                half: half.clone(),
+                opcode: if binary { OP_BINARY } else { OP_TEXT },
+                rest: std::sync::Mutex::new(Rest::Nothing),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Sends what `direct` left behind (the rest of a frame the socket did
+    /// not take at once), waiting up to the write timeout; the error that
+    /// ended `direct`'s last send, if one did.
+    pub async fn finish_direct(&mut self, direct: &Direct) -> io::Result<()> {
+        match direct.take_rest() {
+            Rest::Nothing => Ok(()),
+            Rest::Frame(out) => self.finish(out).await,
+            Rest::Failed(kind) => Err(kind.into()),
         }
     }
 
@@ -799,7 +847,12 @@ impl Writer {
 /// allows; a TLS stream is flushed after (it may keep records back).
 async fn write_all(half: &mut WriteHalf, parts: Vec<Bytes>) -> io::Result<()> {
     match half {
-        WriteHalf::Tcp(half) => write_parts(half, parts).await,
+        // Boxed: reached only when a frame must wait for the socket, or
+        // for a control frame; it must not grow every caller's task.
+        WriteHalf::Tcp(half) => {
+            let mut parts = parts;
+            Box::pin(crate::net::halves::send_all((**half).as_ref(), &mut parts)).await
+        }
         // Boxed so the TLS path does not grow every connection's writer
         // task (the plain TCP path is the hot one).
         WriteHalf::Stream(stream) => {
@@ -825,6 +878,69 @@ async fn write_parts(half: &mut (impl AsyncWrite + Unpin), parts: Vec<Bytes>) ->
         out.advance(written);
     }
     Ok(())
+}
+
+/// A connection's socket, sent to from other threads while its writer task
+/// waits (the hub's write at once, `crier_core::WriteNow`): one frame per
+/// send, one `sendmsg`, never waiting. What the socket did not take is
+/// kept for the writer task ([`Writer::finish_direct`]), which must send it
+/// before anything else; the queue sees to that.
+pub struct Direct {
+    half: std::sync::Arc<tokio::net::tcp::OwnedWriteHalf>,
+    opcode: u8,
+    rest: std::sync::Mutex<Rest>,
+}
+
+/// What a [`Direct`] send left for the writer task.
+pub enum Rest {
+    /// Nothing: every frame went out.
+    Nothing,
+    /// The rest of a frame.
+    Frame(Outgoing),
+    /// The socket failed.
+    Failed(io::ErrorKind),
+}
+
+impl Direct {
+    /// Sends `payload` as one frame now. `true` when all of it went out;
+    /// otherwise the rest (or the failure) waits for the writer task.
+    pub fn send(&self, payload: &Bytes) -> bool {
+        let mut head = [0u8; 10];
+        let n = header_into(&mut head, self.opcode, payload.len());
+        let socket: &TcpStream = (*self.half).as_ref();
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(socket).send_vectored(&[IoSlice::new(&head[..n]), IoSlice::new(payload)])
+        });
+        let rest = match sent {
+            Ok(k) if k == n + payload.len() => return true,
+            Ok(k) => {
+                let mut out = Outgoing::new(vec![Bytes::copy_from_slice(&head[..n]), payload.clone()]);
+                out.advance(k);
+                Rest::Frame(out)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Rest::Frame(Outgoing::new(vec![
+                Bytes::copy_from_slice(&head[..n]),
+                payload.clone(),
+            ])),
+            Err(e) => Rest::Failed(e.kind()),
+        };
+        *self.lock() = rest;
+        false
+    }
+
+    /// Whether a send left something for the writer task.
+    pub fn has_rest(&self) -> bool {
+        !matches!(*self.lock(), Rest::Nothing)
+    }
+
+    fn take_rest(&self) -> Rest {
+        std::mem::replace(&mut *self.lock(), Rest::Nothing)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rest> {
+        // Nothing panics while holding it.
+        self.rest.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One or more frames on their way out: header and payload parts, written

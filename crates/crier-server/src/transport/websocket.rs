@@ -399,6 +399,19 @@ fn write(
 ) -> impl std::future::Future<Output = Option<Disconnect>> + Send {
     async move {
         let (controls, drained) = (&shared.controls, &shared.drained);
+        // While this task waits, the hub writes a delivery that finds the
+        // queue empty straight to the socket, from the pushing thread: no
+        // wake-up, no poll (plain TCP without compression).
+        let now = writer.direct(codec.binary()).map(|direct| {
+            Arc::new(Now {
+                direct,
+                codec,
+                node: node.clone(),
+            })
+        });
+        if let Some(now) = &now {
+            rx.write_now(now.clone());
+        }
         let mut items = Vec::new();
         let mut batch = Vec::new();
         let mut frames = Vec::new();
@@ -426,22 +439,36 @@ fn write(
             let outcome = match wake {
                 Wake::Queue(r) => r,
                 Wake::Ping => {
-                    if Box::pin(send_ping(&mut writer, codec, &mut ping, ping_every))
-                        .await
-                        .is_err()
+                    rx.hold();
+                    if rest(&mut writer, &now).await.is_err()
+                        || Box::pin(send_ping(&mut writer, codec, &mut ping, ping_every))
+                            .await
+                            .is_err()
                     {
                         return None;
                     }
+                    rx.written(false);
                     continue;
                 }
                 Wake::Controls => {
-                    if Box::pin(answer(&mut writer, controls)).await.is_err() {
+                    rx.hold();
+                    if rest(&mut writer, &now).await.is_err()
+                        || Box::pin(answer(&mut writer, controls)).await.is_err()
+                    {
                         return None;
                     }
+                    rx.written(false);
                     continue;
                 }
             };
+            // The drain made this task the socket's writer: what a write at
+            // once left behind goes first.
+            if rest(&mut writer, &now).await.is_err() {
+                return gone(&node, &mut rx, &mut items);
+            }
             match outcome {
+                // A write at once's rest was all there was.
+                Ok(_) if items.is_empty() => rx.written(false),
                 Ok(_) => {
                     // Under load (the last frame carried more than one
                     // message, or several wait now), let the publisher that
@@ -486,13 +513,7 @@ fn write(
                         Err(e) => Err(e),
                     };
                     if sent.is_err() {
-                        // A client that stopped reading: if the hub dropped it
-                        // meanwhile (its queue overflowed: 3008), count that
-                        // close even though no frame can reach it.
-                        return rx
-                            .try_drain(&mut items)
-                            .err()
-                            .map(|reason| closed_by_hub(&node, &reason));
+                        return gone(&node, &mut rx, &mut items);
                     }
                     drained.notify_one();
                     // A client the queue keeps busy still gets its pings.
@@ -503,6 +524,7 @@ fn write(
                     {
                         return None;
                     }
+                    rx.written(messages > 1);
                     // A burst must not leave its high-water mark behind, and
                     // a client sent one message at a time (most of them, most
                     // of the time) keeps no buffers while idle: about 220
@@ -521,6 +543,42 @@ fn write(
                 }
             }
         }
+    }
+}
+
+/// The writer's socket failed: a client that stopped reading. If the hub
+/// dropped it meanwhile (its queue overflowed: 3008), that close is counted
+/// even though no frame can reach it.
+fn gone(node: &Node, rx: &mut ClientReceiver, items: &mut Vec<crier_core::Outbound>) -> Option<Disconnect> {
+    rx.try_drain(items)
+        .err()
+        .map(|reason| closed_by_hub(node, &reason))
+}
+
+/// Sends what a write at once left behind, if it did.
+async fn rest(writer: &mut Writer, now: &Option<Arc<Now>>) -> std::io::Result<()> {
+    match now {
+        Some(now) if now.direct.has_rest() => Box::pin(writer.finish_direct(&now.direct)).await,
+        _ => Ok(()),
+    }
+}
+
+/// The hub's writes at once to one connection (`crier_core::WriteNow`):
+/// a delivery's shared encoding as one frame, one `sendmsg`.
+struct Now {
+    direct: rfc6455::Direct,
+    codec: Codec,
+    node: Arc<Node>,
+}
+
+impl crier_core::WriteNow for Now {
+    fn write_now(&self, item: &crier_core::Outbound) -> bool {
+        if self.node.metrics.live_on() {
+            if let crier_core::Outbound::Event(e) = item {
+                self.node.metrics.delivered(e.created().elapsed());
+            }
+        }
+        self.direct.send(&self.codec.outbound(item))
     }
 }
 
