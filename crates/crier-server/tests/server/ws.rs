@@ -476,6 +476,45 @@ async fn slow_client_is_disconnected_with_3008_others_unaffected() {
     s.shutdown().await;
 }
 
+/// A small fan-out writes to quiet connections at once from the
+/// publishing thread. A message larger than the socket takes at once
+/// leaves its rest to the connection's writer, and what is published
+/// meanwhile must wait behind that rest: every publication, whole and in
+/// order, on both the subscriber that paused reading and the one that
+/// did not.
+#[tokio::test]
+async fn what_a_write_at_once_leaves_behind_goes_out_before_anything_later() {
+    let s = TestServer::start(config("[client]\nqueue_max_size = 67108864")).await;
+    let mut paused = Client::connect(&s.ws_url(), &token("paused")).await;
+    paused.request(json!({"subscribe": {"channel": "news"}})).await;
+    let mut reading = Client::connect(&s.ws_url(), &token("reading")).await;
+    reading.request(json!({"subscribe": {"channel": "news"}})).await;
+    let hub = s.node.hub.clone();
+    // 6 MiB: far more than one send takes on loopback.
+    let big = "b".repeat(6 << 20);
+    hub.publish(
+        "news",
+        format!("{{\"k\":0,\"pad\":\"{big}\"}}"),
+        Default::default(),
+    )
+    .unwrap();
+    let n = 50;
+    for k in 1..n {
+        hub.publish("news", format!("{{\"k\":{k}}}"), Default::default())
+            .unwrap();
+    }
+    for c in [&mut reading, &mut paused] {
+        for k in 0..n {
+            let p = c.next_pub().await;
+            assert_eq!(p["pub"]["data"]["k"], json!(k), "publication {k}");
+        }
+    }
+    hub.publish("news", "\"after\"", Default::default()).unwrap();
+    assert_eq!(paused.next_pub().await["pub"]["data"], "after");
+    assert_eq!(hub.stats().dropped_slow, 0);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_tells_clients_3001() {
     let s = TestServer::start(config("")).await;
