@@ -14,7 +14,8 @@
 //!   HTTP proxies are one implementation; an embedder asks its own before
 //!   calling the hub.
 //! - [`queue`]: each client's bounded outbound queue ([`ClientReceiver`]),
-//!   pushed without blocking, drained in batches.
+//!   pushed without blocking, drained in batches; a transport's
+//!   [`WriteNow`] lets a small fan-out write to a quiet connection at once.
 //! - [`event`]: what a client receives ([`Event`], [`Publication`],
 //!   [`Outbound`]) and the per-format encoding cache.
 //! - [`engine`]: the [`Engine`] seam (offsets, history, presence);

@@ -80,7 +80,7 @@ pub(crate) enum PushError {
 }
 
 /// Writes an item to a client's connection at once, from the thread that
-/// queues it (the hub's fan-out, a reply), without blocking: what a
+/// queues it (the hub's fan-out), without blocking: what a
 /// transport gives [`ClientReceiver::write_now`]. crier-core does no I/O;
 /// this is the transport's.
 pub trait WriteNow: Send + Sync {
@@ -106,8 +106,9 @@ struct State {
     // Writes at once, when the transport allows them (never while `busy`,
     // never past a queued item, so the order is the queue's).
     now: Option<Arc<dyn WriteNow>>,
-    // The receiver's writer owns the connection: it drained items and has
-    // not said `written` yet, or holds it for a frame of its own (a ping).
+    // The receiver's writer owns the connection: it drained items (or
+    // holds it for a frame of its own, a ping) and has not polled since
+    // saying `written`.
     // While it does, pushes queue (in order) instead of writing at once.
     busy: bool,
     // A write at once left something behind: the next drain reports ready,
@@ -307,7 +308,8 @@ impl ClientReceiver {
     ///
     /// With [`write_now`](Self::write_now) installed, draining items (or a
     /// write at once's leftover, reported as `Ok(0)`) makes this receiver
-    /// the connection's writer until it calls [`written`](Self::written).
+    /// the connection's writer until its first
+    /// [`poll_drain`](Self::poll_drain) after [`written`](Self::written).
     pub fn try_drain(&mut self, out: &mut Vec<Outbound>) -> Result<usize, DisconnectReason> {
         let mut st = self.shared.state.lock();
         // Reported by this drain, with or without items: the writer sends
@@ -424,9 +426,8 @@ impl ClientReceiver {
     /// [`LOADED_MS`].
     ///
     /// Takes no lock: the writer's next [`poll_drain`](Self::poll_drain)
-    /// (which locks anyway) hands the connection back, so a frame costs
-    /// the queue's lock no more often than before writes at once existed
-    /// (a lock taken after each frame slowed 5,000-subscriber fan-outs).
+    /// (which locks anyway) hands the connection back, so a frame takes
+    /// the queue's lock no more often than without writes at once.
     pub fn written(&mut self, batched: bool) {
         if self.at_once {
             let extra = if batched { LOADED_MS } else { 0 };
@@ -741,17 +742,24 @@ mod tests {
         s.wrote.lock().clone()
     }
 
-    #[test]
-    fn a_push_to_an_idle_queue_is_written_at_once_without_a_wake_up() {
+    /// A queue with `sock` installed, its writer waiting (polled once,
+    /// with a waker that counts).
+    fn waiting(room: usize) -> (QueueSender, ClientReceiver, Arc<Socket>, Arc<Count>, Waker) {
         let (tx, mut rx) = queue(QueueLimits::default());
-        let sock = socket(10);
+        let sock = socket(room);
         rx.write_now(sock.clone());
         let count = Arc::new(Count(Default::default()));
         let waker = Waker::from(count.clone());
-        let mut out = Vec::new();
         assert!(rx
-            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .poll_drain(&mut Context::from_waker(&waker), &mut Vec::new())
             .is_pending());
+        (tx, rx, sock, count, waker)
+    }
+
+    #[test]
+    fn a_push_to_an_idle_queue_is_written_at_once_without_a_wake_up() {
+        let (tx, mut rx, sock, count, waker) = waiting(10);
+        let mut out = Vec::new();
         at(1_000);
         tx.push_as(raw("a"), true).unwrap();
         at(1_000 + QUIET_MS);
@@ -768,15 +776,8 @@ mod tests {
 
     #[test]
     fn a_client_under_load_gets_its_pushes_through_its_writer_in_one_drain() {
-        let (tx, mut rx) = queue(QueueLimits::default());
-        let sock = socket(10);
-        rx.write_now(sock.clone());
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (tx, mut rx, sock, count, _waker) = waiting(10);
         let mut out = Vec::new();
-        assert!(rx
-            .poll_drain(&mut Context::from_waker(&waker), &mut out)
-            .is_pending());
         at(5_000);
         tx.push_as(raw("a"), true).unwrap();
         at(5_000 + QUIET_MS - 1);
@@ -865,15 +866,8 @@ mod tests {
 
     #[test]
     fn what_a_full_socket_did_not_take_wakes_the_writer_and_holds_later_pushes() {
-        let (tx, mut rx) = queue(QueueLimits::default());
-        let sock = socket(0);
-        rx.write_now(sock.clone());
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (tx, mut rx, sock, count, waker) = waiting(0);
         let mut out = Vec::new();
-        assert!(rx
-            .poll_drain(&mut Context::from_waker(&waker), &mut out)
-            .is_pending());
         tx.push_as(raw("a"), true).unwrap();
         assert_eq!(
             count.0.load(std::sync::atomic::Ordering::SeqCst),
