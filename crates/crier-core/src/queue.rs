@@ -422,8 +422,8 @@ impl ClientReceiver {
     /// The writer has written everything it drained or held for: pushes
     /// may write at once again, unless items queued meanwhile (the next
     /// drain takes them). `batched`: what it wrote joined several
-    /// messages, so the client is under load and stays with its writer for
-    /// [`LOADED_MS`].
+    /// messages, so the client is under load and stays with its writer
+    /// 50 ms longer.
     ///
     /// Takes no lock: the writer's next [`poll_drain`](Self::poll_drain)
     /// (which locks anyway) hands the connection back, so a frame takes
