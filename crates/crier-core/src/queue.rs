@@ -240,12 +240,13 @@ impl QueueSender {
                 }
                 return Err(PushError::Full);
             }
-            if at_once && st.items.is_empty() && !st.busy && st.now.is_some() && quiet(st.last_write) {
-                if let Some(now) = &st.now {
-                    // Nothing waits, nobody writes, and the client is not
-                    // under load: out at once, under the lock, so no later
-                    // push can overtake it. Only what the socket did not
-                    // take wakes the writer.
+            match &st.now {
+                // Nothing waits, nobody writes, and the client is not under
+                // load (the clock read last: only for a queue that can
+                // write at once): out at once, under the lock, so no later
+                // push can overtake it. Only what the socket did not take
+                // wakes the writer.
+                Some(now) if at_once && st.items.is_empty() && !st.busy && quiet(st.last_write) => {
                     let written = now.write_now(&item);
                     st.last_write = millis();
                     if written {
@@ -260,6 +261,7 @@ impl QueueSender {
                     }
                     return Ok(());
                 }
+                _ => {}
             }
             st.items.push_back(item);
             st.bytes += weight;

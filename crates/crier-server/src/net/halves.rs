@@ -1,13 +1,11 @@
 //! The two halves of a client connection, plain TCP or TLS: the TCP
 //! halves let a reader wait without a buffer (`readable`, then
-//! `try_read`) and a writer use `writev`; a TLS stream is read into the
+//! `try_read`) and a writer use `sendmsg`; a TLS stream is read into the
 //! caller's buffer and flushed after each write. Used by the WebSocket
 //! endpoints and the `[[tcp]]` listeners.
 
-use std::io::IoSlice;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -61,39 +59,6 @@ pub fn split_stream(stream: impl Stream) -> (ReadHalf, WriteHalf) {
 pub fn split_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
     let (rd, wr) = stream.into_split();
     (ReadHalf::Tcp(rd), wr.into())
-}
-
-/// Sends `parts` on `socket`, as few `sendmsg` calls as the socket allows,
-/// waiting for room. Empties `parts`.
-pub async fn send_all(socket: &TcpStream, parts: &mut Vec<Bytes>) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < parts.len() {
-        socket.writable().await?;
-        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
-            let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
-            socket2::SockRef::from(socket).send_vectored(&slices)
-        });
-        let mut left = match sent {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        while left > 0 {
-            let part = &mut parts[first];
-            let n = left.min(part.len());
-            part.advance(n);
-            left -= n;
-            if part.is_empty() {
-                first += 1;
-            }
-        }
-        while first < parts.len() && parts[first].is_empty() {
-            first += 1;
-        }
-    }
-    parts.clear();
-    Ok(())
 }
 
 /// Shuts the sending side of `socket` down (a FIN).

@@ -529,20 +529,9 @@ fn header_into(out: &mut [u8; 10], opcode: u8, len: usize) -> usize {
 /// The header of an unmasked server frame with `len` payload bytes;
 /// `opcode` may carry [`RSV1`].
 fn header(opcode: u8, len: usize) -> Bytes {
-    let mut h = Vec::with_capacity(10);
-    h.push(0x80 | opcode);
-    match len {
-        0..=125 => h.push(len as u8),
-        126..=0xFFFF => {
-            h.push(126);
-            h.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            h.push(127);
-            h.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    Bytes::from(h)
+    let mut h = [0u8; 10];
+    let n = header_into(&mut h, opcode, len);
+    Bytes::copy_from_slice(&h[..n])
 }
 
 /// Writes server frames. Owned by one task at a time (the connection's
@@ -743,36 +732,10 @@ impl Writer {
     /// reads: one `writev`, no timer, no future. A TLS stream takes
     /// nothing here (its records are written by [`Writer::finish`]).
     pub fn try_write(&mut self, out: &mut Outgoing) -> io::Result<bool> {
-        let WriteHalf::Tcp(half) = &mut self.half else {
-            return Ok(out.is_empty());
-        };
-        while !out.is_empty() {
-            let written = {
-                // On the stack: up to SLICES parts per call (a frame of the
-                // 64-message window is 128), the rest in the next.
-                let mut slices = [IoSlice::new(&[]); SLICES];
-                let mut n = 0;
-                for (slot, part) in slices.iter_mut().zip(&out.parts[out.first..]) {
-                    *slot = IoSlice::new(part);
-                    n += 1;
-                }
-                // sendmsg, not writev: a socket written through the VFS
-                // pays its file bookkeeping (`vfs_writev`, `fdget_pos`:
-                // 7 % of the server's samples at low rates, against 5 %
-                // for the sendmsg path; docs/benchmarks.md).
-                let socket: &TcpStream = (**half).as_ref();
-                match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                    socket2::SockRef::from(socket).send_vectored(&slices[..n])
-                }) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
-                }
-            };
-            out.advance(written);
+        match &self.half {
+            WriteHalf::Tcp(half) => send_now((**half).as_ref(), out),
+            WriteHalf::Stream(_) => Ok(out.is_empty()),
         }
-        Ok(true)
     }
 
     /// Writes the rest of `out`, waiting for the socket up to the write
@@ -849,10 +812,7 @@ async fn write_all(half: &mut WriteHalf, parts: Vec<Bytes>) -> io::Result<()> {
     match half {
         // Boxed: reached only when a frame must wait for the socket, or
         // for a control frame; it must not grow every caller's task.
-        WriteHalf::Tcp(half) => {
-            let mut parts = parts;
-            Box::pin(crate::net::halves::send_all((**half).as_ref(), &mut parts)).await
-        }
+        WriteHalf::Tcp(half) => Box::pin(send_all((**half).as_ref(), Outgoing::new(parts))).await,
         // Boxed so the TLS path does not grow every connection's writer
         // task (the plain TCP path is the hot one).
         WriteHalf::Stream(stream) => {
@@ -876,6 +836,45 @@ async fn write_parts(half: &mut (impl AsyncWrite + Unpin), parts: Vec<Bytes>) ->
             return Err(io::ErrorKind::WriteZero.into());
         }
         out.advance(written);
+    }
+    Ok(())
+}
+
+/// Writes as much of `out` as `socket` takes now, without waiting: `true`
+/// when all of it is out.
+fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
+    while !out.is_empty() {
+        let written = {
+            // On the stack: up to SLICES parts per call (a frame of the
+            // 64-message window is 128), the rest in the next.
+            let mut slices = [IoSlice::new(&[]); SLICES];
+            let mut n = 0;
+            for (slot, part) in slices.iter_mut().zip(&out.parts[out.first..]) {
+                *slot = IoSlice::new(part);
+                n += 1;
+            }
+            // sendmsg, not writev: a socket written through the VFS
+            // pays its file bookkeeping (`vfs_writev`, `fdget_pos`:
+            // 7 % of the server's samples at low rates, against 5 %
+            // for the sendmsg path; docs/benchmarks.md).
+            match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(socket).send_vectored(&slices[..n])
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        };
+        out.advance(written);
+    }
+    Ok(true)
+}
+
+/// Writes all of `out` to `socket`, waiting for room.
+async fn send_all(socket: &TcpStream, mut out: Outgoing) -> io::Result<()> {
+    while !send_now(socket, &mut out)? {
+        socket.writable().await?;
     }
     Ok(())
 }
@@ -913,16 +912,17 @@ impl Direct {
         });
         let rest = match sent {
             Ok(k) if k == n + payload.len() => return true,
+            Ok(k) => Ok(k),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e.kind()),
+        };
+        let rest = match rest {
             Ok(k) => {
                 let mut out = Outgoing::new(vec![Bytes::copy_from_slice(&head[..n]), payload.clone()]);
                 out.advance(k);
                 Rest::Frame(out)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Rest::Frame(Outgoing::new(vec![
-                Bytes::copy_from_slice(&head[..n]),
-                payload.clone(),
-            ])),
-            Err(e) => Rest::Failed(e.kind()),
+            Err(kind) => Rest::Failed(kind),
         };
         *self.lock() = rest;
         false
