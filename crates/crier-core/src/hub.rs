@@ -143,8 +143,11 @@ struct Subscriber {
     // less pointer per delivery.
     queue: QueueSender,
     client: Arc<ClientEntry>,
-    // This subscription's presence entry, for leave events.
-    info: Arc<ClientInfo>,
+    // This subscription's presence entry, for leave events: kept only when
+    // it holds something the client's entry does not (the subscription's
+    // `chan_info`) or was made anyway (presence, join events). Otherwise a
+    // leave makes it, and an idle subscription costs no allocation for it.
+    info: Option<Arc<ClientInfo>>,
     // Publications at or below this offset already reached the subscriber
     // in its catch-up (a remote engine's deliveries may lag behind the
     // history it read); 0 filters nothing.
@@ -832,12 +835,8 @@ impl Hub {
     ) -> Dropped {
         let engine = &self.inner.engine;
         let channel = &*slot.name;
-        let info = Arc::new(ClientInfo {
-            client: client.id,
-            user: client.user.clone(),
-            conn_info: client.conn_info.clone(),
-            chan_info,
-        });
+        let info = (chan_info.is_some() || options.presence || options.join_leave)
+            .then(|| Arc::new(client_info(client, chan_info)));
         st.subscribers.insert(
             client.id,
             Subscriber {
@@ -849,14 +848,16 @@ impl Hub {
         );
         self.inner.counters.subscriptions.fetch_add(1, Relaxed);
         let mut dropped = Vec::new();
-        if options.presence {
-            // Presence is advisory: a failing remote engine must not refuse
-            // the subscription itself.
-            let _ = engine.add_presence(channel, info.clone());
-        }
-        if options.join_leave {
-            let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Join(info)));
-            self.fan_out(st, &ev, Some(client.id), &mut dropped);
+        if let Some(info) = info {
+            if options.presence {
+                // Presence is advisory: a failing remote engine must not
+                // refuse the subscription itself.
+                let _ = engine.add_presence(channel, info.clone());
+            }
+            if options.join_leave {
+                let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Join(info)));
+                self.fan_out(st, &ev, Some(client.id), &mut dropped);
+            }
         }
         if let Some(bytes) = notice(subscribed) {
             push_or_note(client, Outbound::raw(bytes), &mut dropped);
@@ -949,7 +950,10 @@ impl Hub {
                 let _ = self.inner.engine.remove_presence(channel, client.id);
             }
             if st.options.join_leave {
-                let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Leave(sub.info)));
+                let ev = Arc::new(Event::new(
+                    Some(slot.name.clone()),
+                    EventKind::Leave(sub.info.unwrap_or_else(|| Arc::new(client_info(client, None)))),
+                ));
                 self.fan_out(&mut st, &ev, None, dropped);
             }
             if let Some(bytes) = notice {
@@ -1311,6 +1315,16 @@ impl Hub {
 /// subscriber's writer instead: one thread writing to a thousand sockets in
 /// turn falls behind two writing in parallel (docs/benchmarks.md).
 const AT_ONCE_FAN_OUT: usize = 128;
+
+// Who `client` is, in one subscription with `chan_info`.
+fn client_info(client: &ClientEntry, chan_info: Option<Bytes>) -> ClientInfo {
+    ClientInfo {
+        client: client.id,
+        user: client.user.clone(),
+        conn_info: client.conn_info.clone(),
+        chan_info,
+    }
+}
 
 // Pushes one item; notes the client for removal (once) when it cannot take
 // it.

@@ -5,7 +5,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +19,7 @@ use crier_proto::client::Request as Command;
 use crier_proto::codes::Disconnect;
 
 use crate::admission::Peer;
+use crate::clock::unix_ms;
 use crate::metrics::Transport;
 use crate::net::rfc6455::{self, Control, Controls, Incoming, ReadError, Reader, Writer};
 use crate::node::Node;
@@ -93,7 +95,7 @@ async fn connect(
     tokio::pin!(stale);
     loop {
         let msg = tokio::select! {
-            m = reader.next() => Ok(m),
+            m = reader.next() => m,
             _ = &mut stale => {
                 close(writer, &Disconnect::STALE).await;
                 return None;
@@ -180,16 +182,13 @@ fn serve(
     mut writer: Writer,
     (forwarded, remote): (Option<Box<axum::http::HeaderMap>>, Option<Box<SocketAddr>>),
 ) -> impl std::future::Future<Output = ()> + Send {
+    // Made before the future, which then holds the session alone, not also
+    // the arguments it was made from.
+    let mut session = Session::new(node.clone(), codec, Transport::WebSocket, remote);
+    if let Some(headers) = forwarded {
+        session.set_http_headers(*headers);
+    }
     async move {
-        let mut session = Session::new(node.clone(), codec, Transport::WebSocket, remote);
-        if let Some(headers) = forwarded {
-            session.set_http_headers(*headers);
-        }
-        let cfg = &node.config.client;
-        // A client that sends nothing for a ping interval plus the pong timeout
-        // is gone (it must answer every server ping).
-        let idle = cfg.ping_interval + cfg.pong_timeout;
-
         // Phase 1, boxed: its futures (connect, replies, the stale timer) are
         // needed only until connect, and must not size every connection's
         // task for its whole life.
@@ -200,91 +199,123 @@ fn serve(
         // Counted from connect until this task ends.
         let _connection = node.metrics.connection(Transport::WebSocket);
 
-        // Phase 2: a writer task drains the client's queue; this task reads.
-        let shared = Arc::new(Between::default());
-        let (controls, drained) = (&shared.controls, &shared.drained);
-        let mut writing = tokio::spawn(write(
-            node.clone(),
-            codec,
-            writer,
-            rx,
-            cfg.ping_interval,
-            shared.clone(),
-        ));
+        // Phase 2: one task reads and writes. Its two halves are two futures
+        // polled in turn by this one (the writer first, so the reader sees
+        // what the writer's last poll decided): no second task, and what they
+        // share lives here, not in an allocation of its own.
+        let between = Between::new();
+        let mut writing = std::pin::pin!(write(node.clone(), codec, &mut writer, rx, &between));
+        let mut reading = std::pin::pin!(read_commands(&mut session, &mut reader, &between));
+        std::future::poll_fn(|cx| {
+            if between.ended.get().is_none() {
+                if let Poll::Ready(ended) = writing.as_mut().poll(cx) {
+                    let _ = between.ended.set(ended);
+                }
+            }
+            reading.as_mut().poll(cx)
+        })
+        .await;
+        // Let the writer flush the close frame, but not forever (boxed: the
+        // timer would size every connection's task).
+        if between.ended.get().is_none() {
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), writing)).await;
+        }
+    }
+}
+
+/// The reading half of a connected client: reads frames of commands into
+/// the session until the connection ends, then closes the session (or, when
+/// the writer ended first, ends it with the writer's reason).
+///
+/// It sees the writer's end (and the writer's timer's verdict on a silent
+/// client) only where it waits for the client, never in the middle of a
+/// command.
+#[allow(clippy::manual_async_fn)] // on purpose: see `serve`
+fn read_commands<'a>(
+    session: &'a mut Session,
+    reader: &'a mut Reader,
+    between: &'a Between,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    async move {
         // The timer for lapsing tokens, boxed and only while a token can lapse:
         // most connections have none, and every byte here is per connection.
-        let mut expiry: Option<(SystemTime, std::pin::Pin<Box<tokio::time::Sleep>>)> = None;
+        // Its deadline is kept in Unix milliseconds (8 bytes, not 16).
+        let mut expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut expiry_at = 0u64;
         loop {
             // Connection or subscription tokens lapsing (refresh and sub_refresh
             // move the deadline; it is recomputed on every pass).
             let deadline = session.deadline();
-            if expiry.as_ref().map(|(t, _)| *t) != deadline {
+            let at = deadline.map_or(0, unix_ms);
+            if at != expiry_at || deadline.is_some() != expiry.is_some() {
+                expiry_at = at;
                 expiry = deadline.map(|t| {
                     let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
-                    (t, Box::pin(tokio::time::sleep(wait)))
+                    Box::pin(tokio::time::sleep(wait))
                 });
             }
-            let expired = async {
-                match expiry.as_mut() {
-                    Some((_, sleep)) => sleep.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let msg = tokio::select! {
-                m = tokio::time::timeout(idle, reader.next()) => m,
-                _ = expired => {
-                    expiry = None;
-                    // Boxed: a refresh proxy call must not size every task.
-                    if let Err(d) = Box::pin(session.expire()).await {
-                        session.close(&d);
-                        break;
+            let heard = std::future::poll_fn(|cx| {
+                if let Some(sleep) = expiry.as_mut() {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
                     }
-                    continue;
                 }
-                ended = &mut writing => {
-                    // The hub closed the queue (slow, shutdown, API disconnect)
-                    // or the socket failed: the writer already said goodbye.
-                    writer_gone(&mut session, ended.ok().flatten());
+                between.poll_read(reader, cx).map(Some)
+            })
+            .await;
+            let Some(heard) = heard else {
+                expiry = None;
+                // Boxed: a refresh proxy call must not size every task.
+                if let Err(d) = Box::pin(session.expire()).await {
+                    session.close(&d);
                     return;
                 }
+                continue;
             };
-            match read(msg) {
+            let msg = match heard {
+                Heard::Writer(by_hub) => {
+                    // The hub closed the queue (slow, shutdown, API
+                    // disconnect) or the socket failed: the writer already
+                    // said goodbye.
+                    return writer_gone(session, by_hub);
+                }
+                Heard::Nothing => Read::Fail(Disconnect::NO_PONG),
+                Heard::Client(m) => read(m),
+            };
+            match msg {
                 // Boxed: the commands' state (a decoded command is over 500
                 // bytes) lives only while a frame is handled, not in every
                 // idle connection's task.
-                Read::Frame(text) => {
-                    match Box::pin(commands(&node, codec, &mut session, &text, drained, &mut writing)).await {
-                        AfterFrame::Continue => {}
-                        AfterFrame::Closed => break,
-                        AfterFrame::WriterGone(by_hub) => {
-                            writer_gone(&mut session, by_hub);
-                            return;
-                        }
-                    }
-                }
+                Read::Frame(text) => match Box::pin(commands(session, text, between)).await {
+                    AfterFrame::Continue => {}
+                    AfterFrame::Closed => return,
+                    AfterFrame::WriterGone(by_hub) => return writer_gone(session, by_hub),
+                },
                 Read::Skip => {}
-                Read::Answer(control) => controls.send(control),
+                Read::Answer(control) => between.controls.send(control),
                 Read::Last(control) => {
                     // The writer sends this close and ends; only then is the
                     // client removed, so its queue closing (3000) cannot race
                     // the close code the client must see (1002, or its echo).
-                    controls.send(control);
-                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut writing).await;
+                    between.controls.send(control);
+                    let _ = Box::pin(tokio::time::timeout(
+                        Duration::from_secs(5),
+                        between.writer_ended(),
+                    ))
+                    .await;
                     session.close(&Disconnect::CONNECTION_CLOSED);
                     return;
                 }
                 Read::Gone => {
                     session.close(&Disconnect::CONNECTION_CLOSED);
-                    break;
+                    return;
                 }
                 Read::Fail(d) => {
                     session.close(&d);
-                    break;
+                    return;
                 }
             }
         }
-        // Let the writer flush the close frame, but not forever.
-        let _ = tokio::time::timeout(Duration::from_secs(5), writing).await;
     }
 }
 
@@ -311,16 +342,10 @@ enum AfterFrame {
 
 /// Hands one frame's commands to the session, in order, waiting for the
 /// writer whenever the client's queue is over half full.
-async fn commands(
-    node: &Node,
-    codec: Codec,
-    session: &mut Session,
-    text: &[u8],
-    drained: &tokio::sync::Notify,
-    writing: &mut tokio::task::JoinHandle<Option<Disconnect>>,
-) -> AfterFrame {
+async fn commands(session: &mut Session, text: Bytes, between: &Between) -> AfterFrame {
+    let (node, codec) = (session.node().clone(), session.codec());
     let max = node.config.client.max_commands_per_frame;
-    for (n, cmd) in codec.decode(text).enumerate() {
+    for (n, cmd) in codec.decode(&text).enumerate() {
         let result = match cmd {
             _ if max > 0 && n >= max => {
                 node.metrics.refused("max_commands_per_frame");
@@ -339,8 +364,8 @@ async fn commands(
         // as slow (3008).
         while session.client_id().is_some_and(|id| node.hub.backlogged(id)) {
             tokio::select! {
-                _ = drained.notified() => {}
-                ended = &mut *writing => return AfterFrame::WriterGone(ended.ok().flatten()),
+                _ = between.drained.notified() => {}
+                by_hub = between.writer_ended() => return AfterFrame::WriterGone(by_hub),
             }
         }
     }
@@ -363,19 +388,18 @@ enum Read {
 }
 
 /// What one incoming frame means for the connection.
-fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -> Read {
+fn read(msg: Result<Incoming, ReadError>) -> Read {
     match msg {
-        Err(_) => Read::Fail(Disconnect::NO_PONG),
-        Ok(Ok(Incoming::Data(bytes))) => Read::Frame(bytes),
-        Ok(Ok(Incoming::Ping(payload))) => Read::Answer(Control::Pong(payload)),
-        Ok(Ok(Incoming::Pong)) => Read::Skip,
+        Ok(Incoming::Data(bytes)) => Read::Frame(bytes),
+        Ok(Incoming::Ping(payload)) => Read::Answer(Control::Pong(payload)),
+        Ok(Incoming::Pong) => Read::Skip,
         // Echo the close (RFC 6455 §5.5.1); the session ends either way.
-        Ok(Ok(Incoming::Close(code))) => Read::Last(Control::Close(code.unwrap_or(1000), "")),
+        Ok(Incoming::Close(code)) => Read::Last(Control::Close(code.unwrap_or(1000), "")),
         // An oversized message is the client's fault: tell it plainly.
-        Ok(Err(ReadError::TooLong { .. })) => Read::Fail(Disconnect::BAD_REQUEST),
-        Ok(Err(ReadError::Protocol(why))) => Read::Last(Control::Close(1002, why)),
-        Ok(Err(ReadError::InvalidUtf8)) => Read::Last(Control::Close(1007, "text message is not UTF-8")),
-        Ok(Err(ReadError::Io(_))) => Read::Gone,
+        Err(ReadError::TooLong { .. }) => Read::Fail(Disconnect::BAD_REQUEST),
+        Err(ReadError::Protocol(why)) => Read::Last(Control::Close(1002, why)),
+        Err(ReadError::InvalidUtf8) => Read::Last(Control::Close(1007, "text message is not UTF-8")),
+        Err(ReadError::Io(_)) => Read::Gone,
     }
 }
 
@@ -389,16 +413,14 @@ fn read(msg: Result<Result<Incoming, ReadError>, tokio::time::error::Elapsed>) -
 /// future (`Writer::try_write`), and what waits — the rest of a frame a
 /// slow client has not taken, pings, pongs, the close — waits boxed.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn write(
+fn write<'a>(
     node: Arc<Node>,
     codec: Codec,
-    mut writer: Writer,
+    writer: &'a mut Writer,
     mut rx: ClientReceiver,
-    ping_every: Duration,
-    shared: Arc<Between>,
-) -> impl std::future::Future<Output = Option<Disconnect>> + Send {
+    between: &'a Between,
+) -> impl std::future::Future<Output = Option<Disconnect>> + Send + 'a {
     async move {
-        let (controls, drained) = (&shared.controls, &shared.drained);
         // While this task waits, the hub writes a delivery that finds the
         // queue empty straight to the socket, from the pushing thread: no
         // wake-up, no poll (plain TCP without compression).
@@ -417,15 +439,22 @@ fn write(
         let mut frames = Vec::new();
         // Whether the last frame carried more than one message.
         let mut loaded = false;
-        // Boxed, as tokio's `Interval` boxes its own: reset after each ping.
-        let mut ping = Box::pin(tokio::time::sleep(ping_every));
+        // One timer for both deadlines: the next ping, and the client's
+        // silence (nothing heard for `idle`, which the reader then ends with
+        // 3012). It fires at the earlier; the silence deadline it sees is
+        // the one of its last reset, so a client heard since only costs a
+        // reset.
+        let timer = tokio::time::sleep(node.config.client.ping_interval);
+        tokio::pin!(timer);
+        // In milliseconds of `epoch` (8 bytes, not 16).
+        let mut ping_at = since_epoch(timer.deadline());
         loop {
             // Polled by hand, not with `select!`: a wake-up from the queue
             // (once per delivery at low rates) checks the control flag and
             // drains the queue, creates no future and takes no lock beyond
             // the queue's.
             let wake = std::future::poll_fn(|cx| {
-                if controls.poll_ready(cx).is_ready() {
+                if between.controls.poll_ready(cx).is_ready() {
                     return Poll::Ready(Wake::Controls);
                 }
                 if let Poll::Ready(r) = rx.poll_drain(cx, &mut items) {
@@ -433,28 +462,34 @@ fn write(
                 }
                 // Only when about to wait: while the queue keeps the writer
                 // busy, the deadline is checked after each frame instead.
-                ping.as_mut().poll(cx).map(|()| Wake::Ping)
+                timer.as_mut().poll(cx).map(|()| Wake::Timer)
             })
             .await;
             let outcome = match wake {
                 Wake::Queue(r) => r,
-                Wake::Ping => {
-                    rx.hold();
-                    if rest(&mut writer, &now).await.is_err()
-                        || Box::pin(send_ping(&mut writer, codec, &mut ping, ping_every))
-                            .await
-                            .is_err()
-                    {
-                        return None;
+                Wake::Timer => {
+                    let at = tokio::time::Instant::now();
+                    if !between.silent(at, idle(&node)) && since_epoch(at) >= ping_at {
+                        rx.hold();
+                        if Box::pin(send_ping(writer, &now, codec)).await.is_err() {
+                            return None;
+                        }
+                        ping_at = since_epoch(at + node.config.client.ping_interval);
+                        rx.written(false);
                     }
-                    rx.written(false);
+                    // A silent client's session ends through the reader; until
+                    // then the timer waits for the next ping.
+                    let next = if between.is_silent() {
+                        at + node.config.client.ping_interval
+                    } else {
+                        at_epoch(ping_at).min(between.silent_at(idle(&node)))
+                    };
+                    timer.as_mut().reset(next.max(at + MIN_TICK));
                     continue;
                 }
                 Wake::Controls => {
                     rx.hold();
-                    if rest(&mut writer, &now).await.is_err()
-                        || Box::pin(answer(&mut writer, controls)).await.is_err()
-                    {
+                    if Box::pin(answer(writer, &now, &between.controls)).await.is_err() {
                         return None;
                     }
                     rx.written(false);
@@ -463,8 +498,10 @@ fn write(
             };
             // The drain made this task the socket's writer: what a write at
             // once left behind goes first.
-            if rest(&mut writer, &now).await.is_err() {
-                return gone(&node, &mut rx, &mut items);
+            if let Some(direct) = rest(&now) {
+                if Box::pin(writer.finish_direct(direct)).await.is_err() {
+                    return gone(&node, &mut rx, &mut items);
+                }
             }
             match outcome {
                 // A write at once's rest was all there was.
@@ -515,14 +552,16 @@ fn write(
                     if sent.is_err() {
                         return gone(&node, &mut rx, &mut items);
                     }
-                    drained.notify_one();
-                    // A client the queue keeps busy still gets its pings.
-                    if ping.deadline() <= tokio::time::Instant::now()
-                        && Box::pin(send_ping(&mut writer, codec, &mut ping, ping_every))
-                            .await
-                            .is_err()
-                    {
-                        return None;
+                    between.drained.notify_one();
+                    // A client the queue keeps busy still gets its pings,
+                    // and is still found silent.
+                    let at = tokio::time::Instant::now();
+                    if !between.silent(at, idle(&node)) && since_epoch(at) >= ping_at {
+                        // (Nothing a write at once left: this task wrote last.)
+                        if Box::pin(send_ping(writer, &None, codec)).await.is_err() {
+                            return None;
+                        }
+                        ping_at = since_epoch(at + node.config.client.ping_interval);
                     }
                     rx.written(messages > 1);
                     // A burst must not leave its high-water mark behind, and
@@ -538,7 +577,7 @@ fn write(
                 }
                 Err(reason) => {
                     let d = closed_by_hub(&node, &reason);
-                    Box::pin(close(&mut writer, &d)).await;
+                    Box::pin(close(writer, &d)).await;
                     return Some(d);
                 }
             }
@@ -555,11 +594,19 @@ fn gone(node: &Node, rx: &mut ClientReceiver, items: &mut Vec<crier_core::Outbou
         .map(|reason| closed_by_hub(node, &reason))
 }
 
+/// The connection's writes at once, if one left something to send before
+/// anything else.
+fn rest(now: &Option<Arc<Now>>) -> Option<&rfc6455::Direct> {
+    now.as_deref()
+        .map(|now| &now.direct)
+        .filter(|direct| direct.has_rest())
+}
+
 /// Sends what a write at once left behind, if it did.
-async fn rest(writer: &mut Writer, now: &Option<Arc<Now>>) -> std::io::Result<()> {
-    match now {
-        Some(now) if now.direct.has_rest() => Box::pin(writer.finish_direct(&now.direct)).await,
-        _ => Ok(()),
+async fn send_rest(writer: &mut Writer, now: &Option<Arc<Now>>) -> std::io::Result<()> {
+    match rest(now) {
+        Some(direct) => writer.finish_direct(direct).await,
+        None => Ok(()),
     }
 }
 
@@ -582,41 +629,142 @@ impl crier_core::WriteNow for Now {
     }
 }
 
-/// Sends a ping and sets the next one `every` from now.
-async fn send_ping(
-    writer: &mut Writer,
-    codec: Codec,
-    next: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
-    every: Duration,
-) -> std::io::Result<()> {
-    writer.messages(codec.binary(), &mut vec![codec.ping()]).await?;
-    next.as_mut().reset(tokio::time::Instant::now() + every);
-    Ok(())
+/// Sends a ping, after what a write at once left behind.
+async fn send_ping(writer: &mut Writer, now: &Option<Arc<Now>>, codec: Codec) -> std::io::Result<()> {
+    send_rest(writer, now).await?;
+    writer.messages(codec.binary(), &mut vec![codec.ping()]).await
 }
 
-/// What a connection's reader and writer tasks share, in one allocation.
-#[derive(Default)]
+/// How long a client may send nothing before it is closed with 3012 no
+/// pong: it must answer every server ping.
+fn idle(node: &Node) -> Duration {
+    node.config.client.ping_interval + node.config.client.pong_timeout
+}
+
+/// What a connection's reading and writing halves share: both are futures
+/// of the connection's one task, so this lives in that task's future.
 struct Between {
     /// The pongs and the close the reader asks the writer to send.
     controls: Controls,
     /// Signalled after each frame the writer sends, for the reader's
     /// backpressure (a stored permit, so a signal is never lost).
     drained: tokio::sync::Notify,
+    /// When the client last sent anything, in milliseconds of [`epoch`];
+    /// [`SILENT`] once the writer found it silent for longer than the ping
+    /// interval plus the pong timeout (the reader then ends the session with
+    /// 3012).
+    heard: AtomicU64,
+    /// Set when the writer has ended: the hub's close, when the hub closed
+    /// the queue.
+    ended: OnceLock<Option<Disconnect>>,
 }
+
+impl Between {
+    fn new() -> Self {
+        Between {
+            controls: Controls::default(),
+            drained: tokio::sync::Notify::new(),
+            heard: AtomicU64::new(since_epoch(tokio::time::Instant::now())),
+            ended: OnceLock::new(),
+        }
+    }
+
+    /// When the client, heard last when it was, will have been silent for
+    /// `idle` (not yet found silent).
+    fn silent_at(&self, idle: Duration) -> tokio::time::Instant {
+        at_epoch(self.heard.load(Ordering::Relaxed)) + idle
+    }
+
+    /// Whether the client has been silent for `idle` at `at`; if so, marks
+    /// it for the reader.
+    fn silent(&self, at: tokio::time::Instant, idle: Duration) -> bool {
+        if !self.is_silent() && at >= self.silent_at(idle) {
+            self.heard.store(SILENT, Ordering::Relaxed);
+        }
+        self.is_silent()
+    }
+
+    fn is_silent(&self) -> bool {
+        self.heard.load(Ordering::Relaxed) == SILENT
+    }
+
+    /// The reader's wait: the writer's end, the client found silent, or the
+    /// client's next frame (which counts as hearing from it: any frame is a
+    /// pong).
+    fn poll_read(&self, reader: &mut Reader, cx: &mut std::task::Context<'_>) -> Poll<Heard> {
+        if let Some(by_hub) = self.ended.get() {
+            return Poll::Ready(Heard::Writer(by_hub.clone()));
+        }
+        if self.is_silent() {
+            return Poll::Ready(Heard::Nothing);
+        }
+        let msg = std::task::ready!(reader.poll_next(cx));
+        self.heard
+            .store(since_epoch(tokio::time::Instant::now()), Ordering::Relaxed);
+        Poll::Ready(Heard::Client(msg))
+    }
+
+    /// Ready with the writer's end. Registers no waker: the writer is
+    /// polled in the same task, just before the reader, so the poll that
+    /// ends it is followed by one of this.
+    fn writer_ended(&self) -> impl std::future::Future<Output = Option<Disconnect>> + '_ {
+        std::future::poll_fn(|_| match self.ended.get() {
+            Some(by_hub) => Poll::Ready(by_hub.clone()),
+            None => Poll::Pending,
+        })
+    }
+}
+
+/// The moment connections count the time they last heard from their
+/// client from: one for the process, so a connection keeps 8 bytes for it.
+fn epoch() -> tokio::time::Instant {
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(tokio::time::Instant::now)
+}
+
+/// `ms` milliseconds after [`epoch`].
+fn at_epoch(ms: u64) -> tokio::time::Instant {
+    epoch() + Duration::from_millis(ms)
+}
+
+/// Milliseconds from [`epoch`] to `at`.
+fn since_epoch(at: tokio::time::Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the reader's wait ended with.
+enum Heard {
+    /// A frame from the client, or why none can come.
+    Client(Result<Incoming, ReadError>),
+    /// Nothing from the client for the ping interval plus the pong timeout.
+    Nothing,
+    /// The writer ended: the hub closed the queue (with this) or the socket
+    /// failed.
+    Writer(Option<Disconnect>),
+}
+
+/// [`Between::heard`] of a client found silent.
+const SILENT: u64 = u64::MAX;
+
+/// The shortest wait the writer's timer is set to, so a deadline passed
+/// while it was busy does not spin it.
+const MIN_TICK: Duration = Duration::from_millis(1);
 
 /// What woke the writer.
 enum Wake {
     /// The queue: items drained, or the reason it closed.
     Queue(Result<usize, crier_core::DisconnectReason>),
-    /// The ping interval passed.
-    Ping,
+    /// The timer: a ping is due, or the client may have been silent too
+    /// long.
+    Timer,
     /// The reader queued a pong or a close.
     Controls,
 }
 
 /// Sends the control frames the reader asked for (pongs, a close). `Err`
 /// when the writer must end: the socket failed, or the close went out.
-async fn answer(writer: &mut Writer, controls: &Controls) -> Result<(), ()> {
+async fn answer(writer: &mut Writer, now: &Option<Arc<Now>>, controls: &Controls) -> Result<(), ()> {
+    send_rest(writer, now).await.map_err(|_| ())?;
     for control in controls.take_now() {
         let last = matches!(control, Control::Close(..));
         if writer.control(control).await.is_err() || last {
@@ -656,34 +804,24 @@ mod tests {
         )
     }
 
-    /// Every connection keeps these two tasks for its whole life, so their
-    /// futures are what each idle connection costs beyond the hub's entry.
-    /// A command handler held inline once made `serve` 13 KiB (14 KiB per
-    /// idle connection, unnoticed until a benchmark; docs/benchmarks.md):
-    /// growing past these budgets fails here, not in production.
+    /// Every connection keeps this task for its whole life, so its future
+    /// is what each idle connection costs beyond the hub's entry. A command
+    /// handler held inline once made it 13 KiB (14 KiB per idle connection,
+    /// unnoticed until a benchmark; docs/benchmarks.md): growing past this
+    /// budget fails here, not in production. The budget is a step: tokio
+    /// allocates a task in 128-byte cache lines, the future plus 112 bytes
+    /// (its header, trailer and the task tracker's token), so up to 1,168
+    /// bytes the task takes ten (1,280 bytes) and one byte more takes
+    /// eleven.
     #[tokio::test]
-    async fn connection_tasks_stay_within_their_memory_budget() {
+    async fn a_connection_task_stays_within_its_memory_budget() {
         let node = Node::new(crate::config::Config::default()).expect("node");
         let (reader, writer, _c1) = halves().await;
         let serving = serve(node.clone(), Codec::Json, reader, writer, (None, None));
-        let (_, writer, _c2) = halves().await;
-        let (_, rx) = node.hub.connect("u", None);
-        let writing = write(
-            node.clone(),
-            Codec::Json,
-            writer,
-            rx,
-            Duration::from_secs(25),
-            Arc::default(),
-        );
-        let (serve_size, write_size) = (std::mem::size_of_val(&serving), std::mem::size_of_val(&writing));
+        let size = std::mem::size_of_val(&serving);
         assert!(
-            serve_size <= 800,
-            "the reader task's future is {serve_size} bytes (budget 800)"
-        );
-        assert!(
-            write_size <= 500,
-            "the writer task's future is {write_size} bytes (budget 500)"
+            size <= 1168,
+            "the connection task's future is {size} bytes (budget 1,168)"
         );
     }
 }

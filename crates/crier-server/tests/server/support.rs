@@ -337,6 +337,26 @@ impl Client {
 }
 
 impl Client {
+    /// Reads one message and never answers pings: the replies, pushes and
+    /// pings (`{}`) it carried, or the close.
+    pub async fn next_without_pong(&mut self) -> Result<Vec<Value>, Closed> {
+        let msg = tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("the server said nothing for 5 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => Ok(t
+                .as_str()
+                .split('\n')
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).expect("server sends JSON lines"))
+                .collect()),
+            other => match Closed::ending(other) {
+                Some(closed) => Err(closed),
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+
     /// Like `closed`, but never answers pings.
     pub async fn closed_without_pong(&mut self) -> Closed {
         loop {

@@ -383,14 +383,29 @@ async fn refresh_extends_and_sub_token_subscribes_private_channel() {
     s.shutdown().await;
 }
 
+/// A client that answers no ping is closed with 3012 once it has sent
+/// nothing for the ping interval plus the pong timeout: one pong timeout
+/// after the unanswered ping, not at the next ping (4 s later here).
 #[tokio::test]
 async fn missing_pong_disconnects_with_3012() {
-    let s = TestServer::start(config("[client]\nping_interval = \"1s\"\npong_timeout = \"1s\"")).await;
+    let s = TestServer::start(config("[client]\nping_interval = \"4s\"\npong_timeout = \"1s\"")).await;
     let mut c = Client::connect(&s.ws_url(), &token("quiet")).await;
-    // Our test client answers pings inside next(); read raw instead so the
-    // ping goes unanswered.
-    let closed = c.closed_without_pong().await;
+    // Our test client answers pings inside next(); read without answering
+    // so the ping goes unanswered.
+    let mut pinged = None;
+    let closed = loop {
+        match c.next_without_pong().await {
+            Ok(lines) if lines.contains(&json!({})) => pinged = Some(std::time::Instant::now()),
+            Ok(_) => {}
+            Err(closed) => break closed,
+        }
+    };
     assert_eq!(closed.code, 3012, "{closed:?}");
+    let after = pinged.expect("pinged before the close").elapsed();
+    assert!(
+        after < std::time::Duration::from_secs(3),
+        "closed {after:?} after the ping: at the next ping, not after the pong timeout"
+    );
     s.shutdown().await;
 }
 
@@ -442,6 +457,57 @@ async fn a_client_kept_busy_by_publications_still_gets_its_pings() {
     // Still connected after 3.5 s of answering pings only.
     let r = c.request(json!({"subscribe": {"channel": "other"}})).await;
     assert!(r["subscribe"].is_object(), "{r}");
+    s.shutdown().await;
+}
+
+/// A connection its queue keeps busy is still closed with 3012 when its
+/// client answers no pings: the client's silence is checked after each
+/// frame too, not only while the connection waits. The publisher keeps the
+/// queue busy for up to 20 s; the close must come long before that (ping
+/// interval plus pong timeout: 2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_kept_busy_that_never_answers_pings_is_closed_with_3012() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let s = TestServer::start(config("[client]\nping_interval = \"1s\"\npong_timeout = \"1s\"")).await;
+    let mut c = Client::connect(&s.ws_url(), &token("deaf")).await;
+    c.request(json!({"subscribe": {"channel": "news"}})).await;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (hub, received, stop) = (s.node.hub.clone(), received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let mut sent = 0u64;
+            while !stop.load(Relaxed) {
+                if std::time::Instant::now() > until {
+                    return false;
+                }
+                if sent - received.load(Relaxed) < 200 {
+                    hub.publish("news", format!("{sent}"), Default::default())
+                        .unwrap();
+                    sent += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            true
+        })
+    };
+    let closed = loop {
+        match c.next_without_pong().await {
+            Ok(lines) => {
+                let n = lines.iter().filter(|l| l.get("pub").is_some()).count();
+                received.fetch_add(n as u64, Relaxed);
+            }
+            Err(closed) => break closed,
+        }
+    };
+    stop.store(true, Relaxed);
+    let busy_at_close = publisher.join().expect("publisher");
+    assert_eq!(closed.code, 3012, "{closed:?}");
+    assert!(busy_at_close, "closed only once the publisher gave up after 20 s");
+    assert!(received.load(Relaxed) > 1000, "the connection was busy");
     s.shutdown().await;
 }
 
