@@ -790,7 +790,7 @@ impl Writer {
     pub async fn finish_direct(&mut self, direct: &Direct) -> io::Result<()> {
         match direct.take_rest() {
             Rest::Nothing => Ok(()),
-            Rest::Frame(out) => self.finish(out).await,
+            Rest::Frame(out) => self.finish(*out).await,
             Rest::Failed(kind) => Err(kind.into()),
         }
     }
@@ -894,8 +894,9 @@ pub struct Direct {
 pub enum Rest {
     /// Nothing: every frame went out.
     Nothing,
-    /// The rest of a frame.
-    Frame(Outgoing),
+    /// The rest of a frame (boxed: a rest is rare, and every connection
+    /// holds a `Direct`).
+    Frame(Box<Outgoing>),
     /// The socket failed.
     Failed(io::ErrorKind),
 }
@@ -920,7 +921,7 @@ impl Direct {
             Ok(k) => {
                 let mut out = Outgoing::new(vec![Bytes::copy_from_slice(&head[..n]), payload.clone()]);
                 out.advance(k);
-                Rest::Frame(out)
+                Rest::Frame(Box::new(out))
             }
             Err(kind) => Rest::Failed(kind),
         };
