@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// A stream other than plain TCP under a connection (TLS).
@@ -18,8 +17,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 /// waits on without holding a buffer, or another stream (TLS), read into
 /// the frame buffer.
 pub enum ReadHalf {
-    /// Plain TCP.
-    Tcp(OwnedReadHalf),
+    /// Plain TCP: the socket, shared with its sending side (every read
+    /// takes `&TcpStream`).
+    Tcp(Arc<TcpStream>),
     /// Anything else (TLS).
     Stream(tokio::io::ReadHalf<Box<dyn Stream>>),
 }
@@ -27,24 +27,30 @@ pub enum ReadHalf {
 /// The sending side of a connection: a TCP socket (`sendmsg`), or another
 /// stream (TLS, flushed after each write).
 pub enum WriteHalf {
-    /// Plain TCP, shared: every write takes `&TcpStream`, so a connection's
-    /// writer and its writes at once from other threads
-    /// (`rfc6455::Direct`) hold the same socket, which stays open while
-    /// either does.
-    Tcp(Arc<OwnedWriteHalf>),
+    /// Plain TCP.
+    Tcp(TcpWrite),
     /// Anything else (TLS).
     Stream(tokio::io::WriteHalf<Box<dyn Stream>>),
 }
 
-impl From<OwnedReadHalf> for ReadHalf {
-    fn from(half: OwnedReadHalf) -> Self {
-        ReadHalf::Tcp(half)
+/// The sending side of a TCP socket. Every write takes `&TcpStream`, so
+/// the socket is one allocation shared by its receiving side, this, and a
+/// connection's writes at once from other threads (`rfc6455::Direct`,
+/// which holds the socket itself); it stays open while any of them does.
+/// Dropping this shuts the sending side down (a FIN), as tokio's
+/// `OwnedWriteHalf` does, without a second allocation for it.
+pub struct TcpWrite(Arc<TcpStream>);
+
+impl TcpWrite {
+    /// The socket.
+    pub fn socket(&self) -> &Arc<TcpStream> {
+        &self.0
     }
 }
 
-impl From<OwnedWriteHalf> for WriteHalf {
-    fn from(half: OwnedWriteHalf) -> Self {
-        WriteHalf::Tcp(Arc::new(half))
+impl Drop for TcpWrite {
+    fn drop(&mut self) {
+        let _ = shutdown_tcp(&self.0);
     }
 }
 
@@ -57,8 +63,8 @@ pub fn split_stream(stream: impl Stream) -> (ReadHalf, WriteHalf) {
 
 /// The halves of a plain TCP stream.
 pub fn split_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
-    let (rd, wr) = stream.into_split();
-    (ReadHalf::Tcp(rd), wr.into())
+    let socket = Arc::new(stream);
+    (ReadHalf::Tcp(socket.clone()), WriteHalf::Tcp(TcpWrite(socket)))
 }
 
 /// Shuts the sending side of `socket` down (a FIN).
@@ -72,7 +78,7 @@ impl WriteHalf {
         use tokio::io::AsyncWriteExt;
         match self {
             WriteHalf::Tcp(half) => {
-                let socket: &TcpStream = (**half).as_ref();
+                let socket: &TcpStream = half.socket();
                 // At once when the socket has room: no future.
                 let rest = match socket.try_write(bytes) {
                     Ok(n) if n == bytes.len() => return Ok(()),
@@ -111,7 +117,7 @@ impl WriteHalf {
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         match self {
-            WriteHalf::Tcp(half) => shutdown_tcp((**half).as_ref()),
+            WriteHalf::Tcp(half) => shutdown_tcp(half.socket()),
             WriteHalf::Stream(stream) => stream.shutdown().await,
         }
     }

@@ -733,7 +733,7 @@ impl Writer {
     /// nothing here (its records are written by [`Writer::finish`]).
     pub fn try_write(&mut self, out: &mut Outgoing) -> io::Result<bool> {
         match &self.half {
-            WriteHalf::Tcp(half) => send_now((**half).as_ref(), out),
+            WriteHalf::Tcp(half) => send_now(half.socket(), out),
             WriteHalf::Stream(_) => Ok(out.is_empty()),
         }
     }
@@ -764,7 +764,7 @@ impl Writer {
         let payload = Bytes::from(payload);
         self.write(vec![header(OP_CLOSE, payload.len()), payload]).await?;
         match &mut self.half {
-            WriteHalf::Tcp(half) => crate::net::halves::shutdown_tcp((**half).as_ref()),
+            WriteHalf::Tcp(half) => crate::net::halves::shutdown_tcp(half.socket()),
             WriteHalf::Stream(stream) => stream.shutdown().await,
         }
     }
@@ -776,7 +776,7 @@ impl Writer {
     pub fn direct(&self, binary: bool) -> Option<Direct> {
         match &self.half {
             WriteHalf::Tcp(half) if self.deflate.is_none() => Some(Direct {
-                half: half.clone(),
+                socket: half.socket().clone(),
                 opcode: if binary { OP_BINARY } else { OP_TEXT },
                 rest: std::sync::Mutex::new(Rest::Nothing),
             }),
@@ -812,7 +812,7 @@ async fn write_all(half: &mut WriteHalf, parts: Vec<Bytes>) -> io::Result<()> {
     match half {
         // Boxed: reached only when a frame must wait for the socket, or
         // for a control frame; it must not grow every caller's task.
-        WriteHalf::Tcp(half) => Box::pin(send_all((**half).as_ref(), Outgoing::new(parts))).await,
+        WriteHalf::Tcp(half) => Box::pin(send_all(half.socket(), Outgoing::new(parts))).await,
         // Boxed so the TLS path does not grow every connection's writer
         // task (the plain TCP path is the hot one).
         WriteHalf::Stream(stream) => {
@@ -885,7 +885,7 @@ async fn send_all(socket: &TcpStream, mut out: Outgoing) -> io::Result<()> {
 /// kept for the writer task ([`Writer::finish_direct`]), which must send it
 /// before anything else; the queue sees to that.
 pub struct Direct {
-    half: std::sync::Arc<tokio::net::tcp::OwnedWriteHalf>,
+    socket: std::sync::Arc<TcpStream>,
     opcode: u8,
     rest: std::sync::Mutex<Rest>,
 }
@@ -907,7 +907,7 @@ impl Direct {
     pub fn send(&self, payload: &Bytes) -> bool {
         let mut head = [0u8; 10];
         let n = header_into(&mut head, self.opcode, payload.len());
-        let socket: &TcpStream = (*self.half).as_ref();
+        let socket: &TcpStream = &self.socket;
         let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
             socket2::SockRef::from(socket).send_vectored(&[IoSlice::new(&head[..n]), IoSlice::new(payload)])
         });
@@ -1072,7 +1072,7 @@ mod tests {
     #[tokio::test]
     async fn reads_fragmented_large_and_control_frames_across_reads() {
         let (mut client, server) = pair().await;
-        let (rd, _wr) = server.into_split();
+        let (rd, _wr) = crate::net::halves::split_tcp(server);
         let big = vec![b'x'; 70_000];
         let mut bytes = masked(false, OP_TEXT, b"hel");
         bytes.extend(masked(true, OP_PING, b"p"));
@@ -1134,7 +1134,7 @@ mod tests {
             ),
         ] {
             let (mut client, server) = pair().await;
-            let (rd, _wr) = server.into_split();
+            let (rd, _wr) = crate::net::halves::split_tcp(server);
             let mut r = Reader::new(rd, Bytes::new(), 1024);
             client.write_all(&bytes).await.unwrap();
             let err = r.next().await.unwrap_err().to_string();
@@ -1177,7 +1177,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_stops_reading_times_the_writer_out() {
         let (client, server) = pair().await;
-        let (_rd, wr) = server.into_split();
+        let (_rd, wr) = crate::net::halves::split_tcp(server);
         let mut w = Writer::new(wr, std::time::Duration::from_millis(200));
         let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
         // Loopback buffers hold a few MiB; 64 MiB can never fit, so one of
@@ -1200,7 +1200,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_the_socket_takes_only_in_part_arrives_whole() {
         let (mut client, server) = pair().await;
-        let (_rd, wr) = server.into_split();
+        let (_rd, wr) = crate::net::halves::split_tcp(server);
         let mut w = Writer::new(wr, std::time::Duration::from_secs(10));
         let parts: Vec<Bytes> = (0..64u8)
             .map(|i| Bytes::from(vec![b'a' + i % 26; 256 * 1024]))
@@ -1237,7 +1237,7 @@ mod tests {
     #[tokio::test]
     async fn writes_joined_text_pong_and_close_frames() {
         let (mut client, server) = pair().await;
-        let (_rd, wr) = server.into_split();
+        let (_rd, wr) = crate::net::halves::split_tcp(server);
         let mut w = Writer::new(wr, std::time::Duration::from_secs(5));
         let long = Bytes::from(vec![b'y'; 300]);
         let mut batch = vec![Bytes::from_static(b"{\"a\":1}"), long.clone()];

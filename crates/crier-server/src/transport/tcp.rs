@@ -511,7 +511,7 @@ impl Deframer {
 
     // A sync function, so the stack chunk is never part of the connection's
     // future: an idle connection holds no read buffer at all.
-    fn read_now(&mut self, socket: &tokio::net::tcp::OwnedReadHalf, room: usize) -> std::io::Result<usize> {
+    fn read_now(&mut self, socket: &tokio::net::TcpStream, room: usize) -> std::io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
         let n = socket.try_read(&mut chunk[..room.clamp(1, READ_CHUNK)])?;
         self.pending.extend_from_slice(&chunk[..n]);
@@ -934,9 +934,9 @@ mod tests {
         );
         let _client2 = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
-        let (_, wr) = server.into_split();
+        let (_, wr) = crate::net::halves::split_tcp(server);
         let (_, rx) = node.hub.connect("u", None);
-        let writing = write(wr.into(), rx, ep, Duration::from_secs(1));
+        let writing = write(wr, rx, ep, Duration::from_secs(1));
         let size = std::mem::size_of_val(&writing);
         assert!(
             size <= 512,

@@ -487,7 +487,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
-        let (rd, wr) = server.into_split();
+        let (rd, wr) = crate::net::halves::split_tcp(server);
         let reader = Reader::new(rd, Bytes::new(), 1024);
         let writer = Writer::new(wr, std::time::Duration::from_secs(1));
         let serving = serve_websocket(node, reader, writer, None, (None, None));

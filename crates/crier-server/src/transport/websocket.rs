@@ -796,7 +796,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
-        let (rd, wr) = server.into_split();
+        let (rd, wr) = crate::net::halves::split_tcp(server);
         (
             Reader::new(rd, Bytes::new(), 1024),
             Writer::new(wr, Duration::from_secs(1)),
