@@ -409,6 +409,35 @@ async fn missing_pong_disconnects_with_3012() {
     s.shutdown().await;
 }
 
+/// Publishes to `news` from a thread, always up to 200 publications ahead
+/// of what the client has `received`, until `stop` (how many it sent) or
+/// for at most 20 s (`None`).
+fn publish_ahead(
+    s: &TestServer,
+    received: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Option<u64>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (hub, received, stop) = (s.node.hub.clone(), received.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut sent = 0u64;
+        while !stop.load(Relaxed) {
+            if std::time::Instant::now() > until {
+                return None;
+            }
+            if sent - received.load(Relaxed) < 200 {
+                hub.publish("news", format!("{sent}"), Default::default())
+                    .unwrap();
+                sent += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        Some(sent)
+    })
+}
+
 /// A connection its queue keeps busy still gets its pings: the writer
 /// checks the ping deadline after each frame, not only while it waits. The
 /// test client sends nothing but pongs, so without pings the server would
@@ -424,22 +453,7 @@ async fn a_client_kept_busy_by_publications_still_gets_its_pings() {
     // writer nearly always finds its queue non-empty.
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (hub, received, stop) = (s.node.hub.clone(), received.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut sent = 0u64;
-            while !stop.load(Relaxed) {
-                if sent - received.load(Relaxed) < 200 {
-                    hub.publish("news", format!("{sent}"), Default::default())
-                        .unwrap();
-                    sent += 1;
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-            sent
-        })
-    };
+    let publisher = publish_ahead(&s, &received, &stop);
     let until = std::time::Instant::now() + std::time::Duration::from_millis(3500);
     let mut n = 0u64;
     while std::time::Instant::now() < until {
@@ -449,7 +463,10 @@ async fn a_client_kept_busy_by_publications_still_gets_its_pings() {
         received.store(n, Relaxed);
     }
     stop.store(true, Relaxed);
-    let sent = publisher.join().expect("publisher");
+    let sent = publisher
+        .join()
+        .expect("publisher")
+        .expect("stopped, not given up");
     assert!(n > 1000, "the connection was busy: {n} publications in 3.5 s");
     for k in n..sent {
         assert_eq!(c.next_pub().await["pub"]["data"], json!(k));
@@ -475,26 +492,7 @@ async fn a_client_kept_busy_that_never_answers_pings_is_closed_with_3012() {
     c.request(json!({"subscribe": {"channel": "news"}})).await;
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (hub, received, stop) = (s.node.hub.clone(), received.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            let mut sent = 0u64;
-            while !stop.load(Relaxed) {
-                if std::time::Instant::now() > until {
-                    return false;
-                }
-                if sent - received.load(Relaxed) < 200 {
-                    hub.publish("news", format!("{sent}"), Default::default())
-                        .unwrap();
-                    sent += 1;
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-            true
-        })
-    };
+    let publisher = publish_ahead(&s, &received, &stop);
     let closed = loop {
         match c.next_without_pong().await {
             Ok(lines) => {
@@ -505,7 +503,7 @@ async fn a_client_kept_busy_that_never_answers_pings_is_closed_with_3012() {
         }
     };
     stop.store(true, Relaxed);
-    let busy_at_close = publisher.join().expect("publisher");
+    let busy_at_close = publisher.join().expect("publisher").is_some();
     assert_eq!(closed.code, 3012, "{closed:?}");
     assert!(busy_at_close, "closed only once the publisher gave up after 20 s");
     assert!(received.load(Relaxed) > 1000, "the connection was busy");
