@@ -763,10 +763,7 @@ impl Writer {
         payload.extend_from_slice(&reason.as_bytes()[..end]);
         let payload = Bytes::from(payload);
         self.write(vec![header(OP_CLOSE, payload.len()), payload]).await?;
-        match &mut self.half {
-            WriteHalf::Tcp(half) => crate::net::halves::shutdown_tcp(half.socket()),
-            WriteHalf::Stream(stream) => stream.shutdown().await,
-        }
+        self.half.shutdown().await
     }
 
     /// A handle that sends frames on this connection's socket from other

@@ -469,7 +469,7 @@ fn write<'a>(
                 Wake::Queue(r) => r,
                 Wake::Timer => {
                     let at = tokio::time::Instant::now();
-                    if !between.silent(at, idle(&node)) && since_epoch(at) >= ping_at {
+                    if between.ping_due(at, ping_at, &node) {
                         rx.hold();
                         if Box::pin(send_ping(writer, &now, codec)).await.is_err() {
                             return None;
@@ -556,7 +556,7 @@ fn write<'a>(
                     // A client the queue keeps busy still gets its pings,
                     // and is still found silent.
                     let at = tokio::time::Instant::now();
-                    if !between.silent(at, idle(&node)) && since_epoch(at) >= ping_at {
+                    if between.ping_due(at, ping_at, &node) {
                         // (Nothing a write at once left: this task wrote last.)
                         if Box::pin(send_ping(writer, &None, codec)).await.is_err() {
                             return None;
@@ -682,6 +682,13 @@ impl Between {
             self.heard.store(SILENT, Ordering::Relaxed);
         }
         self.is_silent()
+    }
+
+    /// Whether a ping is due at `at` (the next one was due at `ping_at`,
+    /// in ms of [`epoch`]): not to a client found silent, which this
+    /// checks first (and marks, for the reader) whether or not a ping is due.
+    fn ping_due(&self, at: tokio::time::Instant, ping_at: u64, node: &Node) -> bool {
+        !self.silent(at, idle(node)) && since_epoch(at) >= ping_at
     }
 
     fn is_silent(&self) -> bool {
