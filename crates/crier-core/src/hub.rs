@@ -19,7 +19,9 @@ use crate::error::HubError;
 use crate::event::{ClientId, ClientInfo, Event, EventKind, Exclusion, Outbound, Publication, Tags};
 use crate::memory::MemoryEngine;
 use crate::options::{ChannelConfig, ChannelOptions};
-use crate::queue::{queue, ClientReceiver, DisconnectReason, PushError, QueueLimits, QueueSender};
+use crate::queue::{
+    queue, ClientReceiver, DisconnectReason, Flush, PushError, QueueLimits, QueueSender, Spread,
+};
 use crate::shard::RwShards;
 use crate::stats::{Counters, HubStats};
 
@@ -70,6 +72,8 @@ struct Inner {
     next_id: AtomicU64,
     // Set once, by `Hub::observe`.
     observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    // Set once, by `Hub::spread_with`.
+    spread: std::sync::OnceLock<Arc<dyn Spread>>,
     clients: RwShards<ClientId, Arc<ClientEntry>>,
     // Reverse index: channel → its local subscribers.
     channels: RwShards<Arc<str>, Arc<ChannelSlot>>,
@@ -320,6 +324,7 @@ impl Hub {
                     (u64::from(config.node_tag & 0x00FF_FFFF) << CLIENT_COUNTER_BITS) | 1,
                 ),
                 observer: std::sync::OnceLock::new(),
+                spread: std::sync::OnceLock::new(),
                 clients: RwShards::new(),
                 channels: RwShards::new(),
                 engine,
@@ -333,6 +338,38 @@ impl Hub {
     /// One observer per hub: false (and nothing changes) if one is set.
     pub fn observe(&self, observer: Arc<dyn Observer>) -> bool {
         self.inner.observer.set(observer).is_ok()
+    }
+
+    /// Lets a publication's fan-out to more clients than one thread
+    /// should write to in turn ([`AT_ONCE_FAN_OUT`]) leave its deliveries
+    /// to quiet clients queued, in [`Flush`]es of that many clients that
+    /// `spread` runs on other threads, instead of waking each client's
+    /// writer. One per hub: false (and nothing changes) if one is set.
+    pub fn spread_with(&self, spread: Arc<dyn Spread>) -> bool {
+        self.inner.spread.set(spread).is_ok()
+    }
+
+    // Hands what a fan-out left for writes at once to the spread, in
+    // flushes of AT_ONCE_FAN_OUT clients. Call with no channel lock held.
+    fn spread(&self, later: Vec<QueueSender>) {
+        let Some(spread) = self.inner.spread.get() else {
+            // Only a hub with a spread leaves deliveries; dropping the
+            // flush would wake their writers anyway.
+            return drop(Flush::new(later));
+        };
+        let mut left = later.into_iter();
+        loop {
+            let chunk: Vec<_> = left.by_ref().take(AT_ONCE_FAN_OUT).collect();
+            if chunk.is_empty() {
+                return;
+            }
+            spread.spread(Flush::new(chunk));
+        }
+    }
+
+    // Where a publication's fan-out may leave deliveries for a spread.
+    fn later(&self) -> Option<Vec<QueueSender>> {
+        self.inner.spread.get().map(|_| Vec::new())
     }
 
     fn observer(&self) -> Option<&dyn Observer> {
@@ -856,7 +893,7 @@ impl Hub {
             }
             if options.join_leave {
                 let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Join(info)));
-                self.fan_out(st, &ev, Some(client.id), &mut dropped);
+                self.fan_out(st, &ev, Some(client.id), &mut dropped, None);
             }
         }
         if let Some(bytes) = notice(subscribed) {
@@ -954,7 +991,7 @@ impl Hub {
                     Some(slot.name.clone()),
                     EventKind::Leave(sub.info.unwrap_or_else(|| Arc::new(client_info(client, None)))),
                 ));
-                self.fan_out(&mut st, &ev, None, dropped);
+                self.fan_out(&mut st, &ev, None, dropped, None);
             }
             if let Some(bytes) = notice {
                 push_or_note(client, Outbound::raw(bytes), dropped);
@@ -1026,8 +1063,12 @@ impl Hub {
             let (p, position) = engine.publish(channel, options, p, opts.skip_history)?;
             let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Publication(p)));
             let mut dropped = Vec::new();
-            self.fan_out(&mut st, &ev, None, &mut dropped);
+            let mut later = self.later();
+            self.fan_out(&mut st, &ev, None, &mut dropped, later.as_mut());
             drop(st);
+            if let Some(later) = later {
+                self.spread(later);
+            }
             self.inner.counters.publications.fetch_add(1, Relaxed);
             self.drop_clients(dropped);
             return Ok(position);
@@ -1093,20 +1134,27 @@ impl Hub {
             EventKind::Publication(publication),
         ));
         let mut dropped = Vec::new();
-        let n = self.fan_out(&mut st, &ev, None, &mut dropped);
+        let mut later = self.later();
+        let n = self.fan_out(&mut st, &ev, None, &mut dropped, later.as_mut());
         drop(st);
+        if let Some(later) = later {
+            self.spread(later);
+        }
         self.drop_clients(dropped);
         Delivery::Delivered(n)
     }
 
     // The hot loop: one shared event, one non-blocking push per subscriber.
-    // Subscribes in progress keep the event for when they finish.
+    // Subscribes in progress keep the event for when they finish. A large
+    // fan-out given `later` leaves its deliveries to quiet clients there,
+    // for the caller to spread once the channel's lock is released.
     fn fan_out(
         &self,
         st: &mut ChannelState,
         ev: &Arc<Event>,
         skip: Option<ClientId>,
         dropped: &mut Dropped,
+        mut later: Option<&mut Vec<QueueSender>>,
     ) -> usize {
         let (exclusion, offset) = match &ev.kind {
             // An offset of 0 (none assigned) is never filtered.
@@ -1116,9 +1164,15 @@ impl Hub {
         };
         let mut delivered = 0;
         // A small fan-out writes to quiet connections at once from this
-        // thread; a large one wakes their writers, so both cores share it
+        // thread; a large one leaves them to flushes on other threads when
+        // it can (`later`), or wakes their writers, so both cores share it
         // (docs/benchmarks.md).
         let at_once = st.subscribers.len() <= AT_ONCE_FAN_OUT;
+        if at_once {
+            later = None;
+        } else if let Some(later) = later.as_deref_mut() {
+            later.reserve(st.subscribers.len());
+        }
         for (id, sub) in &st.subscribers {
             if offset <= sub.since
                 || skip == Some(*id)
@@ -1126,7 +1180,16 @@ impl Hub {
             {
                 continue;
             }
-            match sub.queue.push_as(Outbound::Event(ev.clone()), at_once) {
+            let item = Outbound::Event(ev.clone());
+            let pushed = match later.as_deref_mut() {
+                Some(later) => sub.queue.push_later(item).map(|left| {
+                    if left {
+                        later.push(sub.queue.clone());
+                    }
+                }),
+                None => sub.queue.push_as(item, at_once),
+            };
+            match pushed {
                 Ok(()) => delivered += 1,
                 Err(e) => note_failed(&sub.client, e, dropped),
             }

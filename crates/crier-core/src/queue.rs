@@ -120,6 +120,93 @@ struct State {
     last_write: u32,
 }
 
+impl State {
+    /// A write at once left something behind: the writer must send it
+    /// before anything else, and owns the connection until it has. Returns
+    /// the waker to wake once the lock is released.
+    fn hand_off(&mut self) -> Option<Waker> {
+        self.busy = true;
+        self.handoff = true;
+        self.waker.take()
+    }
+}
+
+/// Wakes a writer (after its queue's lock is released).
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+/// How a push may reach the connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Through the writer, woken.
+    Writer,
+    /// Written at once by the pushing thread, when the queue allows it.
+    AtOnce,
+    /// Left queued for a [`Flush`] on another thread, when the queue
+    /// allows a write at once.
+    Later,
+}
+
+/// Deliveries a large fan-out left queued, to be written at once on
+/// another thread ([`Spread`]): the hub's publishing thread queues them
+/// without waking a writer per client, and the cores share the writes, a
+/// chunk of clients each (docs/benchmarks.md).
+///
+/// Dropped without [`run`](Self::run) (a runtime shutting down), it wakes
+/// its clients' writers instead, so nothing is left behind.
+pub struct Flush {
+    queues: Vec<QueueSender>,
+}
+
+impl Flush {
+    pub(crate) fn new(queues: Vec<QueueSender>) -> Self {
+        Self { queues }
+    }
+
+    /// Writes each client's delivery at once (or, where its writer took
+    /// over meanwhile, leaves it to the writer).
+    pub fn run(mut self) {
+        // One clock reading for the chunk: a write's time only tells the
+        // quiet rule (milliseconds) whether the client is under load.
+        let now = millis();
+        for q in self.queues.drain(..) {
+            q.flush(now);
+        }
+    }
+
+    /// Clients in this flush.
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Whether it holds no client.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        for q in self.queues.drain(..) {
+            q.wake_writer();
+        }
+    }
+}
+
+/// Runs [`Flush`]es on other threads: what an embedder gives
+/// [`Hub::spread_with`](crate::Hub::spread_with) so that a fan-out larger
+/// than one thread should write shares its writes at once between the
+/// cores. crier-core runs no threads; this is the runtime's.
+pub trait Spread: Send + Sync {
+    /// Calls `flush.run()` soon, on any thread, not inside this call's
+    /// caller (which may hold a channel's lock). Dropping `flush` instead
+    /// wakes its clients' writers.
+    fn spread(&self, flush: Flush);
+}
+
 struct Shared {
     state: Mutex<State>,
     limits: QueueLimits,
@@ -220,6 +307,19 @@ impl QueueSender {
     /// [`push`](Self::push), written at once only if `at_once` (and the
     /// queue allows it: see [`WriteNow`]).
     pub(crate) fn push_as(&self, item: Outbound, at_once: bool) -> Result<(), PushError> {
+        let via = if at_once { Via::AtOnce } else { Via::Writer };
+        self.push_via(item, via).map(|_| ())
+    }
+
+    /// [`push`](Self::push), left queued for a [`Flush`] to write at once
+    /// when the queue allows a write at once now: then `true`, and the
+    /// writer is not woken, so the caller must put this sender in a
+    /// `Flush`. Otherwise as `push`.
+    pub(crate) fn push_later(&self, item: Outbound) -> Result<bool, PushError> {
+        self.push_via(item, Via::Later)
+    }
+
+    fn push_via(&self, item: Outbound, via: Via) -> Result<bool, PushError> {
         let weight = item.weight();
         let waker = {
             let mut st = self.shared.state.lock();
@@ -246,20 +346,24 @@ impl QueueSender {
                 // write at once): out at once, under the lock, so no later
                 // push can overtake it. Only what the socket did not take
                 // wakes the writer.
-                Some(now) if at_once && st.items.is_empty() && !st.busy && quiet(st.last_write) => {
+                Some(now)
+                    if via != Via::Writer && st.items.is_empty() && !st.busy && quiet(st.last_write) =>
+                {
+                    if via == Via::Later {
+                        // Queued, the writer left asleep: the caller's
+                        // `Flush` writes it, or wakes the writer.
+                        st.items.push_back(item);
+                        st.bytes = weight;
+                        return Ok(true);
+                    }
                     let written = now.write_now(&item);
                     st.last_write = millis();
-                    if written {
-                        return Ok(());
+                    if !written {
+                        let w = st.hand_off();
+                        drop(st);
+                        wake(w);
                     }
-                    st.busy = true;
-                    st.handoff = true;
-                    let w = st.waker.take();
-                    drop(st);
-                    if let Some(w) = w {
-                        w.wake();
-                    }
-                    return Ok(());
+                    return Ok(false);
                 }
                 _ => {}
             }
@@ -270,7 +374,41 @@ impl QueueSender {
         if let Some(w) = waker {
             w.wake();
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Writes at once what [`push_later`](Self::push_later) left, unless
+    /// the writer took it meanwhile or more queued behind it (then the
+    /// writer, woken, joins them into one frame).
+    fn flush(&self, now_ms: u32) {
+        let mut st = self.shared.state.lock();
+        if st.busy || st.items.is_empty() || st.closed.is_some() {
+            // The writer has it, or was woken by what made it so.
+            return;
+        }
+        let now = match &st.now {
+            Some(now) if st.items.len() == 1 => now.clone(),
+            _ => {
+                let w = st.waker.take();
+                drop(st);
+                return wake(w);
+            }
+        };
+        let item = st.items.pop_front().expect("one item waits");
+        st.bytes = 0;
+        let written = now.write_now(&item);
+        st.last_write = now_ms;
+        if !written {
+            let w = st.hand_off();
+            drop(st);
+            wake(w);
+        }
+    }
+
+    /// Wakes the writer, for what a [`Flush`] that never ran left queued.
+    fn wake_writer(&self) {
+        let w = self.shared.state.lock().waker.take();
+        wake(w);
     }
 
     /// Closes the queue with `reason` unless it is closed already. Items
@@ -906,6 +1044,101 @@ mod tests {
         // Still the writer's until it says written: a push queues.
         tx.push_as(raw("b"), true).unwrap();
         assert_eq!(tx.len(), 1);
+    }
+
+    fn wakes(count: &Count) -> usize {
+        count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_push_left_for_a_flush_wakes_nobody_and_the_flush_writes_it_at_once() {
+        let (tx, mut rx, sock, count, waker) = waiting(10);
+        at(30_000);
+        assert_eq!(tx.push_later(raw("a")), Ok(true));
+        assert_eq!((tx.len(), wakes(&count)), (1, 0), "queued, writer asleep");
+        assert!(wrote(&sock).is_empty());
+        at(30_001);
+        Flush::new(vec![tx.clone()]).run();
+        assert_eq!(wrote(&sock), vec![Bytes::from("a")]);
+        assert_eq!((tx.len(), wakes(&count)), (0, 0));
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        // Written at the flush: not quiet until QUIET_MS after it.
+        at(30_001 + QUIET_MS - 1);
+        assert_eq!(tx.push_later(raw("b")), Ok(false));
+        assert_eq!((tx.len(), wakes(&count)), (1, 1), "b goes through the writer");
+    }
+
+    #[test]
+    fn what_queues_behind_a_push_left_for_a_flush_goes_through_the_writer_in_order() {
+        let (tx, mut rx, sock, count, _waker) = waiting(10);
+        at(31_000);
+        assert_eq!(tx.push_later(raw("a")), Ok(true));
+        assert_eq!(tx.push_later(raw("b")), Ok(false));
+        tx.push_as(raw("c"), true).unwrap();
+        assert_eq!(wakes(&count), 1, "b woke the writer");
+        Flush::new(vec![tx.clone()]).run();
+        assert!(
+            wrote(&sock).is_empty(),
+            "a flush never writes ahead of the writer"
+        );
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(3));
+        assert_eq!(describe_raw(&out), ["a", "b", "c"]);
+        // The writer drained, and writes: a flush now finds nothing.
+        Flush::new(vec![tx.clone()]).run();
+        assert!(wrote(&sock).is_empty());
+    }
+
+    #[test]
+    fn a_flush_that_never_runs_wakes_the_writers_it_held() {
+        let (tx, mut rx, sock, count, _waker) = waiting(10);
+        at(32_000);
+        assert_eq!(tx.push_later(raw("a")), Ok(true));
+        drop(Flush::new(vec![tx.clone()]));
+        assert_eq!(wakes(&count), 1);
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        assert!(wrote(&sock).is_empty());
+    }
+
+    #[test]
+    fn what_a_full_socket_did_not_take_from_a_flush_goes_to_the_writer() {
+        let (tx, mut rx, sock, count, waker) = waiting(0);
+        at(33_000);
+        assert_eq!(tx.push_later(raw("a")), Ok(true));
+        Flush::new(vec![tx.clone()]).run();
+        assert_eq!(wrote(&sock), vec![Bytes::from("a")]);
+        assert_eq!(wakes(&count), 1, "the writer sends the rest");
+        tx.push_as(raw("b"), true).unwrap();
+        let mut out = Vec::new();
+        let poll = rx.poll_drain(&mut Context::from_waker(&waker), &mut out);
+        assert_eq!(poll, Poll::Ready(Ok(1)), "the rest first, then b");
+        assert_eq!(describe_raw(&out), ["b"]);
+    }
+
+    #[test]
+    fn a_queue_without_writes_at_once_never_leaves_a_push_for_a_flush() {
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        assert_eq!(tx.push_later(raw("a")), Ok(false));
+        assert_eq!(wakes(&count), 1);
+    }
+
+    fn describe_raw(out: &[Outbound]) -> Vec<String> {
+        out.iter()
+            .map(|o| match o {
+                Outbound::Raw(b) => String::from_utf8(b.to_vec()).unwrap(),
+                Outbound::Event(_) => unreachable!(),
+            })
+            .collect()
     }
 
     #[test]

@@ -252,6 +252,11 @@ impl Node {
         ) {
             hub.observe(webhooks);
         }
+        // A large fan-out's writes at once run as tasks on this runtime,
+        // so both cores share them.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            hub.spread_with(Arc::new(Spawn(runtime)));
+        }
         let node = Arc::new(Self {
             hub,
             tokens,
@@ -720,4 +725,15 @@ fn cluster_hub(
     let hub = Hub::with_engine(hub_config, engine);
     let cluster = starter.start(hub.clone(), node_id, shutdown);
     Ok((hub, cluster))
+}
+
+/// Runs a fan-out's writes at once ([`crier_core::Flush`]) as a task on the
+/// node's runtime. A runtime shutting down drops the task, and the flush
+/// wakes its clients' writers instead.
+struct Spawn(tokio::runtime::Handle);
+
+impl crier_core::Spread for Spawn {
+    fn spread(&self, flush: crier_core::Flush) {
+        self.0.spawn(async move { flush.run() });
+    }
 }

@@ -855,3 +855,120 @@ fn channel_config_is_the_one_the_hub_was_made_with() {
     assert!(config.resolve("room:1").is_some_and(|o| o.presence));
     assert!(config.resolve("nope:1").is_none());
 }
+
+/// A client's connection for writes at once: what it was sent.
+#[derive(Default)]
+struct Socket(std::sync::Mutex<Vec<Seen>>);
+
+impl WriteNow for Socket {
+    fn write_now(&self, item: &Outbound) -> bool {
+        self.0.lock().unwrap().extend(describe(vec![item.clone()]));
+        true
+    }
+}
+
+/// An embedder's spread that keeps the flushes it is handed.
+#[derive(Default)]
+struct Keep(std::sync::Mutex<Vec<Flush>>);
+
+impl Spread for Keep {
+    fn spread(&self, flush: Flush) {
+        self.0.lock().unwrap().push(flush);
+    }
+}
+
+/// `n` clients of `channel` with writes at once, each writer waiting
+/// with a waker that counts its wake-ups in `wakes`.
+fn at_once_subscribers(
+    hub: &Hub,
+    channel: &str,
+    n: usize,
+    wakes: &Arc<Wakes>,
+) -> Vec<(ClientReceiver, Arc<Socket>)> {
+    (0..n)
+        .map(|i| {
+            let (id, mut rx) = hub.connect(format!("u{i}"), None);
+            hub.subscribe(id, channel, SubscribeOptions::default()).unwrap();
+            take(&mut rx);
+            let socket = Arc::new(Socket::default());
+            rx.write_now(socket.clone());
+            let waker = std::task::Waker::from(wakes.clone());
+            let mut out = Vec::new();
+            assert!(rx
+                .poll_drain(&mut std::task::Context::from_waker(&waker), &mut out)
+                .is_pending());
+            (rx, socket)
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Wakes(AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_large_fan_out_leaves_its_writes_at_once_to_flushes_of_128_clients() {
+    let hub = Hub::new(HubConfig::default());
+    let keep = Arc::new(Keep::default());
+    assert!(hub.spread_with(keep.clone()));
+    assert!(!hub.spread_with(Arc::new(Keep::default())), "one per hub");
+    let wakes = Arc::new(Wakes::default());
+    let clients = at_once_subscribers(&hub, "news", 200, &wakes);
+    hub.publish("news", "m1", PublishOptions::default()).unwrap();
+    let flushes: Vec<Flush> = std::mem::take(&mut *keep.0.lock().unwrap());
+    let mut sizes: Vec<usize> = flushes.iter().map(Flush::len).collect();
+    sizes.sort();
+    assert_eq!(sizes, [72, 128]);
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "no writer woken");
+    assert!(clients.iter().all(|(_, s)| s.0.lock().unwrap().is_empty()));
+    // Run on other threads, the flushes write every delivery at once.
+    let threads: Vec<_> = flushes
+        .into_iter()
+        .map(|f| std::thread::spawn(move || f.run()))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for (rx, socket) in &clients {
+        assert_eq!(pub_data(&socket.0.lock().unwrap()), [Bytes::from("m1")]);
+        assert_eq!(rx.len(), 0);
+    }
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    assert_eq!(hub.stats().deliveries, 200);
+}
+
+#[test]
+fn a_flush_dropped_unrun_leaves_every_delivery_to_its_writer() {
+    let hub = Hub::new(HubConfig::default());
+    let keep = Arc::new(Keep::default());
+    hub.spread_with(keep.clone());
+    let wakes = Arc::new(Wakes::default());
+    let mut clients = at_once_subscribers(&hub, "news", 130, &wakes);
+    hub.publish("news", "m1", PublishOptions::default()).unwrap();
+    drop(std::mem::take(&mut *keep.0.lock().unwrap()));
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 130);
+    for (rx, socket) in &mut clients {
+        assert_eq!(pub_data(&take(rx)), [Bytes::from("m1")]);
+        assert!(socket.0.lock().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_fan_out_of_128_or_fewer_is_written_at_once_by_the_publisher() {
+    let hub = Hub::new(HubConfig::default());
+    let keep = Arc::new(Keep::default());
+    hub.spread_with(keep.clone());
+    let wakes = Arc::new(Wakes::default());
+    let clients = at_once_subscribers(&hub, "news", 128, &wakes);
+    hub.publish("news", "m1", PublishOptions::default()).unwrap();
+    assert!(keep.0.lock().unwrap().is_empty());
+    for (_, socket) in &clients {
+        assert_eq!(pub_data(&socket.0.lock().unwrap()), [Bytes::from("m1")]);
+    }
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+}

@@ -841,12 +841,15 @@ async fn write_parts(half: &mut (impl AsyncWrite + Unpin), parts: Vec<Bytes>) ->
 /// when all of it is out.
 fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
     while !out.is_empty() {
-        let written = {
+        let parts = &out.parts[out.first..];
+        let sent = if parts.iter().map(Bytes::len).sum::<usize>() <= COPY_MAX {
+            send_copied(socket, parts.iter().map(|p| &p[..]))
+        } else {
             // On the stack: up to SLICES parts per call (a frame of the
             // 64-message window is 128), the rest in the next.
             let mut slices = [IoSlice::new(&[]); SLICES];
             let mut n = 0;
-            for (slot, part) in slices.iter_mut().zip(&out.parts[out.first..]) {
+            for (slot, part) in slices.iter_mut().zip(parts) {
                 *slot = IoSlice::new(part);
                 n += 1;
             }
@@ -854,18 +857,37 @@ fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
             // pays its file bookkeeping (`vfs_writev`, `fdget_pos`:
             // 7 % of the server's samples at low rates, against 5 %
             // for the sendmsg path; docs/benchmarks.md).
-            match socket.try_io(tokio::io::Interest::WRITABLE, || {
+            socket.try_io(tokio::io::Interest::WRITABLE, || {
                 socket2::SockRef::from(socket).send_vectored(&slices[..n])
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
+            })
         };
-        out.advance(written);
+        match sent {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
     Ok(true)
+}
+
+/// Frames up to this size go out by one `send` of a copy on the stack
+/// instead of a `sendmsg` of their parts: the kernel's message header and
+/// vector cost it about 0.3 µs more per call than a `send`, far more than
+/// the copy (docs/benchmarks.md, "Fan-outs spread").
+const COPY_MAX: usize = 512;
+
+/// Sends `parts` (COPY_MAX bytes in all at most) joined, by one `send`.
+fn send_copied<'a>(socket: &TcpStream, parts: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+    let mut buf = [0u8; COPY_MAX];
+    let mut n = 0;
+    for part in parts {
+        buf[n..n + part.len()].copy_from_slice(part);
+        n += part.len();
+    }
+    socket.try_io(tokio::io::Interest::WRITABLE, || {
+        socket2::SockRef::from(socket).send(&buf[..n])
+    })
 }
 
 /// Writes all of `out` to `socket`, waiting for room.
@@ -905,9 +927,14 @@ impl Direct {
         let mut head = [0u8; 10];
         let n = header_into(&mut head, self.opcode, payload.len());
         let socket: &TcpStream = &self.socket;
-        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
-            socket2::SockRef::from(socket).send_vectored(&[IoSlice::new(&head[..n]), IoSlice::new(payload)])
-        });
+        let sent = if n + payload.len() <= COPY_MAX {
+            send_copied(socket, [&head[..n], &payload[..]].into_iter())
+        } else {
+            socket.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(socket)
+                    .send_vectored(&[IoSlice::new(&head[..n]), IoSlice::new(payload)])
+            })
+        };
         let rest = match sent {
             Ok(k) if k == n + payload.len() => return true,
             Ok(k) => Ok(k),

@@ -580,6 +580,42 @@ async fn what_a_write_at_once_leaves_behind_goes_out_before_anything_later() {
     s.shutdown().await;
 }
 
+/// A fan-out to more clients than one thread writes to in turn (128) is
+/// written by flushes spread over the runtime's threads while the
+/// subscribers' own writers may take over: whatever does the writing,
+/// every subscriber gets every publication once, in order. Publications
+/// come one at a time (each read by everyone before the next, so the
+/// clients are quiet and flushes write) and in bursts (so pushes queue
+/// behind what a flush holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_spread_over_threads_reaches_every_subscriber_once_in_order() {
+    let s = TestServer::start(config("")).await;
+    let mut clients = Vec::new();
+    for i in 0..150 {
+        let mut c = Client::connect(&s.ws_url(), &token(&format!("u{i}"))).await;
+        c.request(json!({"subscribe": {"channel": "news"}})).await;
+        clients.push(c);
+    }
+    let hub = s.node.hub.clone();
+    let mut k = 0;
+    for burst in [1, 1, 1, 5, 1, 20, 1, 1, 50, 1] {
+        let first = k;
+        for _ in 0..burst {
+            hub.publish("news", format!("{{\"k\":{k}}}"), Default::default())
+                .unwrap();
+            k += 1;
+        }
+        for c in &mut clients {
+            for want in first..k {
+                assert_eq!(c.next_pub().await["pub"]["data"]["k"], json!(want));
+            }
+        }
+    }
+    assert_eq!(hub.stats().deliveries, 150 * k as u64);
+    assert_eq!(hub.stats().dropped_slow, 0);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_tells_clients_3001() {
     let s = TestServer::start(config("")).await;
