@@ -386,23 +386,21 @@ impl QueueSender {
             // The writer has it, or was woken by what made it so.
             return;
         }
-        let now = match &st.now {
-            Some(now) if st.items.len() == 1 => now.clone(),
-            _ => {
-                let w = st.waker.take();
-                drop(st);
-                return wake(w);
-            }
-        };
-        let item = st.items.pop_front().expect("one item waits");
-        st.bytes = 0;
-        let written = now.write_now(&item);
-        st.last_write = now_ms;
-        if !written {
-            let w = st.hand_off();
+        if st.items.len() > 1 || st.now.is_none() {
+            let w = st.waker.take();
             drop(st);
-            wake(w);
+            return wake(w);
         }
+        // Taken whole, as a single-item drain does, so an idle client
+        // keeps no buffer (freed once the lock is released).
+        let one = std::mem::take(&mut st.items);
+        st.bytes = 0;
+        let written = st.now.as_ref().is_some_and(|now| now.write_now(&one[0]));
+        st.last_write = now_ms;
+        let w = if written { None } else { st.hand_off() };
+        drop(st);
+        drop(one);
+        wake(w);
     }
 
     /// Wakes the writer, for what a [`Flush`] that never ran left queued.
@@ -1061,6 +1059,11 @@ mod tests {
         Flush::new(vec![tx.clone()]).run();
         assert_eq!(wrote(&sock), vec![Bytes::from("a")]);
         assert_eq!((tx.len(), wakes(&count)), (0, 0));
+        assert_eq!(
+            tx.shared.state.lock().items.capacity(),
+            0,
+            "an idle client keeps no buffer"
+        );
         let mut out = Vec::new();
         assert!(rx
             .poll_drain(&mut Context::from_waker(&waker), &mut out)

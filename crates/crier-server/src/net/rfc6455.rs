@@ -874,7 +874,7 @@ fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
 /// Frames up to this size go out by one `send` of a copy on the stack
 /// instead of a `sendmsg` of their parts: the kernel's message header and
 /// vector cost it about 0.3 µs more per call than a `send`, far more than
-/// the copy (docs/benchmarks.md, "Fan-outs spread").
+/// the copy (docs/benchmarks.md, "Fan-outs spread over the cores").
 const COPY_MAX: usize = 512;
 
 /// Sends `parts` (COPY_MAX bytes in all at most) joined, by one `send`.
