@@ -190,7 +190,7 @@ async fn open(
         _ => return plain(StatusCode::BAD_REQUEST, "the first command must be a connect\n"),
     };
     let (session_id, queue) = node.emulated_session(QUEUED_BATCHES);
-    let mut session = Session::new(node.clone(), codec, peer.transport, peer.remote.map(Box::new));
+    let mut session = Session::new(node.clone(), codec, peer.transport, peer.remote);
     session.set_emulated(session_id.clone());
     session.set_http_headers(node.proxies.forwarded_headers(&headers));
     let body = match session.connect(id, req).await {

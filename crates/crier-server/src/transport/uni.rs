@@ -186,12 +186,7 @@ async fn open(
     req: ConnectRequest,
     forwarded: HeaderMap,
 ) -> Result<(Bytes, Outgoing), Disconnect> {
-    let mut session = Session::new(
-        node.clone(),
-        Codec::Json,
-        peer.transport,
-        peer.remote.map(Box::new),
-    );
+    let mut session = Session::new(node.clone(), Codec::Json, peer.transport, peer.remote);
     session.set_http_headers(forwarded);
     let Opened { result, rx, id } = Box::pin(session.open(req, true)).await.map_err(refusal)?;
     // Only a connection with an expiry that a hook prolongs keeps its

@@ -51,7 +51,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     let tracker = node.connections.clone();
     let forwarded = node.proxies.kept_headers(request.headers());
     rfc6455::accept(request, limits, &tracker, move |reader, writer| {
-        serve(node, codec, reader, writer, (forwarded, remote.map(Box::new)))
+        serve(node, codec, reader, writer, (forwarded, remote))
     })
 }
 
@@ -180,7 +180,7 @@ fn serve(
     codec: Codec,
     mut reader: Reader,
     mut writer: Writer,
-    (forwarded, remote): (Option<Box<axum::http::HeaderMap>>, Option<Box<SocketAddr>>),
+    (forwarded, remote): (Option<Box<axum::http::HeaderMap>>, Option<SocketAddr>),
 ) -> impl std::future::Future<Output = ()> + Send {
     // Made before the future, which then holds the session alone, not also
     // the arguments it was made from.
