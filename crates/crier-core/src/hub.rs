@@ -20,7 +20,7 @@ use crate::event::{ClientId, ClientInfo, Event, EventKind, Exclusion, Outbound, 
 use crate::memory::MemoryEngine;
 use crate::options::{ChannelConfig, ChannelOptions};
 use crate::queue::{
-    queue, ClientReceiver, DisconnectReason, Flush, PushError, QueueLimits, QueueSender, Spread,
+    queue, ClientReceiver, DisconnectReason, Flush, PushError, QueueLimits, QueueSender, Spread, Via,
 };
 use crate::shard::RwShards;
 use crate::stats::{Counters, HubStats};
@@ -1216,6 +1216,11 @@ impl Hub {
         } else if let Some(later) = later.as_deref_mut() {
             later.reserve(st.subscribers.len());
         }
+        let via = if at_once || later.is_some() {
+            Via::at_once(later.is_some())
+        } else {
+            Via::Writer
+        };
         for (id, sub) in &st.subscribers {
             if offset <= sub.since
                 || skip == Some(*id)
@@ -1223,17 +1228,13 @@ impl Hub {
             {
                 continue;
             }
-            let item = Outbound::Event(ev.clone());
-            let pushed = match later.as_deref_mut() {
-                Some(later) => sub.queue.push_later(item).map(|left| {
-                    if left {
+            match sub.queue.push_via(Outbound::Event(ev.clone()), via) {
+                Ok(left) => {
+                    delivered += 1;
+                    if let (true, Some(later)) = (left, later.as_deref_mut()) {
                         later.push(sub.queue.clone());
                     }
-                }),
-                None => sub.queue.push_as(item, at_once),
-            };
-            match pushed {
-                Ok(()) => delivered += 1,
+                }
                 Err(e) => note_failed(&sub.client, e, dropped),
             }
         }

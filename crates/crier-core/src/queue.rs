@@ -138,16 +138,39 @@ fn wake(waker: Option<Waker>) {
     }
 }
 
-/// How a push may reach the connection.
+/// How a push may reach the connection. A write at once carries the
+/// time of its fan-out ([`millis`], read once for all its clients: it
+/// only tells the quiet rule, in milliseconds, whether a client is under
+/// load).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Via {
+pub(crate) enum Via {
     /// Through the writer, woken.
     Writer,
     /// Written at once by the pushing thread, when the queue allows it.
-    AtOnce,
+    AtOnce(u32),
     /// Left queued for a [`Flush`] on another thread, when the queue
     /// allows a write at once.
-    Later,
+    Later(u32),
+}
+
+impl Via {
+    /// A fan-out's write at once, now: by the pushing thread, or `later`
+    /// by a flush.
+    pub(crate) fn at_once(later: bool) -> Self {
+        let now = millis();
+        if later {
+            Via::Later(now)
+        } else {
+            Via::AtOnce(now)
+        }
+    }
+
+    fn at(self) -> Option<u32> {
+        match self {
+            Via::Writer => None,
+            Via::AtOnce(at) | Via::Later(at) => Some(at),
+        }
+    }
 }
 
 /// Deliveries a large fan-out left queued, to be written at once on
@@ -261,9 +284,9 @@ fn millis() -> u32 {
 const LOADED_MS: u32 = 50;
 
 /// Whether a connection last written to at `last` ([`millis`], possibly
-/// ahead of now: see [`LOADED_MS`]) is quiet.
-fn quiet(last: u32) -> bool {
-    (millis().wrapping_sub(last) as i32) >= QUIET_MS as i32
+/// ahead of now: see [`LOADED_MS`]) is quiet at `now`.
+fn quiet(last: u32, now: u32) -> bool {
+    (now.wrapping_sub(last) as i32) >= QUIET_MS as i32
 }
 
 // A spare deque larger than this is released instead of being kept idle.
@@ -301,25 +324,31 @@ impl QueueSender {
     /// drops what it held, so a stuck client pins no more memory. Never
     /// written at once: a reply or a notice goes through the writer.
     pub(crate) fn push(&self, item: Outbound) -> Result<(), PushError> {
-        self.push_as(item, false)
+        self.push_via(item, Via::Writer).map(|_| ())
     }
 
     /// [`push`](Self::push), written at once only if `at_once` (and the
     /// queue allows it: see [`WriteNow`]).
+    #[cfg(test)]
     pub(crate) fn push_as(&self, item: Outbound, at_once: bool) -> Result<(), PushError> {
-        let via = if at_once { Via::AtOnce } else { Via::Writer };
+        let via = if at_once {
+            Via::AtOnce(millis())
+        } else {
+            Via::Writer
+        };
         self.push_via(item, via).map(|_| ())
     }
 
-    /// [`push`](Self::push), left queued for a [`Flush`] to write at once
-    /// when the queue allows a write at once now: then `true`, and the
-    /// writer is not woken, so the caller must put this sender in a
-    /// `Flush`. Otherwise as `push`.
+    #[cfg(test)]
     pub(crate) fn push_later(&self, item: Outbound) -> Result<bool, PushError> {
-        self.push_via(item, Via::Later)
+        self.push_via(item, Via::Later(millis()))
     }
 
-    fn push_via(&self, item: Outbound, via: Via) -> Result<bool, PushError> {
+    /// [`push`](Self::push), written at once or left for a flush as `via`
+    /// says, when the queue allows a write at once (see [`WriteNow`]).
+    /// `true` when left queued for a [`Flush`] ([`Via::Later`]): the
+    /// writer is not woken, so the caller must put this sender in one.
+    pub(crate) fn push_via(&self, item: Outbound, via: Via) -> Result<bool, PushError> {
         let weight = item.weight();
         let waker = {
             let mut st = self.shared.state.lock();
@@ -342,14 +371,15 @@ impl QueueSender {
             }
             match &st.now {
                 // Nothing waits, nobody writes, and the client is not under
-                // load (the clock read last: only for a queue that can
-                // write at once): out at once, under the lock, so no later
-                // push can overtake it. Only what the socket did not take
-                // wakes the writer.
+                // load at the fan-out's time: out at once, under the lock,
+                // so no later push can overtake it. Only what the socket
+                // did not take wakes the writer.
                 Some(now)
-                    if via != Via::Writer && st.items.is_empty() && !st.busy && quiet(st.last_write) =>
+                    if via
+                        .at()
+                        .is_some_and(|at| st.items.is_empty() && !st.busy && quiet(st.last_write, at)) =>
                 {
-                    if via == Via::Later {
+                    if let Via::Later(_) = via {
                         // Queued, the writer left asleep: the caller's
                         // `Flush` writes it, or wakes the writer.
                         st.items.push_back(item);
@@ -357,7 +387,7 @@ impl QueueSender {
                         return Ok(true);
                     }
                     let written = now.write_now(&item);
-                    st.last_write = millis();
+                    st.last_write = via.at().unwrap_or_else(millis);
                     if !written {
                         let w = st.hand_off();
                         drop(st);
