@@ -674,9 +674,12 @@ impl Writer {
         self.finish(out).await
     }
 
-    /// Builds the frame [`Writer::messages`] sends, for
-    /// [`Writer::try_write`]: compressed when this connection agreed on it
-    /// and the frame is long enough. Empties `messages`.
+    /// Builds the frames [`Writer::messages`] sends, for
+    /// [`Writer::try_write`]: the messages joined into frames of up to
+    /// [`JOIN_MAX`] payload bytes (a longer message alone); compressed
+    /// when this connection agreed on it and the frame is long enough (a
+    /// compressing connection's writer sends one message per frame, so
+    /// that path joins only what it is given). Empties `messages`.
     pub fn message_frame(&self, binary: bool, messages: &mut Vec<Bytes>) -> Outgoing {
         let separators = if binary {
             0
@@ -698,13 +701,27 @@ impl Writer {
             return Outgoing::new(vec![header(opcode | RSV1, payload.len()), payload]);
         }
         let mut parts = Vec::with_capacity(messages.len() * 2);
-        parts.push(header(opcode, len));
-        for (i, m) in messages.drain(..).enumerate() {
-            if i > 0 && !binary {
+        // The frame being built: its header's slot, filled in once its
+        // length is known, and its payload so far.
+        let mut head = 0;
+        let mut len = 0;
+        parts.push(Bytes::new());
+        for m in messages.drain(..) {
+            let joined = head + 1 < parts.len();
+            let separator = usize::from(joined && !binary);
+            if joined && len + separator + m.len() > JOIN_MAX {
+                parts[head] = header(opcode, len);
+                head = parts.len();
+                len = 0;
+                parts.push(Bytes::new());
+            } else if separator == 1 {
                 parts.push(NEWLINE);
+                len += 1;
             }
+            len += m.len();
             parts.push(m);
         }
+        parts[head] = header(opcode, len);
         Outgoing::new(parts)
     }
 
@@ -870,6 +887,14 @@ fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
     }
     Ok(true)
 }
+
+/// The most payload bytes a frame of joined messages carries; a longer
+/// message goes alone. Clients limit the frames they accept (Apple's
+/// `URLSessionWebSocketTask` and Python's `websockets` take at most 1 MiB
+/// by default), and a writer that drains a long queue at once (a client
+/// back from a pause, with a raised `client.queue_max_size`) must stay
+/// within them; 64 KiB per frame still joins about 400 small messages.
+const JOIN_MAX: usize = 64 * 1024;
 
 /// Frames up to this size go out by one `send` of a copy on the stack
 /// instead of a `sendmsg` of their parts: the kernel's message header and
@@ -1247,15 +1272,68 @@ mod tests {
         });
         w.finish(out).await.unwrap();
         let got = reading.await.unwrap();
-        assert_eq!(got.len(), 10 + expected, "one frame, nothing more");
-        assert_eq!(got[0], 0x80 | OP_TEXT);
-        assert_eq!(got[1], 127, "a 64-bit length");
-        assert_eq!(
-            u64::from_be_bytes(got[2..10].try_into().unwrap()),
-            expected as u64
-        );
-        let want = parts.join(&b'\n');
-        assert!(got[10..] == want[..], "the payload arrives intact");
+        // Each message is longer than JOIN_MAX: a frame of its own.
+        assert_eq!(got.len(), parts.len() * 10 + expected - (parts.len() - 1));
+        for (i, (frame, part)) in got.chunks(10 + 256 * 1024).zip(&parts).enumerate() {
+            assert_eq!(frame[0], 0x80 | OP_TEXT, "frame {i}");
+            assert_eq!(frame[1], 127, "a 64-bit length");
+            assert_eq!(u64::from_be_bytes(frame[2..10].try_into().unwrap()), 256 * 1024);
+            assert!(frame[10..] == part[..], "message {i} arrives intact");
+        }
+    }
+
+    /// Frames parsed from what a client read: (opcode, payload).
+    fn parse_frames(mut got: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !got.is_empty() {
+            let (len, at) = match got[1] {
+                126 => (u16::from_be_bytes([got[2], got[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(got[2..10].try_into().unwrap()) as usize, 10),
+                n => (n as usize, 2),
+            };
+            frames.push((got[0], got[at..at + len].to_vec()));
+            got = &got[at + len..];
+        }
+        frames
+    }
+
+    /// A long queue drained at once goes out as frames of at most
+    /// JOIN_MAX payload bytes (a longer message alone), every message
+    /// whole and in order, joined by newlines within a frame.
+    #[tokio::test]
+    async fn a_long_batch_is_split_into_frames_clients_accept() {
+        let (mut client, server) = pair().await;
+        let (_rd, wr) = crate::net::halves::split_tcp(server);
+        let mut w = Writer::new(wr, std::time::Duration::from_secs(10));
+        let mut messages: Vec<Bytes> = (0..300u32)
+            .map(|i| Bytes::from(format!("{i:04}:{}", "m".repeat(995))))
+            .collect();
+        messages.insert(150, Bytes::from(vec![b'L'; JOIN_MAX + 1]));
+        let want = messages.clone();
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        w.text(&mut messages).await.unwrap();
+        drop(w);
+        let frames = parse_frames(&reading.await.unwrap());
+        // 65 messages of 1,000 bytes (and 64 newlines) fill a frame: 150
+        // messages take three, the long one its own, 150 more three.
+        assert_eq!(frames.len(), 7);
+        let mut seen = Vec::new();
+        for (opcode, payload) in &frames {
+            assert_eq!(*opcode, 0x80 | OP_TEXT);
+            let alone = payload.len() == JOIN_MAX + 1 && payload.iter().all(|b| *b == b'L');
+            assert!(
+                payload.len() <= JOIN_MAX || alone,
+                "a {}-byte frame",
+                payload.len()
+            );
+            seen.extend(payload.split(|b| *b == b'\n').map(<[u8]>::to_vec));
+        }
+        let want: Vec<Vec<u8>> = want.iter().map(|m| m.to_vec()).collect();
+        assert!(seen == want, "every message whole, in order");
     }
 
     #[tokio::test]

@@ -616,6 +616,46 @@ async fn a_fan_out_spread_over_threads_reaches_every_subscriber_once_in_order() 
     s.shutdown().await;
 }
 
+/// A client that takes frames of at most 1 MiB (as Apple's
+/// `URLSessionWebSocketTask` and Python's `websockets` do by default)
+/// falls behind while far more than that is queued for it (a raised
+/// `client.queue_max_size`): when it reads again it gets every
+/// publication, in order, in frames it accepts (the writer joins at most
+/// 64 KiB per frame), instead of one frame of everything queued.
+#[tokio::test]
+async fn a_client_back_from_a_pause_gets_everything_in_frames_within_1_mib() {
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let s = TestServer::start(config("[client]\nqueue_max_size = 67108864")).await;
+    let limit = WebSocketConfig::default()
+        .max_frame_size(Some(1 << 20))
+        .max_message_size(Some(1 << 20));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(s.ws_url(), Some(limit), false)
+        .await
+        .unwrap();
+    let mut c = Client::from_stream(ws);
+    c.request(json!({"connect": {"token": token("paused")}})).await;
+    c.request(json!({"subscribe": {"channel": "news"}})).await;
+    // 32 MiB while the client reads nothing: more than the socket
+    // buffers hold, so most of it waits in the client's queue.
+    let pad = "p".repeat(10 * 1024);
+    let hub = s.node.hub.clone();
+    let n = 3200;
+    for k in 0..n {
+        hub.publish(
+            "news",
+            format!("{{\"k\":{k},\"pad\":\"{pad}\"}}"),
+            Default::default(),
+        )
+        .unwrap();
+    }
+    for k in 0..n {
+        let p = c.next_pub().await;
+        assert_eq!(p["pub"]["data"]["k"], json!(k), "publication {k}");
+    }
+    assert_eq!(hub.stats().dropped_slow, 0);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_tells_clients_3001() {
     let s = TestServer::start(config("")).await;
