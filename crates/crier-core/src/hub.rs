@@ -384,7 +384,7 @@ impl Hub {
     }
 
     /// Lets a publication's fan-out to more clients than one thread
-    /// should write to in turn ([`AT_ONCE_FAN_OUT`]) leave its deliveries
+    /// should write to in turn (128) leave its deliveries
     /// to quiet clients queued, in [`Flush`]es of that many clients that
     /// `spread` runs on other threads, instead of waking each client's
     /// writer. One per hub: false (and nothing changes) if one is set.
@@ -1217,7 +1217,7 @@ impl Hub {
             later.reserve(st.subscribers.len());
         }
         let via = if at_once || later.is_some() {
-            Via::at_once(later.is_some())
+            Via::fan_out(later.is_some())
         } else {
             Via::Writer
         };

@@ -154,9 +154,9 @@ pub(crate) enum Via {
 }
 
 impl Via {
-    /// A fan-out's write at once, now: by the pushing thread, or `later`
-    /// by a flush.
-    pub(crate) fn at_once(later: bool) -> Self {
+    /// How a fan-out's pushes go, from now: written at once by the
+    /// pushing thread, or left for a flush (`later`).
+    pub(crate) fn fan_out(later: bool) -> Self {
         let now = millis();
         if later {
             Via::Later(now)
@@ -407,7 +407,7 @@ impl QueueSender {
         Ok(false)
     }
 
-    /// Writes at once what [`push_later`](Self::push_later) left, unless
+    /// Writes at once what a push [`Via::Later`] left, unless
     /// the writer took it meanwhile or more queued behind it (then the
     /// writer, woken, joins them into one frame).
     fn flush(&self, now_ms: u32) {
