@@ -877,18 +877,19 @@ impl Spread for Keep {
     }
 }
 
-/// `n` clients of `channel` with writes at once, each writer waiting
-/// with a waker that counts its wake-ups in `wakes`.
-fn at_once_subscribers(
-    hub: &Hub,
-    channel: &str,
-    n: usize,
-    wakes: &Arc<Wakes>,
-) -> Vec<(ClientReceiver, Arc<Socket>)> {
-    (0..n)
+/// A hub with a [`Keep`] spread and `n` clients of "news" with writes at
+/// once, each writer waiting with a waker that counts its wake-ups in
+/// the returned `Wakes`; "m1" published to them.
+fn published_to_at_once_subscribers(n: usize) -> Spreading {
+    let hub = Hub::new(HubConfig::default());
+    let keep = Arc::new(Keep::default());
+    assert!(hub.spread_with(keep.clone()));
+    assert!(!hub.spread_with(Arc::new(Keep::default())), "one per hub");
+    let wakes = Arc::new(Wakes::default());
+    let clients = (0..n)
         .map(|i| {
             let (id, mut rx) = hub.connect(format!("u{i}"), None);
-            hub.subscribe(id, channel, SubscribeOptions::default()).unwrap();
+            hub.subscribe(id, "news", SubscribeOptions::default()).unwrap();
             take(&mut rx);
             let socket = Arc::new(Socket::default());
             rx.write_now(socket.clone());
@@ -899,7 +900,22 @@ fn at_once_subscribers(
                 .is_pending());
             (rx, socket)
         })
-        .collect()
+        .collect();
+    hub.publish("news", "m1", PublishOptions::default()).unwrap();
+    let flushes = std::mem::take(&mut *keep.0.lock().unwrap());
+    Spreading {
+        hub,
+        flushes,
+        wakes,
+        clients,
+    }
+}
+
+struct Spreading {
+    hub: Hub,
+    flushes: Vec<Flush>,
+    wakes: Arc<Wakes>,
+    clients: Vec<(ClientReceiver, Arc<Socket>)>,
 }
 
 #[derive(Default)]
@@ -913,14 +929,12 @@ impl std::task::Wake for Wakes {
 
 #[test]
 fn a_large_fan_out_leaves_its_writes_at_once_to_flushes_of_128_clients() {
-    let hub = Hub::new(HubConfig::default());
-    let keep = Arc::new(Keep::default());
-    assert!(hub.spread_with(keep.clone()));
-    assert!(!hub.spread_with(Arc::new(Keep::default())), "one per hub");
-    let wakes = Arc::new(Wakes::default());
-    let clients = at_once_subscribers(&hub, "news", 200, &wakes);
-    hub.publish("news", "m1", PublishOptions::default()).unwrap();
-    let flushes: Vec<Flush> = std::mem::take(&mut *keep.0.lock().unwrap());
+    let Spreading {
+        hub,
+        flushes,
+        wakes,
+        clients,
+    } = published_to_at_once_subscribers(200);
     let mut sizes: Vec<usize> = flushes.iter().map(Flush::len).collect();
     sizes.sort();
     assert_eq!(sizes, [72, 128]);
@@ -944,13 +958,13 @@ fn a_large_fan_out_leaves_its_writes_at_once_to_flushes_of_128_clients() {
 
 #[test]
 fn a_flush_dropped_unrun_leaves_every_delivery_to_its_writer() {
-    let hub = Hub::new(HubConfig::default());
-    let keep = Arc::new(Keep::default());
-    hub.spread_with(keep.clone());
-    let wakes = Arc::new(Wakes::default());
-    let mut clients = at_once_subscribers(&hub, "news", 130, &wakes);
-    hub.publish("news", "m1", PublishOptions::default()).unwrap();
-    drop(std::mem::take(&mut *keep.0.lock().unwrap()));
+    let Spreading {
+        flushes,
+        wakes,
+        mut clients,
+        ..
+    } = published_to_at_once_subscribers(130);
+    drop(flushes);
     assert_eq!(wakes.0.load(Ordering::SeqCst), 130);
     for (rx, socket) in &mut clients {
         assert_eq!(pub_data(&take(rx)), [Bytes::from("m1")]);
@@ -960,13 +974,13 @@ fn a_flush_dropped_unrun_leaves_every_delivery_to_its_writer() {
 
 #[test]
 fn a_fan_out_of_128_or_fewer_is_written_at_once_by_the_publisher() {
-    let hub = Hub::new(HubConfig::default());
-    let keep = Arc::new(Keep::default());
-    hub.spread_with(keep.clone());
-    let wakes = Arc::new(Wakes::default());
-    let clients = at_once_subscribers(&hub, "news", 128, &wakes);
-    hub.publish("news", "m1", PublishOptions::default()).unwrap();
-    assert!(keep.0.lock().unwrap().is_empty());
+    let Spreading {
+        flushes,
+        wakes,
+        clients,
+        ..
+    } = published_to_at_once_subscribers(128);
+    assert!(flushes.is_empty());
     for (_, socket) in &clients {
         assert_eq!(pub_data(&socket.0.lock().unwrap()), [Bytes::from("m1")]);
     }
