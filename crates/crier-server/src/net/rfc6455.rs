@@ -859,7 +859,12 @@ async fn write_parts(half: &mut (impl AsyncWrite + Unpin), parts: Vec<Bytes>) ->
 fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
     while !out.is_empty() {
         let parts = &out.parts[out.first..];
-        let sent = if parts.iter().map(Bytes::len).sum::<usize>() <= COPY_MAX {
+        // Stops counting past COPY_MAX: a batch may have hundreds of parts.
+        let small = parts
+            .iter()
+            .try_fold(0, |n, p| Some(n + p.len()).filter(|&n| n <= COPY_MAX))
+            .is_some();
+        let sent = if small {
             send_copied(socket, parts.iter().map(|p| &p[..]))
         } else {
             // On the stack: up to SLICES parts per call (a frame of the
