@@ -392,27 +392,13 @@ impl Hub {
         self.inner.spread.set(spread).is_ok()
     }
 
-    // Hands what a fan-out left for writes at once to the spread, in
-    // flushes of AT_ONCE_FAN_OUT clients. Call with no channel lock held.
-    fn spread(&self, later: Vec<QueueSender>) {
-        let Some(spread) = self.inner.spread.get() else {
-            // Only a hub with a spread leaves deliveries; dropping the
-            // flush would wake their writers anyway.
-            return drop(Flush::new(later));
-        };
-        let mut left = later.into_iter();
-        loop {
-            let chunk: Vec<_> = left.by_ref().take(AT_ONCE_FAN_OUT).collect();
-            if chunk.is_empty() {
-                return;
-            }
-            spread.spread(Flush::new(chunk));
-        }
-    }
-
-    // Where a publication's fan-out may leave deliveries for a spread.
-    fn later(&self) -> Option<Vec<QueueSender>> {
-        self.inner.spread.get().map(|_| Vec::new())
+    // Where a publication's fan-out may leave deliveries for the spread:
+    // only on a hub that has one.
+    fn later(&self) -> Option<Later<'_>> {
+        self.inner.spread.get().map(|spread| Later {
+            spread: &**spread,
+            queues: Vec::new(),
+        })
     }
 
     fn observer(&self) -> Option<&dyn Observer> {
@@ -1107,10 +1093,16 @@ impl Hub {
             let ev = Arc::new(Event::new(Some(slot.name.clone()), EventKind::Publication(p)));
             let mut dropped = Vec::new();
             let mut later = self.later();
-            self.fan_out(&mut st, &ev, None, &mut dropped, later.as_mut());
+            self.fan_out(
+                &mut st,
+                &ev,
+                None,
+                &mut dropped,
+                later.as_mut().map(|l| &mut l.queues),
+            );
             drop(st);
             if let Some(later) = later {
-                self.spread(later);
+                later.spread();
             }
             self.inner.counters.publications.fetch_add(1, Relaxed);
             self.drop_clients(dropped);
@@ -1178,10 +1170,16 @@ impl Hub {
         ));
         let mut dropped = Vec::new();
         let mut later = self.later();
-        let n = self.fan_out(&mut st, &ev, None, &mut dropped, later.as_mut());
+        let n = self.fan_out(
+            &mut st,
+            &ev,
+            None,
+            &mut dropped,
+            later.as_mut().map(|l| &mut l.queues),
+        );
         drop(st);
         if let Some(later) = later {
-            self.spread(later);
+            later.spread();
         }
         self.drop_clients(dropped);
         Delivery::Delivered(n)
@@ -1213,8 +1211,6 @@ impl Hub {
         let at_once = st.subscribers.len() <= AT_ONCE_FAN_OUT;
         if at_once {
             later = None;
-        } else if let Some(later) = later.as_deref_mut() {
-            later.reserve(st.subscribers.len());
         }
         let via = if at_once || later.is_some() {
             Via::fan_out(later.is_some())
@@ -1232,6 +1228,11 @@ impl Hub {
                 Ok(left) => {
                     delivered += 1;
                     if let (true, Some(later)) = (left, later.as_deref_mut()) {
+                        // Room for all at the first, not per publication:
+                        // a fan-out to clients under load leaves none.
+                        if later.capacity() == 0 {
+                            later.reserve(st.subscribers.len());
+                        }
                         later.push(sub.queue.clone());
                     }
                 }
@@ -1414,6 +1415,28 @@ impl Hub {
     /// Frees expired history; call from a housekeeping timer.
     pub fn sweep(&self) {
         self.inner.engine.sweep();
+    }
+}
+
+/// What a publication's fan-out left for writes at once on other threads
+/// ([`Hub::spread_with`]), handed to the spread once the channel's lock is
+/// released.
+struct Later<'a> {
+    spread: &'a dyn Spread,
+    queues: Vec<QueueSender>,
+}
+
+impl Later<'_> {
+    // Hands the clients to the spread in flushes of AT_ONCE_FAN_OUT.
+    fn spread(self) {
+        let mut left = self.queues.into_iter();
+        loop {
+            let chunk: Vec<_> = left.by_ref().take(AT_ONCE_FAN_OUT).collect();
+            if chunk.is_empty() {
+                return;
+            }
+            self.spread.spread(Flush::new(chunk));
+        }
     }
 }
 

@@ -121,6 +121,20 @@ struct State {
 }
 
 impl State {
+    /// Writes `item` through the transport at once (the caller checked
+    /// that it may), at `at` ([`millis`]). Returns the writer's waker when
+    /// the socket did not take all of it, to wake once the lock is
+    /// released.
+    fn write_now(&mut self, item: &Outbound, at: u32) -> Option<Waker> {
+        let written = self.now.as_ref().is_some_and(|now| now.write_now(item));
+        self.last_write = at;
+        if written {
+            None
+        } else {
+            self.hand_off()
+        }
+    }
+
     /// A write at once left something behind: the writer must send it
     /// before anything else, and owns the connection until it has. Returns
     /// the waker to wake once the lock is released.
@@ -364,46 +378,34 @@ impl QueueSender {
                 st.bytes = 0;
                 let w = st.waker.take();
                 drop(st);
-                if let Some(w) = w {
-                    w.wake();
-                }
+                wake(w);
                 return Err(PushError::Full);
             }
-            match &st.now {
-                // Nothing waits, nobody writes, and the client is not under
-                // load at the fan-out's time: out at once, under the lock,
-                // so no later push can overtake it. Only what the socket
-                // did not take wakes the writer.
-                Some(now)
-                    if via
-                        .at()
-                        .is_some_and(|at| st.items.is_empty() && !st.busy && quiet(st.last_write, at)) =>
-                {
-                    if let Via::Later(_) = via {
-                        // Queued, the writer left asleep: the caller's
-                        // `Flush` writes it, or wakes the writer.
-                        st.items.push_back(item);
-                        st.bytes = weight;
-                        return Ok(true);
-                    }
-                    let written = now.write_now(&item);
-                    st.last_write = via.at().unwrap_or_else(millis);
-                    if !written {
-                        let w = st.hand_off();
-                        drop(st);
-                        wake(w);
-                    }
-                    return Ok(false);
+            // Nothing waits, nobody writes, and the client is not under
+            // load at the fan-out's time: out at once, under the lock, so
+            // no later push can overtake it. Only what the socket did not
+            // take wakes the writer.
+            let at_once = via.at().filter(|&at| {
+                st.now.is_some() && st.items.is_empty() && !st.busy && quiet(st.last_write, at)
+            });
+            if let Some(at) = at_once {
+                if let Via::Later(_) = via {
+                    // Queued, the writer left asleep: the caller's `Flush`
+                    // writes it, or wakes the writer.
+                    st.items.push_back(item);
+                    st.bytes = weight;
+                    return Ok(true);
                 }
-                _ => {}
+                let w = st.write_now(&item, at);
+                drop(st);
+                wake(w);
+                return Ok(false);
             }
             st.items.push_back(item);
             st.bytes += weight;
             st.waker.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
         Ok(false)
     }
 
@@ -425,9 +427,7 @@ impl QueueSender {
         // keeps no buffer (freed once the lock is released).
         let one = std::mem::take(&mut st.items);
         st.bytes = 0;
-        let written = st.now.as_ref().is_some_and(|now| now.write_now(&one[0]));
-        st.last_write = now_ms;
-        let w = if written { None } else { st.hand_off() };
+        let w = st.write_now(&one[0], now_ms);
         drop(st);
         drop(one);
         wake(w);
@@ -450,9 +450,7 @@ impl QueueSender {
             st.closed = Some(Box::new(reason));
             st.waker.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
     }
 
     /// Items waiting right now.
@@ -654,14 +652,7 @@ mod tests {
         tx.push(raw("b")).unwrap();
         let mut out = Vec::new();
         assert_eq!(rx.try_drain(&mut out), Ok(2));
-        let texts: Vec<_> = out
-            .iter()
-            .map(|o| match o {
-                Outbound::Raw(b) => (**b).clone(),
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(texts, vec![Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(describe_raw(&out), ["a", "b"]);
         assert_eq!(rx.try_drain(&mut out), Ok(0));
     }
 
@@ -933,10 +924,7 @@ mod tests {
         at(1_000 + QUIET_MS);
         tx.push_as(raw("b"), true).unwrap();
         assert_eq!(wrote(&sock), vec![Bytes::from("a"), Bytes::from("b")]);
-        assert_eq!(
-            (tx.len(), count.0.load(std::sync::atomic::Ordering::SeqCst)),
-            (0, 0)
-        );
+        assert_eq!((tx.len(), wakes(&count)), (0, 0));
         assert!(rx
             .poll_drain(&mut Context::from_waker(&waker), &mut out)
             .is_pending());
@@ -956,11 +944,7 @@ mod tests {
             vec![Bytes::from("a")],
             "b and c came within {QUIET_MS} ms of a"
         );
-        assert_eq!(
-            count.0.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "the writer is woken"
-        );
+        assert_eq!(wakes(&count), 1, "the writer is woken");
         assert_eq!(rx.try_drain(&mut out), Ok(2));
         // The writer's own write counts too: quiet only QUIET_MS after it.
         at(6_000);
@@ -1037,11 +1021,7 @@ mod tests {
         let (tx, mut rx, sock, count, waker) = waiting(0);
         let mut out = Vec::new();
         tx.push_as(raw("a"), true).unwrap();
-        assert_eq!(
-            count.0.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "the writer is woken"
-        );
+        assert_eq!(wakes(&count), 1, "the writer is woken");
         tx.push_as(raw("b"), true).unwrap();
         assert_eq!(wrote(&sock), vec![Bytes::from("a")], "b waits for the writer");
         // The writer is ready even though "a" never entered the queue (it

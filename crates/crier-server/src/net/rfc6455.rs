@@ -858,31 +858,7 @@ async fn write_parts(half: &mut (impl AsyncWrite + Unpin), parts: Vec<Bytes>) ->
 /// when all of it is out.
 fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
     while !out.is_empty() {
-        let parts = &out.parts[out.first..];
-        // Stops counting past COPY_MAX: a batch may have hundreds of parts.
-        let small = parts
-            .iter()
-            .try_fold(0, |n, p| Some(n + p.len()).filter(|&n| n <= COPY_MAX))
-            .is_some();
-        let sent = if small {
-            send_copied(socket, parts.iter().map(|p| &p[..]))
-        } else {
-            // On the stack: up to SLICES parts per call (a frame of the
-            // 64-message window is 128), the rest in the next.
-            let mut slices = [IoSlice::new(&[]); SLICES];
-            let mut n = 0;
-            for (slot, part) in slices.iter_mut().zip(parts) {
-                *slot = IoSlice::new(part);
-                n += 1;
-            }
-            // sendmsg, not writev: a socket written through the VFS
-            // pays its file bookkeeping (`vfs_writev`, `fdget_pos`:
-            // 7 % of the server's samples at low rates, against 5 %
-            // for the sendmsg path; docs/benchmarks.md).
-            socket.try_io(tokio::io::Interest::WRITABLE, || {
-                socket2::SockRef::from(socket).send_vectored(&slices[..n])
-            })
-        };
+        let sent = send_parts(socket, &out.parts[out.first..]);
         match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => out.advance(n),
@@ -907,16 +883,39 @@ const JOIN_MAX: usize = 64 * 1024;
 /// the copy (docs/benchmarks.md, "Fan-outs spread over the cores").
 const COPY_MAX: usize = 512;
 
-/// Sends `parts` (COPY_MAX bytes in all at most) joined, by one `send`.
-fn send_copied<'a>(socket: &TcpStream, parts: impl Iterator<Item = &'a [u8]>) -> io::Result<usize> {
-    let mut buf = [0u8; COPY_MAX];
-    let mut n = 0;
-    for part in parts {
-        buf[n..n + part.len()].copy_from_slice(part);
-        n += part.len();
+/// Sends the start of `parts` with one call, never waiting: joined on
+/// the stack by one `send` when they are COPY_MAX bytes in all at most,
+/// else by one `sendmsg` of up to SLICES parts (a frame of the 64-message
+/// window is 128; the rest goes in the next call).
+fn send_parts<T: AsRef<[u8]>>(socket: &TcpStream, parts: &[T]) -> io::Result<usize> {
+    // Stops counting past COPY_MAX: a batch may have hundreds of parts.
+    let small = parts
+        .iter()
+        .try_fold(0, |n, p| Some(n + p.as_ref().len()).filter(|&n| n <= COPY_MAX))
+        .is_some();
+    if small {
+        let mut buf = [0u8; COPY_MAX];
+        let mut n = 0;
+        for part in parts {
+            let part = part.as_ref();
+            buf[n..n + part.len()].copy_from_slice(part);
+            n += part.len();
+        }
+        return socket.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(socket).send(&buf[..n])
+        });
     }
+    let mut slices = [IoSlice::new(&[]); SLICES];
+    let mut n = 0;
+    for (slot, part) in slices.iter_mut().zip(parts) {
+        *slot = IoSlice::new(part.as_ref());
+        n += 1;
+    }
+    // sendmsg, not writev: a socket written through the VFS pays its file
+    // bookkeeping (`vfs_writev`, `fdget_pos`: 7 % of the server's samples
+    // at low rates, against 5 % for the sendmsg path; docs/benchmarks.md).
     socket.try_io(tokio::io::Interest::WRITABLE, || {
-        socket2::SockRef::from(socket).send(&buf[..n])
+        socket2::SockRef::from(socket).send_vectored(&slices[..n])
     })
 }
 
@@ -957,14 +956,7 @@ impl Direct {
         let mut head = [0u8; 10];
         let n = header_into(&mut head, self.opcode, payload.len());
         let socket: &TcpStream = &self.socket;
-        let sent = if n + payload.len() <= COPY_MAX {
-            send_copied(socket, [&head[..n], &payload[..]].into_iter())
-        } else {
-            socket.try_io(tokio::io::Interest::WRITABLE, || {
-                socket2::SockRef::from(socket)
-                    .send_vectored(&[IoSlice::new(&head[..n]), IoSlice::new(payload)])
-            })
-        };
+        let sent = send_parts(socket, &[&head[..n], &payload[..]]);
         let rest = match sent {
             Ok(k) if k == n + payload.len() => return true,
             Ok(k) => Ok(k),
