@@ -632,7 +632,7 @@ fn a_shared_event_is_encoded_once_per_format() {
             calls.fetch_add(1, Ordering::SeqCst);
             Bytes::from("encoded")
         });
-        assert_eq!(bytes, "encoded");
+        assert_eq!(*bytes, "encoded");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

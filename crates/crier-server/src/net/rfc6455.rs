@@ -725,6 +725,67 @@ impl Writer {
         Outgoing::new(parts)
     }
 
+    /// Sends `messages` as [`Writer::messages`] does, as much as the
+    /// socket takes now, without waiting. Borrowed: when they make one
+    /// frame of one `send` or `sendmsg` (at most [`JOIN_MAX`] bytes and
+    /// [`SLICES`] parts, plain TCP, no compression: every frame of a
+    /// client that keeps up), nothing is allocated and no message's
+    /// reference count touched. `None` when all of it went out; else what
+    /// is left (the rest the socket did not take, or everything when this
+    /// path does not apply), owned, for [`Writer::finish`].
+    pub fn try_write_messages<'m, I>(&mut self, binary: bool, messages: I) -> io::Result<Option<Outgoing>>
+    where
+        I: ExactSizeIterator<Item = &'m Bytes> + Clone,
+    {
+        let count = messages.len();
+        let separators = if binary { 0 } else { count.saturating_sub(1) };
+        let len = messages.clone().map(Bytes::len).sum::<usize>() + separators;
+        let socket = match &self.half {
+            WriteHalf::Tcp(half)
+                if self.deflate.is_none() && len <= JOIN_MAX && count + separators < SLICES =>
+            {
+                half.socket()
+            }
+            _ => {
+                let mut out = self.message_frame(binary, &mut messages.cloned().collect());
+                return Ok((!self.try_write(&mut out)?).then_some(out));
+            }
+        };
+        let opcode = if binary { OP_BINARY } else { OP_TEXT };
+        let mut head = [0u8; 10];
+        let n = header_into(&mut head, opcode, len);
+        let mut parts: [&[u8]; SLICES] = [&[]; SLICES];
+        parts[0] = &head[..n];
+        let mut k = 1;
+        for (i, m) in messages.clone().enumerate() {
+            if i > 0 && !binary {
+                parts[k] = b"\n";
+                k += 1;
+            }
+            parts[k] = m;
+            k += 1;
+        }
+        let written = match send_parts(socket, &parts[..k]) {
+            Ok(w) if w == n + len => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        // The socket is full: what it did not take waits, owned.
+        let mut owned = Vec::with_capacity(k);
+        owned.push(Bytes::copy_from_slice(&head[..n]));
+        for (i, m) in messages.enumerate() {
+            if i > 0 && !binary {
+                owned.push(NEWLINE);
+            }
+            owned.push(m.clone());
+        }
+        let mut out = Outgoing::new(owned);
+        out.advance(written);
+        Ok(Some(out))
+    }
+
     /// The compression agreed with this client, if any.
     pub fn deflate(&self) -> Option<Deflate> {
         self.deflate.as_deref().copied()
@@ -1297,6 +1358,63 @@ mod tests {
     /// A long queue drained at once goes out as frames of at most
     /// JOIN_MAX payload bytes (a longer message alone), every message
     /// whole and in order, joined by newlines within a frame.
+    /// The writer task's path for a client that keeps up: borrowed
+    /// messages, one frame each time, until the socket is full; the rest
+    /// the socket did not take is then owned and sent by `finish`. The
+    /// client must read every frame intact and in order.
+    #[tokio::test]
+    async fn borrowed_messages_go_out_whole_until_the_socket_is_full_and_the_rest_follows() {
+        let (mut client, server) = pair().await;
+        let (_rd, wr) = crate::net::halves::split_tcp(server);
+        let mut w = Writer::new(wr, std::time::Duration::from_secs(10));
+        // 40 messages of 1,000 bytes: one frame of 40,039 bytes, 79 parts.
+        let batch = |c: usize| -> Vec<Bytes> {
+            (0..40)
+                .map(|i| Bytes::from(vec![b'a' + ((c * 40 + i) % 26) as u8; 1000]))
+                .collect()
+        };
+        let mut sent = Vec::new();
+        let rest = loop {
+            assert!(sent.len() < 10_000, "the socket never filled");
+            let messages = batch(sent.len());
+            let rest = w.try_write_messages(false, messages.iter()).unwrap();
+            sent.push(messages);
+            if let Some(rest) = rest {
+                break rest;
+            }
+        };
+        assert!(sent.len() > 1, "the first frames went out whole, at once");
+        let frame_len = 4 + 40 * 1000 + 39;
+        let expected = sent.len() * frame_len;
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            while got.len() < expected {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the server closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        w.finish(rest).await.unwrap();
+        let got = reading.await.unwrap();
+        assert_eq!(got.len(), expected);
+        for (c, (frame, messages)) in got.chunks(frame_len).zip(&sent).enumerate() {
+            assert_eq!(frame[0], 0x80 | OP_TEXT, "frame {c}");
+            assert_eq!(frame[1], 126, "a 16-bit length");
+            assert_eq!(u16::from_be_bytes([frame[2], frame[3]]) as usize, frame_len - 4);
+            let joined = messages
+                .iter()
+                .map(|m| std::str::from_utf8(m).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                frame[4..] == *joined.as_bytes(),
+                "frame {c} arrives intact and in order"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_long_batch_is_split_into_frames_clients_accept() {
         let (mut client, server) = pair().await;

@@ -318,7 +318,7 @@ impl Emulation {
                     Ok(_) => {
                         let mut buf = BytesMut::new();
                         for item in items.drain(..) {
-                            self.framing.put(&mut buf, &self.codec.outbound(&item));
+                            self.framing.put(&mut buf, self.codec.outbound(&item));
                         }
                         if self.out.send(buf.freeze()).await.is_err() {
                             return Disconnect::CONNECTION_CLOSED;

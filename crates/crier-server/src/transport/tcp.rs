@@ -259,7 +259,7 @@ impl Endpoint {
     /// listener has a slot.
     pub(crate) fn encode(&self, ev: &Event) -> Bytes {
         match self.slot {
-            Some(format) => ev.encoded(format, |ev| self.wire.encode_event(ev)),
+            Some(format) => ev.encoded(format, |ev| self.wire.encode_event(ev)).clone(),
             None => self.wire.encode_event(ev),
         }
     }

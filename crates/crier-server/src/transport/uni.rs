@@ -165,11 +165,13 @@ impl Outgoing {
                 for item in self.items.drain(..) {
                     messages.push(match item {
                         crier_core::Outbound::Raw(b) => *b,
-                        crier_core::Outbound::Event(ev) => ev.encoded(UNI_JSON, |ev| {
-                            let mut buf = BytesMut::new();
-                            encode_event_into(&mut buf, ev, Envelope::Bare);
-                            buf.freeze()
-                        }),
+                        crier_core::Outbound::Event(ev) => ev
+                            .encoded(UNI_JSON, |ev| {
+                                let mut buf = BytesMut::new();
+                                encode_event_into(&mut buf, ev, Envelope::Bare);
+                                buf.freeze()
+                            })
+                            .clone(),
                     });
                 }
                 Step::Frame(messages)

@@ -468,7 +468,6 @@ fn write<'a>(
             rx.write_now(now.clone());
         }
         let mut items = Vec::new();
-        let mut batch = Vec::new();
         let mut frames = Vec::new();
         // Whether the last frame carried more than one message.
         let mut loaded = false;
@@ -570,22 +569,29 @@ fn write<'a>(
                             node.metrics.delivered(created.elapsed());
                         }
                     }
-                    let mut out = match writer.deflate() {
+                    let rest = match writer.deflate() {
                         // Compressed: a frame per message, so a shared event is
                         // compressed once for all its subscribers.
                         Some(d) => {
                             frames.extend(items.drain(..).map(|item| codec.outbound_deflated(&item, d)));
-                            Writer::frames_frame(codec.binary(), &mut frames)
+                            let mut out = Writer::frames_frame(codec.binary(), &mut frames);
+                            writer.try_write(&mut out).map(|all| (!all).then_some(out))
                         }
-                        // The shared encodings themselves go out: no copy.
+                        // The shared encodings themselves go out, borrowed:
+                        // no copy, and no reference taken unless the socket
+                        // leaves some for later.
                         None => {
-                            batch.extend(items.drain(..).map(|item| codec.outbound(&item)));
-                            writer.message_frame(codec.binary(), &mut batch)
+                            let rest = writer.try_write_messages(
+                                codec.binary(),
+                                items.iter().map(|item| codec.outbound(item)),
+                            );
+                            items.clear();
+                            rest
                         }
                     };
-                    let sent = match writer.try_write(&mut out) {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Box::pin(writer.finish(out)).await,
+                    let sent = match rest {
+                        Ok(None) => Ok(()),
+                        Ok(Some(out)) => Box::pin(writer.finish(out)).await,
                         Err(e) => Err(e),
                     };
                     if sent.is_err() {
@@ -605,12 +611,10 @@ fn write<'a>(
                     rx.written(messages > 1);
                     // A burst must not leave its high-water mark behind, and
                     // a client sent one message at a time (most of them, most
-                    // of the time) keeps no buffers while idle: about 220
-                    // bytes per connection, for two small allocations per
-                    // frame.
+                    // of the time) keeps no buffer while idle, for one small
+                    // allocation per frame.
                     if messages <= 1 || items.capacity() > KEEP_ITEMS {
                         items = Vec::new();
-                        batch = Vec::new();
                         frames = Vec::new();
                     }
                 }
@@ -660,7 +664,7 @@ impl crier_core::WriteNow for Now {
                 self.node.metrics.delivered(e.created().elapsed());
             }
         }
-        self.direct.send(&self.codec.outbound(item))
+        self.direct.send(self.codec.outbound(item))
     }
 }
 

@@ -93,9 +93,9 @@ pub fn encode_event_into(buf: &mut BytesMut, event: &Event, envelope: Envelope) 
 
 /// One queued item in `format`: a shared event's cached encoding (made
 /// by the first writer that needs it), or the client's own raw bytes.
-pub fn encoded(item: &Outbound, format: Format, envelope: Envelope) -> Bytes {
+pub fn encoded(item: &Outbound, format: Format, envelope: Envelope) -> &Bytes {
     match item {
-        Outbound::Raw(bytes) => (**bytes).clone(),
+        Outbound::Raw(bytes) => bytes,
         Outbound::Event(ev) => ev.encoded(format, |ev| encode_event(ev, envelope)),
     }
 }

@@ -97,11 +97,11 @@ impl Codec {
     /// One queued item as this format's message (bidirectional): a shared
     /// event's cached encoding in this format's slot (made by the first
     /// writer that needs it), or the client's own bytes.
-    pub(crate) fn outbound(self, item: &Outbound) -> Bytes {
+    pub(crate) fn outbound(self, item: &Outbound) -> &Bytes {
         match self {
             Codec::Json => frames::encoded(item, frames::BIDI_JSON, Envelope::Reply),
             Codec::Protobuf => match item {
-                Outbound::Raw(bytes) => (**bytes).clone(),
+                Outbound::Raw(bytes) => bytes,
                 Outbound::Event(ev) => ev.encoded(frames::BIDI_PROTOBUF, frames::encode_protobuf),
             },
         }
@@ -114,7 +114,7 @@ impl Codec {
     pub(crate) fn outbound_deflated(self, item: &Outbound, d: Deflate) -> (Bytes, bool) {
         let plain = self.outbound(item);
         if plain.len() < d.min_size {
-            return (plain, false);
+            return (plain.clone(), false);
         }
         let compressed = match item {
             Outbound::Event(ev) => {
@@ -122,9 +122,9 @@ impl Codec {
                     Codec::Json => frames::BIDI_JSON_DEFLATE,
                     Codec::Protobuf => frames::BIDI_PROTOBUF_DEFLATE,
                 };
-                ev.encoded(slot, |_| deflate::compress(&plain, d.level))
+                ev.encoded(slot, |_| deflate::compress(plain, d.level)).clone()
             }
-            Outbound::Raw(_) => deflate::compress(&plain, d.level),
+            Outbound::Raw(_) => deflate::compress(plain, d.level),
         };
         (compressed, true)
     }
