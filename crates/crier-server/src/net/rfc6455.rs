@@ -1364,9 +1364,6 @@ mod tests {
         frames
     }
 
-    /// A long queue drained at once goes out as frames of at most
-    /// JOIN_MAX payload bytes (a longer message alone), every message
-    /// whole and in order, joined by newlines within a frame.
     /// The writer task's path for a client that keeps up: borrowed
     /// messages, one frame each time, until the socket is full; the rest
     /// the socket did not take is then owned and sent by `finish`. The
@@ -1376,15 +1373,16 @@ mod tests {
         let (mut client, server) = pair().await;
         let (_rd, wr) = crate::net::halves::split_tcp(server);
         let mut w = Writer::new(wr, std::time::Duration::from_secs(10));
-        // 40 messages of 1,000 bytes: one frame of 40,039 bytes, 79 parts.
+        // 40 messages of 200 bytes: one frame of 8,039 bytes, 79 parts
+        // (small enough that a fresh socket takes the first ones whole).
         let batch = |c: usize| -> Vec<Bytes> {
             (0..40)
-                .map(|i| Bytes::from(vec![b'a' + ((c * 40 + i) % 26) as u8; 1000]))
+                .map(|i| Bytes::from(vec![b'a' + ((c * 40 + i) % 26) as u8; 200]))
                 .collect()
         };
         let mut sent = Vec::new();
         let rest = loop {
-            assert!(sent.len() < 10_000, "the socket never filled");
+            assert!(sent.len() < 20_000, "the socket never filled");
             let messages = batch(sent.len());
             let rest = w.try_write_messages(false, messages.iter()).unwrap();
             sent.push(messages);
@@ -1393,7 +1391,7 @@ mod tests {
             }
         };
         assert!(sent.len() > 1, "the first frames went out whole, at once");
-        let frame_len = 4 + 40 * 1000 + 39;
+        let frame_len = 4 + 40 * 200 + 39;
         let expected = sent.len() * frame_len;
         let reading = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -1424,6 +1422,9 @@ mod tests {
         }
     }
 
+    /// A long queue drained at once goes out as frames of at most
+    /// JOIN_MAX payload bytes (a longer message alone), every message
+    /// whole and in order, joined by newlines within a frame.
     #[tokio::test]
     async fn a_long_batch_is_split_into_frames_clients_accept() {
         let (mut client, server) = pair().await;

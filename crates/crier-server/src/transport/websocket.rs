@@ -533,7 +533,6 @@ fn write<'a>(
                     }
                 }
             };
-
             // The drain made this task the socket's writer: what a write at
             // once left behind goes first.
             if let Some(direct) = rest(&now) {
