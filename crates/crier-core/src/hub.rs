@@ -85,7 +85,9 @@ struct Inner {
 struct ClientEntry {
     id: ClientId,
     user: Arc<str>,
-    conn_info: Option<Bytes>,
+    // Boxed: most connections have none, and every byte here is per
+    // connection (24 bytes inline; docs/benchmarks.md).
+    conn_info: Option<Box<Bytes>>,
     queue: QueueSender,
     // Set once the hub has decided to remove this client, so a client that
     // fails many pushes is queued for removal only once.
@@ -103,11 +105,12 @@ struct ClientSubs {
 
 /// A client's channels. The first is kept inline: most clients are in
 /// one channel, and a hash set of one costs a 96-byte allocation
-/// (docs/benchmarks.md).
+/// (docs/benchmarks.md). The others' set is boxed, and only while it
+/// holds any: an empty set is 32 bytes in every client's entry.
 #[derive(Default)]
 struct ChannelSet {
     first: Option<Arc<str>>,
-    rest: FxHashSet<Arc<str>>,
+    rest: Option<Box<FxHashSet<Arc<str>>>>,
 }
 
 impl ChannelSet {
@@ -117,30 +120,38 @@ impl ChannelSet {
         if self.first.is_none() {
             self.first = Some(channel);
         } else {
-            self.rest.insert(channel);
+            self.rest.get_or_insert_with(Default::default).insert(channel);
         }
     }
 
     fn remove(&mut self, channel: &str) {
         if self.first.as_deref() == Some(channel) {
             self.first = None;
-        } else {
-            self.rest.remove(channel);
+        } else if let Some(rest) = &mut self.rest {
+            rest.remove(channel);
+            if rest.is_empty() {
+                self.rest = None;
+            }
         }
     }
 
     fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.first.iter().chain(&self.rest)
+        self.first
+            .iter()
+            .chain(self.rest.iter().flat_map(|rest| rest.iter()))
     }
 }
 
 impl IntoIterator for ChannelSet {
     type Item = Arc<str>;
-    type IntoIter =
-        std::iter::Chain<std::option::IntoIter<Arc<str>>, std::collections::hash_set::IntoIter<Arc<str>>>;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Arc<str>>,
+        std::iter::Flatten<std::option::IntoIter<std::collections::hash_set::IntoIter<Arc<str>>>>,
+    >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.rest)
+        let rest = self.rest.map(|rest| (*rest).into_iter());
+        self.first.into_iter().chain(rest.into_iter().flatten())
     }
 }
 
@@ -469,7 +480,7 @@ impl Hub {
         let entry = Arc::new(ClientEntry {
             id,
             user: user.into(),
-            conn_info,
+            conn_info: conn_info.map(Box::new),
             queue: tx,
             doomed: AtomicBool::new(false),
             subs: Mutex::new(ClientSubs {
@@ -529,7 +540,7 @@ impl Hub {
         Some(ClientSnapshot {
             id,
             user: c.user.clone(),
-            conn_info: c.conn_info.clone(),
+            conn_info: c.conn_info.as_deref().cloned(),
             channels,
             queued: c.queue.len(),
         })
@@ -1451,7 +1462,7 @@ fn client_info(client: &ClientEntry, chan_info: Option<Bytes>) -> ClientInfo {
     ClientInfo {
         client: client.id,
         user: client.user.clone(),
-        conn_info: client.conn_info.clone(),
+        conn_info: client.conn_info.as_deref().cloned(),
         chan_info,
     }
 }
@@ -1507,5 +1518,20 @@ impl Publisher {
     /// Sends a direct message to one client.
     pub fn send(&self, client: ClientId, data: impl Into<Bytes>) -> Result<(), HubError> {
         self.hub.send(client, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection holds one client entry for its whole life: it
+    /// stays within a 112-byte allocation (with the `Arc`'s two counts and
+    /// the allocator's 8-byte header). A connection's info and the set of
+    /// its channels past the first, inline, once made it 160.
+    #[test]
+    fn a_client_entry_stays_small() {
+        let size = std::mem::size_of::<ClientEntry>();
+        assert!(size + 16 + 8 <= 112, "a client entry is {size} bytes");
     }
 }

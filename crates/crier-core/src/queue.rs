@@ -24,7 +24,8 @@ pub struct QueueLimits {
     /// Most items waiting at once.
     pub max_messages: usize,
     /// Most bytes (by [`Outbound::weight`]) waiting at once. A single item
-    /// larger than this is still accepted into an empty queue.
+    /// larger than this is still accepted into an empty queue. Each limit
+    /// counts up to 4 GiB (4 G messages); a larger one is that.
     pub max_bytes: usize,
 }
 
@@ -246,7 +247,33 @@ pub trait Spread: Send + Sync {
 
 struct Shared {
     state: Mutex<State>,
-    limits: QueueLimits,
+    limits: Limits,
+}
+
+/// [`QueueLimits`] as a queue keeps them: 32 bits each (a limit past 4 GiB
+/// or 4 G messages is that much), which keeps the queue's allocation in
+/// 128 bytes instead of 144, for every connection.
+struct Limits {
+    max_messages: u32,
+    max_bytes: u32,
+}
+
+impl Limits {
+    fn new(limits: QueueLimits) -> Self {
+        let max = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Limits {
+            max_messages: max(limits.max_messages),
+            max_bytes: max(limits.max_bytes),
+        }
+    }
+
+    fn messages(&self) -> usize {
+        self.max_messages as usize
+    }
+
+    fn bytes(&self) -> usize {
+        self.max_bytes as usize
+    }
 }
 
 /// The hub's end of a client queue.
@@ -318,7 +345,7 @@ pub(crate) fn queue(limits: QueueLimits) -> (QueueSender, ClientReceiver) {
             closed: None,
             waker: None,
         }),
-        limits,
+        limits: Limits::new(limits),
     });
     (
         QueueSender {
@@ -371,7 +398,7 @@ impl QueueSender {
             }
             let limits = &self.shared.limits;
             if !st.items.is_empty()
-                && (st.items.len() >= limits.max_messages || st.bytes + weight > limits.max_bytes)
+                && (st.items.len() >= limits.messages() || st.bytes + weight > limits.bytes())
             {
                 st.closed = Some(Box::new(DisconnectReason::Slow));
                 st.items = VecDeque::new();
@@ -462,8 +489,7 @@ impl QueueSender {
     pub(crate) fn over_half(&self) -> bool {
         let st = self.shared.state.lock();
         let limits = &self.shared.limits;
-        st.items.len().saturating_mul(2) > limits.max_messages
-            || st.bytes.saturating_mul(2) > limits.max_bytes
+        st.items.len().saturating_mul(2) > limits.messages() || st.bytes.saturating_mul(2) > limits.bytes()
     }
 }
 
@@ -654,6 +680,31 @@ mod tests {
         assert_eq!(rx.try_drain(&mut out), Ok(2));
         assert_eq!(describe_raw(&out), ["a", "b"]);
         assert_eq!(rx.try_drain(&mut out), Ok(0));
+    }
+
+    /// Every connection holds one queue: its shared state stays within a
+    /// 128-byte allocation (with the `Arc`'s two counts and the
+    /// allocator's 8-byte header), and limits past 32 bits count as the
+    /// largest they can be, never as small ones.
+    #[test]
+    fn a_queue_stays_small_and_its_limits_saturate() {
+        let size = std::mem::size_of::<Shared>();
+        assert!(size + 16 + 8 <= 128, "a queue's shared state is {size} bytes");
+        let limits = Limits::new(QueueLimits {
+            max_messages: usize::MAX,
+            max_bytes: 1 << 40,
+        });
+        assert_eq!(
+            (limits.messages(), limits.bytes()),
+            (u32::MAX as usize, u32::MAX as usize)
+        );
+        let (tx, _rx) = queue(QueueLimits {
+            max_messages: usize::MAX,
+            max_bytes: 1 << 40,
+        });
+        for _ in 0..1000 {
+            tx.push(raw("a")).expect("a huge limit takes everything");
+        }
     }
 
     #[test]

@@ -75,6 +75,45 @@ fn client_list_is_oldest_first_bounded_and_shows_subscriptions() {
     assert_eq!(hub.client_list(10).len(), 4, "a client gone is not listed");
 }
 
+/// A client's channels are listed whatever order it joined and left them
+/// in (the first is kept apart from the others, which are kept only while
+/// there are any), and leaving with all of them frees every channel.
+#[test]
+fn a_client_lists_the_channels_it_is_in_as_it_joins_and_leaves() {
+    let hub = Hub::default();
+    let (a, _ra) = hub.connect("a", Some(Bytes::from("info")));
+    let listed = |hub: &Hub| {
+        let mut c: Vec<String> = hub
+            .client(a)
+            .unwrap()
+            .channels
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        c.sort();
+        c
+    };
+    for ch in ["c1", "c2", "c3"] {
+        hub.subscribe(a, ch, SubscribeOptions::default()).unwrap();
+    }
+    assert_eq!(listed(&hub), ["c1", "c2", "c3"]);
+    assert_eq!(hub.client(a).unwrap().conn_info, Some(Bytes::from("info")));
+    hub.unsubscribe(a, "c2").unwrap();
+    hub.unsubscribe(a, "c3").unwrap();
+    assert_eq!(listed(&hub), ["c1"]);
+    hub.subscribe(a, "c4", SubscribeOptions::default()).unwrap();
+    hub.unsubscribe(a, "c1").unwrap();
+    assert_eq!(listed(&hub), ["c4"]);
+    hub.subscribe(a, "c5", SubscribeOptions::default()).unwrap();
+    hub.subscribe(a, "c1", SubscribeOptions::default()).unwrap();
+    assert_eq!(listed(&hub), ["c1", "c4", "c5"]);
+    assert!(hub.disconnect(a, DisconnectReason::Removed));
+    assert!(
+        hub.channels().is_empty(),
+        "no channel outlives its last subscriber"
+    );
+}
+
 #[test]
 fn node_tags_keep_client_ids_apart_across_hubs() {
     // Two nodes of a cluster: the same counter, different tags.
