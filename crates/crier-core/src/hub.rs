@@ -86,7 +86,7 @@ struct ClientEntry {
     id: ClientId,
     user: Arc<str>,
     // Boxed: most connections have none, and every byte here is per
-    // connection (24 bytes inline; docs/benchmarks.md).
+    // connection (8 bytes instead of 32; docs/benchmarks.md).
     conn_info: Option<Box<Bytes>>,
     queue: QueueSender,
     // Set once the hub has decided to remove this client, so a client that
