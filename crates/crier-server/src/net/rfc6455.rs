@@ -1310,12 +1310,25 @@ mod tests {
         drop(client);
     }
 
+    /// Reads exactly `len` bytes from `client` on a task of its own, while
+    /// the writer under test waits for the socket.
+    fn read_exactly(mut client: TcpStream, len: usize) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let mut got = vec![0u8; len];
+            client
+                .read_exact(&mut got)
+                .await
+                .expect("the server sent all of it");
+            got
+        })
+    }
+
     /// The writer task's path: what the socket takes now goes out at once
     /// (`try_write`), the rest later (`finish`); the client must read
     /// one intact frame, whatever the split.
     #[tokio::test]
     async fn a_frame_the_socket_takes_only_in_part_arrives_whole() {
-        let (mut client, server) = pair().await;
+        let (client, server) = pair().await;
         let (_rd, wr) = crate::net::halves::split_tcp(server);
         let mut w = Writer::new(wr, std::time::Duration::from_secs(10));
         let parts: Vec<Bytes> = (0..64u8)
@@ -1326,21 +1339,11 @@ mod tests {
             !w.try_write(&mut out).unwrap(),
             "16 MiB cannot fit a loopback socket's buffers"
         );
-        let expected: usize = parts.iter().map(Bytes::len).sum::<usize>() + parts.len() - 1;
-        let reading = tokio::spawn(async move {
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 1 << 16];
-            while got.len() < 10 + expected {
-                let n = client.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the server closed early");
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
-        });
+        // Each message is longer than JOIN_MAX: a frame of its own.
+        let expected = parts.iter().map(|p| 10 + p.len()).sum();
+        let reading = read_exactly(client, expected);
         w.finish(out).await.unwrap();
         let got = reading.await.unwrap();
-        // Each message is longer than JOIN_MAX: a frame of its own.
-        assert_eq!(got.len(), parts.len() * 10 + expected - (parts.len() - 1));
         for (i, (frame, part)) in got.chunks(10 + 256 * 1024).zip(&parts).enumerate() {
             assert_eq!(frame[0], 0x80 | OP_TEXT, "frame {i}");
             assert_eq!(frame[1], 127, "a 64-bit length");
@@ -1370,7 +1373,7 @@ mod tests {
     /// client must read every frame intact and in order.
     #[tokio::test]
     async fn borrowed_messages_go_out_whole_until_the_socket_is_full_and_the_rest_follows() {
-        let (mut client, server) = pair().await;
+        let (client, server) = pair().await;
         let (_rd, wr) = crate::net::halves::split_tcp(server);
         let mut w = Writer::new(wr, std::time::Duration::from_secs(10));
         // 40 messages of 200 bytes: one frame of 8,039 bytes, 79 parts
@@ -1392,20 +1395,9 @@ mod tests {
         };
         assert!(sent.len() > 1, "the first frames went out whole, at once");
         let frame_len = 4 + 40 * 200 + 39;
-        let expected = sent.len() * frame_len;
-        let reading = tokio::spawn(async move {
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 1 << 16];
-            while got.len() < expected {
-                let n = client.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the server closed early");
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
-        });
+        let reading = read_exactly(client, sent.len() * frame_len);
         w.finish(rest).await.unwrap();
         let got = reading.await.unwrap();
-        assert_eq!(got.len(), expected);
         for (c, (frame, messages)) in got.chunks(frame_len).zip(&sent).enumerate() {
             assert_eq!(frame[0], 0x80 | OP_TEXT, "frame {c}");
             assert_eq!(frame[1], 126, "a 16-bit length");
