@@ -772,16 +772,9 @@ impl Writer {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
         };
-        // The socket is full: what it did not take waits, owned.
-        let mut owned = Vec::with_capacity(k);
-        owned.push(Bytes::copy_from_slice(&head[..n]));
-        for (i, m) in messages.enumerate() {
-            if i > 0 && !binary {
-                owned.push(NEWLINE);
-            }
-            owned.push(m.clone());
-        }
-        let mut out = Outgoing::new(owned);
+        // The socket is full: what it did not take waits, owned (the same
+        // frame, as `message_frame` lays it out).
+        let mut out = self.message_frame(binary, &mut messages.cloned().collect());
         out.advance(written);
         // A socket that took part may take the rest now (the client read
         // meanwhile), as `try_write` would try: what must wait for `finish`
