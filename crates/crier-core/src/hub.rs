@@ -477,9 +477,10 @@ impl Hub {
         conn_info: Option<Bytes>,
     ) -> ClientReceiver {
         let (tx, rx) = queue(self.inner.config.queue_limits);
+        let user = user.into();
         let entry = Arc::new(ClientEntry {
             id,
-            user: user.into(),
+            user: if user.is_empty() { anonymous_user() } else { user },
             conn_info: conn_info.map(Box::new),
             queue: tx,
             doomed: AtomicBool::new(false),
@@ -1458,6 +1459,15 @@ impl Later<'_> {
 const AT_ONCE_FAN_OUT: usize = 128;
 
 // Who `client` is, in one subscription with `chan_info`.
+/// The user of anonymous connections (the empty string), one for all of
+/// them: an `Arc<str>` of its own would be an allocation per connection.
+/// [`Hub::connect`] keeps this one for any empty user; an embedder that
+/// keeps the user too can share it.
+pub fn anonymous_user() -> Arc<str> {
+    static ANONYMOUS: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    ANONYMOUS.clone()
+}
+
 fn client_info(client: &ClientEntry, chan_info: Option<Bytes>) -> ClientInfo {
     ClientInfo {
         client: client.id,

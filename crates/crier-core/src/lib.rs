@@ -67,8 +67,8 @@ pub use hooks::{
     SubscribeAnswer, SubscribeRequest,
 };
 pub use hub::{
-    settle_recovery, Catchup, ClientSnapshot, Delivery, Hub, HubConfig, Observer, PresenceStats,
-    PublishOptions, Publisher, SubscribeOptions, Subscribed,
+    anonymous_user, settle_recovery, Catchup, ClientSnapshot, Delivery, Hub, HubConfig, Observer,
+    PresenceStats, PublishOptions, Publisher, SubscribeOptions, Subscribed,
 };
 pub use memory::{HistoryLimit, HistoryUsage, MemoryEngine};
 pub use options::{ChannelConfig, ChannelNames, ChannelOptions};

@@ -7,6 +7,7 @@
 //! only says which credentials it received; it never decides.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -71,6 +72,9 @@ pub(crate) struct Admitted {
     pub id: ClientId,
     /// Its outbound queue.
     pub rx: ClientReceiver,
+    /// Its user, as the hub keeps it: the session shares it rather than
+    /// keeping a copy of its own (every connection keeps both).
+    pub user: Arc<str>,
 }
 
 /// Decides who presents `credentials`: token verification, then
@@ -154,17 +158,23 @@ fn register_quietly(node: &Node, identity: Identity) -> Result<Admitted, Refused
         node.metrics.refused("user_connection_limit");
         return Err(Refused::Disconnect(Disconnect::CONNECTION_LIMIT));
     }
+    let user = match identity.user.as_str() {
+        "" => crier_core::anonymous_user(),
+        named => Arc::from(named),
+    };
     let (id, rx) = match identity.reserved {
         Some(id) => (
             id,
-            node.hub
-                .connect_as(id, identity.user.as_str(), identity.conn_info.clone()),
+            node.hub.connect_as(id, user.clone(), identity.conn_info.clone()),
         ),
-        None => node
-            .hub
-            .connect(identity.user.as_str(), identity.conn_info.clone()),
+        None => node.hub.connect(user.clone(), identity.conn_info.clone()),
     };
-    Ok(Admitted { identity, id, rx })
+    Ok(Admitted {
+        identity,
+        id,
+        rx,
+        user,
+    })
 }
 
 /// Whether a client that names `requested` channels in its connect

@@ -75,6 +75,25 @@ fn client_list_is_oldest_first_bounded_and_shows_subscriptions() {
     assert_eq!(hub.client_list(10).len(), 4, "a client gone is not listed");
 }
 
+/// Anonymous clients (the empty user) share one user string, whichever
+/// way the embedder passed it: an `Arc<str>` of their own would cost
+/// every anonymous connection an allocation. Named users keep theirs.
+#[test]
+fn anonymous_clients_share_one_user_and_named_ones_keep_their_own() {
+    let hub = Hub::default();
+    let (a, _ra) = hub.connect("", None);
+    let (b, _rb) = hub.connect(String::new(), None);
+    let (c, _rc) = hub.connect("alice", None);
+    let user = |id| hub.client(id).unwrap().user;
+    assert_eq!(&*user(a), "");
+    assert!(Arc::ptr_eq(&user(a), &user(b)));
+    assert!(Arc::ptr_eq(&user(a), &anonymous_user()));
+    assert_eq!(&*user(c), "alice");
+    assert!(!Arc::ptr_eq(&user(c), &anonymous_user()));
+    // Anonymous clients are nobody's: no user's list holds them.
+    assert_eq!(hub.clients_of_user("alice"), vec![c]);
+}
+
 /// A client's channels are listed whatever order it joined and left them
 /// in (the first is kept apart from the others, which are kept only while
 /// there are any), and leaving with all of them frees every channel.

@@ -241,8 +241,10 @@ pub struct Reader {
 pub struct Frames {
     buf: BytesMut,
     // The message being reassembled from fragments: its bytes so far,
-    // whether it is compressed, whether it is text.
-    partial: Option<(BytesMut, bool, bool)>,
+    // whether it is compressed, whether it is text. Boxed: fragmented
+    // messages are rare, and every idle connection holds its reader (8
+    // bytes instead of 40).
+    partial: Option<Box<(BytesMut, bool, bool)>>,
     limit: usize,
     // permessage-deflate was agreed: RSV1 marks a compressed message.
     inflate: bool,
@@ -383,19 +385,22 @@ impl Frames {
                 OP_TEXT | OP_BINARY if fin => {
                     return self.message(payload, compressed, opcode == OP_TEXT).map(Some)
                 }
-                OP_TEXT | OP_BINARY => self.partial = Some((payload, compressed, opcode == OP_TEXT)),
+                OP_TEXT | OP_BINARY => {
+                    self.partial = Some(Box::new((payload, compressed, opcode == OP_TEXT)))
+                }
                 OP_CONTINUATION if compressed => {
                     return Err(ReadError::Protocol("RSV1 set on a continuation frame"))
                 }
                 OP_CONTINUATION => {
-                    let Some((mut message, compressed, text)) = self.partial.take() else {
+                    let Some(mut partial) = self.partial.take() else {
                         return Err(ReadError::Protocol("continuation without a message"));
                     };
-                    message.extend_from_slice(&payload);
+                    partial.0.extend_from_slice(&payload);
                     if fin {
+                        let (message, compressed, text) = *partial;
                         return self.message(message, compressed, text).map(Some);
                     }
-                    self.partial = Some((message, compressed, text));
+                    self.partial = Some(partial);
                 }
                 _ => return Err(ReadError::Protocol("unknown opcode")),
             }
@@ -458,7 +463,7 @@ impl Frames {
             126 | 127 => return Ok(None),
             n => (0, u64::from(n)),
         };
-        let before = self.partial.as_ref().map_or(0, |(m, ..)| m.len());
+        let before = self.partial.as_ref().map_or(0, |p| p.0.len());
         let size = usize::try_from(len).unwrap_or(usize::MAX).saturating_add(before);
         if !control && size > self.limit {
             return Err(ReadError::TooLong {

@@ -676,7 +676,7 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
         Some(token) => Credentials::Token(token),
         None => Credentials::ListenerAnonymous,
     };
-    let Admitted { identity, id, rx } = match admission::admit(
+    let Admitted { identity, id, rx, .. } = match admission::admit(
         &node,
         admission::Peer {
             transport: crate::metrics::Transport::Tcp,

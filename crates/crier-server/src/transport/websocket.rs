@@ -209,7 +209,7 @@ fn serve(
         std::future::poll_fn(|cx| {
             if between.ended.get().is_none() {
                 if let Poll::Ready(ended) = writing.as_mut().poll(cx) {
-                    let _ = between.ended.set(ended);
+                    let _ = between.ended.set(ended.map(Box::new));
                 }
             }
             reading.as_mut().poll(cx)
@@ -468,7 +468,6 @@ fn write<'a>(
             rx.write_now(now.clone());
         }
         let mut items = Vec::new();
-        let mut frames = Vec::new();
         // Whether the last frame carried more than one message.
         let mut loaded = false;
         // One timer for both deadlines: the next ping, and the client's
@@ -572,7 +571,10 @@ fn write<'a>(
                         // Compressed: a frame per message, so a shared event is
                         // compressed once for all its subscribers.
                         Some(d) => {
-                            frames.extend(items.drain(..).map(|item| codec.outbound_deflated(&item, d)));
+                            let mut frames: Vec<_> = items
+                                .drain(..)
+                                .map(|item| codec.outbound_deflated(&item, d))
+                                .collect();
                             let mut out = Writer::frames_frame(codec.binary(), &mut frames);
                             writer.try_write(&mut out).map(|all| (!all).then_some(out))
                         }
@@ -614,7 +616,6 @@ fn write<'a>(
                     // allocation per frame.
                     if messages <= 1 || items.capacity() > KEEP_ITEMS {
                         items = Vec::new();
-                        frames = Vec::new();
                     }
                 }
                 Err(reason) => return Some(Box::pin(close_by_hub(&node, writer, reason)).await),
@@ -693,8 +694,8 @@ struct Between {
     /// 3012).
     heard: AtomicU64,
     /// Set when the writer has ended: the hub's close, when the hub closed
-    /// the queue.
-    ended: OnceLock<Option<Disconnect>>,
+    /// the queue (boxed: 16 bytes in every connection's task, not 40).
+    ended: OnceLock<Option<Box<Disconnect>>>,
 }
 
 impl Between {
@@ -738,7 +739,7 @@ impl Between {
     /// pong).
     fn poll_read(&self, reader: &mut Reader, cx: &mut std::task::Context<'_>) -> Poll<Heard> {
         if let Some(by_hub) = self.ended.get() {
-            return Poll::Ready(Heard::Writer(by_hub.clone()));
+            return Poll::Ready(Heard::Writer(by_hub.as_deref().cloned()));
         }
         if self.is_silent() {
             return Poll::Ready(Heard::Nothing);
@@ -754,7 +755,7 @@ impl Between {
     /// ends it is followed by one of this.
     fn writer_ended(&self) -> impl std::future::Future<Output = Option<Disconnect>> + '_ {
         std::future::poll_fn(|_| match self.ended.get() {
-            Some(by_hub) => Poll::Ready(by_hub.clone()),
+            Some(by_hub) => Poll::Ready(by_hub.as_deref().cloned()),
             None => Poll::Pending,
         })
     }
@@ -863,11 +864,13 @@ mod tests {
     /// unnoticed until a benchmark; docs/benchmarks.md): growing past this
     /// budget fails here, not in production. The budget is a step: tokio
     /// allocates a task in 128-byte cache lines, the future plus 112 bytes
-    /// (its header, trailer and the task tracker's token), so up to 1,040
-    /// bytes the task takes nine (1,152 bytes) and one byte more takes ten.
-    /// The reader and the writer keep across their waits only what the
-    /// wait needs: what was heard, or what woke the writer, is decided in a
-    /// block of its own (a value kept there cost 128 bytes here).
+    /// (its header, trailer and the task tracker's token), so up to 912
+    /// bytes the task takes eight (1,024 bytes) and one byte more takes
+    /// nine. The reader and the writer keep across their waits only what
+    /// the wait needs: what was heard, or what woke the writer, is decided
+    /// in a block of its own (a value kept there cost 128 bytes here); what
+    /// few connections use (a fragmented message, subscription expiries,
+    /// connection info, the writer's end reason) is boxed.
     #[tokio::test]
     async fn a_connection_task_stays_within_its_memory_budget() {
         let node = Node::new(crate::config::Config::default()).expect("node");
@@ -875,8 +878,8 @@ mod tests {
         let serving = serve(node.clone(), Codec::Json, reader, writer, (None, None));
         let size = std::mem::size_of_val(&serving);
         assert!(
-            size <= 1040,
-            "the connection task's future is {size} bytes (budget 1,040)"
+            size <= 912,
+            "the connection task's future is {size} bytes (budget 912)"
         );
         // The writes at once: held by the client's queue for the
         // connection's life (a frame's rest inline once made it 72 bytes).
