@@ -294,9 +294,12 @@ pub struct ClientReceiver {
     spare: VecDeque<Outbound>,
     // `write_now` was given.
     at_once: bool,
-    // `written` was called: when (see `State::last_write`), for the next
-    // `poll_drain` to hand the connection back.
-    wrote: Option<u32>,
+    // `written` was called (and when: see `State::last_write`), for the
+    // next `poll_drain` to hand the connection back. A flag and a `u32`
+    // rather than an `Option<u32>`: every connection's task holds this
+    // receiver, and the three fields fit in 8 bytes.
+    wrote: bool,
+    wrote_at: u32,
 }
 
 /// A client written to less than this long ago (in milliseconds, so
@@ -355,7 +358,8 @@ pub(crate) fn queue(limits: QueueLimits) -> (QueueSender, ClientReceiver) {
             shared,
             spare: VecDeque::new(),
             at_once: false,
-            wrote: None,
+            wrote: false,
+            wrote_at: 0,
         },
     )
 }
@@ -548,8 +552,8 @@ impl ClientReceiver {
     ) -> Poll<Result<usize, DisconnectReason>> {
         {
             let mut st = self.shared.state.lock();
-            if let Some(at) = self.wrote.take() {
-                st.last_write = at;
+            if std::mem::take(&mut self.wrote) {
+                st.last_write = self.wrote_at;
                 if st.items.is_empty() && !st.handoff {
                     st.busy = false;
                 }
@@ -623,7 +627,8 @@ impl ClientReceiver {
     pub fn written(&mut self, batched: bool) {
         if self.at_once {
             let extra = if batched { LOADED_MS } else { 0 };
-            self.wrote = Some(millis().wrapping_add(extra));
+            self.wrote_at = millis().wrapping_add(extra);
+            self.wrote = true;
         }
     }
 

@@ -545,8 +545,10 @@ fn header(opcode: u8, len: usize) -> Bytes {
 /// through [`Controls`].
 pub struct Writer {
     half: WriteHalf,
-    // A frame not out within this is a client that stopped reading.
-    timeout: std::time::Duration,
+    // A frame not out within this many milliseconds is a client that
+    // stopped reading (a `u32`, not a 16-byte `Duration`: every connection's
+    // task holds its writer; 49 days at most).
+    timeout_ms: u32,
     // permessage-deflate was agreed, with these settings (boxed: every
     // connection's tasks hold a writer, few agree on compression).
     deflate: Option<Box<Deflate>>,
@@ -649,7 +651,7 @@ impl Writer {
     pub fn new(half: impl Into<WriteHalf>, timeout: std::time::Duration) -> Self {
         Writer {
             half: half.into(),
-            timeout,
+            timeout_ms: u32::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX),
             deflate: None,
         }
     }
@@ -878,7 +880,12 @@ impl Writer {
     }
 
     async fn write(&mut self, parts: Vec<Bytes>) -> io::Result<()> {
-        match tokio::time::timeout(self.timeout, write_all(&mut self.half, parts)).await {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(self.timeout_ms.into()),
+            write_all(&mut self.half, parts),
+        )
+        .await
+        {
             Ok(written) => written,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

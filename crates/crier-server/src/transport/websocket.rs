@@ -479,59 +479,74 @@ fn write<'a>(
         tokio::pin!(timer);
         // In milliseconds of `epoch` (8 bytes, not 16).
         let mut ping_at = since_epoch(timer.deadline());
-        loop {
-            // What woke the writer, in a block of its own: only the outcome
-            // is kept across the waits below (every byte this future holds
-            // while it waits, each idle connection holds).
-            let outcome = {
-                // Polled by hand, not with `select!`: a wake-up from the queue
-                // (once per delivery at low rates) checks the control flag and
-                // drains the queue, creates no future and takes no lock beyond
-                // the queue's.
-                let wake = std::future::poll_fn(|cx| {
-                    if between.controls.poll_ready(cx).is_ready() {
-                        return Poll::Ready(Wake::Controls);
-                    }
-                    if let Poll::Ready(r) = rx.poll_drain(cx, &mut items) {
-                        return Poll::Ready(Wake::Queue(r));
-                    }
-                    // Only when about to wait: while the queue keeps the writer
-                    // busy, the deadline is checked after each frame instead.
-                    timer.as_mut().poll(cx).map(|()| Wake::Timer)
-                })
-                .await;
-                match wake {
-                    Wake::Queue(r) => r,
-                    Wake::Timer => {
-                        let at = tokio::time::Instant::now();
-                        if between.ping_due(at, ping_at, &node) {
-                            rx.hold();
-                            if Box::pin(send_ping(writer, &now, codec)).await.is_err() {
-                                return None;
-                            }
-                            ping_at = since_epoch(at + node.config.client.ping_interval);
-                            rx.written(false);
+        'frames: loop {
+            // Each step in a block of its own, so that what it decided is
+            // not kept across the later waits: every byte this future holds
+            // while it waits, each idle connection holds.
+            {
+                // What woke the writer: a drain (or the hub's close), or a
+                // chore (a ping due, control frames to send) done here. One
+                // wait for either chore, in a block: what woke the writer is
+                // not kept across the other waits below.
+                let drained = 'woke: {
+                    // Polled by hand, not with `select!`: a wake-up from the
+                    // queue (once per delivery at low rates) checks the
+                    // control flag and drains the queue, creates no future
+                    // and takes no lock beyond the queue's.
+                    let (timer_at, ping) = match std::future::poll_fn(|cx| {
+                        if between.controls.poll_ready(cx).is_ready() {
+                            return Poll::Ready(Wake::Controls);
                         }
-                        // A silent client's session ends through the reader; until
-                        // then the timer waits for the next ping.
+                        if let Poll::Ready(r) = rx.poll_drain(cx, &mut items) {
+                            return Poll::Ready(Wake::Queue(r));
+                        }
+                        // Only when about to wait: while the queue keeps the
+                        // writer busy, the deadline is checked after each
+                        // frame instead.
+                        timer.as_mut().poll(cx).map(|()| Wake::Timer)
+                    })
+                    .await
+                    {
+                        Wake::Queue(r) => break 'woke r,
+                        Wake::Timer => {
+                            let at = tokio::time::Instant::now();
+                            (Some(at), between.ping_due(at, ping_at, &node))
+                        }
+                        Wake::Controls => (None, false),
+                    };
+                    if ping || timer_at.is_none() {
+                        rx.hold();
+                        let sending: std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> = if ping {
+                            Box::pin(async { send_ping(writer, &now, codec).await.is_ok() })
+                        } else {
+                            Box::pin(async { answer(writer, &now, &between.controls).await.is_ok() })
+                        };
+                        if !sending.await {
+                            return None;
+                        }
+                        rx.written(false);
+                    }
+                    if let Some(at) = timer_at {
+                        if ping {
+                            ping_at = since_epoch(at + node.config.client.ping_interval);
+                        }
+                        // A silent client's session ends through the
+                        // reader; until then the timer waits for the next
+                        // ping.
                         let next = if between.is_silent() {
                             at + node.config.client.ping_interval
                         } else {
                             at_epoch(ping_at).min(between.silent_at(idle(&node)))
                         };
                         timer.as_mut().reset(next.max(at + MIN_TICK));
-                        continue;
                     }
-                    Wake::Controls => {
-                        rx.hold();
-                        if Box::pin(answer(writer, &now, &between.controls)).await.is_err() {
-                            return None;
-                        }
-                        rx.written(false);
-                        continue;
-                    }
+                    continue 'frames;
+                };
+                if let Err(reason) = drained {
+                    return Box::pin(close_after_rest(&node, writer, &now, &mut rx, &mut items, reason))
+                        .await;
                 }
-            };
+            }
             // The drain made this task the socket's writer: what a write at
             // once left behind goes first.
             if let Some(direct) = rest(&now) {
@@ -539,86 +554,88 @@ fn write<'a>(
                     return gone(&node, &mut rx, &mut items);
                 }
             }
-            match outcome {
-                // A write at once's rest was all there was.
-                Ok(_) if items.is_empty() => rx.written(false),
-                Ok(_) => {
-                    // Under load (the last frame carried more than one
-                    // message, or several wait now), let the publisher that
-                    // woke us finish its fan-out round first: whatever it
-                    // queues meanwhile joins this frame. One extra poll per
-                    // frame; under load, about twice the messages per frame
-                    // (docs/benchmarks.md). At low rates every frame carries
-                    // one message and the extra poll would only cost.
-                    if loaded || items.len() > 1 {
-                        tokio::task::yield_now().await;
-                        let _ = rx.try_drain(&mut items);
+            // A write at once's rest was all there was.
+            if items.is_empty() {
+                rx.written(false);
+                continue;
+            }
+            // Under load (the last frame carried more than one
+            // message, or several wait now), let the publisher that
+            // woke us finish its fan-out round first: whatever it
+            // queues meanwhile joins this frame. One extra poll per
+            // frame; under load, about twice the messages per frame
+            // (docs/benchmarks.md). At low rates every frame carries
+            // one message and the extra poll would only cost.
+            if loaded || items.len() > 1 {
+                tokio::task::yield_now().await;
+                let _ = rx.try_drain(&mut items);
+            }
+            loaded = items.len() > 1;
+            // Delivery latency for the admin UI: from the publish of
+            // the oldest event in this write to now (measured before
+            // the write, so nothing is held across it).
+            if node.metrics.live_on() {
+                if let Some(created) = items.iter().find_map(|i| match i {
+                    crier_core::Outbound::Event(e) => Some(e.created()),
+                    crier_core::Outbound::Raw(_) => None,
+                }) {
+                    node.metrics.delivered(created.elapsed());
+                }
+            }
+            // The frame, in a block: what the socket leaves is kept only
+            // while it waits.
+            {
+                let waiting = match match writer.deflate() {
+                    // Compressed: a frame per message, so a shared event is
+                    // compressed once for all its subscribers.
+                    Some(d) => {
+                        let mut frames: Vec<_> = items
+                            .drain(..)
+                            .map(|item| codec.outbound_deflated(&item, d))
+                            .collect();
+                        let mut out = Writer::frames_frame(codec.binary(), &mut frames);
+                        writer.try_write(&mut out).map(|all| (!all).then_some(out))
                     }
-                    let messages = items.len();
-                    loaded = messages > 1;
-                    // Delivery latency for the admin UI: from the publish of
-                    // the oldest event in this write to now (measured before
-                    // the write, so nothing is held across it).
-                    if node.metrics.live_on() {
-                        if let Some(created) = items.iter().find_map(|i| match i {
-                            crier_core::Outbound::Event(e) => Some(e.created()),
-                            crier_core::Outbound::Raw(_) => None,
-                        }) {
-                            node.metrics.delivered(created.elapsed());
-                        }
+                    // The shared encodings themselves go out, borrowed:
+                    // no copy, and no reference taken unless the socket
+                    // leaves some for later.
+                    None => {
+                        let rest = writer.try_write_messages(
+                            codec.binary(),
+                            items.iter().map(|item| codec.outbound(item)),
+                        );
+                        items.clear();
+                        rest
                     }
-                    let rest = match writer.deflate() {
-                        // Compressed: a frame per message, so a shared event is
-                        // compressed once for all its subscribers.
-                        Some(d) => {
-                            let mut frames: Vec<_> = items
-                                .drain(..)
-                                .map(|item| codec.outbound_deflated(&item, d))
-                                .collect();
-                            let mut out = Writer::frames_frame(codec.binary(), &mut frames);
-                            writer.try_write(&mut out).map(|all| (!all).then_some(out))
-                        }
-                        // The shared encodings themselves go out, borrowed:
-                        // no copy, and no reference taken unless the socket
-                        // leaves some for later.
-                        None => {
-                            let rest = writer.try_write_messages(
-                                codec.binary(),
-                                items.iter().map(|item| codec.outbound(item)),
-                            );
-                            items.clear();
-                            rest
-                        }
-                    };
-                    let sent = match rest {
-                        Ok(None) => Ok(()),
-                        Ok(Some(out)) => Box::pin(writer.finish(out)).await,
-                        Err(e) => Err(e),
-                    };
-                    if sent.is_err() {
+                } {
+                    // What the socket did not take waits, owned.
+                    Ok(waiting) => waiting,
+                    Err(_) => return gone(&node, &mut rx, &mut items),
+                };
+                if let Some(out) = waiting {
+                    if Box::pin(writer.finish(out)).await.is_err() {
                         return gone(&node, &mut rx, &mut items);
                     }
-                    between.drained.notify_one();
-                    // A client the queue keeps busy still gets its pings,
-                    // and is still found silent.
-                    let at = tokio::time::Instant::now();
-                    if between.ping_due(at, ping_at, &node) {
-                        // (Nothing a write at once left: this task wrote last.)
-                        if Box::pin(send_ping(writer, &None, codec)).await.is_err() {
-                            return None;
-                        }
-                        ping_at = since_epoch(at + node.config.client.ping_interval);
-                    }
-                    rx.written(messages > 1);
-                    // A burst must not leave its high-water mark behind, and
-                    // a client sent one message at a time (most of them, most
-                    // of the time) keeps no buffer while idle, for one small
-                    // allocation per frame.
-                    if messages <= 1 || items.capacity() > KEEP_ITEMS {
-                        items = Vec::new();
-                    }
                 }
-                Err(reason) => return Some(Box::pin(close_by_hub(&node, writer, reason)).await),
+            }
+            between.drained.notify_one();
+            // A client the queue keeps busy still gets its pings, and is
+            // still found silent.
+            let at = tokio::time::Instant::now();
+            if between.ping_due(at, ping_at, &node) {
+                // (Nothing a write at once left: this task wrote last.)
+                if Box::pin(send_ping(writer, &None, codec)).await.is_err() {
+                    return None;
+                }
+                ping_at = since_epoch(at + node.config.client.ping_interval);
+            }
+            rx.written(loaded);
+            // A burst must not leave its high-water mark behind, and a
+            // client sent one message at a time (most of them, most of the
+            // time) keeps no buffer while idle, for one small allocation per
+            // frame.
+            if !loaded || items.capacity() > KEEP_ITEMS {
+                items = Vec::new();
             }
         }
     }
@@ -820,6 +837,22 @@ async fn answer(writer: &mut Writer, now: &Option<Arc<Now>>, controls: &Controls
     Ok(())
 }
 
+/// The hub closed the client's queue with `reason`: after what a write at
+/// once left behind, the close.
+async fn close_after_rest(
+    node: &Node,
+    writer: &mut Writer,
+    now: &Option<Arc<Now>>,
+    rx: &mut ClientReceiver,
+    items: &mut Vec<crier_core::Outbound>,
+    reason: crier_core::DisconnectReason,
+) -> Option<Disconnect> {
+    if send_rest(writer, now).await.is_err() {
+        return gone(node, rx, items);
+    }
+    Some(close_by_hub(node, writer, reason).await)
+}
+
 /// The hub closed the client's queue with `reason` (slow, shutdown, an API
 /// disconnect): counted here; the reader logs it with the session's
 /// client, user and address. The close to send, when the socket still
@@ -864,13 +897,15 @@ mod tests {
     /// unnoticed until a benchmark; docs/benchmarks.md): growing past this
     /// budget fails here, not in production. The budget is a step: tokio
     /// allocates a task in 128-byte cache lines, the future plus 112 bytes
-    /// (its header, trailer and the task tracker's token), so up to 912
-    /// bytes the task takes eight (1,024 bytes) and one byte more takes
-    /// nine. The reader and the writer keep across their waits only what
-    /// the wait needs: what was heard, or what woke the writer, is decided
-    /// in a block of its own (a value kept there cost 128 bytes here); what
-    /// few connections use (a fragmented message, subscription expiries,
-    /// connection info, the writer's end reason) is boxed.
+    /// (its header, trailer and the task tracker's token), so up to 784
+    /// bytes the task takes seven (896 bytes) and one byte more takes
+    /// eight. The reader and the writer keep across their waits only what
+    /// the wait needs: what was heard, what woke the writer, what a frame
+    /// left, is decided in a block of its own, and the writer's chores
+    /// (a ping, control frames) share one wait (a value kept across two
+    /// waits is kept in every state of the future: one cost 128 bytes
+    /// here); what few connections use (a fragmented message, subscription
+    /// expiries, connection info, the writer's end reason) is boxed.
     #[tokio::test]
     async fn a_connection_task_stays_within_its_memory_budget() {
         let node = Node::new(crate::config::Config::default()).expect("node");
@@ -878,8 +913,8 @@ mod tests {
         let serving = serve(node.clone(), Codec::Json, reader, writer, (None, None));
         let size = std::mem::size_of_val(&serving);
         assert!(
-            size <= 912,
-            "the connection task's future is {size} bytes (budget 912)"
+            size <= 784,
+            "the connection task's future is {size} bytes (budget 784)"
         );
         // The writes at once: held by the client's queue for the
         // connection's life (a frame's rest inline once made it 72 bytes).
