@@ -62,12 +62,24 @@ struct Who {
 /// A connected client's identity.
 struct Connected {
     who: Who,
-    // Unix seconds after which the connection needs a refreshed token.
-    expires_at: Option<i64>,
+    // Unix seconds after which the connection needs a refreshed token
+    // (never 0, Centrifugo's "no expiry": 8 bytes, not an `Option<i64>`'s
+    // 16, in every connection's task).
+    expiry: Option<std::num::NonZeroI64>,
     // Unix seconds after which each subscription made with an expiring
     // subscription token needs a `sub_refresh` (client-side subscriptions
     // only: server-side ones come from the connection token).
     sub_expires_at: Expiries,
+}
+
+impl Connected {
+    fn expires_at(&self) -> Option<i64> {
+        self.expiry.map(std::num::NonZeroI64::get)
+    }
+
+    fn set_expires_at(&mut self, at: Option<i64>) {
+        self.expiry = at.and_then(std::num::NonZeroI64::new);
+    }
 }
 
 /// Subscriptions' expiries (Unix seconds), by channel. Boxed, and only
@@ -106,8 +118,6 @@ pub struct Session {
     // The address of the client's socket, for the logs.
     remote: Option<Remote>,
     connected: Option<Connected>,
-    // `client.command_rate_limit`, when set (boxed: most nodes set none).
-    commands: Option<Box<TokenBucket>>,
     // What few sessions have (see `Extras`): boxed and absent otherwise,
     // as every connection's task holds its session.
     extras: Option<Box<Extras>>,
@@ -142,6 +152,8 @@ impl Remote {
 /// What only some sessions have.
 #[derive(Default)]
 struct Extras {
+    // `client.command_rate_limit`, when set (most nodes set none).
+    commands: Option<TokenBucket>,
     // The id of an emulated session (`http_stream`, `sse`), sent in the
     // connect result for the client's POSTs to `/emulation`.
     emulated: Option<String>,
@@ -154,9 +166,12 @@ impl Session {
     /// A session that has not connected yet.
     /// `remote`: the address of the client's socket, when known.
     pub fn new(node: Arc<Node>, codec: Codec, transport: Transport, remote: Option<SocketAddr>) -> Self {
-        let commands = match node.config.client.command_rate_limit {
+        let extras = match node.config.client.command_rate_limit {
             0 => None,
-            rate => Some(Box::new(TokenBucket::new(rate))),
+            rate => Some(Box::new(Extras {
+                commands: Some(TokenBucket::new(rate)),
+                ..Extras::default()
+            })),
         };
         Self {
             node,
@@ -164,8 +179,7 @@ impl Session {
             transport,
             remote: remote.map(Remote::new),
             connected: None,
-            commands,
-            extras: None,
+            extras,
         }
     }
 
@@ -220,9 +234,9 @@ impl Session {
         let cfg = &self.node.config.client;
         let connection = if self.node.hooks.decides(Hook::Refresh) {
             // The hook is asked at the expiry itself.
-            c.expires_at.map(|t| after(t, std::time::Duration::ZERO))
+            c.expires_at().map(|t| after(t, std::time::Duration::ZERO))
         } else {
-            admission::deadline(&self.node, c.expires_at)
+            admission::deadline(&self.node, c.expires_at())
         };
         let subscriptions = c
             .sub_expires_at
@@ -257,7 +271,7 @@ impl Session {
         let refreshed = node.hooks.decides(Hook::Refresh);
         if refreshed {
             let due = self.connected.as_ref().and_then(|c| {
-                c.expires_at
+                c.expires_at()
                     .filter(|&t| after(t, std::time::Duration::ZERO) <= now)
                     .map(|_| c.who.clone())
             });
@@ -271,9 +285,9 @@ impl Session {
                     return Ok(());
                 };
                 match prolonged(outcome) {
-                    Some(Ok(t)) => c.expires_at = Some(t),
+                    Some(Ok(t)) => c.set_expires_at(Some(t)),
                     // No new expiry, or the backend failed: ask again soon.
-                    Some(Err(())) => c.expires_at = Some(unix_now() + REFRESH_RETRY),
+                    Some(Err(())) => c.set_expires_at(Some(unix_now() + REFRESH_RETRY)),
                     None => return Err(Disconnect::EXPIRED),
                 }
             }
@@ -282,7 +296,7 @@ impl Session {
             return Ok(());
         };
         if !refreshed
-            && c.expires_at
+            && c.expires_at()
                 .is_some_and(|t| after(t, cfg.expired_close_delay) <= now)
         {
             return Err(Disconnect::EXPIRED);
@@ -474,7 +488,7 @@ impl Session {
         node.set_format(cid, self.codec);
         self.connected = Some(Connected {
             who: who.clone(),
-            expires_at,
+            expiry: expires_at.and_then(std::num::NonZeroI64::new),
             sub_expires_at: Expiries::default(),
         });
 
@@ -579,7 +593,13 @@ impl Session {
         };
         let who = c.who.clone();
         let cid = who.id;
-        if !matches!(request, Request::Pong) && self.commands.as_mut().is_some_and(|b| !b.take()) {
+        if !matches!(request, Request::Pong)
+            && self
+                .extras
+                .as_mut()
+                .and_then(|e| e.commands.as_mut())
+                .is_some_and(|b| !b.take())
+        {
             self.node.metrics.refused("command_rate_limit");
             if !matches!(request, Request::Send(_)) {
                 self.send(self.codec.error(id, ErrorCode::TooManyRequests));
@@ -1025,15 +1045,15 @@ fn refresh(node: &Node, c: &mut Connected, id: u32, token: &str) -> Result<Reply
     if claims.user != *c.who.user {
         return Err(Disconnect::INVALID_TOKEN);
     }
-    c.expires_at = claims.expires_at();
+    c.set_expires_at(claims.expires_at());
     let now = unix_now();
     Ok(Reply {
         id,
         refresh: Some(wire::RefreshResult {
             client: c.who.id.to_string(),
             version: VERSION.to_owned(),
-            expires: c.expires_at.is_some(),
-            ttl: c.expires_at.map_or(0, |t| (t - now).max(0) as u32),
+            expires: c.expires_at().is_some(),
+            ttl: c.expires_at().map_or(0, |t| (t - now).max(0) as u32),
         }),
         ..Default::default()
     })

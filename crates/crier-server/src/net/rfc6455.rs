@@ -245,7 +245,7 @@ pub struct Frames {
     // messages are rare, and every idle connection holds its reader (8
     // bytes instead of 40).
     partial: Option<Box<(BytesMut, bool, bool)>>,
-    limit: usize,
+    limit: u32,
     // permessage-deflate was agreed: RSV1 marks a compressed message.
     inflate: bool,
     // The last message returned was text (opcode 1), not binary.
@@ -325,13 +325,18 @@ impl Reader {
 }
 
 impl Frames {
+    fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
     /// Starts with the bytes `pre`; messages over `limit` bytes are
     /// refused; `inflate` when permessage-deflate was agreed.
     pub fn new(pre: &[u8], limit: usize, inflate: bool) -> Self {
         Frames {
             buf: BytesMut::from(pre),
             partial: None,
-            limit,
+            // 4 GiB at most (a `u32`: every idle connection holds this).
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
             inflate,
             text: false,
         }
@@ -423,11 +428,11 @@ impl Frames {
     }
 
     fn inflated(&self, payload: &[u8]) -> Result<Bytes, ReadError> {
-        match deflate::inflate(payload, self.limit) {
+        match deflate::inflate(payload, self.limit()) {
             Ok(bytes) => Ok(bytes),
             Err(InflateError::TooLong) => Err(ReadError::TooLong {
-                size: self.limit + 1,
-                limit: self.limit,
+                size: self.limit() + 1,
+                limit: self.limit(),
             }),
             Err(InflateError::Invalid) => Err(ReadError::Protocol("invalid compressed data")),
         }
@@ -465,10 +470,10 @@ impl Frames {
         };
         let before = self.partial.as_ref().map_or(0, |p| p.0.len());
         let size = usize::try_from(len).unwrap_or(usize::MAX).saturating_add(before);
-        if !control && size > self.limit {
+        if !control && size > self.limit() {
             return Err(ReadError::TooLong {
                 size,
-                limit: self.limit,
+                limit: self.limit(),
             });
         }
         let header = 2 + ext + 4;
@@ -563,20 +568,21 @@ pub enum Control {
     Close(u16, &'static str),
 }
 
-/// Control frames waiting for a connection's writer task: a mutex around a
+/// Control frames waiting for a connection's writer: a mutex around a
 /// short list, touched only when the client pings or closes, and a flag
-/// and a waker the writer checks without the lock.
+/// the writer checks without the lock.
 /// Bounded: at most one pong (the latest ping's, which RFC 6455 §5.5.3
 /// allows answering alone) and one close wait, however many pings a client
-/// that never reads sends.
+/// that never reads sends. It wakes no one: the reader that queues and
+/// the writer that sends are polled by one task, which polls the writer
+/// again when its reader queued something (no waker kept: every
+/// connection's task holds this).
 #[derive(Default)]
 pub struct Controls {
     pending: std::sync::Mutex<Vec<Control>>,
     // Whether `pending` holds anything: the writer checks this on every
     // wake-up without taking the lock.
     queued: std::sync::atomic::AtomicBool,
-    // The writer waiting for a control frame, if any.
-    waker: futures_util::task::AtomicWaker,
 }
 
 impl Controls {
@@ -602,32 +608,13 @@ impl Controls {
             }
             self.queued.store(true, std::sync::atomic::Ordering::Release);
         }
-        // Set before the wake: a writer not waiting yet sees the flag.
-        self.waker.wake();
     }
 
-    /// Ready when a control frame is queued (taken with
-    /// [`Controls::take_now`]); else registers `cx` to be woken by the
-    /// next [`Controls::send`]. Costs two atomic operations, no lock: the
-    /// writer polls it on every wake-up.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        use std::sync::atomic::Ordering::Acquire;
-        if self.queued.load(Acquire) {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        // A send between the load and the registration woke the old waker.
-        if self.queued.load(Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Waits until a control frame is queued.
-    #[cfg(test)]
-    pub async fn ready(&self) {
-        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    /// Whether a control frame is queued (taken with
+    /// [`Controls::take_now`]). One atomic load, no lock: the writer
+    /// checks it on every wake-up.
+    pub fn is_queued(&self) -> bool {
+        self.queued.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The control frames queued now, in order.
@@ -1147,7 +1134,7 @@ mod tests {
         for i in 0..100_000u32 {
             controls.send(Control::Pong(Bytes::from(i.to_be_bytes().to_vec())));
         }
-        controls.ready().await;
+        assert!(controls.is_queued());
         assert_eq!(
             controls.take_now(),
             vec![Control::Pong(Bytes::from(99_999u32.to_be_bytes().to_vec()))]
@@ -1155,11 +1142,12 @@ mod tests {
         controls.send(Control::Pong(Bytes::from_static(b"a")));
         controls.send(Control::Close(1000, ""));
         controls.send(Control::Pong(Bytes::from_static(b"b")));
-        controls.ready().await;
+        assert!(controls.is_queued());
         assert_eq!(
             controls.take_now(),
             vec![Control::Pong(Bytes::from_static(b"a")), Control::Close(1000, "")]
         );
+        assert!(!controls.is_queued());
     }
 
     #[test]

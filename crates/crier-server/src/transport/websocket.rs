@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
@@ -204,22 +204,91 @@ fn serve(
         // what the writer's last poll decided): no second task, and what they
         // share lives here, not in an allocation of its own.
         let between = Between::new();
-        let mut writing = std::pin::pin!(write(node.clone(), codec, &mut writer, rx, &between));
-        let mut reading = std::pin::pin!(read_commands(&mut session, &mut reader, &between));
-        std::future::poll_fn(|cx| {
+        let closed_by_client = Halves {
+            writing: write(node.clone(), codec, &mut writer, rx, &between),
+            reading: read_commands(&mut session, &mut reader, &between),
+            between: &between,
+            read: None,
+            flush: None,
+        }
+        .await;
+        if closed_by_client {
+            // The writer has sent the close (or had 5 seconds to): only
+            // now is the client removed, so its queue closing (3000)
+            // cannot race the close code the client must see (1002, or
+            // its echo).
+            session.close(&Disconnect::CONNECTION_CLOSED);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's two halves, polled in turn by its one task: the
+    /// writer first (so the reader sees what the writer's last poll
+    /// decided), until the reader ends; then the writer alone, to send
+    /// the close, for 5 seconds at most. A future of its own rather than
+    /// `poll_fn` over two pinned locals: no references to them, nor a
+    /// closure, in every connection's task.
+    struct Halves<'a, W, R> {
+        #[pin]
+        writing: W,
+        #[pin]
+        reading: R,
+        between: &'a Between,
+        // The reader's end, once it has ended: whether the client closed.
+        read: Option<bool>,
+        // The writer's deadline once the reader has ended (boxed: the
+        // timer would size every connection's task).
+        flush: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<W, R> std::future::Future for Halves<'_, W, R>
+where
+    W: std::future::Future<Output = Option<Disconnect>>,
+    R: std::future::Future<Output = bool>,
+{
+    /// Whether the client closed (the reader's end).
+    type Output = bool;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        let mut this = self.project();
+        let between: &Between = this.between;
+        let write = |writing: std::pin::Pin<&mut W>, cx: &mut std::task::Context<'_>| {
             if between.ended.get().is_none() {
-                if let Poll::Ready(ended) = writing.as_mut().poll(cx) {
+                if let Poll::Ready(ended) = writing.poll(cx) {
                     let _ = between.ended.set(ended.map(Box::new));
                 }
             }
-            reading.as_mut().poll(cx)
-        })
-        .await;
-        // Let the writer flush the close frame, but not forever (boxed: the
-        // timer would size every connection's task).
-        if between.ended.get().is_none() {
-            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), writing)).await;
+        };
+        write(this.writing.as_mut(), cx);
+        let closed = match *this.read {
+            Some(closed) => closed,
+            None => {
+                let queued = between.controls.is_queued();
+                let read = this.reading.poll(cx);
+                // The reader queued a pong or a close: the writer, polled
+                // only when this task is woken, sends it on the next poll.
+                if !queued && between.controls.is_queued() {
+                    cx.waker().wake_by_ref();
+                }
+                let Poll::Ready(closed) = read else {
+                    return Poll::Pending;
+                };
+                *this.read = Some(closed);
+                // The writer goes on at once: the close it was asked to send.
+                write(this.writing.as_mut(), cx);
+                closed
+            }
+        };
+        if between.ended.get().is_some() {
+            return Poll::Ready(closed);
         }
+        this.flush
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_secs(5))))
+            .as_mut()
+            .poll(cx)
+            .map(|()| closed)
     }
 }
 
@@ -235,7 +304,7 @@ fn read_commands<'a>(
     session: &'a mut Session,
     reader: &'a mut Reader,
     between: &'a Between,
-) -> impl std::future::Future<Output = ()> + Send + 'a {
+) -> impl std::future::Future<Output = bool> + Send + 'a {
     async move {
         // The timer for lapsing tokens, boxed and only while a token can lapse:
         // most connections have none, and every byte here is per connection.
@@ -267,10 +336,13 @@ fn read_commands<'a>(
                     // The hub closed the queue (slow, shutdown, API
                     // disconnect) or the socket failed: the writer already
                     // said goodbye.
-                    Some(Heard::Writer(by_hub)) => return writer_gone(session, by_hub),
+                    Some(Heard::Writer(by_hub)) => {
+                        writer_gone(session, by_hub);
+                        return false;
+                    }
                     Some(Heard::Nothing) => {
                         session.close(&Disconnect::NO_PONG);
-                        return;
+                        return false;
                     }
                     Some(Heard::Client(m)) => match read(m) {
                         Read::Frame(text) => Next::Frame(text),
@@ -279,51 +351,53 @@ fn read_commands<'a>(
                             between.controls.send(control);
                             continue;
                         }
+                        // The session ends once the writer has sent the
+                        // close (`serve`).
                         Read::Last(control) => {
                             between.controls.send(control);
-                            Next::Close
+                            return true;
                         }
                         Read::Gone => {
                             session.close(&Disconnect::CONNECTION_CLOSED);
-                            return;
+                            return false;
                         }
                         Read::Fail(d) => {
                             session.close(&d);
-                            return;
+                            return false;
                         }
                     },
                 }
             };
-            match next {
-                // Boxed: a refresh proxy call must not size every task.
-                Next::Expire => {
-                    if let Err(d) = Box::pin(session.expire()).await {
-                        session.close(&d);
-                        return;
-                    }
-                }
-                // Boxed: the commands' state (a decoded command is over 500
-                // bytes) lives only while a frame is handled, not in every
-                // idle connection's task.
-                Next::Frame(text) => match Box::pin(commands(session, text, between)).await {
-                    AfterFrame::Continue => {}
-                    AfterFrame::Closed => return,
-                    AfterFrame::WriterGone(by_hub) => return writer_gone(session, by_hub),
-                },
-                Next::Close => {
-                    // The writer sends the close and ends; only then is the
-                    // client removed, so its queue closing (3000) cannot race
-                    // the close code the client must see (1002, or its echo).
-                    let _ = Box::pin(tokio::time::timeout(
-                        Duration::from_secs(5),
-                        between.writer_ended(),
-                    ))
-                    .await;
-                    session.close(&Disconnect::CONNECTION_CLOSED);
-                    return;
-                }
+            // Boxed: a refresh proxy call, or the commands' state (a
+            // decoded command is over 500 bytes), lives only while it runs,
+            // not in every idle connection's task; one wait for both, so
+            // that `next` is kept across one wait only (a value kept across
+            // several is kept in every state of the future).
+            if !Box::pin(act(session, between, next)).await {
+                return false;
             }
         }
+    }
+}
+
+/// Does what the reader heard asks for; false when the session has ended.
+async fn act(session: &mut Session, between: &Between, next: Next) -> bool {
+    match next {
+        Next::Expire => match session.expire().await {
+            Ok(()) => true,
+            Err(d) => {
+                session.close(&d);
+                false
+            }
+        },
+        Next::Frame(text) => match commands(session, text, between).await {
+            AfterFrame::Continue => true,
+            AfterFrame::Closed => false,
+            AfterFrame::WriterGone(by_hub) => {
+                writer_gone(session, by_hub);
+                false
+            }
+        },
     }
 }
 
@@ -333,8 +407,6 @@ enum Next {
     Expire,
     /// A frame of commands to handle.
     Frame(Bytes),
-    /// The writer is sending the close: wait for it to end.
-    Close,
 }
 
 /// Keeps the timer for lapsing tokens at the session's deadline (`at`, in
@@ -395,10 +467,14 @@ async fn commands(session: &mut Session, text: Bytes, between: &Between) -> Afte
         // pipelining faster than it reads waits here (and so does its
         // socket) instead of overflowing its own queue and being dropped
         // as slow (3008).
-        while session.client_id().is_some_and(|id| node.hub.backlogged(id)) {
-            tokio::select! {
-                _ = between.drained.notified() => {}
-                by_hub = between.writer_ended() => return AfterFrame::WriterGone(by_hub),
+        loop {
+            // Counted before the check: a frame sent after it is seen.
+            let sent = between.frames.load(Ordering::Relaxed);
+            if !session.client_id().is_some_and(|id| node.hub.backlogged(id)) {
+                break;
+            }
+            if let Some(by_hub) = between.next_frame(sent).await {
+                return AfterFrame::WriterGone(by_hub);
             }
         }
     }
@@ -494,7 +570,7 @@ fn write<'a>(
                     // control flag and drains the queue, creates no future
                     // and takes no lock beyond the queue's.
                     let (timer_at, ping) = match std::future::poll_fn(|cx| {
-                        if between.controls.poll_ready(cx).is_ready() {
+                        if between.controls.is_queued() {
                             return Poll::Ready(Wake::Controls);
                         }
                         if let Poll::Ready(r) = rx.poll_drain(cx, &mut items) {
@@ -618,7 +694,7 @@ fn write<'a>(
                     }
                 }
             }
-            between.drained.notify_one();
+            between.frames.fetch_add(1, Ordering::Relaxed);
             // A client the queue keeps busy still gets its pings, and is
             // still found silent.
             let at = tokio::time::Instant::now();
@@ -702,9 +778,11 @@ fn idle(node: &Node) -> Duration {
 struct Between {
     /// The pongs and the close the reader asks the writer to send.
     controls: Controls,
-    /// Signalled after each frame the writer sends, for the reader's
-    /// backpressure (a stored permit, so a signal is never lost).
-    drained: tokio::sync::Notify,
+    /// Counts the frames the writer sent (wrapping), for the reader's
+    /// backpressure: a reader that read the count before it found the
+    /// queue backlogged waits for it to change (no waker: the writer is
+    /// polled by the same task, just before the reader).
+    frames: AtomicU32,
     /// When the client last sent anything, in milliseconds of [`epoch`];
     /// [`SILENT`] once the writer found it silent for longer than the ping
     /// interval plus the pong timeout (the reader then ends the session with
@@ -719,7 +797,7 @@ impl Between {
     fn new() -> Self {
         Between {
             controls: Controls::default(),
-            drained: tokio::sync::Notify::new(),
+            frames: AtomicU32::new(0),
             heard: AtomicU64::new(since_epoch(tokio::time::Instant::now())),
             ended: OnceLock::new(),
         }
@@ -767,12 +845,13 @@ impl Between {
         Poll::Ready(Heard::Client(msg))
     }
 
-    /// Ready with the writer's end. Registers no waker: the writer is
-    /// polled in the same task, just before the reader, so the poll that
-    /// ends it is followed by one of this.
-    fn writer_ended(&self) -> impl std::future::Future<Output = Option<Disconnect>> + '_ {
-        std::future::poll_fn(|_| match self.ended.get() {
-            Some(by_hub) => Poll::Ready(by_hub.as_deref().cloned()),
+    /// Ready when the writer has sent a frame since it had sent `sent`
+    /// (with `None`), or has ended (with its end). Registers no waker:
+    /// the writer is polled in the same task, just before the reader.
+    fn next_frame(&self, sent: u32) -> impl std::future::Future<Output = Option<Option<Disconnect>>> + '_ {
+        std::future::poll_fn(move |_| match self.ended.get() {
+            Some(by_hub) => Poll::Ready(Some(by_hub.as_deref().cloned())),
+            None if self.frames.load(Ordering::Relaxed) != sent => Poll::Ready(None),
             None => Poll::Pending,
         })
     }
@@ -897,15 +976,17 @@ mod tests {
     /// unnoticed until a benchmark; docs/benchmarks.md): growing past this
     /// budget fails here, not in production. The budget is a step: tokio
     /// allocates a task in 128-byte cache lines, the future plus 112 bytes
-    /// (its header, trailer and the task tracker's token), so up to 784
-    /// bytes the task takes seven (896 bytes) and one byte more takes
-    /// eight. The reader and the writer keep across their waits only what
-    /// the wait needs: what was heard, what woke the writer, what a frame
+    /// (its header, trailer and the task tracker's token), so up to 656
+    /// bytes the task takes six (768 bytes) and one byte more takes seven.
+    /// The reader and the writer keep across their waits only what the
+    /// wait needs: what was heard, what woke the writer, what a frame
     /// left, is decided in a block of its own, and the writer's chores
-    /// (a ping, control frames) share one wait (a value kept across two
-    /// waits is kept in every state of the future: one cost 128 bytes
+    /// (a ping, control frames) and the reader's (a frame's commands, a
+    /// lapsed token, the close) each share one wait (a value kept across
+    /// two waits is kept in every state of the future: one cost 128 bytes
     /// here); what few connections use (a fragmented message, subscription
-    /// expiries, connection info, the writer's end reason) is boxed.
+    /// expiries, connection info, the writer's end reason, a command rate
+    /// limit) is boxed; the halves share no waker (`Halves` polls both).
     #[tokio::test]
     async fn a_connection_task_stays_within_its_memory_budget() {
         let node = Node::new(crate::config::Config::default()).expect("node");
@@ -913,8 +994,8 @@ mod tests {
         let serving = serve(node.clone(), Codec::Json, reader, writer, (None, None));
         let size = std::mem::size_of_val(&serving);
         assert!(
-            size <= 784,
-            "the connection task's future is {size} bytes (budget 784)"
+            size <= 656,
+            "the connection task's future is {size} bytes (budget 656)"
         );
         // The writes at once: held by the client's queue for the
         // connection's life (a frame's rest inline once made it 72 bytes).
