@@ -1458,7 +1458,6 @@ impl Later<'_> {
 /// turn falls behind two writing in parallel (docs/benchmarks.md).
 const AT_ONCE_FAN_OUT: usize = 128;
 
-// Who `client` is, in one subscription with `chan_info`.
 /// The user of anonymous connections (the empty string), one for all of
 /// them: an `Arc<str>` of its own would be an allocation per connection.
 /// [`Hub::connect`] keeps this one for any empty user; an embedder that
@@ -1468,6 +1467,7 @@ pub fn anonymous_user() -> Arc<str> {
     ANONYMOUS.clone()
 }
 
+// Who `client` is, in one subscription with `chan_info`.
 fn client_info(client: &ClientEntry, chan_info: Option<Bytes>) -> ClientInfo {
     ClientInfo {
         client: client.id,
