@@ -159,7 +159,7 @@ fn run() {
     // The hook's answer is the subscription's channel info.
     let present = hub.presence("team:red").expect("presence");
     assert_eq!(present.len(), 1);
-    assert_eq!(present[0].chan_info.as_deref(), Some(&b"captain"[..]));
+    assert_eq!(present[0].chan_info().map(|b| &b[..]), Some(&b"captain"[..]));
     hub.unsubscribe(bob, "lobby").expect("unsubscribe");
     hub.disconnect(alice, DisconnectReason::Removed);
 

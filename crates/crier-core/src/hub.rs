@@ -1469,12 +1469,12 @@ pub fn anonymous_user() -> Arc<str> {
 
 // Who `client` is, in one subscription with `chan_info`.
 fn client_info(client: &ClientEntry, chan_info: Option<Bytes>) -> ClientInfo {
-    ClientInfo {
-        client: client.id,
-        user: client.user.clone(),
-        conn_info: client.conn_info.as_deref().cloned(),
+    ClientInfo::new(
+        client.id,
+        client.user.clone(),
+        client.conn_info.as_deref().cloned(),
         chan_info,
-    }
+    )
 }
 
 // Pushes one item; notes the client for removal (once) when it cannot take

@@ -91,9 +91,7 @@ struct Entry {
 /// Bytes one retained publication is counted for.
 fn entry_cost(p: &Publication) -> usize {
     let info = p.info.as_ref().map_or(0, |i| {
-        i.user.len()
-            + i.conn_info.as_ref().map_or(0, |b| b.len())
-            + i.chan_info.as_ref().map_or(0, |b| b.len())
+        i.user.len() + i.conn_info().map_or(0, |b| b.len()) + i.chan_info().map_or(0, |b| b.len())
     });
     let tags = p
         .tags
@@ -617,12 +615,12 @@ mod tests {
         let e = MemoryEngine::with_limit(clock.clone(), HistoryLimit { max_bytes: 1 << 20 });
         let o = opts(2, Some(1_000));
         let mut first = Publication::new("0123456789");
-        first.info = Some(Arc::new(ClientInfo {
-            client: ClientId(1),
-            user: "ann".into(),
-            conn_info: Some(bytes::Bytes::from_static(b"conn!")),
-            chan_info: Some(bytes::Bytes::from_static(b"channel")),
-        }));
+        first.info = Some(Arc::new(ClientInfo::new(
+            ClientId(1),
+            "ann".into(),
+            Some(bytes::Bytes::from_static(b"conn!")),
+            Some(bytes::Bytes::from_static(b"channel")),
+        )));
         first.tags = Some(vec![("k".into(), "vv".into())].into());
         // The entry: overhead, payload, user + conn info + chan info, and
         // each tag's key + value + 16.
@@ -769,12 +767,7 @@ mod tests {
     #[test]
     fn presence_add_remove() {
         let e = MemoryEngine::default();
-        let info = Arc::new(ClientInfo {
-            client: ClientId(7),
-            user: "u".into(),
-            conn_info: None,
-            chan_info: None,
-        });
+        let info = Arc::new(ClientInfo::new(ClientId(7), "u".into(), None, None));
         e.add_presence("c", info.clone()).unwrap();
         assert_eq!(e.presence("c").unwrap(), vec![info]);
         e.remove_presence("c", ClientId(7)).unwrap();

@@ -822,12 +822,12 @@ impl Session {
         } else if let Err(code) = self.check(who, ChannelAction::Publish, &req.channel, options) {
             return Ok(Reply::error(id, code));
         }
-        let info = Arc::new(ClientInfo {
-            client: who.id,
-            user: who.user.clone(),
-            conn_info: who.conn_info.as_deref().cloned(),
-            chan_info: None,
-        });
+        let info = Arc::new(ClientInfo::new(
+            who.id,
+            who.user.clone(),
+            who.conn_info.as_deref().cloned(),
+            None,
+        ));
         let exclude = if req.exclude_self {
             Exclusion {
                 clients: vec![who.id],

@@ -550,9 +550,9 @@ fn presence_and_join_leave() {
     let present = hub.presence("room:1").unwrap();
     assert_eq!(present.len(), 3);
     let alice = present.iter().find(|i| i.client == a).unwrap();
-    assert_eq!(alice.conn_info.as_deref(), Some(&b"conn-a"[..]));
+    assert_eq!(alice.conn_info().map(|b| &b[..]), Some(&b"conn-a"[..]));
     let bob = present.iter().find(|i| i.client == b).unwrap();
-    assert_eq!(bob.chan_info.as_deref(), Some(&b"seat 4"[..]));
+    assert_eq!(bob.chan_info().map(|b| &b[..]), Some(&b"seat 4"[..]));
     assert_eq!(
         hub.presence_stats("room:1").unwrap(),
         PresenceStats { clients: 3, users: 2 }

@@ -185,19 +185,19 @@ fn info_bytes(i: &ClientInfo) -> Bytes {
     Bytes::from(encode_info(&InfoParts {
         client: i.client.0,
         user: i.user.to_string(),
-        conn_info: i.conn_info.clone(),
-        chan_info: i.chan_info.clone(),
+        conn_info: i.conn_info().cloned(),
+        chan_info: i.chan_info().cloned(),
     }))
 }
 
 fn client_info(b: Bytes) -> Result<Arc<ClientInfo>, BrokerError> {
     let p = decode_info(b)?;
-    Ok(Arc::new(ClientInfo {
-        client: ClientId(p.client),
-        user: p.user.into(),
-        conn_info: p.conn_info,
-        chan_info: p.chan_info,
-    }))
+    Ok(Arc::new(ClientInfo::new(
+        ClientId(p.client),
+        p.user.into(),
+        p.conn_info,
+        p.chan_info,
+    )))
 }
 
 /// A history read from the broker as the hub holds it.

@@ -718,12 +718,7 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
         }
     }
     tracing::debug!(listener = %ep.key, %peer, client = %id, user, "tcp client connected");
-    let publisher = Arc::new(ClientInfo {
-        client: id,
-        user: user.as_str().into(),
-        conn_info,
-        chan_info: None,
-    });
+    let publisher = Arc::new(ClientInfo::new(id, user.as_str().into(), conn_info, None));
     // A peer that accepts no bytes for as long as a WebSocket client may
     // stay silent is gone, even if its queue has not overflowed yet.
     let stall = client_cfg.ping_interval + client_cfg.pong_timeout;

@@ -25,8 +25,8 @@ fn info_ref<'a>(info: &'a ClientInfo, client: &'a str) -> ClientInfoRef<'a> {
     ClientInfoRef {
         user: &info.user,
         client,
-        conn_info: info.conn_info.as_deref().unwrap_or_default(),
-        chan_info: info.chan_info.as_deref().unwrap_or_default(),
+        conn_info: info.conn_info().map_or(&[][..], |b| &b[..]),
+        chan_info: info.chan_info().map_or(&[][..], |b| &b[..]),
     }
 }
 

@@ -191,8 +191,8 @@ pub(crate) fn wire_client_info(i: &ClientInfo) -> wire::ClientInfo {
     wire::ClientInfo {
         user: i.user.to_string(),
         client: i.client.to_string(),
-        conn_info: i.conn_info.as_ref().and_then(payload),
-        chan_info: i.chan_info.as_ref().and_then(payload),
+        conn_info: i.conn_info().and_then(payload),
+        chan_info: i.chan_info().and_then(payload),
     }
 }
 
