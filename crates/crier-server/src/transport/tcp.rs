@@ -676,7 +676,12 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
         Some(token) => Credentials::Token(token),
         None => Credentials::ListenerAnonymous,
     };
-    let Admitted { identity, id, rx, .. } = match admission::admit(
+    let Admitted {
+        identity,
+        id,
+        rx,
+        user,
+    } = match admission::admit(
         &node,
         admission::Peer {
             transport: crate::metrics::Transport::Tcp,
@@ -699,7 +704,6 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
         }
     };
     let Identity {
-        user,
         conn_info,
         expires_at,
         ..
@@ -717,8 +721,8 @@ async fn serve(node: Arc<Node>, ep: Arc<Endpoint>, stream: TcpStream, peer: Sock
             tracing::warn!(listener = %ep.key, channel, error = %e, "tcp client not subscribed");
         }
     }
-    tracing::debug!(listener = %ep.key, %peer, client = %id, user, "tcp client connected");
-    let publisher = Arc::new(ClientInfo::new(id, user.as_str().into(), conn_info, None));
+    tracing::debug!(listener = %ep.key, %peer, client = %id, user = &*user, "tcp client connected");
+    let publisher = Arc::new(ClientInfo::new(id, user, conn_info, None));
     // A peer that accepts no bytes for as long as a WebSocket client may
     // stay silent is gone, even if its queue has not overflowed yet.
     let stall = client_cfg.ping_interval + client_cfg.pong_timeout;

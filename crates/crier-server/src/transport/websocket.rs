@@ -982,7 +982,7 @@ mod tests {
     /// wait needs: what was heard, what woke the writer, what a frame
     /// left, is decided in a block of its own, and the writer's chores
     /// (a ping, control frames) and the reader's (a frame's commands, a
-    /// lapsed token, the close) each share one wait (a value kept across
+    /// lapsed token) each share one wait (a value kept across
     /// two waits is kept in every state of the future: one cost 128 bytes
     /// here); what few connections use (a fragmented message, subscription
     /// expiries, connection info, the writer's end reason, a command rate
