@@ -37,6 +37,10 @@ pub struct Memory {
     pub rss: u64,
     /// The most it has ever been resident (`VmHWM`).
     pub peak: u64,
+    /// Resident now in anonymous pages (`RssAnon`): the heap and stacks,
+    /// without the code and file pages that move `rss` by megabytes
+    /// between runs of the same binary. `None` before Linux 4.5.
+    pub anon: Option<u64>,
 }
 
 fn read(pid: Pid, file: &str) -> anyhow::Result<String> {
@@ -74,6 +78,7 @@ pub fn memory(pid: Pid) -> anyhow::Result<Memory> {
         (Some(rss), Some(peak)) => Ok(Memory {
             rss: rss * 1024,
             peak: peak * 1024,
+            anon: status_kib(&status, "RssAnon:").map(|kib| kib * 1024),
         }),
         _ => bail!("no VmRSS/VmHWM in /proc/{pid}/status"),
     }
@@ -110,15 +115,18 @@ mod tests {
 
     #[test]
     fn status_lines_in_kib() {
-        let status = "Name:\tcrier\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+        let status = "Name:\tcrier\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nRssAnon:\t    4096 kB\n";
         assert_eq!(status_kib(status, "VmRSS:"), Some(10240));
+        assert_eq!(status_kib(status, "RssAnon:"), Some(4096));
         assert_eq!(status_kib(status, "VmHWM:"), Some(20480));
         assert_eq!(status_kib(status, "VmSwap:"), None);
     }
 
     #[test]
     fn this_process_is_readable() {
-        assert!(memory(Pid::This).unwrap().rss > 0);
+        let memory = memory(Pid::This).unwrap();
+        assert!(memory.rss > 0);
+        assert!(memory.anon.is_some_and(|anon| anon > 0 && anon <= memory.rss));
         cpu_time(Pid::This).unwrap();
         assert!(open_file_limit(Pid::This).unwrap() > 0);
     }

@@ -250,11 +250,20 @@ impl Report {
         report["format"] = plan.format.name().into();
         report["protocol"] = plan.protocol.name().into();
         report["compression"] = plan.compression.into();
+        report["server_rss_anon_per_connection_bytes"] =
+            server.and_then(|s| self.anon_per_connection(s)).into();
         report
     }
 
     fn rss_per_connection(&self, server: &ServerUsage) -> u64 {
         server.connected.rss.saturating_sub(server.before.rss) / self.plan.subscribers as u64
+    }
+
+    /// The same, counting anonymous pages only (the heap): code pages
+    /// paged in or out between the two readings do not move it.
+    fn anon_per_connection(&self, server: &ServerUsage) -> Option<u64> {
+        let (before, connected) = (server.before.anon?, server.connected.anon?);
+        Some(connected.saturating_sub(before) / self.plan.subscribers as u64)
     }
 
     /// The human-readable report, one line per row.
@@ -404,10 +413,13 @@ impl Report {
                 rows.push((
                     "server memory",
                     format!(
-                        "RSS {} before, {} connected ({} per connection), {} after; peak {}",
+                        "RSS {} before, {} connected ({} per connection{}), {} after; peak {}",
                         bytes(s.before.rss),
                         bytes(s.connected.rss),
                         bytes(self.rss_per_connection(s)),
+                        self.anon_per_connection(s)
+                            .map(|anon| format!(", {} of heap", bytes(anon)))
+                            .unwrap_or_default(),
                         bytes(s.after.rss),
                         bytes(s.after.peak)
                     ),
