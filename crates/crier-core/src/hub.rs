@@ -1114,7 +1114,7 @@ impl Hub {
             );
             drop(st);
             if let Some(later) = later {
-                later.spread();
+                later.spread(&ev);
             }
             self.inner.counters.publications.fetch_add(1, Relaxed);
             self.drop_clients(dropped);
@@ -1191,7 +1191,7 @@ impl Hub {
         );
         drop(st);
         if let Some(later) = later {
-            later.spread();
+            later.spread(&ev);
         }
         self.drop_clients(dropped);
         Delivery::Delivered(n)
@@ -1229,6 +1229,7 @@ impl Hub {
         } else {
             Via::Writer
         };
+        let item = Outbound::Event(ev.clone());
         for (id, sub) in &st.subscribers {
             if offset <= sub.since
                 || skip == Some(*id)
@@ -1236,7 +1237,12 @@ impl Hub {
             {
                 continue;
             }
-            match sub.queue.push_via(Outbound::Event(ev.clone()), via) {
+            let pushed = match via {
+                Via::Later(at) => sub.queue.push_later(&item, at),
+                Via::AtOnce(at) => sub.queue.push_at_once(&item, at).map(|()| false),
+                Via::Writer => sub.queue.push(item.clone()).map(|()| false),
+            };
+            match pushed {
                 Ok(left) => {
                     delivered += 1;
                     if let (true, Some(later)) = (left, later.as_deref_mut()) {
@@ -1439,15 +1445,16 @@ struct Later<'a> {
 }
 
 impl Later<'_> {
-    // Hands the clients to the spread in flushes of AT_ONCE_FAN_OUT.
-    fn spread(self) {
+    // Hands the clients to the spread in flushes of `ev` to
+    // AT_ONCE_FAN_OUT clients each.
+    fn spread(self, ev: &Arc<Event>) {
         let mut left = self.queues.into_iter();
         loop {
             let chunk: Vec<_> = left.by_ref().take(AT_ONCE_FAN_OUT).collect();
             if chunk.is_empty() {
                 return;
             }
-            self.spread.spread(Flush::new(chunk));
+            self.spread.spread(Flush::new(Outbound::Event(ev.clone()), chunk));
         }
     }
 }

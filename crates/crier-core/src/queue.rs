@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::event::Outbound;
 
@@ -115,6 +115,11 @@ struct State {
     // A write at once left something behind: the next drain reports ready,
     // even with nothing queued, so the writer sends the rest first.
     handoff: bool,
+    // A fan-out left this client's next delivery to a [`Flush`], which
+    // holds it (nothing is queued for it): what is pushed meanwhile
+    // queues behind it, and the writer drains nothing until the flush has
+    // written it or put it first in the queue.
+    later: bool,
     // When the connection was last written to ([`millis`]): a client
     // written to within [`QUIET_MS`] is under load, and its pushes go
     // through its writer, which joins them into one frame per wake-up.
@@ -122,6 +127,13 @@ struct State {
 }
 
 impl State {
+    /// Whether a push at `at` ([`millis`]) may write at once: nothing
+    /// waits, nobody writes or holds the next write, and the client is
+    /// not under load.
+    fn may_write_now(&self, at: u32) -> bool {
+        self.now.is_some() && self.items.is_empty() && !self.busy && !self.later && quiet(self.last_write, at)
+    }
+
     /// Writes `item` through the transport at once (the caller checked
     /// that it may), at `at` ([`millis`]). Returns the writer's waker when
     /// the socket did not take all of it, to wake once the lock is
@@ -161,10 +173,11 @@ fn wake(waker: Option<Waker>) {
 pub(crate) enum Via {
     /// Through the writer, woken.
     Writer,
-    /// Written at once by the pushing thread, when the queue allows it.
+    /// Written at once by the pushing thread, when the queue allows it
+    /// ([`QueueSender::push_at_once`]).
     AtOnce(u32),
-    /// Left queued for a [`Flush`] on another thread, when the queue
-    /// allows a write at once.
+    /// Left to a [`Flush`] on another thread, when the queue allows a
+    /// write at once ([`QueueSender::push_later`]).
     Later(u32),
 }
 
@@ -179,29 +192,28 @@ impl Via {
             Via::AtOnce(now)
         }
     }
-
-    fn at(self) -> Option<u32> {
-        match self {
-            Via::Writer => None,
-            Via::AtOnce(at) | Via::Later(at) => Some(at),
-        }
-    }
 }
 
-/// Deliveries a large fan-out left queued, to be written at once on
-/// another thread ([`Spread`]): the hub's publishing thread queues them
-/// without waking a writer per client, and the cores share the writes, a
-/// chunk of clients each (docs/benchmarks.md).
+/// A delivery a large fan-out left to be written at once on another
+/// thread ([`Spread`]), to a chunk of its clients: the hub's publishing
+/// thread leaves it without queueing it or waking a writer per client,
+/// and the cores share the writes (docs/benchmarks.md). Each client's
+/// queue holds its next write for the flush meanwhile.
 ///
-/// Dropped without [`run`](Self::run) (a runtime shutting down), it wakes
-/// its clients' writers instead, so nothing is left behind.
+/// Dropped without [`run`](Self::run) (a runtime shutting down), it
+/// queues the delivery for each client's writer instead and wakes it, so
+/// nothing is left behind.
 pub struct Flush {
+    // The delivery, one for every client here (a fan-out's event).
+    item: Outbound,
     queues: Vec<QueueSender>,
 }
 
 impl Flush {
-    pub(crate) fn new(queues: Vec<QueueSender>) -> Self {
-        Self { queues }
+    /// A flush of `item` to `queues`, each of which
+    /// [`push_later`](QueueSender::push_later) left it for a flush.
+    pub(crate) fn new(item: Outbound, queues: Vec<QueueSender>) -> Self {
+        Self { item, queues }
     }
 
     /// Writes each client's delivery at once (or, where its writer took
@@ -211,7 +223,7 @@ impl Flush {
         // quiet rule (milliseconds) whether the client is under load.
         let now = millis();
         for q in self.queues.drain(..) {
-            q.flush(now);
+            q.flush(&self.item, Some(now));
         }
     }
 
@@ -229,7 +241,7 @@ impl Flush {
 impl Drop for Flush {
     fn drop(&mut self) {
         for q in self.queues.drain(..) {
-            q.wake_writer();
+            q.flush(&self.item, None);
         }
     }
 }
@@ -303,11 +315,16 @@ pub struct ClientReceiver {
 }
 
 /// A client written to less than this long ago (in milliseconds, so
-/// between 4 and 5 ms) is under load: its pushes wake its writer, which
+/// between 1 and 2 ms) is under load: its pushes wake its writer, which
 /// joins what a fan-out round queues into one frame, instead of each
 /// being written at once (one `sendmsg`, and one wake-up of the client,
-/// per delivery; docs/benchmarks.md).
-const QUIET_MS: u32 = 5;
+/// per delivery; docs/benchmarks.md). It was 5 ms until a large
+/// fan-out's own length (several ms, on both cores) showed it counted a
+/// quarter of the deliveries at 100/s to 1,000 clients as under load,
+/// each then a wake-up and a poll of the client's task instead of a
+/// write at once; a client at a high rate stays with its writer by
+/// [`LOADED_MS`] anyway.
+const QUIET_MS: u32 = 2;
 
 /// Milliseconds on a process-wide monotonic clock (wrapping after 49
 /// days; compared with `wrapping_sub`).
@@ -343,6 +360,7 @@ pub(crate) fn queue(limits: QueueLimits) -> (QueueSender, ClientReceiver) {
             bytes: 0,
             busy: false,
             handoff: false,
+            later: false,
             now: None,
             last_write: 0,
             closed: None,
@@ -369,104 +387,115 @@ impl QueueSender {
     /// drops what it held, so a stuck client pins no more memory. Never
     /// written at once: a reply or a notice goes through the writer.
     pub(crate) fn push(&self, item: Outbound) -> Result<(), PushError> {
-        self.push_via(item, Via::Writer).map(|_| ())
+        let st = self.shared.state.lock();
+        if st.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        self.enqueue(st, item)
     }
 
     /// [`push`](Self::push), written at once only if `at_once` (and the
     /// queue allows it: see [`WriteNow`]).
     #[cfg(test)]
     pub(crate) fn push_as(&self, item: Outbound, at_once: bool) -> Result<(), PushError> {
-        let via = if at_once {
-            Via::AtOnce(millis())
+        if at_once {
+            self.push_at_once(&item, millis())
         } else {
-            Via::Writer
-        };
-        self.push_via(item, via).map(|_| ())
-    }
-
-    #[cfg(test)]
-    pub(crate) fn push_later(&self, item: Outbound) -> Result<bool, PushError> {
-        self.push_via(item, Via::Later(millis()))
-    }
-
-    /// [`push`](Self::push), written at once or left for a flush as `via`
-    /// says, when the queue allows a write at once (see [`WriteNow`]).
-    /// `true` when left queued for a [`Flush`] ([`Via::Later`]): the
-    /// writer is not woken, so the caller must put this sender in one.
-    pub(crate) fn push_via(&self, item: Outbound, via: Via) -> Result<bool, PushError> {
-        let weight = item.weight();
-        let waker = {
-            let mut st = self.shared.state.lock();
-            if st.closed.is_some() {
-                return Err(PushError::Closed);
-            }
-            let limits = &self.shared.limits;
-            if !st.items.is_empty()
-                && (st.items.len() >= limits.messages() || st.bytes + weight > limits.bytes())
-            {
-                st.closed = Some(Box::new(DisconnectReason::Slow));
-                st.items = VecDeque::new();
-                st.bytes = 0;
-                let w = st.waker.take();
-                drop(st);
-                wake(w);
-                return Err(PushError::Full);
-            }
-            // Nothing waits, nobody writes, and the client is not under
-            // load at the fan-out's time: out at once, under the lock, so
-            // no later push can overtake it. Only what the socket did not
-            // take wakes the writer.
-            let at_once = via.at().filter(|&at| {
-                st.now.is_some() && st.items.is_empty() && !st.busy && quiet(st.last_write, at)
-            });
-            if let Some(at) = at_once {
-                if let Via::Later(_) = via {
-                    // Queued, the writer left asleep: the caller's `Flush`
-                    // writes it, or wakes the writer.
-                    st.items.push_back(item);
-                    st.bytes = weight;
-                    return Ok(true);
-                }
-                let w = st.write_now(&item, at);
-                drop(st);
-                wake(w);
-                return Ok(false);
-            }
-            st.items.push_back(item);
-            st.bytes += weight;
-            st.waker.take()
-        };
-        wake(waker);
-        Ok(false)
-    }
-
-    /// Writes at once what a push [`Via::Later`] left, unless
-    /// the writer took it meanwhile or more queued behind it (then the
-    /// writer, woken, joins them into one frame).
-    fn flush(&self, now_ms: u32) {
-        let mut st = self.shared.state.lock();
-        if st.busy || st.items.is_empty() || st.closed.is_some() {
-            // The writer has it, or was woken by what made it so.
-            return;
+            self.push(item)
         }
-        if st.items.len() > 1 || st.now.is_none() {
+    }
+
+    /// A fan-out's push at `at` ([`millis`]): `item` written at once when
+    /// the queue allows it (see [`WriteNow`]), else a copy of it queued as
+    /// [`push`](Self::push) does. A write at once takes no copy: the
+    /// fan-out's event is not counted once more per delivery.
+    pub(crate) fn push_at_once(&self, item: &Outbound, at: u32) -> Result<(), PushError> {
+        let mut st = self.shared.state.lock();
+        if st.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        // Nothing waits, nobody writes, and the client is not under load
+        // at the fan-out's time: out at once, under the lock, so no later
+        // push can overtake it. Only what the socket did not take wakes
+        // the writer.
+        if st.may_write_now(at) {
+            let w = st.write_now(item, at);
+            drop(st);
+            wake(w);
+            return Ok(());
+        }
+        self.enqueue(st, item.clone())
+    }
+
+    /// For a fan-out that spreads its writes at once over other threads
+    /// ([`Flush`]): when `item` may be written at once at `at`, leaves it
+    /// to a flush and returns `true`. Then nothing is queued and no writer
+    /// woken: the caller must put this sender in a [`Flush`] of `item`.
+    /// Otherwise queues a copy of `item` as [`push`](Self::push) does.
+    /// Holding the item in the flush, not in the queue, spares an idle
+    /// client's queue a buffer allocated and freed per delivery.
+    pub(crate) fn push_later(&self, item: &Outbound, at: u32) -> Result<bool, PushError> {
+        let mut st = self.shared.state.lock();
+        if st.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        if st.may_write_now(at) {
+            st.later = true;
+            return Ok(true);
+        }
+        self.enqueue(st, item.clone()).map(|()| false)
+    }
+
+    /// Queues `item` behind what waits and wakes the writer, or closes the
+    /// queue as slow when it is over a limit.
+    fn enqueue(&self, mut st: MutexGuard<'_, State>, item: Outbound) -> Result<(), PushError> {
+        let weight = item.weight();
+        let limits = &self.shared.limits;
+        if !st.items.is_empty() && (st.items.len() >= limits.messages() || st.bytes + weight > limits.bytes())
+        {
+            st.closed = Some(Box::new(DisconnectReason::Slow));
+            st.items = VecDeque::new();
+            st.bytes = 0;
             let w = st.waker.take();
             drop(st);
-            return wake(w);
+            wake(w);
+            return Err(PushError::Full);
         }
-        // Taken whole, as a single-item drain does, so an idle client
-        // keeps no buffer (freed once the lock is released).
-        let one = std::mem::take(&mut st.items);
-        st.bytes = 0;
-        let w = st.write_now(&one[0], now_ms);
+        st.items.push_back(item);
+        st.bytes += weight;
+        let w = st.waker.take();
         drop(st);
-        drop(one);
         wake(w);
+        Ok(())
     }
 
-    /// Wakes the writer, for what a [`Flush`] that never ran left queued.
-    fn wake_writer(&self) {
-        let w = self.shared.state.lock().waker.take();
+    /// Writes at once `item`, which [`push_later`](Self::push_later) left
+    /// for this flush, at `at` ([`millis`]). Where a write at once is not
+    /// allowed any more (something queued behind it, the writer holds the
+    /// connection for a frame of its own, the receiver is gone), or
+    /// without `at` (a flush that never ran), puts it first in the queue
+    /// and wakes the writer, which joins it with what queued behind it.
+    fn flush(&self, item: &Outbound, at: Option<u32>) {
+        let mut st = self.shared.state.lock();
+        st.later = false;
+        let mut w = None;
+        if st.closed.is_none() {
+            match at {
+                Some(at) if st.now.is_some() && st.items.is_empty() && !st.busy => {
+                    w = st.write_now(item, at);
+                }
+                _ => {
+                    st.items.push_front(item.clone());
+                    st.bytes += item.weight();
+                }
+            }
+        }
+        // Also when closed meanwhile: the writer, woken then, found the
+        // next write still held and waits for this.
+        if w.is_none() && (!st.items.is_empty() || st.closed.is_some()) {
+            w = st.waker.take();
+        }
+        drop(st);
         wake(w);
     }
 
@@ -506,8 +535,15 @@ impl ClientReceiver {
     /// write at once's leftover, reported as `Ok(0)`) makes this receiver
     /// the connection's writer until its first
     /// [`poll_drain`](Self::poll_drain) after [`written`](Self::written).
+    /// While a [`Flush`] holds the next delivery, moves nothing (`Ok(0)`):
+    /// the flush writes it, or queues it first and wakes the writer.
     pub fn try_drain(&mut self, out: &mut Vec<Outbound>) -> Result<usize, DisconnectReason> {
         let mut st = self.shared.state.lock();
+        if st.later {
+            // A flush holds the next delivery: what queued goes after it
+            // (the flush wakes the writer when it is done).
+            return Ok(0);
+        }
         // Reported by this drain, with or without items: the writer sends
         // the transport's rest before them.
         let handoff = std::mem::take(&mut st.handoff);
@@ -558,7 +594,7 @@ impl ClientReceiver {
                     st.busy = false;
                 }
             }
-            if st.items.is_empty() && st.closed.is_none() && !st.handoff {
+            if st.later || (st.items.is_empty() && st.closed.is_none() && !st.handoff) {
                 match &st.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => st.waker = Some(cx.waker().clone()),
@@ -1114,71 +1150,123 @@ mod tests {
         count.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// A fan-out's push that may leave `item` to a flush, at the test
+    /// clock's time.
+    fn push_later(tx: &QueueSender, item: &Outbound) -> Result<bool, PushError> {
+        tx.push_later(item, millis())
+    }
+
+    fn flush(tx: &QueueSender, item: Outbound) -> Flush {
+        Flush::new(item, vec![tx.clone()])
+    }
+
     #[test]
-    fn a_push_left_for_a_flush_wakes_nobody_and_the_flush_writes_it_at_once() {
+    fn a_push_left_for_a_flush_queues_nothing_wakes_nobody_and_the_flush_writes_it_at_once() {
         let (tx, mut rx, sock, count, waker) = waiting(10);
         at(30_000);
-        assert_eq!(tx.push_later(raw("a")), Ok(true));
-        assert_eq!((tx.len(), wakes(&count)), (1, 0), "queued, writer asleep");
+        assert_eq!(push_later(&tx, &raw("a")), Ok(true));
+        assert_eq!(
+            (tx.len(), wakes(&count)),
+            (0, 0),
+            "left to the flush, writer asleep"
+        );
         assert!(wrote(&sock).is_empty());
-        at(30_001);
-        Flush::new(vec![tx.clone()]).run();
-        assert_eq!(wrote(&sock), vec![Bytes::from("a")]);
-        assert_eq!((tx.len(), wakes(&count)), (0, 0));
         assert_eq!(
             tx.shared.state.lock().items.capacity(),
             0,
-            "an idle client keeps no buffer"
+            "an idle client's queue allocates nothing for it"
         );
+        at(30_001);
+        flush(&tx, raw("a")).run();
+        assert_eq!(wrote(&sock), vec![Bytes::from("a")]);
+        assert_eq!((tx.len(), wakes(&count)), (0, 0));
         let mut out = Vec::new();
         assert!(rx
             .poll_drain(&mut Context::from_waker(&waker), &mut out)
             .is_pending());
         // Written at the flush: not quiet until QUIET_MS after it.
         at(30_001 + QUIET_MS - 1);
-        assert_eq!(tx.push_later(raw("b")), Ok(false));
+        assert_eq!(push_later(&tx, &raw("b")), Ok(false));
         assert_eq!((tx.len(), wakes(&count)), (1, 1), "b goes through the writer");
     }
 
     #[test]
-    fn what_queues_behind_a_push_left_for_a_flush_goes_through_the_writer_in_order() {
-        let (tx, mut rx, sock, count, _waker) = waiting(10);
+    fn what_queues_behind_a_push_left_for_a_flush_goes_after_it_through_the_writer() {
+        let (tx, mut rx, sock, count, waker) = waiting(10);
         at(31_000);
-        assert_eq!(tx.push_later(raw("a")), Ok(true));
-        assert_eq!(tx.push_later(raw("b")), Ok(false));
+        assert_eq!(push_later(&tx, &raw("a")), Ok(true));
+        assert_eq!(push_later(&tx, &raw("b")), Ok(false));
         tx.push_as(raw("c"), true).unwrap();
         assert_eq!(wakes(&count), 1, "b woke the writer");
-        Flush::new(vec![tx.clone()]).run();
+        // The writer, woken, must not overtake the flush's `a`.
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        assert_eq!(rx.try_drain(&mut out), Ok(0));
+        flush(&tx, raw("a")).run();
         assert!(
             wrote(&sock).is_empty(),
-            "a flush never writes ahead of the writer"
+            "a flush never writes ahead of what queued behind it"
         );
-        let mut out = Vec::new();
-        assert_eq!(rx.try_drain(&mut out), Ok(3));
+        assert_eq!(wakes(&count), 2, "the flush woke the writer");
+        let poll = rx.poll_drain(&mut Context::from_waker(&waker), &mut out);
+        assert_eq!(poll, Poll::Ready(Ok(3)));
         assert_eq!(describe_raw(&out), ["a", "b", "c"]);
-        // The writer drained, and writes: a flush now finds nothing.
-        Flush::new(vec![tx.clone()]).run();
+    }
+
+    #[test]
+    fn a_flush_that_never_runs_queues_its_delivery_for_the_writer() {
+        let (tx, mut rx, sock, count, _waker) = waiting(10);
+        at(32_000);
+        assert_eq!(push_later(&tx, &raw("a")), Ok(true));
+        drop(flush(&tx, raw("a")));
+        assert_eq!(wakes(&count), 1);
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        assert_eq!(describe_raw(&out), ["a"]);
         assert!(wrote(&sock).is_empty());
     }
 
     #[test]
-    fn a_flush_that_never_runs_wakes_the_writers_it_held() {
+    fn a_flush_finds_the_writer_holding_the_connection_and_queues_for_it() {
         let (tx, mut rx, sock, count, _waker) = waiting(10);
-        at(32_000);
-        assert_eq!(tx.push_later(raw("a")), Ok(true));
-        drop(Flush::new(vec![tx.clone()]));
+        at(33_500);
+        assert_eq!(push_later(&tx, &raw("a")), Ok(true));
+        // The writer's own frame (a ping) meanwhile.
+        rx.hold();
+        flush(&tx, raw("a")).run();
+        assert!(wrote(&sock).is_empty(), "never two writers at once");
         assert_eq!(wakes(&count), 1);
         let mut out = Vec::new();
         assert_eq!(rx.try_drain(&mut out), Ok(1));
-        assert!(wrote(&sock).is_empty());
+        assert_eq!(describe_raw(&out), ["a"]);
+    }
+
+    #[test]
+    fn a_queue_closed_while_a_flush_holds_its_delivery_still_reports_the_reason() {
+        let (tx, mut rx, sock, count, waker) = waiting(10);
+        at(34_500);
+        assert_eq!(push_later(&tx, &raw("a")), Ok(true));
+        tx.close(DisconnectReason::Removed);
+        assert_eq!(wakes(&count), 1);
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        flush(&tx, raw("a")).run();
+        assert!(wrote(&sock).is_empty(), "nothing is written to a closed queue");
+        assert_eq!(wakes(&count), 2, "the flush woke the writer");
+        let poll = rx.poll_drain(&mut Context::from_waker(&waker), &mut out);
+        assert_eq!(poll, Poll::Ready(Err(DisconnectReason::Removed)));
     }
 
     #[test]
     fn what_a_full_socket_did_not_take_from_a_flush_goes_to_the_writer() {
         let (tx, mut rx, sock, count, waker) = waiting(0);
         at(33_000);
-        assert_eq!(tx.push_later(raw("a")), Ok(true));
-        Flush::new(vec![tx.clone()]).run();
+        assert_eq!(push_later(&tx, &raw("a")), Ok(true));
+        flush(&tx, raw("a")).run();
         assert_eq!(wrote(&sock), vec![Bytes::from("a")]);
         assert_eq!(wakes(&count), 1, "the writer sends the rest");
         tx.push_as(raw("b"), true).unwrap();
@@ -1197,7 +1285,7 @@ mod tests {
         assert!(rx
             .poll_drain(&mut Context::from_waker(&waker), &mut out)
             .is_pending());
-        assert_eq!(tx.push_later(raw("a")), Ok(false));
+        assert_eq!(push_later(&tx, &raw("a")), Ok(false));
         assert_eq!(wakes(&count), 1);
     }
 

@@ -1044,3 +1044,45 @@ fn a_fan_out_of_128_or_fewer_is_written_at_once_by_the_publisher() {
     }
     assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_publication_while_a_flush_holds_the_one_before_reaches_every_client_after_it() {
+    let Spreading {
+        hub,
+        flushes,
+        wakes,
+        mut clients,
+    } = published_to_at_once_subscribers(200);
+    hub.publish("news", "m2", PublishOptions::default()).unwrap();
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 200, "m2 woke each writer");
+    // Woken first, a writer takes nothing while a flush holds m1, and
+    // waits again.
+    let waker = std::task::Waker::from(wakes.clone());
+    for (rx, _) in &mut clients {
+        let mut out = Vec::new();
+        assert!(rx
+            .poll_drain(&mut std::task::Context::from_waker(&waker), &mut out)
+            .is_pending());
+        assert!(out.is_empty());
+    }
+    let threads: Vec<_> = flushes
+        .into_iter()
+        .map(|f| std::thread::spawn(move || f.run()))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        400,
+        "each flush woke the writer again"
+    );
+    for (rx, socket) in &mut clients {
+        assert!(
+            socket.0.lock().unwrap().is_empty(),
+            "m1 is never written at once past m2"
+        );
+        assert_eq!(pub_data(&take(rx)), [Bytes::from("m1"), Bytes::from("m2")]);
+    }
+    assert_eq!(hub.stats().deliveries, 400);
+}
