@@ -72,5 +72,5 @@ pub use hub::{
 };
 pub use memory::{HistoryLimit, HistoryUsage, MemoryEngine};
 pub use options::{ChannelConfig, ChannelNames, ChannelOptions};
-pub use queue::{ClientReceiver, DisconnectReason, Flush, QueueLimits, Spread, WriteNow};
+pub use queue::{defer_wakes, ClientReceiver, DisconnectReason, Flush, QueueLimits, Spread, WriteNow};
 pub use stats::HubStats;

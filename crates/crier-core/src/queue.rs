@@ -158,11 +158,62 @@ impl State {
     }
 }
 
-/// Wakes a writer (after its queue's lock is released).
+/// Wakes a writer (after its queue's lock is released), or holds the
+/// wake-up back until the end of the [`defer_wakes`] this thread is in.
 fn wake(waker: Option<Waker>) {
-    if let Some(w) = waker {
+    let Some(w) = waker else { return };
+    let now = DEFERRED
+        .try_with(|d| match d.borrow_mut().as_mut() {
+            Some(held) => {
+                held.push(w);
+                None
+            }
+            None => Some(w),
+        })
+        .unwrap_or(None);
+    if let Some(w) = now {
         w.wake();
     }
+}
+
+thread_local! {
+    // The writers' wake-ups held back by the `defer_wakes` this thread is
+    // in, if it is in one.
+    static DEFERRED: std::cell::RefCell<Option<Vec<Waker>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the writer wake-ups its pushes cause held back until it
+/// returns, then wakes each of those writers: what `f` queues for a
+/// client then reaches it in one frame, written once `f` is done, instead
+/// of a first frame its writer, woken at the first push, races to write
+/// on another core while `f` still pushes (uWebSockets calls this
+/// corking). Meant for one synchronous step that may publish many times:
+/// a transport's poll of a connection that reads a client's commands.
+/// Never across an `.await`: other tasks run on the thread meanwhile.
+/// Nested, the outermost wakes them all.
+pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
+    let outermost = DEFERRED
+        .try_with(|d| {
+            let mut d = d.borrow_mut();
+            d.is_none().then(|| *d = Some(Vec::new())).is_some()
+        })
+        .unwrap_or(false);
+    if !outermost {
+        return f();
+    }
+    // Wakes them even if `f` panics: a lost wake-up would leave a writer
+    // asleep over a queue that holds something.
+    struct WakeHeld;
+    impl Drop for WakeHeld {
+        fn drop(&mut self) {
+            let held = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
+            for w in held.into_iter().flatten() {
+                w.wake();
+            }
+        }
+    }
+    let _wake = WakeHeld;
+    f()
 }
 
 /// How a push may reach the connection. A write at once carries the
@@ -1287,6 +1338,41 @@ mod tests {
             .is_pending());
         assert_eq!(push_later(&tx, &raw("a")), Ok(false));
         assert_eq!(wakes(&count), 1);
+    }
+
+    #[test]
+    fn wake_ups_held_back_by_defer_wakes_come_once_it_returns_even_on_a_panic() {
+        let (tx, mut rx, _sock, count, _waker) = waiting(10);
+        defer_wakes(|| {
+            tx.push(raw("a")).unwrap();
+            // Nested: the outermost wakes.
+            defer_wakes(|| tx.push(raw("b")).unwrap());
+            assert_eq!(wakes(&count), 0, "held back");
+        });
+        assert_eq!(wakes(&count), 1, "woken once, for both");
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(2));
+        let waker = Waker::from(count.clone());
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            defer_wakes(|| {
+                tx.push(raw("c")).unwrap();
+                panic!("a bug in the step");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(wakes(&count), 2, "a panic does not lose the wake-up");
+        // And the thread is out of it: a push wakes at once again.
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_ready());
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        tx.push(raw("d")).unwrap();
+        assert_eq!(wakes(&count), 3);
     }
 
     fn describe_raw(out: &[Outbound]) -> Vec<String> {

@@ -266,7 +266,10 @@ where
             Some(closed) => closed,
             None => {
                 let queued = between.controls.is_queued();
-                let read = this.reading.poll(cx);
+                // What the client's commands publish wakes the writers of
+                // the clients it reaches once this poll is done: each
+                // writer then joins all of it into one frame.
+                let read = crier_core::defer_wakes(|| this.reading.poll(cx));
                 // The reader queued a pong or a close: the writer, polled
                 // only when this task is woken, sends it on the next poll.
                 if !queued && between.controls.is_queued() {
