@@ -976,6 +976,17 @@ struct Spreading {
     clients: Vec<(ClientReceiver, Arc<Socket>)>,
 }
 
+/// Runs each flush on a thread of its own, as a spread would.
+fn run_on_threads(flushes: Vec<Flush>) {
+    let threads: Vec<_> = flushes
+        .into_iter()
+        .map(|f| std::thread::spawn(move || f.run()))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 #[derive(Default)]
 struct Wakes(AtomicUsize);
 
@@ -999,13 +1010,7 @@ fn a_large_fan_out_leaves_its_writes_at_once_to_flushes_of_128_clients() {
     assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "no writer woken");
     assert!(clients.iter().all(|(_, s)| s.0.lock().unwrap().is_empty()));
     // Run on other threads, the flushes write every delivery at once.
-    let threads: Vec<_> = flushes
-        .into_iter()
-        .map(|f| std::thread::spawn(move || f.run()))
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    run_on_threads(flushes);
     for (rx, socket) in &clients {
         assert_eq!(pub_data(&socket.0.lock().unwrap()), [Bytes::from("m1")]);
         assert_eq!(rx.len(), 0);
@@ -1065,13 +1070,7 @@ fn a_publication_while_a_flush_holds_the_one_before_reaches_every_client_after_i
             .is_pending());
         assert!(out.is_empty());
     }
-    let threads: Vec<_> = flushes
-        .into_iter()
-        .map(|f| std::thread::spawn(move || f.run()))
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    run_on_threads(flushes);
     assert_eq!(
         wakes.0.load(Ordering::SeqCst),
         400,
