@@ -438,11 +438,17 @@ impl QueueSender {
     /// drops what it held, so a stuck client pins no more memory. Never
     /// written at once: a reply or a notice goes through the writer.
     pub(crate) fn push(&self, item: Outbound) -> Result<(), PushError> {
+        let st = self.open()?;
+        self.enqueue(st, item)
+    }
+
+    /// The queue's state, locked, unless the queue is closed.
+    fn open(&self) -> Result<MutexGuard<'_, State>, PushError> {
         let st = self.shared.state.lock();
         if st.closed.is_some() {
             return Err(PushError::Closed);
         }
-        self.enqueue(st, item)
+        Ok(st)
     }
 
     /// [`push`](Self::push), written at once only if `at_once` (and the
@@ -461,10 +467,7 @@ impl QueueSender {
     /// [`push`](Self::push) does. A write at once takes no copy: the
     /// fan-out's event is not counted once more per delivery.
     pub(crate) fn push_at_once(&self, item: &Outbound, at: u32) -> Result<(), PushError> {
-        let mut st = self.shared.state.lock();
-        if st.closed.is_some() {
-            return Err(PushError::Closed);
-        }
+        let mut st = self.open()?;
         // Nothing waits, nobody writes, and the client is not under load
         // at the fan-out's time: out at once, under the lock, so no later
         // push can overtake it. Only what the socket did not take wakes
@@ -486,10 +489,7 @@ impl QueueSender {
     /// Holding the item in the flush, not in the queue, spares an idle
     /// client's queue a buffer allocated and freed per delivery.
     pub(crate) fn push_later(&self, item: &Outbound, at: u32) -> Result<bool, PushError> {
-        let mut st = self.shared.state.lock();
-        if st.closed.is_some() {
-            return Err(PushError::Closed);
-        }
+        let mut st = self.open()?;
         if st.may_write_now(at) {
             st.later = true;
             return Ok(true);

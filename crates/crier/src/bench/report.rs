@@ -256,14 +256,18 @@ impl Report {
     }
 
     fn rss_per_connection(&self, server: &ServerUsage) -> u64 {
-        server.connected.rss.saturating_sub(server.before.rss) / self.plan.subscribers as u64
+        self.per_connection(server.before.rss, server.connected.rss)
     }
 
     /// The same, counting anonymous pages only (the heap): code pages
     /// paged in or out between the two readings do not move it.
     fn anon_per_connection(&self, server: &ServerUsage) -> Option<u64> {
-        let (before, connected) = (server.before.anon?, server.connected.anon?);
-        Some(connected.saturating_sub(before) / self.plan.subscribers as u64)
+        Some(self.per_connection(server.before.anon?, server.connected.anon?))
+    }
+
+    /// What the server grew by from `before` to `connected`, per subscriber.
+    fn per_connection(&self, before: u64, connected: u64) -> u64 {
+        connected.saturating_sub(before) / self.plan.subscribers as u64
     }
 
     /// The human-readable report, one line per row.
