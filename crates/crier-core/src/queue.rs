@@ -91,6 +91,13 @@ pub trait WriteNow: Send + Sync {
     /// left, and the receiver's next drain (the queue wakes its writer) must
     /// send that first, or end the connection.
     fn write_now(&self, item: &Outbound) -> bool;
+
+    /// Writes `items`, in order, now, as [`write_now`](Self::write_now)
+    /// writes one: `true` when all of them went out, else the
+    /// implementation keeps what is left of them for the receiver's next
+    /// drain. What a [`defer_wakes`] queued for a client whose writer
+    /// waits goes out this way when it returns.
+    fn write_all_now(&self, items: &[Outbound]) -> bool;
 }
 
 // `repr(C)`: the fields every push touches first, within one cache line
@@ -161,11 +168,18 @@ impl State {
 /// Wakes a writer (after its queue's lock is released), or holds the
 /// wake-up back until the end of the [`defer_wakes`] this thread is in.
 fn wake(waker: Option<Waker>) {
+    hold_or_wake(waker, None);
+}
+
+/// [`wake`], or with `queue` (the queue whose push took the waker) left
+/// to the end of the [`defer_wakes`] this thread is in, which writes what
+/// it holds then if its writer still waits ([`cork`]).
+fn hold_or_wake(waker: Option<Waker>, queue: Option<&Arc<Shared>>) {
     let Some(w) = waker else { return };
     let now = DEFERRED
         .try_with(|d| match d.borrow_mut().as_mut() {
             Some(held) => {
-                held.push(w);
+                held.push((w, queue.cloned()));
                 None
             }
             None => Some(w),
@@ -176,10 +190,49 @@ fn wake(waker: Option<Waker>) {
     }
 }
 
+/// At the end of a [`defer_wakes`]: writes what `queue` holds at once
+/// through its transport, on this thread, when its writer (whose waker
+/// `w` a push took) still waits, and gives the writer its waker back;
+/// wakes it otherwise. Not a backlogged queue: a reader waiting for its
+/// writer's next frame (backpressure) is woken by that frame.
+fn cork(w: Waker, queue: &Shared) {
+    let mut st = queue.state.lock();
+    let may = st.closed.is_none()
+        && !st.busy
+        && !st.later
+        && !st.handoff
+        && st.waker.is_none()
+        && !st.items.is_empty()
+        && !queue.limits.over_half(st.items.len(), st.bytes);
+    let Some(now) = st.now.clone().filter(|_| may) else {
+        drop(st);
+        w.wake();
+        return;
+    };
+    let at = millis();
+    let batched = st.items.len() > 1;
+    let written = now.write_all_now(st.items.make_contiguous());
+    st.items.clear();
+    st.bytes = 0;
+    st.last_write = if batched { at.wrapping_add(LOADED_MS) } else { at };
+    if written {
+        st.waker = Some(w);
+        return;
+    }
+    st.busy = true;
+    st.handoff = true;
+    drop(st);
+    w.wake();
+}
+
+/// A writer's wake-up held back by a [`defer_wakes`], with the queue
+/// whose push took it when a push did.
+type Held = (Waker, Option<Arc<Shared>>);
+
 thread_local! {
     // The writers' wake-ups held back by the `defer_wakes` this thread is
     // in, if it is in one.
-    static DEFERRED: std::cell::RefCell<Option<Vec<Waker>>> = const { std::cell::RefCell::new(None) };
+    static DEFERRED: std::cell::RefCell<Option<Vec<Held>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` with the writer wake-ups its pushes cause held back until it
@@ -191,6 +244,14 @@ thread_local! {
 /// a transport's poll of a connection that reads a client's commands.
 /// Never across an `.await`: other tasks run on the thread meanwhile.
 /// Nested, the outermost wakes them all.
+///
+/// A client whose writer still waits when `f` returns, and whose
+/// transport writes at once ([`WriteNow`]), is not woken: what `f` queued
+/// for it is written there and then, in one write from this thread
+/// ([`WriteNow::write_all_now`]), and the writer sleeps on (uWebSockets'
+/// cork flush: no task wake-up, no second core). Not a queue over half
+/// full: a reader held back by backpressure waits for its writer's next
+/// frame, so that writer is woken.
 pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
     let outermost = DEFERRED
         .try_with(|d| {
@@ -207,8 +268,11 @@ pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for WakeHeld {
         fn drop(&mut self) {
             let held = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
-            for w in held.into_iter().flatten() {
-                w.wake();
+            for (w, queue) in held.into_iter().flatten() {
+                match queue {
+                    Some(queue) => cork(w, &queue),
+                    None => w.wake(),
+                }
             }
         }
     }
@@ -336,6 +400,11 @@ impl Limits {
 
     fn bytes(&self) -> usize {
         self.max_bytes as usize
+    }
+
+    /// Whether `items` items of `bytes` are more than half of either limit.
+    fn over_half(&self, items: usize, bytes: usize) -> bool {
+        items.saturating_mul(2) > self.messages() || bytes.saturating_mul(2) > self.bytes()
     }
 }
 
@@ -516,7 +585,7 @@ impl QueueSender {
         st.bytes += weight;
         let w = st.waker.take();
         drop(st);
-        wake(w);
+        hold_or_wake(w, Some(&self.shared));
         Ok(())
     }
 
@@ -572,8 +641,7 @@ impl QueueSender {
     /// Whether what waits is more than half of either limit.
     pub(crate) fn over_half(&self) -> bool {
         let st = self.shared.state.lock();
-        let limits = &self.shared.limits;
-        st.items.len().saturating_mul(2) > limits.messages() || st.bytes.saturating_mul(2) > limits.bytes()
+        self.shared.limits.over_half(st.items.len(), st.bytes)
     }
 }
 
@@ -1015,19 +1083,27 @@ mod tests {
         CLOCK.with(|c| c.set(Some(ms)));
     }
 
-    /// A transport's write at once that records what it wrote and takes
-    /// only as many items as it is told to.
+    /// A transport's write at once that records what it wrote (and in how
+    /// many writes) and takes only as many writes as it is told to.
     #[derive(Default)]
     struct Socket {
         wrote: Mutex<Vec<Bytes>>,
+        writes: std::sync::atomic::AtomicUsize,
         room: std::sync::atomic::AtomicUsize,
     }
 
     impl WriteNow for Socket {
         fn write_now(&self, item: &Outbound) -> bool {
+            self.write_all_now(std::slice::from_ref(item))
+        }
+
+        fn write_all_now(&self, items: &[Outbound]) -> bool {
             use std::sync::atomic::Ordering::SeqCst;
-            let Outbound::Raw(b) = item else { unreachable!() };
-            self.wrote.lock().push((**b).clone());
+            for item in items {
+                let Outbound::Raw(b) = item else { unreachable!() };
+                self.wrote.lock().push((**b).clone());
+            }
+            self.writes.fetch_add(1, SeqCst);
             self.room
                 .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
                 .is_ok()
@@ -1342,7 +1418,13 @@ mod tests {
 
     #[test]
     fn wake_ups_held_back_by_defer_wakes_come_once_it_returns_even_on_a_panic() {
-        let (tx, mut rx, _sock, count, _waker) = waiting(10);
+        // A writer without writes at once (as over SSE): held back, then woken.
+        let (tx, mut rx) = queue(QueueLimits::default());
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut Vec::new())
+            .is_pending());
         defer_wakes(|| {
             tx.push(raw("a")).unwrap();
             // Nested: the outermost wakes.
@@ -1352,7 +1434,6 @@ mod tests {
         assert_eq!(wakes(&count), 1, "woken once, for both");
         let mut out = Vec::new();
         assert_eq!(rx.try_drain(&mut out), Ok(2));
-        let waker = Waker::from(count.clone());
         assert!(rx
             .poll_drain(&mut Context::from_waker(&waker), &mut out)
             .is_pending());
@@ -1373,6 +1454,90 @@ mod tests {
             .is_pending());
         tx.push(raw("d")).unwrap();
         assert_eq!(wakes(&count), 3);
+    }
+
+    #[test]
+    fn what_defer_wakes_queued_for_a_waiting_writer_goes_out_in_one_write_when_it_returns() {
+        let (tx, mut rx, sock, count, _waker) = waiting(10);
+        defer_wakes(|| {
+            tx.push(raw("a")).unwrap();
+            tx.push(raw("b")).unwrap();
+            assert!(wrote(&sock).is_empty(), "nothing before it returns");
+        });
+        assert_eq!(wrote(&sock), [Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(
+            sock.writes.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one write"
+        );
+        assert_eq!(wakes(&count), 0, "the writer slept through it");
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(0), "nothing left to drain");
+        // The writer still waits: its waker was given back, and a later
+        // push (through the writer: the client just took a batch) wakes it.
+        tx.push(raw("c")).unwrap();
+        assert_eq!(wakes(&count), 1);
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        assert_eq!(describe_raw(&out), ["c"]);
+    }
+
+    #[test]
+    fn a_backlogged_queue_is_left_to_its_writer_when_defer_wakes_returns() {
+        // A reader waiting for its writer's next frame (backpressure) is
+        // woken by that frame: a queue over half full is not written here.
+        let (tx, mut rx) = queue(QueueLimits {
+            max_messages: 4,
+            max_bytes: 1 << 20,
+        });
+        let sock = socket(10);
+        rx.write_now(sock.clone());
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut Vec::new())
+            .is_pending());
+        defer_wakes(|| {
+            for m in ["a", "b", "c"] {
+                tx.push(raw(m)).unwrap();
+            }
+        });
+        assert!(wrote(&sock).is_empty());
+        assert_eq!(wakes(&count), 1, "woken instead");
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(3));
+    }
+
+    #[test]
+    fn what_the_socket_leaves_of_a_write_when_defer_wakes_returns_goes_to_the_writer() {
+        let (tx, mut rx, sock, count, _waker) = waiting(0);
+        defer_wakes(|| tx.push(raw("a")).unwrap());
+        assert_eq!(wrote(&sock), [Bytes::from("a")], "tried at once");
+        assert_eq!(wakes(&count), 1, "the writer sends the rest");
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(0), "the rest, before anything queued");
+        // The writer owns the connection until it has written the rest.
+        tx.push(raw("b")).unwrap();
+        assert_eq!(wrote(&sock).len(), 1);
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+    }
+
+    #[test]
+    fn a_writer_that_holds_the_connection_is_woken_when_defer_wakes_returns() {
+        let (tx, mut rx, sock, count, waker) = waiting(10);
+        // The writer drained and writes a frame: pushes meanwhile queue.
+        tx.push(raw("a")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        assert!(rx
+            .poll_drain(&mut Context::from_waker(&waker), &mut out)
+            .is_pending());
+        let before = wakes(&count);
+        defer_wakes(|| tx.push(raw("b")).unwrap());
+        assert!(wrote(&sock).is_empty(), "not past the writer");
+        assert_eq!(wakes(&count), before + 1);
+        out.clear();
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
+        assert_eq!(describe_raw(&out), ["b"]);
     }
 
     fn describe_raw(out: &[Outbound]) -> Vec<String> {

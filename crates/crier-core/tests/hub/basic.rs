@@ -923,6 +923,11 @@ impl WriteNow for Socket {
         self.0.lock().unwrap().extend(describe(vec![item.clone()]));
         true
     }
+
+    fn write_all_now(&self, items: &[Outbound]) -> bool {
+        self.0.lock().unwrap().extend(describe(items.to_vec()));
+        true
+    }
 }
 
 /// An embedder's spread that keeps the flushes it is handed.

@@ -694,29 +694,7 @@ impl Writer {
             let payload = deflate::compress(&joined, d.level);
             return Outgoing::new(vec![header(opcode | RSV1, payload.len()), payload]);
         }
-        let mut parts = Vec::with_capacity(messages.len() * 2);
-        // The frame being built: its header's slot, filled in once its
-        // length is known, and its payload so far.
-        let mut head = 0;
-        let mut len = 0;
-        parts.push(Bytes::new());
-        for m in messages.drain(..) {
-            let joined = head + 1 < parts.len();
-            let separator = usize::from(joined && !binary);
-            if joined && len + separator + m.len() > JOIN_MAX {
-                parts[head] = header(opcode, len);
-                head = parts.len();
-                len = 0;
-                parts.push(Bytes::new());
-            } else if separator == 1 {
-                parts.push(NEWLINE);
-                len += 1;
-            }
-            len += m.len();
-            parts.push(m);
-        }
-        parts[head] = header(opcode, len);
-        Outgoing::new(parts)
+        plain_frames(binary, messages.drain(..))
     }
 
     /// Sends `messages` as [`Writer::messages`] does, as much as the
@@ -990,6 +968,36 @@ fn send_parts_to<T: AsRef<[u8]>>(socket: socket2::SockRef<'_>, parts: &[T]) -> i
     socket.send_vectored(&slices[..n])
 }
 
+/// `messages` joined into uncompressed frames of up to [`JOIN_MAX`]
+/// payload bytes (a longer message alone), as [`Writer::messages`] sends
+/// them.
+fn plain_frames(binary: bool, messages: impl ExactSizeIterator<Item = Bytes>) -> Outgoing {
+    let opcode = if binary { OP_BINARY } else { OP_TEXT };
+    let mut parts = Vec::with_capacity(messages.len() * 2);
+    // The frame being built: its header's slot, filled in once its
+    // length is known, and its payload so far.
+    let mut head = 0;
+    let mut len = 0;
+    parts.push(Bytes::new());
+    for m in messages {
+        let joined = head + 1 < parts.len();
+        let separator = usize::from(joined && !binary);
+        if joined && len + separator + m.len() > JOIN_MAX {
+            parts[head] = header(opcode, len);
+            head = parts.len();
+            len = 0;
+            parts.push(Bytes::new());
+        } else if separator == 1 {
+            parts.push(NEWLINE);
+            len += 1;
+        }
+        len += m.len();
+        parts.push(m);
+    }
+    parts[head] = header(opcode, len);
+    Outgoing::new(parts)
+}
+
 /// Writes all of `out` to `socket`, waiting for room.
 async fn send_all(socket: &TcpStream, mut out: Outgoing) -> io::Result<()> {
     while !send_now(socket, &mut out)? {
@@ -1043,6 +1051,54 @@ impl Direct {
             Err(kind) => Rest::Failed(kind),
         };
         *self.lock() = rest;
+        false
+    }
+
+    /// Sends `messages` now, as [`Writer::messages`] frames them (several
+    /// messages joined into one frame). `true` when all of it went out;
+    /// otherwise the rest (or the failure) waits for the writer task, as
+    /// after [`send`](Self::send). Messages that do not make one frame of
+    /// one `sendmsg` ([`JOIN_MAX`], [`SLICES`]) all wait for the writer.
+    pub fn send_all<'m, I>(&self, messages: I) -> bool
+    where
+        I: ExactSizeIterator<Item = &'m Bytes> + Clone,
+    {
+        let binary = self.opcode == OP_BINARY;
+        let count = messages.len();
+        let separators = if binary { 0 } else { count.saturating_sub(1) };
+        let len = messages.clone().map(Bytes::len).sum::<usize>() + separators;
+        let sent = if len <= JOIN_MAX && count + separators < SLICES {
+            let mut head = [0u8; 10];
+            let n = header_into(&mut head, self.opcode, len);
+            let mut parts: [&[u8]; SLICES] = [&[]; SLICES];
+            parts[0] = &head[..n];
+            let mut k = 1;
+            for (i, m) in messages.clone().enumerate() {
+                if i > 0 && !binary {
+                    parts[k] = b"\n";
+                    k += 1;
+                }
+                parts[k] = m;
+                k += 1;
+            }
+            let socket: &TcpStream = &self.socket;
+            match send_parts_to(socket2::SockRef::from(socket), &parts[..k]) {
+                Ok(w) if w == n + len => return true,
+                Ok(w) => Ok(w),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e.kind()),
+            }
+        } else {
+            Ok(0)
+        };
+        *self.lock() = match sent {
+            Ok(k) => {
+                let mut out = plain_frames(binary, messages.cloned());
+                out.advance(k);
+                Rest::Frame(Box::new(out))
+            }
+            Err(kind) => Rest::Failed(kind),
+        };
         false
     }
 

@@ -762,6 +762,19 @@ impl crier_core::WriteNow for Now {
         }
         self.direct.send(self.codec.outbound(item))
     }
+
+    fn write_all_now(&self, items: &[crier_core::Outbound]) -> bool {
+        if self.node.metrics.live_on() {
+            if let Some(created) = items.iter().find_map(|i| match i {
+                crier_core::Outbound::Event(e) => Some(e.created()),
+                crier_core::Outbound::Raw(_) => None,
+            }) {
+                self.node.metrics.delivered(created.elapsed());
+            }
+        }
+        self.direct
+            .send_all(items.iter().map(|item| self.codec.outbound(item)))
+    }
 }
 
 /// Sends a ping, after what a write at once left behind.

@@ -325,6 +325,83 @@ async fn one_channel_feeds_every_kind_of_subscriber_in_order_with_exclusions() {
     s.shutdown().await;
 }
 
+/// A client that publishes many times in one frame: what that read
+/// publishes reaches each subscriber whose writer waits in one write at
+/// the read's end, from the publisher's thread (`crier_core::defer_wakes`),
+/// in JSON and in protobuf frames alike. Every subscriber gets every
+/// publication once, in order; the publisher, subscribed too, gets its
+/// own publications and its replies, each in order.
+#[tokio::test]
+async fn what_one_frame_of_publishes_reaches_json_and_protobuf_subscribers_whole_and_in_order() {
+    let s = TestServer::start(config("")).await;
+    let url = s.ws_url();
+    let channel = "chat:corked";
+    let mut pbs = Vec::new();
+    let mut jss = Vec::new();
+    for i in 0..3 {
+        let mut pb = ProtoClient::connect(&url, Some("centrifuge-protobuf"), &token(&format!("pb{i}"))).await;
+        pb.subscribe(channel).await;
+        pbs.push(pb);
+        let mut js = Client::connect(&url, &token(&format!("js{i}"))).await;
+        let r = js.request(json!({"subscribe": {"channel": channel}})).await;
+        assert!(r["error"].is_null(), "{r}");
+        jss.push(js);
+    }
+    let mut publisher = Client::connect(&url, &token("publisher")).await;
+    let r = publisher
+        .request(json!({"subscribe": {"channel": channel}}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let n = 300;
+    for round in 0..3 {
+        let first = round * n;
+        let frame: Vec<String> = (first..first + n)
+            .map(|k| json!({"id": 1000 + k, "publish": {"channel": channel, "data": {"k": k}}}).to_string())
+            .collect();
+        publisher.send_text(&frame.join("\n")).await;
+        for (i, pb) in pbs.iter_mut().enumerate() {
+            for k in first..first + n {
+                let p = pb.next_push().await.publication.expect("a publication");
+                let got: Value =
+                    serde_json::from_slice(p.data.as_ref().expect("data").as_bytes()).expect("JSON");
+                assert_eq!(got, json!({"k": k}), "protobuf subscriber {i}");
+            }
+        }
+        for (i, js) in jss.iter_mut().enumerate() {
+            for k in first..first + n {
+                assert_eq!(
+                    js.next_pub().await["pub"]["data"],
+                    json!({"k": k}),
+                    "JSON subscriber {i}"
+                );
+            }
+        }
+        let (mut pubs, mut replies) = (Vec::new(), Vec::new());
+        while pubs.len() < n || replies.len() < n {
+            let m = publisher.next().await;
+            if m["push"]["pub"].is_object() {
+                pubs.push(m["push"]["pub"]["data"]["k"].as_u64().expect("k"));
+            } else {
+                assert!(m["publish"].is_object(), "{m}");
+                replies.push(m["id"].as_u64().expect("id"));
+            }
+        }
+        let range = first as u64..(first + n) as u64;
+        assert_eq!(
+            pubs,
+            range.clone().collect::<Vec<_>>(),
+            "the publisher's own publications"
+        );
+        assert_eq!(
+            replies,
+            range.map(|k| 1000 + k).collect::<Vec<_>>(),
+            "the replies"
+        );
+    }
+    assert_eq!(s.node.hub.stats().dropped_slow, 0);
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn binary_data_reaches_protobuf_clients_as_is_and_json_clients_as_null() {
     let s = TestServer::start(config("")).await;
