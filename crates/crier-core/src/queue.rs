@@ -229,6 +229,16 @@ fn cork(w: Waker, queue: &Shared) {
 /// whose push took it when a push did.
 type Held = (Waker, Option<Arc<Shared>>);
 
+/// At most this many queues are written by one [`defer_wakes`]'s end
+/// ([`cork`]); the writers of the rest are woken, so that both cores
+/// share a large fan-out's writes, as `hub.rs`'s `AT_ONCE_FAN_OUT` does
+/// for writes at once. Written all from the reading thread, 5,000
+/// subscribers at 100/s cost 15 % less CPU per delivery, but that thread
+/// spent 20-60 ms per read on them, and a few deliveries in a run came
+/// 0.4-1.2 s late instead of at most 0.23 (docs/benchmarks.md, "Cork
+/// flush").
+const CORK_MAX: usize = 128;
+
 thread_local! {
     // The writers' wake-ups held back by the `defer_wakes` this thread is
     // in, if it is in one.
@@ -251,7 +261,8 @@ thread_local! {
 /// ([`WriteNow::write_all_now`]), and the writer sleeps on (uWebSockets'
 /// cork flush: no task wake-up, no second core). Not a queue over half
 /// full: a reader held back by backpressure waits for its writer's next
-/// frame, so that writer is woken.
+/// frame, so that writer is woken. At most [`CORK_MAX`] queues are
+/// written so; beyond them, writers are woken.
 pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
     let outermost = DEFERRED
         .try_with(|d| {
@@ -268,10 +279,14 @@ pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for WakeHeld {
         fn drop(&mut self) {
             let held = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
+            let mut corked = 0;
             for (w, queue) in held.into_iter().flatten() {
                 match queue {
-                    Some(queue) => cork(w, &queue),
-                    None => w.wake(),
+                    Some(queue) if corked < CORK_MAX => {
+                        corked += 1;
+                        cork(w, &queue);
+                    }
+                    _ => w.wake(),
                 }
             }
         }
@@ -1479,6 +1494,21 @@ mod tests {
         assert_eq!(wakes(&count), 1);
         assert_eq!(rx.try_drain(&mut out), Ok(1));
         assert_eq!(describe_raw(&out), ["c"]);
+    }
+
+    #[test]
+    fn defer_wakes_writes_at_most_cork_max_queues_and_wakes_the_other_writers() {
+        let clients: Vec<_> = (0..CORK_MAX + 2).map(|_| waiting(10)).collect();
+        defer_wakes(|| {
+            for (tx, ..) in &clients {
+                tx.push(raw("a")).unwrap();
+            }
+        });
+        for (i, (_, _, sock, count, _)) in clients.iter().enumerate() {
+            let written = i < CORK_MAX;
+            assert_eq!(!wrote(sock).is_empty(), written, "client {i} written at once");
+            assert_eq!(wakes(count), usize::from(!written), "client {i} woken");
+        }
     }
 
     #[test]
