@@ -403,6 +403,12 @@ impl Hub {
         self.inner.spread.set(spread).is_ok()
     }
 
+    /// The spread given to [`spread_with`](Self::spread_with), if any: a
+    /// transport's [`WriteNow::spread`](crate::WriteNow::spread).
+    pub fn spread(&self) -> Option<&dyn Spread> {
+        self.inner.spread.get().map(|s| &**s)
+    }
+
     // Where a publication's fan-out may leave deliveries for the spread:
     // only on a hub that has one.
     fn later(&self) -> Option<Later<'_>> {

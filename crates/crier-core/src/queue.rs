@@ -98,6 +98,14 @@ pub trait WriteNow: Send + Sync {
     /// drain. What a [`defer_wakes`] queued for a client whose writer
     /// waits goes out this way when it returns.
     fn write_all_now(&self, items: &[Outbound]) -> bool;
+
+    /// Where the end of a [`defer_wakes`] that reached more than 128
+    /// waiting writers sends the writes at once beyond them, in
+    /// [`Flush`]es of up to 128 clients, to run on other
+    /// threads; `None` (the default) wakes those writers instead.
+    fn spread(&self) -> Option<&dyn Spread> {
+        None
+    }
 }
 
 // `repr(C)`: the fields every push touches first, within one cache line
@@ -230,14 +238,34 @@ fn cork(w: Waker, queue: &Shared) {
 type Held = (Waker, Option<Arc<Shared>>);
 
 /// At most this many queues are written by one [`defer_wakes`]'s end
-/// ([`cork`]); the writers of the rest are woken, so that both cores
-/// share a large fan-out's writes, as `hub.rs`'s `AT_ONCE_FAN_OUT` does
-/// for writes at once. Written all from the reading thread, 5,000
-/// subscribers at 100/s cost 15 % less CPU per delivery, but that thread
-/// spent 20-60 ms per read on them, and a few deliveries in a run came
-/// 0.4-1.2 s late instead of at most 0.23 (docs/benchmarks.md, "Cork
-/// flush").
+/// ([`cork`]) on its own thread; the rest go to other threads in
+/// [`Flush`]es of as many ([`WriteNow::spread`]), or their writers are
+/// woken, so that both cores share a large fan-out's writes, as
+/// `hub.rs`'s `AT_ONCE_FAN_OUT` does for writes at once. Written all
+/// from the reading thread, 5,000 subscribers at 100/s cost 15 % less
+/// CPU per delivery, but that thread spent 20-60 ms per read on them, and
+/// a few deliveries in a run came 0.4-1.2 s late instead of at most 0.23
+/// (docs/benchmarks.md, "Cork flush").
 const CORK_MAX: usize = 128;
+
+/// Hands `chunk` (up to [`CORK_MAX`] clients a [`defer_wakes`] reached
+/// beyond the first `CORK_MAX`) to the spread of the first one's
+/// transport ([`WriteNow::spread`]), as a [`Flush`] that writes each at
+/// once on another thread ([`cork`]); wakes their writers when there is
+/// none.
+fn spread_corked(chunk: Vec<(Waker, Arc<Shared>)>) {
+    let now = chunk.first().and_then(|(_, q)| q.state.lock().now.clone());
+    match now.as_deref().and_then(WriteNow::spread) {
+        Some(spread) => spread.spread(Flush {
+            work: Work::Cork(chunk),
+        }),
+        None => {
+            for (w, _) in chunk {
+                w.wake();
+            }
+        }
+    }
+}
 
 thread_local! {
     // The writers' wake-ups held back by the `defer_wakes` this thread is
@@ -261,8 +289,10 @@ thread_local! {
 /// ([`WriteNow::write_all_now`]), and the writer sleeps on (uWebSockets'
 /// cork flush: no task wake-up, no second core). Not a queue over half
 /// full: a reader held back by backpressure waits for its writer's next
-/// frame, so that writer is woken. At most [`CORK_MAX`] queues are
-/// written so; beyond them, writers are woken.
+/// frame, so that writer is woken. At most 128 queues are written so on
+/// this thread; those beyond go to other threads
+/// ([`WriteNow::spread`]) in [`Flush`]es of as many, or their writers
+/// are woken.
 pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
     let outermost = DEFERRED
         .try_with(|d| {
@@ -280,14 +310,20 @@ pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
         fn drop(&mut self) {
             let held = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
             let mut corked = 0;
+            let mut beyond = Vec::new();
             for (w, queue) in held.into_iter().flatten() {
                 match queue {
                     Some(queue) if corked < CORK_MAX => {
                         corked += 1;
                         cork(w, &queue);
                     }
-                    _ => w.wake(),
+                    Some(queue) => beyond.push((w, queue)),
+                    None => w.wake(),
                 }
+            }
+            while !beyond.is_empty() {
+                let rest = beyond.split_off(beyond.len().min(CORK_MAX));
+                spread_corked(std::mem::replace(&mut beyond, rest));
             }
         }
     }
@@ -333,45 +369,82 @@ impl Via {
 /// Dropped without [`run`](Self::run) (a runtime shutting down), it
 /// queues the delivery for each client's writer instead and wakes it, so
 /// nothing is left behind.
+///
+/// Also what the end of a [`defer_wakes`] that reached more than 128
+/// waiting writers leaves for other threads: what it queued for up to 128
+/// of them, each written at once there unless its
+/// writer took over meanwhile (woken instead when dropped unrun).
 pub struct Flush {
-    // The delivery, one for every client here (a fan-out's event).
-    item: Outbound,
-    queues: Vec<QueueSender>,
+    work: Work,
+}
+
+enum Work {
+    /// A fan-out's delivery (its event), one for every client here.
+    Deliver {
+        item: Outbound,
+        queues: Vec<QueueSender>,
+    },
+    /// What a `defer_wakes` queued for these waiting writers.
+    Cork(Vec<(Waker, Arc<Shared>)>),
 }
 
 impl Flush {
     /// A flush of `item` to `queues`, each of which
     /// [`push_later`](QueueSender::push_later) left it for a flush.
     pub(crate) fn new(item: Outbound, queues: Vec<QueueSender>) -> Self {
-        Self { item, queues }
+        Self {
+            work: Work::Deliver { item, queues },
+        }
     }
 
     /// Writes each client's delivery at once (or, where its writer took
     /// over meanwhile, leaves it to the writer).
     pub fn run(mut self) {
-        // One clock reading for the chunk: a write's time only tells the
-        // quiet rule (milliseconds) whether the client is under load.
-        let now = millis();
-        for q in self.queues.drain(..) {
-            q.flush(&self.item, Some(now));
+        match &mut self.work {
+            Work::Deliver { item, queues } => {
+                // One clock reading for the chunk: a write's time only
+                // tells the quiet rule (milliseconds) whether the client
+                // is under load.
+                let now = millis();
+                for q in queues.drain(..) {
+                    q.flush(item, Some(now));
+                }
+            }
+            Work::Cork(corked) => {
+                for (w, queue) in corked.drain(..) {
+                    cork(w, &queue);
+                }
+            }
         }
     }
 
     /// Clients in this flush.
     pub fn len(&self) -> usize {
-        self.queues.len()
+        match &self.work {
+            Work::Deliver { queues, .. } => queues.len(),
+            Work::Cork(corked) => corked.len(),
+        }
     }
 
     /// Whether it holds no client.
     pub fn is_empty(&self) -> bool {
-        self.queues.is_empty()
+        self.len() == 0
     }
 }
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        for q in self.queues.drain(..) {
-            q.flush(&self.item, None);
+        match &mut self.work {
+            Work::Deliver { item, queues } => {
+                for q in queues.drain(..) {
+                    q.flush(item, None);
+                }
+            }
+            Work::Cork(corked) => {
+                for (w, _) in corked.drain(..) {
+                    w.wake();
+                }
+            }
         }
     }
 }
@@ -1105,6 +1178,17 @@ mod tests {
         wrote: Mutex<Vec<Bytes>>,
         writes: std::sync::atomic::AtomicUsize,
         room: std::sync::atomic::AtomicUsize,
+        spread: std::sync::OnceLock<Arc<Keep>>,
+    }
+
+    /// An embedder's spread that keeps the flushes it is handed.
+    #[derive(Default)]
+    struct Keep(Mutex<Vec<Flush>>);
+
+    impl Spread for Keep {
+        fn spread(&self, flush: Flush) {
+            self.0.lock().push(flush);
+        }
     }
 
     impl WriteNow for Socket {
@@ -1122,6 +1206,10 @@ mod tests {
             self.room
                 .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
                 .is_ok()
+        }
+
+        fn spread(&self) -> Option<&dyn Spread> {
+            self.spread.get().map(|keep| &**keep as &dyn Spread)
         }
     }
 
@@ -1509,6 +1597,54 @@ mod tests {
             assert_eq!(!wrote(sock).is_empty(), written, "client {i} written at once");
             assert_eq!(wakes(count), usize::from(!written), "client {i} woken");
         }
+    }
+
+    #[test]
+    fn beyond_cork_max_defer_wakes_leaves_the_writes_to_flushes_on_other_threads() {
+        let keep = Arc::new(Keep::default());
+        let clients: Vec<_> = (0..2 * CORK_MAX + 2).map(|_| waiting(10)).collect();
+        for (_, _, sock, ..) in &clients {
+            assert!(sock.spread.set(keep.clone()).is_ok());
+        }
+        defer_wakes(|| {
+            for (tx, ..) in &clients {
+                tx.push(raw("a")).unwrap();
+            }
+        });
+        let written = |range: std::ops::Range<usize>| {
+            clients[range]
+                .iter()
+                .map(|(_, _, sock, count, _)| (wrote(sock).len(), wakes(count)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(written(0..CORK_MAX), vec![(1, 0); CORK_MAX], "on this thread");
+        assert_eq!(
+            written(CORK_MAX..2 * CORK_MAX + 2),
+            vec![(0, 0); CORK_MAX + 2],
+            "left"
+        );
+        let mut flushes = std::mem::take(&mut *keep.0.lock());
+        assert_eq!(flushes.iter().map(Flush::len).collect::<Vec<_>>(), [CORK_MAX, 2]);
+        // What is pushed before a flush runs goes with it, in order.
+        clients[CORK_MAX].0.push(raw("b")).unwrap();
+        let last = flushes.pop().unwrap();
+        flushes.pop().unwrap().run();
+        assert_eq!(written(CORK_MAX + 1..2 * CORK_MAX), vec![(1, 0); CORK_MAX - 1]);
+        assert_eq!(wrote(&clients[CORK_MAX].2), [Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(wakes(&clients[CORK_MAX].3), 0);
+        assert_eq!(
+            clients[CORK_MAX]
+                .2
+                .writes
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        // A flush dropped unrun (a runtime shutting down) wakes its writers.
+        drop(last);
+        assert_eq!(written(2 * CORK_MAX..2 * CORK_MAX + 2), vec![(0, 1); 2]);
+        let mut out = Vec::new();
+        let (_, rx, ..) = &mut clients.into_iter().last().unwrap();
+        assert_eq!(rx.try_drain(&mut out), Ok(1));
     }
 
     #[test]

@@ -775,6 +775,10 @@ impl crier_core::WriteNow for Now {
         self.direct
             .send_all(items.iter().map(|item| self.codec.outbound(item)))
     }
+
+    fn spread(&self) -> Option<&dyn crier_core::Spread> {
+        self.node.hub.spread()
+    }
 }
 
 /// Sends a ping, after what a write at once left behind.

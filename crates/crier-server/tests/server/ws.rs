@@ -616,6 +616,41 @@ async fn a_fan_out_spread_over_threads_reaches_every_subscriber_once_in_order() 
     s.shutdown().await;
 }
 
+/// One frame of many publishes to 300 subscribers: what that read
+/// queues for the subscribers whose writers wait is written when it
+/// ends, 128 of them from the publisher's thread and the rest by
+/// flushes on other threads (`crier_core::defer_wakes`); each subscriber
+/// gets every publication once, in order, frame after frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_frame_of_publishes_to_300_subscribers_reaches_each_whole_and_in_order() {
+    let s = TestServer::start(config("")).await;
+    let mut clients = Vec::new();
+    for i in 0..300 {
+        let mut c = Client::connect(&s.ws_url(), &token(&format!("u{i}"))).await;
+        let r = c.request(json!({"subscribe": {"channel": "chat:many"}})).await;
+        assert!(r["error"].is_null(), "{r}");
+        clients.push(c);
+    }
+    let mut publisher = Client::connect(&s.ws_url(), &token("publisher")).await;
+    let n = 40;
+    for round in 0..3 {
+        let first = round * n;
+        let frame: Vec<String> = (first..first + n)
+            .map(|k| {
+                json!({"id": 1000 + k, "publish": {"channel": "chat:many", "data": {"k": k}}}).to_string()
+            })
+            .collect();
+        publisher.send_text(&frame.join("\n")).await;
+        for (i, c) in clients.iter_mut().enumerate() {
+            for k in first..first + n {
+                assert_eq!(c.next_pub().await["pub"]["data"]["k"], json!(k), "subscriber {i}");
+            }
+        }
+    }
+    assert_eq!(s.node.hub.stats().dropped_slow, 0);
+    s.shutdown().await;
+}
+
 /// A client that takes frames of at most 1 MiB (as Apple's
 /// `URLSessionWebSocketTask` and Python's `websockets` do by default)
 /// falls behind while far more than that is queued for it (a raised
