@@ -245,7 +245,8 @@ type Held = (Waker, Option<Arc<Shared>>);
 /// from the reading thread, 5,000 subscribers at 100/s cost 15 % less
 /// CPU per delivery, but that thread spent 20-60 ms per read on them, and
 /// a few deliveries in a run came 0.4-1.2 s late instead of at most 0.23
-/// (docs/benchmarks.md, "Cork flush").
+/// (docs/benchmarks.md, "Cork flush: a read's writes from its own
+/// thread").
 const CORK_MAX: usize = 128;
 
 /// Hands `chunk` (up to [`CORK_MAX`] clients a [`defer_wakes`] reached
