@@ -1227,7 +1227,15 @@ mod tests {
     /// A queue with `sock` installed, its writer waiting (polled once,
     /// with a waker that counts).
     fn waiting(room: usize) -> (QueueSender, ClientReceiver, Arc<Socket>, Arc<Count>, Waker) {
-        let (tx, mut rx) = queue(QueueLimits::default());
+        waiting_within(QueueLimits::default(), room)
+    }
+
+    /// [`waiting`], for a queue of `limits`.
+    fn waiting_within(
+        limits: QueueLimits,
+        room: usize,
+    ) -> (QueueSender, ClientReceiver, Arc<Socket>, Arc<Count>, Waker) {
+        let (tx, mut rx) = queue(limits);
         let sock = socket(room);
         rx.write_now(sock.clone());
         let count = Arc::new(Count(Default::default()));
@@ -1652,17 +1660,11 @@ mod tests {
     fn a_backlogged_queue_is_left_to_its_writer_when_defer_wakes_returns() {
         // A reader waiting for its writer's next frame (backpressure) is
         // woken by that frame: a queue over half full is not written here.
-        let (tx, mut rx) = queue(QueueLimits {
+        let limits = QueueLimits {
             max_messages: 4,
             max_bytes: 1 << 20,
-        });
-        let sock = socket(10);
-        rx.write_now(sock.clone());
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
-        assert!(rx
-            .poll_drain(&mut Context::from_waker(&waker), &mut Vec::new())
-            .is_pending());
+        };
+        let (tx, mut rx, sock, count, _waker) = waiting_within(limits, 10);
         defer_wakes(|| {
             for m in ["a", "b", "c"] {
                 tx.push(raw(m)).unwrap();

@@ -725,18 +725,8 @@ impl Writer {
         };
         let opcode = if binary { OP_BINARY } else { OP_TEXT };
         let mut head = [0u8; 10];
-        let n = header_into(&mut head, opcode, len);
         let mut parts: [&[u8]; SLICES] = [&[]; SLICES];
-        parts[0] = &head[..n];
-        let mut k = 1;
-        for (i, m) in messages.clone().enumerate() {
-            if i > 0 && !binary {
-                parts[k] = b"\n";
-                k += 1;
-            }
-            parts[k] = m;
-            k += 1;
-        }
+        let (n, k) = one_frame(&mut head, &mut parts, opcode, len, messages.clone());
         let written = match send_parts(socket, &parts[..k]) {
             Ok(w) if w == n + len => return Ok(None),
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -968,6 +958,32 @@ fn send_parts_to<T: AsRef<[u8]>>(socket: socket2::SockRef<'_>, parts: &[T]) -> i
     socket.send_vectored(&slices[..n])
 }
 
+/// Lays `messages` out in `parts` as one uncompressed frame of `len`
+/// payload bytes for one `send` or `sendmsg`: its header (written in
+/// `head`), then the messages, a newline between two unless `opcode` is
+/// binary. Returns the header's length and how many parts there are; the
+/// caller checked that they fit ([`SLICES`]).
+fn one_frame<'a, 'm: 'a>(
+    head: &'a mut [u8; 10],
+    parts: &mut [&'a [u8]; SLICES],
+    opcode: u8,
+    len: usize,
+    messages: impl Iterator<Item = &'m Bytes>,
+) -> (usize, usize) {
+    let n = header_into(head, opcode, len);
+    parts[0] = &head[..n];
+    let mut k = 1;
+    for (i, m) in messages.enumerate() {
+        if i > 0 && opcode != OP_BINARY {
+            parts[k] = b"\n";
+            k += 1;
+        }
+        parts[k] = m;
+        k += 1;
+    }
+    (n, k)
+}
+
 /// `messages` joined into uncompressed frames of up to [`JOIN_MAX`]
 /// payload bytes (a longer message alone), as [`Writer::messages`] sends
 /// them.
@@ -1069,18 +1085,8 @@ impl Direct {
         let len = messages.clone().map(Bytes::len).sum::<usize>() + separators;
         let sent = if len <= JOIN_MAX && count + separators < SLICES {
             let mut head = [0u8; 10];
-            let n = header_into(&mut head, self.opcode, len);
             let mut parts: [&[u8]; SLICES] = [&[]; SLICES];
-            parts[0] = &head[..n];
-            let mut k = 1;
-            for (i, m) in messages.clone().enumerate() {
-                if i > 0 && !binary {
-                    parts[k] = b"\n";
-                    k += 1;
-                }
-                parts[k] = m;
-                k += 1;
-            }
+            let (n, k) = one_frame(&mut head, &mut parts, self.opcode, len, messages.clone());
             let socket: &TcpStream = &self.socket;
             match send_parts_to(socket2::SockRef::from(socket), &parts[..k]) {
                 Ok(w) if w == n + len => return true,
