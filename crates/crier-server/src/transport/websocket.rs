@@ -650,17 +650,8 @@ fn write<'a>(
                 let _ = rx.try_drain(&mut items);
             }
             loaded = items.len() > 1;
-            // Delivery latency for the admin UI: from the publish of
-            // the oldest event in this write to now (measured before
-            // the write, so nothing is held across it).
-            if node.metrics.live_on() {
-                if let Some(created) = items.iter().find_map(|i| match i {
-                    crier_core::Outbound::Event(e) => Some(e.created()),
-                    crier_core::Outbound::Raw(_) => None,
-                }) {
-                    node.metrics.delivered(created.elapsed());
-                }
-            }
+            // Measured before the write, so nothing is held across it.
+            delivered(&node, &items);
             // The frame, in a block: what the socket leaves is kept only
             // while it waits.
             {
@@ -755,29 +746,31 @@ struct Now {
 
 impl crier_core::WriteNow for Now {
     fn write_now(&self, item: &crier_core::Outbound) -> bool {
-        if self.node.metrics.live_on() {
-            if let crier_core::Outbound::Event(e) = item {
-                self.node.metrics.delivered(e.created().elapsed());
-            }
-        }
+        delivered(&self.node, std::slice::from_ref(item));
         self.direct.send(self.codec.outbound(item))
     }
 
     fn write_all_now(&self, items: &[crier_core::Outbound]) -> bool {
-        if self.node.metrics.live_on() {
-            if let Some(created) = items.iter().find_map(|i| match i {
-                crier_core::Outbound::Event(e) => Some(e.created()),
-                crier_core::Outbound::Raw(_) => None,
-            }) {
-                self.node.metrics.delivered(created.elapsed());
-            }
-        }
+        delivered(&self.node, items);
         self.direct
             .send_all(items.iter().map(|item| self.codec.outbound(item)))
     }
 
     fn spread(&self) -> Option<&dyn crier_core::Spread> {
         self.node.hub.spread()
+    }
+}
+
+/// Delivery latency for the admin UI, when it is watched: from the
+/// publish of the oldest event among `items`, about to be written, to now.
+fn delivered(node: &Node, items: &[crier_core::Outbound]) {
+    if node.metrics.live_on() {
+        if let Some(created) = items.iter().find_map(|i| match i {
+            crier_core::Outbound::Event(e) => Some(e.created()),
+            crier_core::Outbound::Raw(_) => None,
+        }) {
+            node.metrics.delivered(created.elapsed());
+        }
     }
 }
 
