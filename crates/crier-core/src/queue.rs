@@ -311,20 +311,25 @@ pub fn defer_wakes<R>(f: impl FnOnce() -> R) -> R {
         fn drop(&mut self) {
             let held = DEFERRED.try_with(|d| d.borrow_mut().take()).ok().flatten();
             let mut corked = 0;
-            let mut beyond = Vec::new();
+            // The chunk beyond the first CORK_MAX being filled for a flush.
+            let mut chunk = Vec::new();
             for (w, queue) in held.into_iter().flatten() {
                 match queue {
                     Some(queue) if corked < CORK_MAX => {
                         corked += 1;
                         cork(w, &queue);
                     }
-                    Some(queue) => beyond.push((w, queue)),
+                    Some(queue) => {
+                        chunk.push((w, queue));
+                        if chunk.len() == CORK_MAX {
+                            spread_corked(std::mem::take(&mut chunk));
+                        }
+                    }
                     None => w.wake(),
                 }
             }
-            while !beyond.is_empty() {
-                let rest = beyond.split_off(beyond.len().min(CORK_MAX));
-                spread_corked(std::mem::replace(&mut beyond, rest));
+            if !chunk.is_empty() {
+                spread_corked(chunk);
             }
         }
     }
