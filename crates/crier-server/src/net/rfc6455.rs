@@ -913,10 +913,27 @@ const JOIN_MAX: usize = 64 * 1024;
 /// the copy (docs/benchmarks.md, "Fan-outs spread over the cores").
 const COPY_MAX: usize = 512;
 
+/// Parts shorter than this are copied into the thread's [`JOINED`]
+/// buffer rather than given to the kernel as iovecs of their own: per
+/// iovec, `sendmsg` pays a user-copy setup that costs more than copying a
+/// short part here. Longer parts (a large message) go by reference.
+const JOIN_PART_MAX: usize = 1024;
+
+/// The most bytes one call joins in [`JOINED`]: a full frame of joined
+/// messages ([`JOIN_MAX`] and its header) fits.
+const JOINED_CAP: usize = JOIN_MAX + 16;
+
+thread_local! {
+    // The buffer `send_parts_to` joins short parts in, one per thread that
+    // sends (the runtime's workers), grown to the largest join and kept.
+    static JOINED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Sends the start of `parts` with one call, never waiting: joined on
 /// the stack by one `send` when they are COPY_MAX bytes in all at most,
 /// else by one `sendmsg` of up to SLICES parts (a frame of the 64-message
-/// window is 128; the rest goes in the next call).
+/// window is 128; the rest goes in the next call), its runs of short
+/// parts joined in the thread's buffer first.
 fn send_parts<T: AsRef<[u8]>>(socket: &TcpStream, parts: &[T]) -> io::Result<usize> {
     socket.try_io(tokio::io::Interest::WRITABLE, || {
         send_parts_to(socket2::SockRef::from(socket), parts)
@@ -946,11 +963,71 @@ fn send_parts_to<T: AsRef<[u8]>>(socket: socket2::SockRef<'_>, parts: &[T]) -> i
         }
         return socket.send(&buf[..n]);
     }
-    let mut slices = [IoSlice::new(&[]); SLICES];
-    let mut n = 0;
-    for (slot, part) in slices.iter_mut().zip(parts) {
-        *slot = IoSlice::new(part.as_ref());
+    JOINED.with(|joined| match joined.try_borrow_mut() {
+        Ok(mut joined) => send_joined(socket, parts, &mut joined),
+        // (Never: nothing sends while a send of this thread runs.)
+        Err(_) => send_joined(socket, parts, &mut Vec::new()),
+    })
+}
+
+/// One `sendmsg` of the start of `parts` (at most SLICES), each run of
+/// parts shorter than JOIN_PART_MAX copied into `joined` and sent as one
+/// iovec: a frame of 64 joined 170-byte messages is 128 parts, whose
+/// iovecs cost the kernel a quarter of the server's CPU at max rate on
+/// some machines ("Joined sends", docs/benchmarks.md). Stops before a
+/// part that would take the copies past JOINED_CAP.
+fn send_joined<T: AsRef<[u8]>>(
+    socket: socket2::SockRef<'_>,
+    parts: &[T],
+    joined: &mut Vec<u8>,
+) -> io::Result<usize> {
+    // Where each iovec comes from: a range of `joined`, or a part itself.
+    enum Slot {
+        Joined(usize, usize),
+        Part(usize),
+    }
+    joined.clear();
+    let mut slots: [Slot; SLICES] = [const { Slot::Part(0) }; SLICES];
+    let mut n: usize = 0;
+    // Whether the last iovec is a run of `joined` that the next short part
+    // extends.
+    let mut in_run = false;
+    for (i, part) in parts.iter().enumerate() {
+        let part = part.as_ref();
+        let short = part.len() < JOIN_PART_MAX;
+        if short && joined.len() + part.len() > JOINED_CAP {
+            break;
+        }
+        if short && in_run {
+            joined.extend_from_slice(part);
+            if let Slot::Joined(_, end) = &mut slots[n - 1] {
+                *end = joined.len();
+            }
+            continue;
+        }
+        if n == SLICES {
+            break;
+        }
+        slots[n] = if short {
+            let start = joined.len();
+            joined.extend_from_slice(part);
+            Slot::Joined(start, joined.len())
+        } else {
+            Slot::Part(i)
+        };
+        in_run = short;
         n += 1;
+    }
+    // One run: a `send`, cheaper than a `sendmsg` (COPY_MAX).
+    if let [Slot::Joined(start, end)] = slots[..n] {
+        return socket.send(&joined[start..end]);
+    }
+    let mut slices = [IoSlice::new(&[]); SLICES];
+    for (slice, slot) in slices.iter_mut().zip(&slots[..n]) {
+        *slice = IoSlice::new(match *slot {
+            Slot::Joined(start, end) => &joined[start..end],
+            Slot::Part(i) => parts[i].as_ref(),
+        });
     }
     // sendmsg, not writev: a socket written through the VFS pays its file
     // bookkeeping (`vfs_writev`, `fdget_pos`: 7 % of the server's samples
@@ -1414,6 +1491,51 @@ mod tests {
             assert_eq!(u64::from_be_bytes(frame[2..10].try_into().unwrap()), 256 * 1024);
             assert!(frame[10..] == part[..], "message {i} arrives intact");
         }
+    }
+
+    /// `send_parts_to` joins runs of short parts in the thread's buffer
+    /// and sends long ones by reference, in one `sendmsg` per call: the
+    /// bytes arrive in order whatever the mix, a call stops at SLICES
+    /// iovecs or JOINED_CAP joined bytes, and never more than it reports.
+    #[tokio::test]
+    async fn short_parts_joined_and_long_ones_borrowed_arrive_in_order() {
+        let (client, server) = pair().await;
+        // A mix: runs of short parts (1-1,023 bytes) between long ones,
+        // each part's bytes its own.
+        let mut parts: Vec<Bytes> = (0..3000usize)
+            .map(|i| {
+                let len = match i % 97 {
+                    0 => JOIN_PART_MAX + i % 5000,
+                    k => 1 + (k * 37 + i) % (JOIN_PART_MAX - 1),
+                };
+                Bytes::from(vec![(i % 251) as u8; len])
+            })
+            .collect();
+        // More long parts in a row than one call's iovecs.
+        parts.extend((0..SLICES + 3).map(|i| Bytes::from(vec![(i % 7) as u8; JOIN_PART_MAX])));
+        let expected: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let reading = read_exactly(client, expected.len());
+        let mut out = Outgoing::new(parts.clone());
+        let mut calls = 0;
+        while !out.is_empty() {
+            let left: usize = out.parts[out.first..].iter().map(Bytes::len).sum();
+            match send_parts(&server, &out.parts[out.first..]) {
+                Ok(n) => {
+                    assert!(n > 0 && n <= left, "a call reports what it sent");
+                    out.advance(n);
+                    calls += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => server.writable().await.unwrap(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let got = reading.await.unwrap();
+        assert!(got == expected, "every byte, in order");
+        assert!(calls >= 2, "SLICES long parts take two calls at least");
+        // One call's joined bytes stay within JOINED_CAP.
+        let buffered = JOINED.with(|joined| joined.borrow().capacity());
+        assert!(buffered > 0, "short parts were joined in the thread's buffer");
+        assert!(buffered <= 2 * JOINED_CAP, "the buffer grows to one join at most");
     }
 
     /// Frames parsed from what a client read: (opcode, payload).
