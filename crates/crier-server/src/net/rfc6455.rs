@@ -925,7 +925,8 @@ const JOINED_CAP: usize = JOIN_MAX + 16;
 
 thread_local! {
     // The buffer `send_parts_to` joins short parts in, one per thread that
-    // sends (the runtime's workers), grown to the largest join and kept.
+    // sends (the runtime's workers), grown to the largest join and kept:
+    // at most 128 KiB of capacity (a 64 KiB join, grown by doubling).
     static JOINED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
