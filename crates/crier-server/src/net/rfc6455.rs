@@ -990,20 +990,16 @@ fn send_joined<T: AsRef<[u8]>>(
     joined.clear();
     let mut slots: [Slot; SLICES] = [const { Slot::Part(0) }; SLICES];
     let mut n: usize = 0;
-    // Whether the last iovec is a run of `joined` that the next short part
-    // extends.
-    let mut in_run = false;
     for (i, part) in parts.iter().enumerate() {
         let part = part.as_ref();
         let short = part.len() < JOIN_PART_MAX;
         if short && joined.len() + part.len() > JOINED_CAP {
             break;
         }
-        if short && in_run {
+        // A short part after a run of them extends the last iovec.
+        if let (true, Some(Slot::Joined(_, end))) = (short, n.checked_sub(1).map(|last| &mut slots[last])) {
             joined.extend_from_slice(part);
-            if let Slot::Joined(_, end) = &mut slots[n - 1] {
-                *end = joined.len();
-            }
+            *end = joined.len();
             continue;
         }
         if n == SLICES {
@@ -1016,7 +1012,6 @@ fn send_joined<T: AsRef<[u8]>>(
         } else {
             Slot::Part(i)
         };
-        in_run = short;
         n += 1;
     }
     // One run: a `send`, cheaper than a `sendmsg` (COPY_MAX).
