@@ -19,7 +19,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 pub enum ReadHalf {
     /// Plain TCP: the socket, shared with its sending side (every read
     /// takes `&TcpStream`).
-    Tcp(Arc<TcpStream>),
+    Tcp(Arc<dyn TcpOwner>),
     /// Anything else (TLS).
     Stream(tokio::io::ReadHalf<Box<dyn Stream>>),
 }
@@ -33,24 +33,53 @@ pub enum WriteHalf {
     Stream(tokio::io::WriteHalf<Box<dyn Stream>>),
 }
 
-/// The sending side of a TCP socket. Every write takes `&TcpStream`, so
-/// the socket is one allocation shared by its receiving side, this, and a
-/// connection's writes at once from other threads (`rfc6455::Direct`,
-/// which holds the socket itself); it stays open while any of them does.
+/// What a connection's plain TCP socket lives in: one allocation shared
+/// by its receiving side, its sending side, and its writes at once from
+/// other threads; the socket stays open while any of them holds it.
+/// Either the socket alone ([`split_tcp`]), or a transport's state for
+/// writes at once with the socket inline ([`split_owned`]), so that a
+/// write at once finds the socket's descriptor beside that state, not
+/// behind a pointer of its own: a cache miss less per delivery
+/// (docs/benchmarks.md, "The socket inside its writes at once").
+pub trait TcpOwner: Send + Sync + 'static {
+    /// The socket.
+    fn tcp(&self) -> &TcpStream;
+
+    /// This, for its transport to get its own type back
+    /// (`Arc::downcast`).
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+}
+
+impl TcpOwner for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+/// The sending side of a TCP socket (every write takes `&TcpStream`).
 /// Dropping this shuts the sending side down (a FIN), as tokio's
 /// `OwnedWriteHalf` does, without a second allocation for it.
-pub struct TcpWrite(Arc<TcpStream>);
+pub struct TcpWrite(Arc<dyn TcpOwner>);
 
 impl TcpWrite {
     /// The socket.
-    pub fn socket(&self) -> &Arc<TcpStream> {
+    pub fn socket(&self) -> &TcpStream {
+        self.0.tcp()
+    }
+
+    /// What the socket lives in.
+    pub fn owner(&self) -> &Arc<dyn TcpOwner> {
         &self.0
     }
 }
 
 impl Drop for TcpWrite {
     fn drop(&mut self) {
-        let _ = shutdown_tcp(&self.0);
+        let _ = shutdown_tcp(self.socket());
     }
 }
 
@@ -63,8 +92,12 @@ pub fn split_stream(stream: impl Stream) -> (ReadHalf, WriteHalf) {
 
 /// The halves of a plain TCP stream.
 pub fn split_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
-    let socket = Arc::new(stream);
-    (ReadHalf::Tcp(socket.clone()), WriteHalf::Tcp(TcpWrite(socket)))
+    split_owned(Arc::new(stream))
+}
+
+/// The halves of the plain TCP stream `owner` holds.
+pub fn split_owned(owner: Arc<dyn TcpOwner>) -> (ReadHalf, WriteHalf) {
+    (ReadHalf::Tcp(owner.clone()), WriteHalf::Tcp(TcpWrite(owner)))
 }
 
 /// Shuts the sending side of `socket` down (a FIN).
@@ -78,7 +111,7 @@ impl WriteHalf {
         use tokio::io::AsyncWriteExt;
         match self {
             WriteHalf::Tcp(half) => {
-                let socket: &TcpStream = half.socket();
+                let socket = half.socket();
                 // At once when the socket has room: no future.
                 let rest = match socket.try_write(bytes) {
                     Ok(n) if n == bytes.len() => return Ok(()),

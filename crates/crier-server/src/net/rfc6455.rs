@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::extract::Request;
@@ -25,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use crate::net::deflate::{self, InflateError};
-pub use crate::net::halves::{ReadHalf, WriteHalf};
+pub use crate::net::halves::{ReadHalf, TcpOwner, WriteHalf};
 use crate::net::WriteDeadline;
 
 pub use crate::net::deflate::Deflate;
@@ -36,10 +37,14 @@ const READ_CHUNK: usize = 1024;
 /// Both halves of an upgraded connection: the raw TCP socket when
 /// `server::serve_http` handed hyper one, the TLS stream when it handed it
 /// that.
-fn halves(upgraded: hyper::upgrade::Upgraded) -> Option<(ReadHalf, WriteHalf, Bytes)> {
+/// `own` puts the TCP socket in what the connection shares it from.
+fn halves(
+    upgraded: hyper::upgrade::Upgraded,
+    own: impl FnOnce(TcpStream) -> Arc<dyn TcpOwner>,
+) -> Option<(ReadHalf, WriteHalf, Bytes)> {
     let upgraded = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
         Ok(parts) => {
-            let (rd, wr) = crate::net::halves::split_tcp(parts.io.into_inner().into_inner());
+            let (rd, wr) = crate::net::halves::split_owned(own(parts.io.into_inner().into_inner()));
             return Some((rd, wr, parts.read_buf));
         }
         Err(upgraded) => upgraded,
@@ -67,8 +72,26 @@ pub struct Limits {
 /// Answers the WebSocket handshake in `request` and, once the connection
 /// is upgraded, runs `serve` on its reader and writer (within `limits`),
 /// as a task `tracker` waits for at shutdown.
-pub fn accept<F, Fut>(mut request: Request, limits: Limits, tracker: &TaskTracker, serve: F) -> Response
+pub fn accept<F, Fut>(request: Request, limits: Limits, tracker: &TaskTracker, serve: F) -> Response
 where
+    F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    accept_owned(request, limits, tracker, |socket| Arc::new(socket), serve)
+}
+
+/// [`accept`], with a plain TCP socket put by `own` in what its reader,
+/// writer and writes at once share it from (a transport's state for
+/// writes at once: [`TcpOwner`], [`Writer::owner`]).
+pub fn accept_owned<O, F, Fut>(
+    mut request: Request,
+    limits: Limits,
+    tracker: &TaskTracker,
+    own: O,
+    serve: F,
+) -> Response
+where
+    O: FnOnce(TcpStream) -> Arc<dyn TcpOwner> + Send + 'static,
     F: FnOnce(Reader, Writer) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -89,7 +112,7 @@ where
         // server::serve_http hands hyper plain TCP streams (or TLS ones);
         // the raw socket lets the reader wait without a buffer and the
         // writer use writev.
-        let Some((rd, wr, pre)) = halves(upgraded) else {
+        let Some((rd, wr, pre)) = halves(upgraded, own) else {
             return tracing::warn!("WebSocket upgrade on a connection that is neither TCP nor TLS");
         };
         let mut reader = Reader::new(rd, pre, limits.message_size);
@@ -289,7 +312,7 @@ impl Reader {
                 frames.buf = BytesMut::new();
             }
             let half = match &mut self.half {
-                ReadHalf::Tcp(half) => half,
+                ReadHalf::Tcp(half) => half.tcp(),
                 ReadHalf::Stream(stream) => {
                     // TLS keeps its own buffers: read into the frame's.
                     if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
@@ -808,17 +831,13 @@ impl Writer {
         self.half.shutdown().await
     }
 
-    /// A handle that sends frames on this connection's socket from other
-    /// threads while this writer waits ([`Direct`]): plain TCP without
-    /// compression only (a TLS stream's state, or a compressor, is this
-    /// writer's alone).
-    pub fn direct(&self, binary: bool) -> Option<Direct> {
+    /// What this connection's socket lives in, when other threads may
+    /// send frames on it while this writer waits ([`Direct`]): plain TCP
+    /// without compression only (a TLS stream's state, or a compressor,
+    /// is this writer's alone).
+    pub fn owner(&self) -> Option<&Arc<dyn TcpOwner>> {
         match &self.half {
-            WriteHalf::Tcp(half) if self.deflate.is_none() => Some(Direct {
-                socket: half.socket().clone(),
-                opcode: if binary { OP_BINARY } else { OP_TEXT },
-                rest: std::sync::Mutex::new(Rest::Nothing),
-            }),
+            WriteHalf::Tcp(half) if self.deflate.is_none() => Some(half.owner()),
             _ => None,
         }
     }
@@ -1099,9 +1118,10 @@ async fn send_all(socket: &TcpStream, mut out: Outgoing) -> io::Result<()> {
 /// waits (the hub's write at once, `crier_core::WriteNow`): one frame per
 /// send, one `sendmsg`, never waiting. What the socket did not take is
 /// kept for the writer task ([`Writer::finish_direct`]), which must send it
-/// before anything else; the queue sees to that.
+/// before anything else; the queue sees to that. Holds no socket: it
+/// lives beside the one it sends on, in that socket's [`TcpOwner`], whose
+/// [`Writer::owner`] allows it.
 pub struct Direct {
-    socket: std::sync::Arc<TcpStream>,
     opcode: u8,
     rest: std::sync::Mutex<Rest>,
 }
@@ -1118,12 +1138,20 @@ pub enum Rest {
 }
 
 impl Direct {
-    /// Sends `payload` as one frame now. `true` when all of it went out;
-    /// otherwise the rest (or the failure) waits for the writer task.
-    pub fn send(&self, payload: &Bytes) -> bool {
+    /// Sends frames of binary messages when `binary`, else of text ones.
+    pub fn new(binary: bool) -> Self {
+        Direct {
+            opcode: if binary { OP_BINARY } else { OP_TEXT },
+            rest: std::sync::Mutex::new(Rest::Nothing),
+        }
+    }
+
+    /// Sends `payload` on `socket` as one frame now. `true` when all of it
+    /// went out; otherwise the rest (or the failure) waits for the writer
+    /// task.
+    pub fn send(&self, socket: &TcpStream, payload: &Bytes) -> bool {
         let mut head = [0u8; 10];
         let n = header_into(&mut head, self.opcode, payload.len());
-        let socket: &TcpStream = &self.socket;
         let sent = send_parts_to(socket2::SockRef::from(socket), &[&head[..n], &payload[..]]);
         let rest = match sent {
             Ok(k) if k == n + payload.len() => return true,
@@ -1143,12 +1171,13 @@ impl Direct {
         false
     }
 
-    /// Sends `messages` now, as [`Writer::messages`] frames them (several
-    /// messages joined into one frame). `true` when all of it went out;
-    /// otherwise the rest (or the failure) waits for the writer task, as
-    /// after [`send`](Self::send). Messages that do not make one frame of
-    /// one `sendmsg` ([`JOIN_MAX`], [`SLICES`]) all wait for the writer.
-    pub fn send_all<'m, I>(&self, messages: I) -> bool
+    /// Sends `messages` on `socket` now, as [`Writer::messages`] frames
+    /// them (several messages joined into one frame). `true` when all of
+    /// it went out; otherwise the rest (or the failure) waits for the
+    /// writer task, as after [`send`](Self::send). Messages that do not
+    /// make one frame of one `sendmsg` ([`JOIN_MAX`], [`SLICES`]) all wait
+    /// for the writer.
+    pub fn send_all<'m, I>(&self, socket: &TcpStream, messages: I) -> bool
     where
         I: ExactSizeIterator<Item = &'m Bytes> + Clone,
     {
@@ -1160,7 +1189,6 @@ impl Direct {
             let mut head = [0u8; 10];
             let mut parts: [&[u8]; SLICES] = [&[]; SLICES];
             let (n, k) = one_frame(&mut head, &mut parts, self.opcode, len, messages.clone());
-            let socket: &TcpStream = &self.socket;
             match send_parts_to(socket2::SockRef::from(socket), &parts[..k]) {
                 Ok(w) if w == n + len => return true,
                 Ok(w) => Ok(w),

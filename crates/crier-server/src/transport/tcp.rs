@@ -490,7 +490,7 @@ impl Deframer {
                 .saturating_add(ep.wire.overhead())
                 .saturating_sub(self.pending.len());
             let socket = match socket {
-                ReadHalf::Tcp(half) => half,
+                ReadHalf::Tcp(half) => half.tcp(),
                 ReadHalf::Stream(stream) => {
                     // TLS: read what the record holds, up to `room`.
                     match Box::pin(self.read_stream(stream, room)).await {

@@ -50,7 +50,20 @@ pub async fn upgrade(State(node): State<Arc<Node>>, request: Request) -> Respons
     };
     let tracker = node.connections.clone();
     let forwarded = node.proxies.kept_headers(request.headers());
-    rfc6455::accept(request, limits, &tracker, move |reader, writer| {
+    // The socket lives in the connection's writes at once (`Now`): one
+    // allocation, and the socket beside what a write at once reads.
+    let own = {
+        let node = node.clone();
+        move |socket| -> Arc<dyn rfc6455::TcpOwner> {
+            Arc::new(Now {
+                socket,
+                node,
+                codec,
+                direct: rfc6455::Direct::new(codec.binary()),
+            })
+        }
+    };
+    rfc6455::accept_owned(request, limits, &tracker, own, move |reader, writer| {
         serve(node, codec, reader, writer, (forwarded, remote))
     })
 }
@@ -535,14 +548,11 @@ fn write<'a>(
     async move {
         // While this task waits, the hub writes a delivery that finds the
         // queue empty straight to the socket, from the pushing thread: no
-        // wake-up, no poll (plain TCP without compression).
-        let now = writer.direct(codec.binary()).map(|direct| {
-            Arc::new(Now {
-                direct,
-                codec,
-                node: node.clone(),
-            })
-        });
+        // wake-up, no poll (plain TCP without compression; the socket
+        // lives in `Now`, see `upgrade`).
+        let now = writer
+            .owner()
+            .and_then(|owner| owner.clone().into_any().downcast::<Now>().ok());
         if let Some(now) = &now {
             rx.write_now(now.clone());
         }
@@ -737,23 +747,40 @@ async fn send_rest(writer: &mut Writer, now: &Option<Arc<Now>>) -> std::io::Resu
 }
 
 /// The hub's writes at once to one connection (`crier_core::WriteNow`):
-/// a delivery's shared encoding as one frame, one `sendmsg`.
+/// a delivery's shared encoding as one frame, one `sendmsg`. Holds the
+/// connection's socket itself (`rfc6455::TcpOwner`): a write at once reads
+/// the node, the codec and the socket's descriptor from one allocation,
+/// laid out in that order first (`repr(C)`), where a socket of its own
+/// cost a cache miss per delivery (docs/benchmarks.md, "The socket inside
+/// its writes at once").
+#[repr(C)]
 struct Now {
-    direct: rfc6455::Direct,
-    codec: Codec,
+    socket: tokio::net::TcpStream,
     node: Arc<Node>,
+    codec: Codec,
+    direct: rfc6455::Direct,
+}
+
+impl rfc6455::TcpOwner for Now {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        &self.socket
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }
 
 impl crier_core::WriteNow for Now {
     fn write_now(&self, item: &crier_core::Outbound) -> bool {
         delivered(&self.node, std::slice::from_ref(item));
-        self.direct.send(self.codec.outbound(item))
+        self.direct.send(&self.socket, self.codec.outbound(item))
     }
 
     fn write_all_now(&self, items: &[crier_core::Outbound]) -> bool {
         delivered(&self.node, items);
         self.direct
-            .send_all(items.iter().map(|item| self.codec.outbound(item)))
+            .send_all(&self.socket, items.iter().map(|item| self.codec.outbound(item)))
     }
 
     fn spread(&self) -> Option<&dyn crier_core::Spread> {
@@ -1010,9 +1037,11 @@ mod tests {
             size <= 656,
             "the connection task's future is {size} bytes (budget 656)"
         );
-        // The writes at once: held by the client's queue for the
-        // connection's life (a frame's rest inline once made it 72 bytes).
+        // The socket and the writes at once, one allocation for the
+        // connection's life (a frame's rest inline once made the writes
+        // at once 72 bytes; with the socket beside them, 56 and 40 bytes
+        // were two allocations).
         let now = std::mem::size_of::<Now>();
-        assert!(now <= 56, "a connection's `Now` is {now} bytes (budget 56)");
+        assert!(now <= 88, "a connection's `Now` is {now} bytes (budget 88)");
     }
 }
