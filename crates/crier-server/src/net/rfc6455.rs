@@ -648,9 +648,14 @@ impl Controls {
     }
 }
 
-/// Most parts one non-blocking send takes: 4 KiB of `IoSlice`s on the
-/// stack.
-const SLICES: usize = 256;
+/// Most iovecs one `sendmsg` takes ([`send_joined`]): runs of short
+/// parts are joined into one, so a frame of joined messages is one or a
+/// few; a long part (1 KiB at least) is one of its own, so a call sends
+/// 32 KiB at least when it stops here. The slots are on the stack,
+/// written before each call: few, so that each call writes little (256
+/// took 10 KiB of stores per call; docs/benchmarks.md, "No arrays of
+/// 256 parts per send").
+const IOVECS: usize = 32;
 
 /// The separator between messages joined into one frame.
 const NEWLINE: Bytes = Bytes::from_static(b"\n");
@@ -722,10 +727,9 @@ impl Writer {
 
     /// Sends `messages` as [`Writer::messages`] does, as much as the
     /// socket takes now, without waiting. Borrowed: when they make one
-    /// frame of one `send` or `sendmsg` (at most [`JOIN_MAX`] bytes and
-    /// [`SLICES`] parts, plain TCP, no compression: every frame of a
-    /// client that keeps up), nothing is allocated and no message's
-    /// reference count touched. `None` when all of it went out; else what
+    /// frame (at most [`JOIN_MAX`] bytes, plain TCP, no compression: every
+    /// frame of a client that keeps up), nothing is allocated and no
+    /// message's reference count touched. `None` when all of it went out; else what
     /// is left (the rest the socket did not take, or everything when this
     /// path does not apply), owned, for [`Writer::finish`].
     pub fn try_write_messages<'m, I>(&mut self, binary: bool, messages: I) -> io::Result<Option<Outgoing>>
@@ -736,11 +740,7 @@ impl Writer {
         let separators = if binary { 0 } else { count.saturating_sub(1) };
         let len = messages.clone().map(Bytes::len).sum::<usize>() + separators;
         let socket = match &self.half {
-            WriteHalf::Tcp(half)
-                if self.deflate.is_none() && len <= JOIN_MAX && count + separators < SLICES =>
-            {
-                half.socket()
-            }
+            WriteHalf::Tcp(half) if self.deflate.is_none() && len <= JOIN_MAX => half.socket(),
             _ => {
                 let mut out = self.message_frame(binary, &mut messages.cloned().collect());
                 return Ok((!self.try_write(&mut out)?).then_some(out));
@@ -748,9 +748,8 @@ impl Writer {
         };
         let opcode = if binary { OP_BINARY } else { OP_TEXT };
         let mut head = [0u8; 10];
-        let mut parts: [&[u8]; SLICES] = [&[]; SLICES];
-        let (n, k) = one_frame(&mut head, &mut parts, opcode, len, messages.clone());
-        let written = match send_parts(socket, &parts[..k]) {
+        let n = header_into(&mut head, opcode, len);
+        let written = match send_parts(socket, frame_parts(&head[..n], binary, messages.clone())) {
             Ok(w) if w == n + len => return Ok(None),
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(w) => w,
@@ -907,7 +906,7 @@ async fn write_parts(half: &mut (impl AsyncWrite + Unpin), parts: Vec<Bytes>) ->
 /// when all of it is out.
 fn send_now(socket: &TcpStream, out: &mut Outgoing) -> io::Result<bool> {
     while !out.is_empty() {
-        let sent = send_parts(socket, &out.parts[out.first..]);
+        let sent = send_parts(socket, out.parts[out.first..].iter().map(|p| &p[..]));
         match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => out.advance(n),
@@ -951,10 +950,11 @@ thread_local! {
 
 /// Sends the start of `parts` with one call, never waiting: joined on
 /// the stack by one `send` when they are COPY_MAX bytes in all at most,
-/// else by one `sendmsg` of up to SLICES parts (a frame of the 64-message
-/// window is 128; the rest goes in the next call), its runs of short
-/// parts joined in the thread's buffer first.
-fn send_parts<T: AsRef<[u8]>>(socket: &TcpStream, parts: &[T]) -> io::Result<usize> {
+/// else by one `sendmsg` of up to IOVECS iovecs, its runs of short parts
+/// joined in the thread's buffer first (the rest goes in the next call).
+/// `parts` is walked, never gathered: a frame of the 64-message window is
+/// 128 parts.
+fn send_parts<'p>(socket: &TcpStream, parts: impl Iterator<Item = &'p [u8]> + Clone) -> io::Result<usize> {
     socket.try_io(tokio::io::Interest::WRITABLE, || {
         send_parts_to(socket2::SockRef::from(socket), parts)
     })
@@ -967,17 +967,19 @@ fn send_parts<T: AsRef<[u8]>>(socket: &TcpStream, parts: &[T]) -> io::Result<usi
 /// to 1,000 subscribers). A `WouldBlock` here leaves tokio's readiness
 /// set; the writer task that takes over then learns it from its own
 /// `send`, which clears it before waiting.
-fn send_parts_to<T: AsRef<[u8]>>(socket: socket2::SockRef<'_>, parts: &[T]) -> io::Result<usize> {
+fn send_parts_to<'p>(
+    socket: socket2::SockRef<'_>,
+    parts: impl Iterator<Item = &'p [u8]> + Clone,
+) -> io::Result<usize> {
     // Stops counting past COPY_MAX: a batch may have hundreds of parts.
     let small = parts
-        .iter()
-        .try_fold(0, |n, p| Some(n + p.as_ref().len()).filter(|&n| n <= COPY_MAX))
+        .clone()
+        .try_fold(0, |n, p| Some(n + p.len()).filter(|&n| n <= COPY_MAX))
         .is_some();
     if small {
         let mut buf = [0u8; COPY_MAX];
         let mut n = 0;
         for part in parts {
-            let part = part.as_ref();
             buf[n..n + part.len()].copy_from_slice(part);
             n += part.len();
         }
@@ -990,27 +992,27 @@ fn send_parts_to<T: AsRef<[u8]>>(socket: socket2::SockRef<'_>, parts: &[T]) -> i
     })
 }
 
-/// One `sendmsg` of the start of `parts` (at most SLICES), each run of
-/// parts shorter than JOIN_PART_MAX copied into `joined` and sent as one
-/// iovec: a frame of 64 joined 170-byte messages is 128 parts, whose
+/// One `sendmsg` of the start of `parts` (at most IOVECS iovecs), each
+/// run of parts shorter than JOIN_PART_MAX copied into `joined` and sent
+/// as one iovec: a frame of 64 joined 170-byte messages is 128 parts, whose
 /// iovecs cost the kernel a quarter of the server's CPU at max rate on
 /// some machines ("Joined sends", docs/benchmarks.md). Stops before a
 /// part that would take the copies past JOINED_CAP.
-fn send_joined<T: AsRef<[u8]>>(
+fn send_joined<'p>(
     socket: socket2::SockRef<'_>,
-    parts: &[T],
+    parts: impl Iterator<Item = &'p [u8]>,
     joined: &mut Vec<u8>,
 ) -> io::Result<usize> {
     // Where each iovec comes from: a range of `joined`, or a part itself.
-    enum Slot {
+    #[derive(Clone, Copy)]
+    enum Slot<'p> {
         Joined(usize, usize),
-        Part(usize),
+        Part(&'p [u8]),
     }
     joined.clear();
-    let mut slots: [Slot; SLICES] = [const { Slot::Part(0) }; SLICES];
+    let mut slots = [Slot::Part(&[]); IOVECS];
     let mut n: usize = 0;
-    for (i, part) in parts.iter().enumerate() {
-        let part = part.as_ref();
+    for part in parts {
         let short = part.len() < JOIN_PART_MAX;
         if short && joined.len() + part.len() > JOINED_CAP {
             break;
@@ -1021,7 +1023,7 @@ fn send_joined<T: AsRef<[u8]>>(
             *end = joined.len();
             continue;
         }
-        if n == SLICES {
+        if n == IOVECS {
             break;
         }
         slots[n] = if short {
@@ -1029,7 +1031,7 @@ fn send_joined<T: AsRef<[u8]>>(
             joined.extend_from_slice(part);
             Slot::Joined(start, joined.len())
         } else {
-            Slot::Part(i)
+            Slot::Part(part)
         };
         n += 1;
     }
@@ -1037,11 +1039,11 @@ fn send_joined<T: AsRef<[u8]>>(
     if let [Slot::Joined(start, end)] = slots[..n] {
         return socket.send(&joined[start..end]);
     }
-    let mut slices = [IoSlice::new(&[]); SLICES];
+    let mut slices = [IoSlice::new(&[]); IOVECS];
     for (slice, slot) in slices.iter_mut().zip(&slots[..n]) {
         *slice = IoSlice::new(match *slot {
             Slot::Joined(start, end) => &joined[start..end],
-            Slot::Part(i) => parts[i].as_ref(),
+            Slot::Part(part) => part,
         });
     }
     // sendmsg, not writev: a socket written through the VFS pays its file
@@ -1050,30 +1052,22 @@ fn send_joined<T: AsRef<[u8]>>(
     socket.send_vectored(&slices[..n])
 }
 
-/// Lays `messages` out in `parts` as one uncompressed frame of `len`
-/// payload bytes for one `send` or `sendmsg`: its header (written in
-/// `head`), then the messages, a newline between two unless `opcode` is
-/// binary. Returns the header's length and how many parts there are; the
-/// caller checked that they fit ([`SLICES`]).
-fn one_frame<'a, 'm: 'a>(
-    head: &'a mut [u8; 10],
-    parts: &mut [&'a [u8]; SLICES],
-    opcode: u8,
-    len: usize,
-    messages: impl Iterator<Item = &'m Bytes>,
-) -> (usize, usize) {
-    let n = header_into(head, opcode, len);
-    parts[0] = &head[..n];
-    let mut k = 1;
-    for (i, m) in messages.enumerate() {
-        if i > 0 && opcode != OP_BINARY {
-            parts[k] = b"\n";
-            k += 1;
-        }
-        parts[k] = m;
-        k += 1;
-    }
-    (n, k)
+/// The parts of one uncompressed frame of `messages` for one `send` or
+/// `sendmsg`: its header `head`, then the messages, a newline between two
+/// unless `binary`; walked, never gathered ([`send_parts`]).
+fn frame_parts<'a, 'm: 'a, M>(
+    head: &'a [u8],
+    binary: bool,
+    messages: M,
+) -> impl Iterator<Item = &'a [u8]> + Clone + use<'a, 'm, M>
+where
+    M: Iterator<Item = &'m Bytes> + Clone,
+{
+    let messages = messages.enumerate().flat_map(move |(i, m)| {
+        let separator: Option<&'a [u8]> = (i > 0 && !binary).then_some(b"\n");
+        separator.into_iter().chain(std::iter::once(&m[..]))
+    });
+    std::iter::once(head).chain(messages)
 }
 
 /// `messages` joined into uncompressed frames of up to [`JOIN_MAX`]
@@ -1152,7 +1146,10 @@ impl Direct {
     pub fn send(&self, socket: &TcpStream, payload: &Bytes) -> bool {
         let mut head = [0u8; 10];
         let n = header_into(&mut head, self.opcode, payload.len());
-        let sent = send_parts_to(socket2::SockRef::from(socket), &[&head[..n], &payload[..]]);
+        let sent = send_parts_to(
+            socket2::SockRef::from(socket),
+            [&head[..n], &payload[..]].into_iter(),
+        );
         let rest = match sent {
             Ok(k) if k == n + payload.len() => return true,
             Ok(k) => Ok(k),
@@ -1175,7 +1172,7 @@ impl Direct {
     /// them (several messages joined into one frame). `true` when all of
     /// it went out; otherwise the rest (or the failure) waits for the
     /// writer task, as after [`send`](Self::send). Messages that do not
-    /// make one frame of one `sendmsg` ([`JOIN_MAX`], [`SLICES`]) all wait
+    /// make one frame ([`JOIN_MAX`]) all wait
     /// for the writer.
     pub fn send_all<'m, I>(&self, socket: &TcpStream, messages: I) -> bool
     where
@@ -1185,11 +1182,11 @@ impl Direct {
         let count = messages.len();
         let separators = if binary { 0 } else { count.saturating_sub(1) };
         let len = messages.clone().map(Bytes::len).sum::<usize>() + separators;
-        let sent = if len <= JOIN_MAX && count + separators < SLICES {
+        let sent = if len <= JOIN_MAX {
             let mut head = [0u8; 10];
-            let mut parts: [&[u8]; SLICES] = [&[]; SLICES];
-            let (n, k) = one_frame(&mut head, &mut parts, self.opcode, len, messages.clone());
-            match send_parts_to(socket2::SockRef::from(socket), &parts[..k]) {
+            let n = header_into(&mut head, self.opcode, len);
+            let parts = frame_parts(&head[..n], binary, messages.clone());
+            match send_parts_to(socket2::SockRef::from(socket), parts) {
                 Ok(w) if w == n + len => return true,
                 Ok(w) => Ok(w),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
@@ -1519,7 +1516,7 @@ mod tests {
 
     /// `send_parts_to` joins runs of short parts in the thread's buffer
     /// and sends long ones by reference, in one `sendmsg` per call: the
-    /// bytes arrive in order whatever the mix, a call stops at SLICES
+    /// bytes arrive in order whatever the mix, a call stops at IOVECS
     /// iovecs or JOINED_CAP joined bytes, and never more than it reports.
     #[tokio::test]
     async fn short_parts_joined_and_long_ones_borrowed_arrive_in_order() {
@@ -1536,14 +1533,14 @@ mod tests {
             })
             .collect();
         // More long parts in a row than one call's iovecs.
-        parts.extend((0..SLICES + 3).map(|i| Bytes::from(vec![(i % 7) as u8; JOIN_PART_MAX])));
+        parts.extend((0..IOVECS + 3).map(|i| Bytes::from(vec![(i % 7) as u8; JOIN_PART_MAX])));
         let expected: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
         let reading = read_exactly(client, expected.len());
         let mut out = Outgoing::new(parts.clone());
         let mut calls = 0;
         while !out.is_empty() {
             let left: usize = out.parts[out.first..].iter().map(Bytes::len).sum();
-            match send_parts(&server, &out.parts[out.first..]) {
+            match send_parts(&server, out.parts[out.first..].iter().map(|p| &p[..])) {
                 Ok(n) => {
                     assert!(n > 0 && n <= left, "a call reports what it sent");
                     out.advance(n);
@@ -1555,7 +1552,7 @@ mod tests {
         }
         let got = reading.await.unwrap();
         assert!(got == expected, "every byte, in order");
-        assert!(calls >= 2, "SLICES long parts take two calls at least");
+        assert!(calls >= 2, "IOVECS long parts take two calls at least");
         // One call's joined bytes stay within JOINED_CAP.
         let buffered = JOINED.with(|joined| joined.borrow().capacity());
         assert!(buffered > 0, "short parts were joined in the thread's buffer");
@@ -1621,6 +1618,38 @@ mod tests {
                 frame[4..] == *joined.as_bytes(),
                 "frame {c} arrives intact and in order"
             );
+        }
+    }
+
+    /// A frame of more messages than the old 256-part arrays held (and
+    /// than one call has iovecs) goes out borrowed, at once, from the
+    /// writer and from a write at once: one frame, text joined by
+    /// newlines, binary back to back, every message whole and in order.
+    #[tokio::test]
+    async fn a_frame_of_hundreds_of_short_messages_goes_out_at_once() {
+        let messages: Vec<Bytes> = (0..400u32).map(|i| Bytes::from(format!("m{i:05}"))).collect();
+        for (binary, direct) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (client, server) = pair().await;
+            let (separator, opcode) = if binary { ("", OP_BINARY) } else { ("\n", OP_TEXT) };
+            let payload = messages
+                .iter()
+                .map(|m| std::str::from_utf8(m).unwrap())
+                .collect::<Vec<_>>()
+                .join(separator);
+            let reading = read_exactly(client, 4 + payload.len());
+            if direct {
+                let sent = Direct::new(binary).send_all(&server, messages.iter());
+                assert!(sent, "all of it at once (binary: {binary})");
+            } else {
+                let (_rd, wr) = crate::net::halves::split_tcp(server);
+                let mut w = Writer::new(wr, std::time::Duration::from_secs(5));
+                let rest = w.try_write_messages(binary, messages.iter()).unwrap();
+                assert!(rest.is_none(), "all of it at once (binary: {binary})");
+            }
+            let frames = parse_frames(&reading.await.unwrap());
+            assert_eq!(frames.len(), 1, "one frame (binary: {binary}, direct: {direct})");
+            assert_eq!(frames[0].0, 0x80 | opcode);
+            assert!(frames[0].1 == payload.as_bytes(), "every message whole, in order");
         }
     }
 
