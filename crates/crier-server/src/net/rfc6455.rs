@@ -325,19 +325,27 @@ impl Reader {
                     }
                 }
             };
-            // Wait for bytes without a buffer: a one-byte peek on the
-            // stack registers `cx` until the socket is readable (a syscall
-            // per incoming burst; clients send rarely).
-            let mut probe = [0u8; 1];
-            let mut probe = tokio::io::ReadBuf::new(&mut probe);
-            ready!(half.poll_peek(cx, &mut probe))?;
-            if probe.filled().is_empty() {
-                return Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())));
-            }
+            // Wait for bytes without a buffer and without a syscall:
+            // tokio's readiness, which registers `cx` until the socket is
+            // readable. Then one `recv`: a read that leaves room in the
+            // buffer drained the socket, and clears that readiness (as
+            // tokio's own `poll_read` does), so the next wait costs no
+            // `recv` that says EAGAIN. One syscall per incoming burst,
+            // where a one-byte peek, the read and a last peek took three.
+            ready!(half.poll_read_ready(cx))?;
             if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
                 frames.buf.reserve(READ_CHUNK);
             }
-            match half.try_read_buf(&mut frames.buf) {
+            let room = frames.buf.capacity() - frames.buf.len();
+            let read = half.try_io(tokio::io::Interest::READABLE, || {
+                let got = half.try_read_buf(&mut frames.buf)?;
+                if got > 0 && got < room {
+                    // (What was read stays in the buffer.)
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(got)
+            });
+            match read {
                 Ok(0) => return Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()))),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -1374,6 +1382,36 @@ mod tests {
         assert_eq!(r.next().await.unwrap(), Incoming::Close(Some(1000)));
         drop(writer.await.unwrap());
         assert!(matches!(r.next().await, Err(ReadError::Io(_))));
+    }
+
+    /// A read that drains the socket clears its readiness: the reader then
+    /// waits, holding no buffer, and wakes for the next message, every
+    /// time (one `recv` per burst, no peek).
+    #[tokio::test]
+    async fn a_reader_that_drained_the_socket_waits_and_wakes_for_each_next_message() {
+        use futures_util::FutureExt as _;
+        let (mut client, server) = pair().await;
+        let (rd, _wr) = crate::net::halves::split_tcp(server);
+        let mut r = Reader::new(rd, Bytes::new(), 1024);
+        for i in 0..50u32 {
+            let message = format!("message {i}");
+            client
+                .write_all(&masked(true, OP_TEXT, message.as_bytes()))
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), r.next())
+                .await
+                .expect("the reader wakes for the message")
+                .unwrap();
+            assert_eq!(got, Incoming::Data(Bytes::from(message)));
+            assert!(
+                r.next().now_or_never().is_none(),
+                "nothing more: the reader waits"
+            );
+            assert_eq!(r.frames.buf.capacity(), 0, "a waiting reader holds no buffer");
+        }
+        drop(client);
+        assert!(matches!(r.next().await, Err(ReadError::Io(_))), "end of stream");
     }
 
     #[tokio::test]
