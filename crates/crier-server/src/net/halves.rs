@@ -100,6 +100,32 @@ pub fn split_owned(owner: Arc<dyn TcpOwner>) -> (ReadHalf, WriteHalf) {
     (ReadHalf::Tcp(owner.clone()), WriteHalf::Tcp(TcpWrite(owner)))
 }
 
+/// Reads from `socket` now with `read`, which reads into a buffer with
+/// `room` bytes free and returns how many it read. A read that leaves
+/// room drained the socket: it clears tokio's readiness (as tokio's own
+/// `poll_read` does; a readiness event that arrived meanwhile is kept),
+/// so the next wait for readability registers at once instead of after a
+/// `recv` that says EAGAIN: one syscall per incoming burst. `WouldBlock`
+/// when nothing was there.
+pub fn read_draining(
+    socket: &TcpStream,
+    room: usize,
+    read: impl FnOnce() -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    let mut got = 0;
+    let read = socket.try_io(tokio::io::Interest::READABLE, || {
+        got = read()?;
+        if got > 0 && got < room {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        read => read,
+    }
+}
+
 /// Shuts the sending side of `socket` down (a FIN).
 pub fn shutdown_tcp(socket: &TcpStream) -> std::io::Result<()> {
     socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use crate::net::deflate::{self, InflateError};
+use crate::net::halves::read_draining;
 pub use crate::net::halves::{ReadHalf, TcpOwner, WriteHalf};
 use crate::net::WriteDeadline;
 
@@ -327,25 +328,16 @@ impl Reader {
             };
             // Wait for bytes without a buffer and without a syscall:
             // tokio's readiness, which registers `cx` until the socket is
-            // readable. Then one `recv`: a read that leaves room in the
-            // buffer drained the socket, and clears that readiness (as
-            // tokio's own `poll_read` does), so the next wait costs no
-            // `recv` that says EAGAIN. One syscall per incoming burst,
-            // where a one-byte peek, the read and a last peek took three.
+            // readable. Then one `recv`, which clears that readiness when
+            // it drained the socket (`read_draining`): one syscall per
+            // incoming burst, where a one-byte peek, the read and a last
+            // peek took three.
             ready!(half.poll_read_ready(cx))?;
             if frames.buf.capacity() - frames.buf.len() < READ_CHUNK {
                 frames.buf.reserve(READ_CHUNK);
             }
             let room = frames.buf.capacity() - frames.buf.len();
-            let read = half.try_io(tokio::io::Interest::READABLE, || {
-                let got = half.try_read_buf(&mut frames.buf)?;
-                if got > 0 && got < room {
-                    // (What was read stays in the buffer.)
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(got)
-            });
-            match read {
+            match read_draining(half, room, || half.try_read_buf(&mut frames.buf)) {
                 Ok(0) => return Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()))),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -510,10 +510,13 @@ impl Deframer {
     }
 
     // A sync function, so the stack chunk is never part of the connection's
-    // future: an idle connection holds no read buffer at all.
+    // future: an idle connection holds no read buffer at all. A read that
+    // drained the socket clears its readiness (`read_draining`): one
+    // `recv` per burst.
     fn read_now(&mut self, socket: &tokio::net::TcpStream, room: usize) -> std::io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
-        let n = socket.try_read(&mut chunk[..room.clamp(1, READ_CHUNK)])?;
+        let room = room.clamp(1, READ_CHUNK);
+        let n = crate::net::halves::read_draining(socket, room, || socket.try_read(&mut chunk[..room]))?;
         self.pending.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
