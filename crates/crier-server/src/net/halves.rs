@@ -39,8 +39,8 @@ pub enum WriteHalf {
 /// Either the socket alone ([`split_tcp`]), or a transport's state for
 /// writes at once with the socket inline ([`split_owned`]), so that a
 /// write at once finds the socket's descriptor beside that state, not
-/// behind a pointer of its own: a cache miss less per delivery
-/// (docs/benchmarks.md, "The socket inside its writes at once").
+/// behind a pointer of its own, and the connection takes one allocation
+/// less (docs/benchmarks.md, "The socket inside its writes at once").
 pub trait TcpOwner: Send + Sync + 'static {
     /// The socket.
     fn tcp(&self) -> &TcpStream;

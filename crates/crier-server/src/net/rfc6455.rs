@@ -650,8 +650,9 @@ impl Controls {
 
 /// Most iovecs one `sendmsg` takes ([`send_joined`]): runs of short
 /// parts are joined into one, so a frame of joined messages is one or a
-/// few; a long part (1 KiB at least) is one of its own, so a call sends
-/// 32 KiB at least when it stops here. The slots are on the stack,
+/// few; a long part (1 KiB at least) is one of its own, and two runs are
+/// never next to each other, so a call that stops here sends 16 KiB at
+/// least. The slots are on the stack,
 /// written before each call: few, so that each call writes little (256
 /// took 10 KiB of stores per call; docs/benchmarks.md, "No arrays of
 /// 256 parts per send").

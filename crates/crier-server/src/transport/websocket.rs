@@ -749,10 +749,11 @@ async fn send_rest(writer: &mut Writer, now: &Option<Arc<Now>>) -> std::io::Resu
 /// The hub's writes at once to one connection (`crier_core::WriteNow`):
 /// a delivery's shared encoding as one frame, one `sendmsg`. Holds the
 /// connection's socket itself (`rfc6455::TcpOwner`): a write at once reads
-/// the node, the codec and the socket's descriptor from one allocation,
-/// laid out in that order first (`repr(C)`), where a socket of its own
-/// cost a cache miss per delivery (docs/benchmarks.md, "The socket inside
-/// its writes at once").
+/// the socket's descriptor, the node and the codec from one allocation,
+/// laid out first in that order (`repr(C)`), where a socket of its own
+/// was one more pointer to follow per delivery and one more allocation
+/// per connection (docs/benchmarks.md, "The socket inside its writes at
+/// once").
 #[repr(C)]
 struct Now {
     socket: tokio::net::TcpStream,
