@@ -41,21 +41,16 @@ pub enum WriteHalf {
 /// write at once finds the socket's descriptor beside that state, not
 /// behind a pointer of its own, and the connection takes one allocation
 /// less (docs/benchmarks.md, "The socket inside its writes at once").
-pub trait TcpOwner: Send + Sync + 'static {
+/// `Any`, so that its transport gets its own type back (an
+/// `Arc<dyn TcpOwner>` upcast to `Arc<dyn Any + Send + Sync>`, then
+/// `Arc::downcast`).
+pub trait TcpOwner: std::any::Any + Send + Sync {
     /// The socket.
     fn tcp(&self) -> &TcpStream;
-
-    /// This, for its transport to get its own type back
-    /// (`Arc::downcast`).
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 impl TcpOwner for TcpStream {
     fn tcp(&self) -> &TcpStream {
-        self
-    }
-
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
         self
     }
 }

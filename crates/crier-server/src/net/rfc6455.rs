@@ -652,10 +652,9 @@ impl Controls {
 /// parts are joined into one, so a frame of joined messages is one or a
 /// few; a long part (1 KiB at least) is one of its own, and two runs are
 /// never next to each other, so a call that stops here sends 16 KiB at
-/// least. The slots are on the stack,
-/// written before each call: few, so that each call writes little (256
-/// took 10 KiB of stores per call; docs/benchmarks.md, "No arrays of
-/// 256 parts per send").
+/// least. The slots are on the stack, written before each call: few, so
+/// that each call writes little (256 took 10 KiB of stores per call;
+/// docs/benchmarks.md, "No arrays of 256 parts per send").
 const IOVECS: usize = 32;
 
 /// The separator between messages joined into one frame.
@@ -730,9 +729,9 @@ impl Writer {
     /// socket takes now, without waiting. Borrowed: when they make one
     /// frame (at most [`JOIN_MAX`] bytes, plain TCP, no compression: every
     /// frame of a client that keeps up), nothing is allocated and no
-    /// message's reference count touched. `None` when all of it went out; else what
-    /// is left (the rest the socket did not take, or everything when this
-    /// path does not apply), owned, for [`Writer::finish`].
+    /// message's reference count touched. `None` when all of it went out;
+    /// else what is left (the rest the socket did not take, or everything
+    /// when this path does not apply), owned, for [`Writer::finish`].
     pub fn try_write_messages<'m, I>(&mut self, binary: bool, messages: I) -> io::Result<Option<Outgoing>>
     where
         I: ExactSizeIterator<Item = &'m Bytes> + Clone,
@@ -1173,8 +1172,7 @@ impl Direct {
     /// them (several messages joined into one frame). `true` when all of
     /// it went out; otherwise the rest (or the failure) waits for the
     /// writer task, as after [`send`](Self::send). Messages that do not
-    /// make one frame ([`JOIN_MAX`]) all wait
-    /// for the writer.
+    /// make one frame ([`JOIN_MAX`]) all wait for the writer.
     pub fn send_all<'m, I>(&self, socket: &TcpStream, messages: I) -> bool
     where
         I: ExactSizeIterator<Item = &'m Bytes> + Clone,

@@ -550,9 +550,10 @@ fn write<'a>(
         // queue empty straight to the socket, from the pushing thread: no
         // wake-up, no poll (plain TCP without compression; the socket
         // lives in `Now`, see `upgrade`).
-        let now = writer
-            .owner()
-            .and_then(|owner| owner.clone().into_any().downcast::<Now>().ok());
+        let now = writer.owner().and_then(|owner| {
+            let owner: Arc<dyn std::any::Any + Send + Sync> = owner.clone();
+            owner.downcast::<Now>().ok()
+        });
         if let Some(now) = &now {
             rx.write_now(now.clone());
         }
@@ -765,10 +766,6 @@ struct Now {
 impl rfc6455::TcpOwner for Now {
     fn tcp(&self) -> &tokio::net::TcpStream {
         &self.socket
-    }
-
-    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
     }
 }
 
